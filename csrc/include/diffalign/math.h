@@ -1,0 +1,320 @@
+// The per-element and per-row math of every fused op, written once as host+device functions and
+// functors. The CPU loops (csrc/cpu) and the CUDA kernels (csrc/cuda) both instantiate these, so the
+// two backends cannot drift apart. No torch header here: this compiles with g++ alone or nvcc alone.
+//
+// Tensor layout seen by a functor: B rows ("samples") of D contiguous elements; element i of row b
+// is at b*D + i. Values are loaded as T (float, double, half, bfloat16) and computed in A, the
+// accumulation type (double for double, float otherwise).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "diffalign/dtypes.h"
+
+namespace diffalign {
+
+constexpr double kLogSqrt2Pi = 0.91893853320467274178;  // log(sqrt(2*pi))
+
+// ---- scalar helpers (float/double overloads, usable on host and device) ----
+DA_HD inline float dlog(float v) { return logf(v); }
+DA_HD inline double dlog(double v) { return log(v); }
+DA_HD inline float dexp(float v) { return expf(v); }
+DA_HD inline double dexp(double v) { return exp(v); }
+DA_HD inline float dsqrt(float v) { return sqrtf(v > 0.f ? v : 0.f); }
+DA_HD inline double dsqrt(double v) { return sqrt(v > 0.0 ? v : 0.0); }
+DA_HD inline float dlog1p(float v) { return log1pf(v); }
+DA_HD inline double dlog1p(double v) { return log1p(v); }
+
+template <class A> DA_HD inline A sigmoid(A x) {
+  if (x >= A(0)) { A e = dexp(-x); return A(1) / (A(1) + e); }
+  A e = dexp(x);
+  return e / (A(1) + e);
+}
+// -log(sigmoid(x)) = softplus(-x), stable for large |x|
+template <class A> DA_HD inline A neg_log_sigmoid(A x) {
+  return dlog1p(dexp(-(x >= A(0) ? x : -x))) + (x < A(0) ? -x : A(0));
+}
+
+// ---- enums shared with the torch binding and Python (diffalign/ops/__init__.py) ----
+enum Reduction : int { kMean = 0, kSum = 1 };
+enum PairReduction : int { kPairMean = 0, kPairNone = 1 };
+enum DpoLoss : int { kSigmoid = 0, kHinge = 1, kIpo = 2 };
+// Step rules: DDIM with the three prediction types, then the flow-matching SDE step.
+enum StepMode : int { kDdimEpsilon = 0, kDdimV = 1, kDdimSample = 2, kFlowSde = 3 };
+
+// A std (or any per-element scale) given as one value, one per row, or one per element.
+enum StdLayout : int { kScalar = 0, kPerRow = 1, kFull = 2 };
+template <class A> struct StdArg {
+  const A* p = nullptr;
+  int layout = kScalar;
+  DA_HD A at(int64_t b, int64_t idx) const { return layout == kScalar ? p[0] : (layout == kPerRow ? p[b] : p[idx]); }
+};
+
+// ---- per-element formulas ----
+// log N(x; m, s^2)
+template <class A> DA_HD inline A gaussian_logprob_elem(A x, A m, A s) {
+  A d = x - m;
+  return -d * d / (A(2) * s * s) - dlog(s) - A(kLogSqrt2Pi);
+}
+// KL(N(m1, s1^2) || N(m2, s2^2))
+template <class A> DA_HD inline A gaussian_kl_elem(A m1, A m2, A s1, A s2) {
+  A d = m1 - m2;
+  return dlog(s2 / s1) + (s1 * s1 + d * d) / (A(2) * s2 * s2) - A(0.5);
+}
+
+// ---- per-row coefficients of the linear-Gaussian step rules ----
+// mean = cx * x_t + cm * model_output, std: see DESIGN.md (DDIM with eta as in DDPO; Flow-GRPO SDE).
+template <class A> struct StepCoef { A cx, cm, std; };
+
+template <class A> DA_HD inline StepCoef<A> step_coefficients(int mode, A p0, A p1, A param) {
+  StepCoef<A> c;
+  if (mode == kFlowSde) {
+    // p0 = sigma, p1 = sigma_next, param = noise level a. sigma_t = a sqrt(s/(1-s)); at s = 1 the
+    // 1/(1-s) factor uses sigma_next (the reference trainer substitutes the schedule's 2nd sigma).
+    A s = p0, dt = p1 - p0;
+    A ds = s >= A(1) ? p1 : s;
+    A inv = A(1) / (A(1) - ds);
+    A a2 = param * param;
+    c.cx = A(1) + A(0.5) * a2 * inv * dt;                  // 1 + sigma_t^2 dt / (2 s)
+    c.cm = (A(1) + A(0.5) * a2 * (A(1) - s) * inv) * dt;   // (1 + sigma_t^2 (1-s) / (2 s)) dt
+    c.std = param * dsqrt(s * inv) * dsqrt(-dt);
+    return c;
+  }
+  // DDIM: p0 = alpha_prod_t, p1 = alpha_prod_prev, param = eta
+  A at = p0, ap = p1;
+  A var = (A(1) - ap) / (A(1) - at) * (A(1) - at / ap);
+  A sigma = param * dsqrt(var);
+  A k = dsqrt(A(1) - ap - sigma * sigma);  // coefficient of the "direction pointing to x_t"
+  A sa = dsqrt(at), s1a = dsqrt(A(1) - at), sap = dsqrt(ap);
+  if (mode == kDdimEpsilon) {        // x0 = (x - s1a eps) / sa
+    c.cx = sap / sa;
+    c.cm = k - sap * s1a / sa;
+  } else if (mode == kDdimV) {       // x0 = sa x - s1a v, eps = sa v + s1a x
+    c.cx = sap * sa + k * s1a;
+    c.cm = k * sa - sap * s1a;
+  } else {                           // sample: eps = (x - sa x0) / s1a
+    c.cx = k / s1a;
+    c.cm = sap - k * sa / s1a;
+  }
+  c.std = sigma;
+  return c;
+}
+
+// ---- per-pair DPO losses on the scaled margin u = beta * h ----
+template <class A> DA_HD inline A dpo_pair_loss(A u, A beta, int loss_type) {
+  if (loss_type == kSigmoid) return neg_log_sigmoid(u);
+  if (loss_type == kHinge) return u < A(1) ? A(1) - u : A(0);
+  A d = u / beta - A(1) / (A(2) * beta);  // IPO: (h - 1/(2 beta))^2
+  return d * d;
+}
+// d loss / d h (not d u)
+template <class A> DA_HD inline A dpo_pair_dloss_dh(A u, A beta, int loss_type) {
+  if (loss_type == kSigmoid) return -beta * sigmoid(-u);
+  if (loss_type == kHinge) return u < A(1) ? -beta : A(0);
+  return A(2) * (u / beta - A(1) / (A(2) * beta));
+}
+
+// ---- per-pair / per-sample epilogues of the loss ops ----
+// Diffusion-DPO on per-row mean squared errors; returns the pair's loss and writes beta*h.
+template <class A> DA_HD inline A dpo_pair(A em_w, A em_l, A er_w, A er_l, A beta, int loss_type, A* margin) {
+  A u = -A(0.5) * beta * ((em_w - em_l) - (er_w - er_l));
+  *margin = u;
+  return dpo_pair_loss<A>(u, beta, loss_type);
+}
+// Diffusion-KTO per-sample loss lambda_y (1 - sigmoid(s_y beta (g - z))).
+template <class A> DA_HD inline A kto_sample_loss(A g, A z, bool desirable, A beta, A ld, A lu) {
+  A sgn = desirable ? A(1) : A(-1);
+  return (desirable ? ld : lu) * (A(1) - sigmoid(sgn * beta * (g - z)));
+}
+
+// ====================================================================================
+// Functors. Each has row(b) -> per-row context (computed once per row chunk) and
+// elem(row, b, idx, acc) for one element; NOUT values are summed per row into acc.
+// ====================================================================================
+
+template <class T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+template <class T, class A> struct LogprobFwd {
+  static constexpr int NOUT = 1;
+  const T* x; const T* mean; StdArg<A> std;
+  struct Row {};
+  DA_HD Row row(int64_t) const { return {}; }
+  DA_HD void elem(const Row&, int64_t b, int64_t idx, A* acc) const {
+    acc[0] += gaussian_logprob_elem<A>(to_acc<A>(x[idx]), to_acc<A>(mean[idx]), std.at(b, idx));
+  }
+};
+
+// Gradients of the reduced log-prob; gx, gm may be null; std gradient goes to gstd_full (full
+// layout) or is summed per row into acc[0] (scalar / per-row layouts).
+template <class T, class A> struct LogprobBwd {
+  static constexpr int NOUT = 1;
+  const A* grad; A scale; const T* x; const T* mean; StdArg<A> std;
+  T* gx; T* gm; A* gstd_full; bool want_std;
+  struct Row { A g; };
+  DA_HD Row row(int64_t b) const { return {grad[b] * scale}; }
+  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
+    A s = std.at(b, idx);
+    A d = to_acc<A>(x[idx]) - to_acc<A>(mean[idx]);
+    A inv_s2 = A(1) / (s * s);
+    A gdx = -d * inv_s2 * r.g;
+    if (gx) gx[idx] = from_acc<T>(gdx);
+    if (gm) gm[idx] = from_acc<T>(-gdx);
+    if (want_std) {
+      A gs = (d * d * inv_s2 - A(1)) / s * r.g;
+      if (gstd_full) gstd_full[idx] = gs; else acc[0] += gs;
+    }
+  }
+};
+
+template <class T, class A> struct KlFwd {
+  static constexpr int NOUT = 1;
+  const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
+  struct Row {};
+  DA_HD Row row(int64_t) const { return {}; }
+  DA_HD void elem(const Row&, int64_t b, int64_t idx, A* acc) const {
+    A a = s1.at(b, idx);
+    A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
+    if (same_std) acc[0] += d * d / (A(2) * a * a);
+    else acc[0] += gaussian_kl_elem<A>(to_acc<A>(m1[idx]), to_acc<A>(m2[idx]), a, s2.at(b, idx));
+  }
+};
+
+// acc[0] sums the s1 gradient, acc[1] the s2 gradient (scalar / per-row layouts).
+template <class T, class A> struct KlBwd {
+  static constexpr int NOUT = 2;
+  const A* grad; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
+  T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
+  struct Row { A g; };
+  DA_HD Row row(int64_t b) const { return {grad[b] * scale}; }
+  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
+    A a = s1.at(b, idx);
+    A c = same_std ? a : s2.at(b, idx);
+    A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
+    A inv_c2 = A(1) / (c * c);
+    A gd = d * inv_c2 * r.g;
+    if (gm1) gm1[idx] = from_acc<T>(gd);
+    if (gm2) gm2[idx] = from_acc<T>(-gd);
+    if (want_s1) {
+      A g1 = same_std ? -d * d * inv_c2 / a * r.g : (-A(1) / a + a * inv_c2) * r.g;
+      if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1;
+    }
+    if (want_s2) {
+      A g2 = (A(1) / c - (a * a + d * d) * inv_c2 / c) * r.g;
+      if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2;
+    }
+  }
+};
+
+// Sum of squared errors of model and reference against the target: acc[0], acc[1].
+template <class T, class A> struct PairSqErr {
+  static constexpr int NOUT = 2;
+  const T* model; const T* ref; const T* target;
+  struct Row {};
+  DA_HD Row row(int64_t) const { return {}; }
+  DA_HD void elem(const Row&, int64_t, int64_t idx, A* acc) const {
+    A t = to_acc<A>(target[idx]);
+    A dm = to_acc<A>(model[idx]) - t, dr = to_acc<A>(ref[idx]) - t;
+    acc[0] += dm * dm;
+    acc[1] += dr * dr;
+  }
+};
+
+// grad model_pred = coef[b] * 2 (model - target) / D, coef from the pair's margin.
+template <class T, class A> struct DpoBwd {
+  static constexpr int NOUT = 0;
+  const A* grad_loss; const A* margin; A beta; int loss_type; int reduction; int64_t pairs; A inv_d;
+  const T* model; const T* target; T* gmodel;
+  struct Row { A coef; };
+  DA_HD Row row(int64_t b) const {
+    int64_t p = b < pairs ? b : b - pairs;
+    A g = reduction == kPairMean ? grad_loss[0] / A(pairs) : grad_loss[p];
+    A dh_de = b < pairs ? A(-0.5) : A(0.5);  // h = -((e_w - e_l)_model - ...)/2
+    return {g * dpo_pair_dloss_dh<A>(margin[p], beta, loss_type) * dh_de * A(2) * inv_d};
+  }
+  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
+    gmodel[idx] = from_acc<T>(r.coef * (to_acc<A>(model[idx]) - to_acc<A>(target[idx])));
+  }
+};
+
+template <class A> struct KtoRow { A coef; };
+template <class A> DA_HD inline A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, A lu, A grad_over_b) {
+  A sgn = desirable ? A(1) : A(-1);
+  A lam = desirable ? ld : lu;
+  A s = sigmoid(sgn * beta * (g - z));
+  return -lam * s * (A(1) - s) * sgn * beta * grad_over_b;
+}
+template <class T, class A> struct KtoBwd {
+  static constexpr int NOUT = 0;
+  const A* grad_loss; const A* g; const A* z; const bool* desirable; A beta, ld, lu; int64_t rows; A inv_d;
+  const T* model; const T* target; T* gmodel;
+  struct Row { A coef; };
+  DA_HD Row row(int64_t b) const {
+    A dldg = kto_dloss_dg<A>(g[b], z[0], desirable[b], beta, ld, lu, grad_loss[0] / A(rows));
+    return {-dldg * A(2) * inv_d};  // g = e_ref - e_model, de_model/dpred = 2 (pred - target) / D
+  }
+  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
+    gmodel[idx] = from_acc<T>(r.coef * (to_acc<A>(model[idx]) - to_acc<A>(target[idx])));
+  }
+};
+
+// One step x_t -> x_{t-1}: writes mean (and prev_sample unless scoring a given one), sums the log-prob.
+// The log-prob is taken at the prev_sample as stored (rounded to T), so rescoring it later gives
+// exactly the same value.
+template <class T, class A> struct StepFwd {
+  static constexpr int NOUT = 1;
+  int mode; const A* p0; const A* p1; int per_sample; A param;
+  const T* model; const T* sample; const T* prev_in; const T* noise; T* prev_out; T* mean_out;
+  struct Row { StepCoef<A> c; };
+  DA_HD Row row(int64_t b) const {
+    int64_t j = per_sample ? b : 0;
+    return {step_coefficients<A>(mode, p0[j], p1[j], param)};
+  }
+  DA_HD void elem(const Row& r, int64_t, int64_t idx, A* acc) const {
+    A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
+    mean_out[idx] = from_acc<T>(mu);
+    A prev;
+    if (prev_in) {
+      prev = to_acc<A>(prev_in[idx]);
+    } else {
+      T stored = from_acc<T>(mu + r.c.std * to_acc<A>(noise[idx]));
+      prev_out[idx] = stored;
+      prev = to_acc<A>(stored);
+    }
+    if (r.c.std > A(0)) acc[0] += gaussian_logprob_elem<A>(prev, mu, r.c.std);
+  }
+};
+
+// Backward of a step. With a drawn sample, prev - mean = std * noise does not depend on the inputs,
+// so the log-prob has no gradient and prev_sample's gradient flows straight to the mean.
+template <class T, class A> struct StepBwd {
+  static constexpr int NOUT = 0;
+  int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
+  const T* grad_prev; const A* grad_lp; const T* grad_mean;
+  const T* model; const T* sample; const T* prev_in;
+  T* gmodel; T* gsample; T* gprev_in;
+  struct Row { StepCoef<A> c; A glp; };
+  DA_HD Row row(int64_t b) const {
+    int64_t j = per_sample ? b : 0;
+    return {step_coefficients<A>(mode, p0[j], p1[j], param), grad_lp ? grad_lp[b] * inv_d : A(0)};
+  }
+  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
+    A gmu = grad_mean ? to_acc<A>(grad_mean[idx]) : A(0);
+    if (prev_in) {
+      A gp = A(0);
+      if (r.c.std > A(0)) {
+        A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
+        gp = -(to_acc<A>(prev_in[idx]) - mu) / (r.c.std * r.c.std) * r.glp;  // d lp / d prev
+      }
+      gmu -= gp;
+      if (gprev_in) gprev_in[idx] = from_acc<T>(gp);
+    } else if (grad_prev) {
+      gmu += to_acc<A>(grad_prev[idx]);
+    }
+    if (gmodel) gmodel[idx] = from_acc<T>(r.c.cm * gmu);
+    if (gsample) gsample[idx] = from_acc<T>(r.c.cx * gmu);
+  }
+};
+
+}  // namespace diffalign

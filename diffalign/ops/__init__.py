@@ -1,0 +1,218 @@
+"""Fused per-step ops of diffusion alignment: Gaussian log-prob and KL, the Diffusion-DPO and
+Diffusion-KTO losses, and DDIM / flow-matching SDE steps that also score their sample.
+
+Each function checks its arguments, then calls the compiled op ``torch.ops.diffalign.<name>``
+(schemas, CPU/CUDA kernels and autograd registered in C++, see csrc/) or, when the extension is not
+built, the pure-PyTorch reference in :mod:`diffalign.ops.reference` (same results, one warning).
+
+Per-sample outputs (log-probs, KLs, losses) are float32 whatever the input dtype (float64 for float64
+inputs); reductions accumulate in float32. Gradients come back in the inputs' dtypes.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from diffalign.ops import _checks, reference
+from diffalign.ops._checks import set_value_checks
+from diffalign.ops._extension import cuda_kernels_built, extension_available, unavailable_reason
+
+__all__ = [
+    "gaussian_logprob", "gaussian_kl", "diffusion_dpo_loss", "diffusion_kto_loss",
+    "ddim_step_with_logprob", "flow_sde_step_with_logprob", "StepOutput", "DPOOutput", "KTOOutput",
+    "extension_available", "cuda_kernels_built", "unavailable_reason", "set_value_checks", "reference",
+]
+
+_REDUCTIONS = {"mean": 0, "sum": 1}
+_DPO_REDUCTIONS = {"mean": 0, "none": 1}
+_DPO_LOSSES = {name: i for i, name in enumerate(reference.DPO_LOSS_TYPES)}
+_PREDICTION_TYPES = {name: i for i, name in enumerate(reference.PREDICTION_TYPES)}
+
+
+class StepOutput(NamedTuple):
+    prev_sample: torch.Tensor  # x_{t-1}, in the sample's dtype
+    log_prob: torch.Tensor     # (B,) log p(x_{t-1} | x_t), mean over non-batch dims, float32
+    mean: torch.Tensor         # posterior mean, in the sample's dtype
+    std: torch.Tensor          # (B, 1, ..., 1) float32
+
+
+class DPOOutput(NamedTuple):
+    loss: torch.Tensor           # scalar, or (P,) with reduction="none"
+    implicit_acc: torch.Tensor   # (P,) float: 1 where the model prefers the winner more than the reference
+    reward_margin: torch.Tensor  # (P,) beta*h, the scaled implicit reward margin
+
+
+class KTOOutput(NamedTuple):
+    loss: torch.Tensor
+    kl_ref: torch.Tensor  # the reference point z actually used (detached)
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return reference.acc_dtype(t)
+
+
+def _use_extension() -> bool:
+    return extension_available()
+
+
+def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """log N(x; mean, std^2) per element, reduced ("mean" or "sum") over all non-batch dims -> (B,).
+
+    std broadcasts to x: 0-d, (B,), (B,1,..,1) or x's full shape. Differentiable in x, mean and std.
+    """
+    _checks.check_tensor("x", x)
+    _checks.check_same("mean", mean, "x", x)
+    _checks.check_std("std", std, x, "x")
+    _checks.check_reduction(reduction)
+    if _use_extension():
+        return torch.ops.diffalign.gaussian_logprob(x, mean, std.to(_acc(x)), _REDUCTIONS[reduction])
+    return reference.gaussian_logprob(x, mean, std, reduction)
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, ref_std: Optional[torch.Tensor] = None,
+                reduction: str = "mean") -> torch.Tensor:
+    """KL(N(mean, std^2) || N(ref_mean, ref_std^2)) per element, reduced over non-batch dims -> (B,).
+
+    ref_std defaults to std, where the KL is (mean - ref_mean)^2 / (2 std^2) (DPOK, survey Eq. 21-22).
+    """
+    _checks.check_tensor("mean", mean)
+    _checks.check_same("ref_mean", ref_mean, "mean", mean)
+    _checks.check_std("std", std, mean, "mean")
+    if ref_std is not None:
+        _checks.check_std("ref_std", ref_std, mean, "mean")
+    _checks.check_reduction(reduction)
+    if _use_extension():
+        acc = _acc(mean)
+        return torch.ops.diffalign.gaussian_kl(mean, ref_mean, std.to(acc),
+                                               None if ref_std is None else ref_std.to(acc), _REDUCTIONS[reduction])
+    return reference.gaussian_kl(mean, ref_mean, std, ref_std, reduction)
+
+
+def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, beta: float = 5000.0,
+                       loss_type: str = "sigmoid", reduction: str = "mean", return_stats: bool = False):
+    """Diffusion-DPO loss (survey Eq. 25) on rows [winners; losers] sharing noise and timestep.
+
+    e = mean over non-batch dims of (pred - target)^2; h = -((e_w - e_l)_model - (e_w - e_l)_ref)/2.
+    loss_type "sigmoid": -log sigmoid(beta h); "hinge": relu(1 - beta h); "ipo": (h - 1/(2 beta))^2.
+    Gradient flows to model_pred only. With return_stats, returns DPOOutput(loss, implicit_acc, reward_margin).
+    """
+    _checks.check_tensor("model_pred", model_pred)
+    _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
+    _checks.check_same("target", target, "model_pred", model_pred)
+    _checks.check_pairs("model_pred", model_pred)
+    if loss_type not in _DPO_LOSSES:
+        raise ValueError(f"loss_type must be one of {tuple(_DPO_LOSSES)}, got {loss_type!r}")
+    _checks.check_reduction(reduction, tuple(_DPO_REDUCTIONS))
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if _use_extension():
+        loss, margin = torch.ops.diffalign.diffusion_dpo_loss(model_pred, ref_pred, target, float(beta),
+                                                              _DPO_LOSSES[loss_type], _DPO_REDUCTIONS[reduction])
+    else:
+        loss, margin = reference.diffusion_dpo_loss(model_pred, ref_pred, target, beta, loss_type, reduction)
+    if not return_stats:
+        return loss
+    return DPOOutput(loss, (margin > 0).to(margin.dtype), margin)
+
+
+def diffusion_kto_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target: torch.Tensor, desirable: torch.Tensor,
+                       beta: float = 1000.0, lambda_desirable: float = 1.0, lambda_undesirable: float = 1.0,
+                       kl_ref: Optional[torch.Tensor] = None, return_stats: bool = False):
+    """Diffusion-KTO loss (survey Eq. 26): g = e_ref - e_model per sample, z = max(0, mean g) detached
+    (or ``kl_ref``, e.g. an all-reduced value), loss = mean of lambda_y (1 - sigmoid(s_y beta (g - z)))."""
+    _checks.check_tensor("model_pred", model_pred)
+    _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
+    _checks.check_same("target", target, "model_pred", model_pred)
+    if not isinstance(desirable, torch.Tensor) or desirable.dtype != torch.bool:
+        raise ValueError("desirable must be a bool tensor of shape (B,)")
+    if tuple(desirable.shape) != (model_pred.shape[0],):
+        raise ValueError(f"desirable has shape {tuple(desirable.shape)}; expected ({model_pred.shape[0]},)")
+    if desirable.device != model_pred.device:
+        raise ValueError(f"desirable is on {desirable.device} but model_pred is on {model_pred.device}")
+    if kl_ref is not None and (not isinstance(kl_ref, torch.Tensor) or kl_ref.numel() != 1):
+        raise ValueError("kl_ref must be a one-element tensor (the reference point z)")
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if _use_extension():
+        ref_point = None if kl_ref is None else kl_ref.detach().reshape(()).to(device=model_pred.device,
+                                                                               dtype=_acc(model_pred))
+        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss(model_pred, ref_pred, target, desirable, float(beta),
+                                                            float(lambda_desirable), float(lambda_undesirable),
+                                                            ref_point)
+    else:
+        loss, z = reference.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta, lambda_desirable,
+                                               lambda_undesirable, kl_ref)
+    return KTOOutput(loss, z) if return_stats else loss
+
+
+def _step_inputs(model_output, sample, prev_sample, noise, generator):
+    _checks.check_tensor("sample", sample)
+    _checks.check_same("model_output", model_output, "sample", sample)
+    if prev_sample is not None:
+        _checks.check_same("prev_sample", prev_sample, "sample", sample)
+        if noise is not None:
+            raise ValueError("give prev_sample (to score it) or noise (to draw it), not both")
+        return model_output.to(sample.dtype), prev_sample.to(sample.dtype), None
+    if noise is None:
+        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    else:
+        _checks.check_same("noise", noise, "sample", sample)
+        noise = noise.to(sample.dtype)
+    return model_output.to(sample.dtype), None, noise
+
+
+def _run_step(op_name, model_output, sample, p0, p1, param, prev_sample, noise, extra, ref_fn):
+    if _use_extension():
+        acc = _acc(sample)
+        op = getattr(torch.ops.diffalign, op_name)
+        prev, log_prob, mean, std = op(model_output, sample, p0.to(acc), p1.to(acc), float(param), prev_sample, noise,
+                                       *extra)
+        return StepOutput(prev_sample if prev_sample is not None else prev, log_prob, mean, std)
+    return StepOutput(*ref_fn())
+
+
+def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
+                           alpha_prod_prev: torch.Tensor, eta: float = 1.0, prev_sample: Optional[torch.Tensor] = None,
+                           noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                           prediction_type: str = "epsilon") -> StepOutput:
+    """One DDIM(eta) step x_t -> x_{t-1} with its log-prob, fused (formula in DESIGN.md, as in DDPO).
+
+    alpha_prod_t / alpha_prod_prev: alphas_cumprod at t and at the previous timestep, 0-d or (B,).
+    Draws prev_sample = mean + std * noise unless prev_sample is given, in which case it is scored.
+    prediction_type: "epsilon", "v_prediction" or "sample". No x0 clipping (SD schedulers disable it).
+    """
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {tuple(_PREDICTION_TYPES)}, got {prediction_type!r}")
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
+    _checks.check_per_sample("alpha_prod_t", alpha_prod_t, sample, "sample")
+    _checks.check_per_sample("alpha_prod_prev", alpha_prod_prev, sample, "sample")
+    _checks.check_in_unit_interval("alpha_prod_t", alpha_prod_t, closed_low=False, closed_high=False)
+    _checks.check_in_unit_interval("alpha_prod_prev", alpha_prod_prev, closed_low=False, closed_high=True)
+    return _run_step("ddim_step_with_logprob", model_output, sample, alpha_prod_t, alpha_prod_prev, eta, prev_sample, noise,
+                     (_PREDICTION_TYPES[prediction_type],),
+                     lambda: reference.ddim_step_with_logprob(model_output, sample, alpha_prod_t, alpha_prod_prev, eta,
+                                                              prev_sample, noise, prediction_type))
+
+
+def flow_sde_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor,
+                               sigma_next: torch.Tensor, noise_level: float = 0.7,
+                               prev_sample: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                               generator: Optional[torch.Generator] = None) -> StepOutput:
+    """One flow-matching SDE step (Flow-GRPO) with its log-prob, computed in float32.
+
+    model_output is the velocity; sigma, sigma_next are 0-d or (B,) with sigma_next < sigma. sigma = 1
+    is finite: the 1/(1 - sigma) factor then uses sigma_next, as the reference trainer does.
+    """
+    if not noise_level >= 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
+    _checks.check_per_sample("sigma", sigma, sample, "sample")
+    _checks.check_per_sample("sigma_next", sigma_next, sample, "sample")
+    _checks.check_in_unit_interval("sigma", sigma, closed_low=True, closed_high=True)
+    _checks.check_in_unit_interval("sigma_next", sigma_next, closed_low=True, closed_high=False)
+    return _run_step("flow_sde_step_with_logprob", model_output, sample, sigma, sigma_next, noise_level, prev_sample, noise, (),
+                     lambda: reference.flow_sde_step_with_logprob(model_output, sample, sigma, sigma_next,
+                                                                  noise_level, prev_sample, noise))

@@ -1,0 +1,96 @@
+"""Argument checks shared by the compiled and the reference backend, so both fail the same way.
+
+Shape, dtype and device checks read tensor metadata only and are always on. Checks of *values*
+(std > 0) need the data: on CPU that is free, on an accelerator it would force a host sync on every
+call and break CUDA-graph capture, so there they run only when ``set_value_checks(True)`` is set.
+"""
+from __future__ import annotations
+
+import torch
+
+_VALUE_CHECKS_ON_ACCELERATOR = False
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Also check values (std > 0, finite alphas) of accelerator tensors; costs a host sync per call."""
+    global _VALUE_CHECKS_ON_ACCELERATOR
+    _VALUE_CHECKS_ON_ACCELERATOR = bool(enabled)
+
+
+def _want_value_check(t: torch.Tensor) -> bool:
+    if t.device.type == "meta" or isinstance(t, torch._subclasses.FakeTensor):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return t.device.type == "cpu" or _VALUE_CHECKS_ON_ACCELERATOR
+
+
+def check_tensor(name: str, t, *, batch_dim: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if batch_dim:
+        if t.ndim == 0:
+            raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
+        if t.shape[0] == 0:
+            raise ValueError(f"{name} has an empty batch (shape {tuple(t.shape)})")
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    check_tensor(name, t)
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_std(name: str, std, like: torch.Tensor, like_name: str) -> None:
+    """std may be 0-d, (B,), (B,1,..,1) or the full shape of ``like``."""
+    if not isinstance(std, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(std).__name__}")
+    if not std.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {std.dtype}")
+    if std.device != like.device:
+        raise ValueError(f"{name} is on {std.device} but {like_name} is on {like.device}")
+    b = like.shape[0]
+    shape = tuple(std.shape)
+    per_row = (b,) + (1,) * (like.ndim - 1)
+    if not (std.ndim == 0 or shape == (b,) or shape == per_row or shape == tuple(like.shape)):
+        raise ValueError(
+            f"{name} has shape {shape}; expected a 0-d tensor, ({b},), {per_row} or {tuple(like.shape)} "
+            f"to broadcast against {like_name}")
+    if _want_value_check(std) and not bool((std > 0).all()):
+        raise ValueError(f"{name} must be strictly positive (min {float(std.min()):.3g})")
+
+
+def check_reduction(reduction: str, allowed=("mean", "sum")) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+
+
+def check_pairs(name: str, t: torch.Tensor) -> None:
+    if t.shape[0] % 2:
+        raise ValueError(f"{name} must hold [winners; losers] with an even number of rows, got {t.shape[0]}")
+
+
+def check_per_sample(name: str, a, like: torch.Tensor, like_name: str) -> None:
+    """A per-sample schedule value: 0-d or (B,)."""
+    if not isinstance(a, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor (0-d or ({like.shape[0]},)), got {type(a).__name__}")
+    if not a.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {a.dtype}")
+    if not (a.ndim == 0 or tuple(a.shape) == (like.shape[0],)):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}; expected 0-d or ({like.shape[0]},) for {like_name}")
+    if a.device != like.device:
+        raise ValueError(f"{name} is on {a.device} but {like_name} is on {like.device}")
+
+
+def check_in_unit_interval(name: str, a: torch.Tensor, *, closed_low: bool, closed_high: bool) -> None:
+    if not _want_value_check(a):
+        return
+    low_ok = (a >= 0) if closed_low else (a > 0)
+    high_ok = (a <= 1) if closed_high else (a < 1)
+    if not bool((low_ok & high_ok).all()):
+        lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
+        raise ValueError(f"{name} must lie in {lo}0, 1{hi}; got min {float(a.min()):.4g}, max {float(a.max()):.4g}")

@@ -1,0 +1,99 @@
+"""Build of diffalign and its compiled core ``diffalign._C``.
+
+CPU kernels (OpenMP) are always built. CUDA kernels are added when the installed torch has CUDA and
+nvcc is found (CUDA_HOME); no GPU is needed to compile them. Environment switches:
+  DIFFALIGN_CUDA=1|0     force the CUDA kernels on or off (default: auto)
+  DIFFALIGN_BUILD_EXT=0  skip the extension entirely (pure-PyTorch reference ops, with a warning)
+  TORCH_CUDA_ARCH_LIST   CUDA architectures; default here "8.0;9.0" when no GPU is visible
+Install with ``pip install --no-build-isolation -e .`` so the build uses the torch you installed.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name, default=None):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+def _extensions():
+    if not _flag("DIFFALIGN_BUILD_EXT", True):
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    want_cuda = _flag("DIFFALIGN_CUDA")
+    can_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if want_cuda is None:
+        want_cuda = can_cuda
+    if want_cuda and not can_cuda:
+        raise RuntimeError("DIFFALIGN_CUDA=1 but torch has no CUDA or nvcc was not found (set CUDA_HOME)")
+
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = rel("csrc/cpu/*.cpp") + rel("csrc/torch/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    define_macros = []
+    extra_link = ["-fopenmp"]
+    if want_cuda:
+        sources += rel("csrc/cuda/*.cu") + rel("csrc/torch/cuda/*.cpp")
+        # the pip CUDA wheels keep some headers (cusparse.h) under site-packages/nvidia/cu*/include
+        import nvidia  # noqa: F401  (present with CUDA builds of torch from PyPI)
+        for base in getattr(nvidia, "__path__", []):
+            include_dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        define_macros.append(("DIFFALIGN_WITH_CUDA", "1"))
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        ext = cpp_extension.CUDAExtension(
+            "diffalign._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=extra_link)
+    else:
+        ext = cpp_extension.CppExtension(
+            "diffalign._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+            extra_link_args=extra_link)
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+packages = find_packages(include=["diffalign", "diffalign.*"])
+packages += ["diffalign.modalities"] + [
+    "diffalign.modalities." + p for p in find_packages(where="modalities")]
+
+setup(
+    name="diffalign",
+    version="0.1.0",
+    description="Align diffusion models with human preferences and rewards",
+    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"diffalign": "diffalign", "diffalign.modalities": "modalities"},
+    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "safetensors",
+        "tensorboard",
+        "pillow",
+        "matplotlib",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "peft>=0.12",
+        "accelerate>=0.34",
+    ],
+    extras_require={"dev": ["pytest", "expecttest", "ninja"]},
+    entry_points={"console_scripts": ["diffalign = diffalign.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
