@@ -1,0 +1,122 @@
+"""The toy modality: x in R^d, a small MLP denoiser, prompts are names from a fixed list.
+
+It exists to keep the core honest and fast: every algorithm and trainer feature runs on it in
+seconds on a CPU, and its rewards are closed-form (rewards.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from diffalign.modalities.base import Conditions, ModalityAdapter
+
+SCHEDULERS = ("ddim", "ddpm", "flow")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps (scale 0..1000, like the diffusers models)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class MLPDenoiser(nn.Module):
+    """eps / velocity prediction from (x, t, prompt id); id ``num_prompts`` is the null prompt."""
+
+    def __init__(self, dim: int, num_prompts: int, hidden: int = 64, embed: int = 32):
+        super().__init__()
+        self.embed = embed
+        self.prompt_embedding = nn.Embedding(num_prompts + 1, embed)
+        self.net = nn.Sequential(nn.Linear(dim + 2 * embed, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, prompt_id: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, timestep_embedding(t, self.embed).to(x.dtype), self.prompt_embedding(prompt_id).to(x.dtype)],
+                      dim=-1)
+        return self.net(h)
+
+
+def make_scheduler(kind: str, num_train_timesteps: int = 1000):
+    """A diffusers scheduler for the toy: "ddim", "ddpm" (epsilon prediction) or "flow" (velocity)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+    if kind == "ddim":
+        return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
+                             beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False, clip_sample=False,
+                             steps_offset=1)
+    if kind == "ddpm":
+        return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
+                             beta_start=0.00085, beta_end=0.012, clip_sample=False, variance_type="fixed_small")
+    if kind == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=1.0)
+    raise ValueError(f"toy scheduler must be one of {SCHEDULERS}, got {kind!r}")
+
+
+class ToyAdapter(ModalityAdapter):
+    """Toy modality over R^dim. ``prompts`` is the list of prompt names the denoiser knows."""
+
+    def __init__(self, prompts: Sequence[str], dim: int = 2, hidden: int = 64, scheduler: str = "ddim",
+                 init_seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        if not prompts:
+            raise ValueError("the toy modality needs a non-empty list of prompts")
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.prompts: List[str] = [str(p) for p in prompts]
+        self.dim = int(dim)
+        self.device = torch.device(device)
+        self.scheduler = make_scheduler(scheduler)
+        self.default_step_rule = "flow_sde" if scheduler == "flow" else scheduler
+        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the caller's RNG
+            torch.manual_seed(init_seed)
+            self.denoiser = MLPDenoiser(self.dim, len(self.prompts), hidden).to(self.device, dtype)
+        self.dtype = dtype
+        self._reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self._in_reference = False
+
+    def prompt_ids(self, prompts: Sequence[str]) -> torch.Tensor:
+        index = {p: i for i, p in enumerate(self.prompts)}
+        unknown = [p for p in prompts if str(p) not in index]
+        if unknown:
+            raise ValueError(f"toy prompts {unknown} are not in the model's prompt list {self.prompts}")
+        return torch.tensor([index[str(p)] for p in prompts], dtype=torch.long, device=self.device)
+
+    def encode_conditions(self, prompts: Sequence[str]) -> Conditions:
+        return {"prompt_id": self.prompt_ids(prompts)}
+
+    def unconditional(self, cond: Conditions) -> Conditions:
+        return {"prompt_id": torch.full_like(cond["prompt_id"], len(self.prompts))}
+
+    def initial_noise(self, cond: Conditions, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        b = cond["prompt_id"].shape[0]
+        return torch.randn((b, self.dim), generator=generator, device=self.device).to(self.dtype)
+
+    def denoise(self, x, timesteps, cond):
+        model = self._reference_denoiser if self._in_reference else self.denoiser
+        return model(x, timesteps, cond["prompt_id"])
+
+    def decode(self, x0, cond):
+        return x0
+
+    def trainable_parameters(self):
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference_mode(self):
+        previous, self._in_reference = self._in_reference, True
+        try:
+            yield
+        finally:
+            self._in_reference = previous
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        from diffalign.modalities.base import unwrap
+        return {k: v.detach().clone() for k, v in unwrap(self.denoiser).state_dict().items()}
+
+    def load_trainable_state_dict(self, state):
+        from diffalign.modalities.base import unwrap
+        unwrap(self.denoiser).load_state_dict(state)
