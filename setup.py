@@ -38,7 +38,7 @@ def _extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/cpu/*.cpp") + rel("csrc/torch/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]
     define_macros = []
     extra_link = ["-fopenmp"]
     if want_cuda:

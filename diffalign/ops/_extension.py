@@ -42,5 +42,5 @@ def cuda_kernels_built() -> bool:
     """True when the extension was compiled with its CUDA kernels."""
     if not AVAILABLE:
         return False
-    import torch
-    return bool(torch.ops.diffalign.cuda_built())
+    from diffalign import _C
+    return bool(_C.cuda_built())

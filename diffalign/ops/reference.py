@@ -103,8 +103,9 @@ def diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta=1000.0, lam
         z = g.detach().mean().clamp_min(0.0)
     else:
         z = kl_ref.detach().to(g.dtype).reshape(())
-    sign = torch.where(desirable, 1.0, -1.0).to(g.dtype)
-    weight = torch.where(desirable, lambda_desirable, lambda_undesirable).to(g.dtype)
+    one = torch.ones_like(g)
+    sign = torch.where(desirable, one, -one)
+    weight = torch.where(desirable, one * lambda_desirable, one * lambda_undesirable)
     loss = (weight * (1.0 - torch.sigmoid(sign * beta * (g - z)))).mean()
     return loss, z
 

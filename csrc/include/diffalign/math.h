@@ -17,22 +17,22 @@ namespace diffalign {
 constexpr double kLogSqrt2Pi = 0.91893853320467274178;  // log(sqrt(2*pi))
 
 // ---- scalar helpers (float/double overloads, usable on host and device) ----
-DA_HD inline float dlog(float v) { return logf(v); }
-DA_HD inline double dlog(double v) { return log(v); }
-DA_HD inline float dexp(float v) { return expf(v); }
-DA_HD inline double dexp(double v) { return exp(v); }
-DA_HD inline float dsqrt(float v) { return sqrtf(v > 0.f ? v : 0.f); }
-DA_HD inline double dsqrt(double v) { return sqrt(v > 0.0 ? v : 0.0); }
-DA_HD inline float dlog1p(float v) { return log1pf(v); }
-DA_HD inline double dlog1p(double v) { return log1p(v); }
+DA_HD float dlog(float v) { return logf(v); }
+DA_HD double dlog(double v) { return log(v); }
+DA_HD float dexp(float v) { return expf(v); }
+DA_HD double dexp(double v) { return exp(v); }
+DA_HD float dsqrt(float v) { return sqrtf(v > 0.f ? v : 0.f); }
+DA_HD double dsqrt(double v) { return sqrt(v > 0.0 ? v : 0.0); }
+DA_HD float dlog1p(float v) { return log1pf(v); }
+DA_HD double dlog1p(double v) { return log1p(v); }
 
-template <class A> DA_HD inline A sigmoid(A x) {
+template <class A> DA_HD A sigmoid(A x) {
   if (x >= A(0)) { A e = dexp(-x); return A(1) / (A(1) + e); }
   A e = dexp(x);
   return e / (A(1) + e);
 }
 // -log(sigmoid(x)) = softplus(-x), stable for large |x|
-template <class A> DA_HD inline A neg_log_sigmoid(A x) {
+template <class A> DA_HD A neg_log_sigmoid(A x) {
   return dlog1p(dexp(-(x >= A(0) ? x : -x))) + (x < A(0) ? -x : A(0));
 }
 
@@ -53,12 +53,12 @@ template <class A> struct StdArg {
 
 // ---- per-element formulas ----
 // log N(x; m, s^2)
-template <class A> DA_HD inline A gaussian_logprob_elem(A x, A m, A s) {
+template <class A> DA_HD A gaussian_logprob_elem(A x, A m, A s) {
   A d = x - m;
   return -d * d / (A(2) * s * s) - dlog(s) - A(kLogSqrt2Pi);
 }
 // KL(N(m1, s1^2) || N(m2, s2^2))
-template <class A> DA_HD inline A gaussian_kl_elem(A m1, A m2, A s1, A s2) {
+template <class A> DA_HD A gaussian_kl_elem(A m1, A m2, A s1, A s2) {
   A d = m1 - m2;
   return dlog(s2 / s1) + (s1 * s1 + d * d) / (A(2) * s2 * s2) - A(0.5);
 }
@@ -67,7 +67,7 @@ template <class A> DA_HD inline A gaussian_kl_elem(A m1, A m2, A s1, A s2) {
 // mean = cx * x_t + cm * model_output, std: see DESIGN.md (DDIM with eta as in DDPO; Flow-GRPO SDE).
 template <class A> struct StepCoef { A cx, cm, std; };
 
-template <class A> DA_HD inline StepCoef<A> step_coefficients(int mode, A p0, A p1, A param) {
+template <class A> DA_HD StepCoef<A> step_coefficients(int mode, A p0, A p1, A param) {
   StepCoef<A> c;
   if (mode == kFlowSde) {
     // p0 = sigma, p1 = sigma_next, param = noise level a. sigma_t = a sqrt(s/(1-s)); at s = 1 the
@@ -102,14 +102,14 @@ template <class A> DA_HD inline StepCoef<A> step_coefficients(int mode, A p0, A 
 }
 
 // ---- per-pair DPO losses on the scaled margin u = beta * h ----
-template <class A> DA_HD inline A dpo_pair_loss(A u, A beta, int loss_type) {
+template <class A> DA_HD A dpo_pair_loss(A u, A beta, int loss_type) {
   if (loss_type == kSigmoid) return neg_log_sigmoid(u);
   if (loss_type == kHinge) return u < A(1) ? A(1) - u : A(0);
   A d = u / beta - A(1) / (A(2) * beta);  // IPO: (h - 1/(2 beta))^2
   return d * d;
 }
 // d loss / d h (not d u)
-template <class A> DA_HD inline A dpo_pair_dloss_dh(A u, A beta, int loss_type) {
+template <class A> DA_HD A dpo_pair_dloss_dh(A u, A beta, int loss_type) {
   if (loss_type == kSigmoid) return -beta * sigmoid(-u);
   if (loss_type == kHinge) return u < A(1) ? -beta : A(0);
   return A(2) * (u / beta - A(1) / (A(2) * beta));
@@ -117,13 +117,13 @@ template <class A> DA_HD inline A dpo_pair_dloss_dh(A u, A beta, int loss_type) 
 
 // ---- per-pair / per-sample epilogues of the loss ops ----
 // Diffusion-DPO on per-row mean squared errors; returns the pair's loss and writes beta*h.
-template <class A> DA_HD inline A dpo_pair(A em_w, A em_l, A er_w, A er_l, A beta, int loss_type, A* margin) {
+template <class A> DA_HD A dpo_pair(A em_w, A em_l, A er_w, A er_l, A beta, int loss_type, A* margin) {
   A u = -A(0.5) * beta * ((em_w - em_l) - (er_w - er_l));
   *margin = u;
   return dpo_pair_loss<A>(u, beta, loss_type);
 }
 // Diffusion-KTO per-sample loss lambda_y (1 - sigmoid(s_y beta (g - z))).
-template <class A> DA_HD inline A kto_sample_loss(A g, A z, bool desirable, A beta, A ld, A lu) {
+template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A ld, A lu) {
   A sgn = desirable ? A(1) : A(-1);
   return (desirable ? ld : lu) * (A(1) - sigmoid(sgn * beta * (g - z)));
 }
@@ -239,7 +239,7 @@ template <class T, class A> struct DpoBwd {
 };
 
 template <class A> struct KtoRow { A coef; };
-template <class A> DA_HD inline A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, A lu, A grad_over_b) {
+template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, A lu, A grad_over_b) {
   A sgn = desirable ? A(1) : A(-1);
   A lam = desirable ? ld : lu;
   A s = sigmoid(sgn * beta * (g - z));

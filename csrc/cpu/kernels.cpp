@@ -1,0 +1,202 @@
+// CPU backend: OpenMP loops over (row, chunk) tasks that call the shared functors of math.h.
+// Partial sums are combined in a fixed order, so results do not depend on the thread count.
+#include <algorithm>
+#include <vector>
+
+#include "diffalign/kernels.h"
+#include "diffalign/math.h"
+
+namespace diffalign {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;  // elements per task: big enough to amortise, small to balance
+
+// Runs f over every element; returns the per-row sums of its NOUT accumulators as sums[k * B + b].
+template <class A, class F>
+std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
+  constexpr int N = F::NOUT;
+  const int64_t nchunks = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
+  const int64_t tasks = B * nchunks;
+  std::vector<A> partial(size_t(N > 0 ? N : 1) * tasks, A(0));
+#pragma omp parallel for schedule(static) if (B * D > 4 * kChunk)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / nchunks, c = t % nchunks;
+    const int64_t i0 = b * D + c * kChunk, i1 = b * D + std::min(D, (c + 1) * kChunk);
+    const auto row = f.row(b);
+    A acc[N > 0 ? N : 1] = {};
+    for (int64_t idx = i0; idx < i1; ++idx) f.elem(row, b, idx, acc);
+    for (int k = 0; k < N; ++k) partial[size_t(k) * tasks + t] = acc[k];
+  }
+  std::vector<A> sums(size_t(N > 0 ? N : 1) * B, A(0));
+  for (int k = 0; k < N; ++k)
+    for (int64_t b = 0; b < B; ++b) {
+      A s = 0;
+      for (int64_t c = 0; c < nchunks; ++c) s += partial[size_t(k) * tasks + b * nchunks + c];
+      sums[size_t(k) * B + b] = s;
+    }
+  return sums;
+}
+
+// Writes per-row sums into a std gradient of scalar or per-row layout (full layouts were written
+// element-wise by the functor).
+template <class A> void store_std_grad(const A* row_sums, int64_t B, int layout, void* dest) {
+  if (!dest || layout == kFull) return;
+  A* d = static_cast<A*>(dest);
+  if (layout == kPerRow) { std::copy(row_sums, row_sums + B, d); return; }
+  A s = 0;
+  for (int64_t b = 0; b < B; ++b) s += row_sums[b];
+  d[0] = s;
+}
+
+template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
+
+#define DA_CPU_DISPATCH(DTYPE, ...)                                   \
+  switch (DTYPE) {                                                    \
+    case DType::kFloat32: { using T = float; __VA_ARGS__; break; }    \
+    case DType::kFloat64: { using T = double; __VA_ARGS__; break; }   \
+    case DType::kFloat16: { using T = half_t; __VA_ARGS__; break; }   \
+    case DType::kBFloat16: { using T = bf16_t; __VA_ARGS__; break; }  \
+  }
+
+template <class T> void logprob_impl(const LogprobArgs& a) {
+  using A = typename AccOf<T>::type;
+  LogprobFwd<T, A> f{static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  const A scale = a.reduction == kMean ? A(1) / A(a.D) : A(1);
+  A* out = static_cast<A*>(a.out);
+  for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
+}
+
+template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
+  using A = typename AccOf<T>::type;
+  const bool want_std = a.gstd != nullptr;
+  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+                     static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
+                     static_cast<T*>(a.gx), static_cast<T*>(a.gm),
+                     want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  store_std_grad<A>(sums.data(), a.B, a.std.layout, a.gstd);
+}
+
+template <class T> void kl_impl(const KlArgs& a) {
+  using A = typename AccOf<T>::type;
+  const bool same = a.s2.p == nullptr;
+  KlFwd<T, A> f{static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  const A scale = a.reduction == kMean ? A(1) / A(a.D) : A(1);
+  A* out = static_cast<A*>(a.out);
+  for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
+}
+
+template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
+  using A = typename AccOf<T>::type;
+  const bool same = a.s2.p == nullptr;
+  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+                static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same,
+                static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
+                a.gs1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,
+                a.gs2 && a.s2.layout == kFull ? static_cast<A*>(a.gs2) : nullptr,
+                a.gs1 != nullptr, a.gs2 != nullptr && !same};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
+  if (!same) store_std_grad<A>(sums.data() + a.B, a.B, a.s2.layout, a.gs2);
+}
+
+template <class T> void dpo_impl(const DpoArgs& a) {
+  using A = typename AccOf<T>::type;
+  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  const int64_t P = a.B / 2;
+  const A inv_d = A(1) / A(a.D), beta = A(a.beta);
+  A* loss = static_cast<A*>(a.loss);
+  A* margin = static_cast<A*>(a.margin);
+  A total = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const A* em = sums.data();
+    const A* er = sums.data() + a.B;
+    A l = dpo_pair<A>(em[p] * inv_d, em[p + P] * inv_d, er[p] * inv_d, er[p + P] * inv_d, beta, a.loss_type,
+                      margin + p);
+    if (a.reduction == kPairNone) loss[p] = l; else total += l;
+  }
+  if (a.reduction == kPairMean) loss[0] = total / A(P);
+}
+
+template <class T> void dpo_bwd_impl(const DpoBwdArgs& a) {
+  using A = typename AccOf<T>::type;
+  DpoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.margin), A(a.beta), a.loss_type,
+                 a.reduction, a.B / 2, A(1) / A(a.D), static_cast<const T*>(a.model),
+                 static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  run_rows<A>(f, a.B, a.D);
+}
+
+template <class T> void kto_impl(const KtoArgs& a) {
+  using A = typename AccOf<T>::type;
+  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  const A inv_d = A(1) / A(a.D);
+  A* g = static_cast<A*>(a.g);
+  A mean_g = 0;
+  for (int64_t b = 0; b < a.B; ++b) {
+    g[b] = (sums[a.B + b] - sums[b]) * inv_d;  // e_ref - e_model
+    mean_g += g[b];
+  }
+  mean_g /= A(a.B);
+  const A z = a.kl_ref ? static_cast<const A*>(a.kl_ref)[0] : (mean_g > A(0) ? mean_g : A(0));
+  A total = 0;
+  for (int64_t b = 0; b < a.B; ++b)
+    total += kto_sample_loss<A>(g[b], z, a.desirable[b], A(a.beta), A(a.lambda_d), A(a.lambda_u));
+  static_cast<A*>(a.loss)[0] = total / A(a.B);
+  static_cast<A*>(a.z)[0] = z;
+}
+
+template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
+  using A = typename AccOf<T>::type;
+  KtoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.g), static_cast<const A*>(a.z),
+                 a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u), a.B, A(1) / A(a.D),
+                 static_cast<const T*>(a.model), static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  run_rows<A>(f, a.B, a.D);
+}
+
+template <class T> void step_impl(const StepArgs& a) {
+  using A = typename AccOf<T>::type;
+  StepFwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
+                  static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
+                  static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+  auto sums = run_rows<A>(f, a.B, a.D);
+  A* lp = static_cast<A*>(a.log_prob);
+  A* std_out = static_cast<A*>(a.std_out);
+  for (int64_t b = 0; b < a.B; ++b) {
+    const A s = f.row(b).c.std;
+    std_out[b] = s;
+    lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
+  }
+}
+
+template <class T> void step_bwd_impl(const StepBwdArgs& a) {
+  using A = typename AccOf<T>::type;
+  StepBwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
+                  A(1) / A(a.D), static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp),
+                  static_cast<const T*>(a.grad_mean), static_cast<const T*>(a.model),
+                  static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in), static_cast<T*>(a.gmodel),
+                  static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
+  run_rows<A>(f, a.B, a.D);
+}
+
+}  // namespace
+
+void gaussian_logprob(const LogprobArgs& a) { DA_CPU_DISPATCH(a.dtype, logprob_impl<T>(a)); }
+void gaussian_logprob_backward(const LogprobBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, logprob_bwd_impl<T>(a)); }
+void gaussian_kl(const KlArgs& a) { DA_CPU_DISPATCH(a.dtype, kl_impl<T>(a)); }
+void gaussian_kl_backward(const KlBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, kl_bwd_impl<T>(a)); }
+void diffusion_dpo_loss(const DpoArgs& a) { DA_CPU_DISPATCH(a.dtype, dpo_impl<T>(a)); }
+void diffusion_dpo_loss_backward(const DpoBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, dpo_bwd_impl<T>(a)); }
+void diffusion_kto_loss(const KtoArgs& a) { DA_CPU_DISPATCH(a.dtype, kto_impl<T>(a)); }
+void diffusion_kto_loss_backward(const KtoBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, kto_bwd_impl<T>(a)); }
+void gaussian_step(const StepArgs& a) { DA_CPU_DISPATCH(a.dtype, step_impl<T>(a)); }
+void gaussian_step_backward(const StepBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, step_bwd_impl<T>(a)); }
+
+}  // namespace cpu
+}  // namespace diffalign

@@ -1,0 +1,359 @@
+// CUDA backend: raw-pointer kernels over (row, chunk) blocks that call the shared functors of
+// math.h, plus one single-block epilogue per op that sums the chunk partials in a fixed order (no
+// atomics: results are deterministic) and finishes the per-row / per-pair math. No torch header:
+// nvcc compiles this alone. Every launch is stream-ordered, syncs nothing and allocates nothing
+// (the caller passes the workspace), so it can be captured in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "diffalign/dtypes.h"
+
+namespace diffalign {
+// CUDA 16-bit types, converted with the hardware intrinsics (round to nearest even).
+template <> struct Conv<__half> {
+  template <class A> __host__ __device__ __forceinline__ static A to(__half v) { return A(__half2float(v)); }
+  template <class A> __host__ __device__ __forceinline__ static __half from(A v) { return __float2half_rn(float(v)); }
+};
+template <> struct Conv<__nv_bfloat16> {
+  template <class A> __host__ __device__ __forceinline__ static A to(__nv_bfloat16 v) { return A(__bfloat162float(v)); }
+  template <class A> __host__ __device__ __forceinline__ static __nv_bfloat16 from(A v) { return __float2bfloat16_rn(float(v)); }
+};
+}  // namespace diffalign
+
+#include "diffalign/kernels.h"
+#include "diffalign/math.h"
+
+namespace diffalign {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kItems = 8;                         // elements per thread per chunk
+constexpr int64_t kChunk = kThreads * kItems;     // elements per block
+constexpr int kEpiThreads = 1024;                 // the single-block epilogue
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("diffalign CUDA ") + what + ": " + cudaGetErrorString(e));
+}
+
+inline int64_t num_chunks(int64_t D) { return std::max<int64_t>(1, (D + kChunk - 1) / kChunk); }
+
+template <class A> __device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block; every thread must call it; the result is valid in thread 0.
+template <class A> __device__ A block_sum(A v, A* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // smem may still be read from a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < nwarps ? smem[threadIdx.x] : A(0);
+  if (warp == 0) v = warp_sum(v);
+  return v;
+}
+
+// One block per (row, chunk): applies f to the chunk's elements and writes NOUT partial sums.
+template <class A, class F>
+__global__ void __launch_bounds__(kThreads) chunk_kernel(F f, int64_t D, int64_t nchunks, int64_t tasks, A* partial) {
+  constexpr int N = F::NOUT;
+  const int64_t t = blockIdx.x;
+  const int64_t b = t / nchunks, c = t % nchunks;
+  const auto row = f.row(b);
+  const int64_t base = b * D;
+  const int64_t i0 = c * kChunk, i1 = min(D, i0 + kChunk);
+  A acc[N > 0 ? N : 1] = {};
+  if (i1 - i0 == kChunk) {  // full chunk: fixed trip count, loads can be issued together
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) f.elem(row, b, base + i0 + k * kThreads + threadIdx.x, acc);
+  } else {
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) f.elem(row, b, base + i, acc);
+  }
+  if constexpr (N > 0) {
+    __shared__ A smem[32];
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      A s = block_sum(acc[k], smem);
+      if (threadIdx.x == 0) partial[k * tasks + t] = s;
+    }
+  }
+}
+
+// Epilogue, step 1 (inside the single block): warp w sums the chunk partials of rows w, w+32, ...
+template <class A, int N>
+__device__ void sum_rows(const A* partial, int64_t B, int64_t nchunks, A* rows) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int64_t tasks = B * nchunks;
+  for (int64_t b = warp; b < B; b += nwarps) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      A s = 0;
+      for (int64_t c = lane; c < nchunks; c += 32) s += partial[k * tasks + b * nchunks + c];
+      s = warp_sum(s);
+      if (lane == 0) rows[k * B + b] = s;
+    }
+  }
+  __syncthreads();  // global writes of this block are visible to it after the barrier
+}
+
+template <class A> __device__ void store_std_grad(const A* rows, int64_t B, int layout, A* dest, A* smem) {
+  if (dest == nullptr || layout == kFull) return;
+  if (layout == kPerRow) {
+    for (int64_t b = threadIdx.x; b < B; b += blockDim.x) dest[b] = rows[b];
+    return;
+  }
+  A s = 0;
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) s += rows[b];
+  s = block_sum(s, smem);
+  if (threadIdx.x == 0) dest[0] = s;
+}
+
+// ---- epilogues ----
+template <class A> __global__ void scale_rows_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, A scale,
+                                                       A* out) {
+  sum_rows<A, 1>(partial, B, nchunks, rows);
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) out[b] = rows[b] * scale;
+}
+
+template <class A> __global__ void std_grad_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows,
+                                                     int layout0, A* dest0, int layout1, A* dest1) {
+  __shared__ A smem[32];
+  if (dest1 != nullptr) sum_rows<A, 2>(partial, B, nchunks, rows); else sum_rows<A, 1>(partial, B, nchunks, rows);
+  store_std_grad<A>(rows, B, layout0, dest0, smem);
+  store_std_grad<A>(rows + B, B, layout1, dest1, smem);
+}
+
+template <class A> __global__ void dpo_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, A inv_d, A beta,
+                                                int loss_type, int reduction, A* loss, A* margin) {
+  __shared__ A smem[32];
+  sum_rows<A, 2>(partial, B, nchunks, rows);
+  const int64_t P = B / 2;
+  const A* em = rows;
+  const A* er = rows + B;
+  A total = 0;
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    A l = dpo_pair<A>(em[p] * inv_d, em[p + P] * inv_d, er[p] * inv_d, er[p + P] * inv_d, beta, loss_type, margin + p);
+    if (reduction == kPairNone) loss[p] = l; else total += l;
+  }
+  if (reduction == kPairMean) {
+    total = block_sum(total, smem);
+    if (threadIdx.x == 0) loss[0] = total / A(P);
+  }
+}
+
+template <class A> __global__ void kto_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, A inv_d,
+                                                const bool* desirable, A beta, A ld, A lu, const A* kl_ref, A* loss,
+                                                A* z_out, A* g) {
+  __shared__ A smem[32];
+  __shared__ A z_shared;
+  sum_rows<A, 2>(partial, B, nchunks, rows);
+  A s = 0;
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    g[b] = (rows[B + b] - rows[b]) * inv_d;  // e_ref - e_model
+    s += g[b];
+  }
+  s = block_sum(s, smem);
+  if (threadIdx.x == 0) {
+    A mean_g = s / A(B);
+    z_shared = kl_ref ? kl_ref[0] : (mean_g > A(0) ? mean_g : A(0));
+    z_out[0] = z_shared;
+  }
+  __syncthreads();
+  const A z = z_shared;
+  A total = 0;
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) total += kto_sample_loss<A>(g[b], z, desirable[b], beta, ld, lu);
+  total = block_sum(total, smem);
+  if (threadIdx.x == 0) loss[0] = total / A(B);
+}
+
+template <class A> __global__ void step_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, int mode,
+                                                 const A* p0, const A* p1, int per_sample, A param, A inv_d, A* lp,
+                                                 A* std_out) {
+  sum_rows<A, 1>(partial, B, nchunks, rows);
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    const int64_t j = per_sample ? b : 0;
+    const A s = step_coefficients<A>(mode, p0[j], p1[j], param).std;
+    std_out[b] = s;
+    lp[b] = s > A(0) ? rows[b] * inv_d : A(0);
+  }
+}
+
+// ---- launching ----
+struct Work {  // carve the caller's workspace: partials [4][tasks], then row sums [4][B]
+  template <class A> static A* partial(void* ws) { return static_cast<A*>(ws); }
+  template <class A> static A* rows(void* ws, int64_t tasks) { return static_cast<A*>(ws) + 4 * tasks; }
+};
+
+template <class A, class F> void launch_chunks(const F& f, int64_t B, int64_t D, void* ws, cudaStream_t s) {
+  const int64_t nchunks = num_chunks(D), tasks = B * nchunks;
+  if (tasks > 0x7fffffffLL) throw std::runtime_error("diffalign CUDA: tensor too large for one launch");
+  chunk_kernel<A, F><<<dim3(unsigned(tasks)), kThreads, 0, s>>>(f, D, nchunks, tasks, Work::partial<A>(ws));
+  check(cudaGetLastError(), "chunk kernel launch");
+}
+
+template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
+
+#define DA_CUDA_DISPATCH(DTYPE, ...)                                           \
+  switch (DTYPE) {                                                             \
+    case DType::kFloat32: { using T = float; __VA_ARGS__; break; }             \
+    case DType::kFloat64: { using T = double; __VA_ARGS__; break; }            \
+    case DType::kFloat16: { using T = __half; __VA_ARGS__; break; }            \
+    case DType::kBFloat16: { using T = __nv_bfloat16; __VA_ARGS__; break; }    \
+  }
+
+template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  LogprobFwd<T, A> f{static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = num_chunks(a.D);
+  scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
+                                                   Work::rows<A>(ws, a.B * nchunks),
+                                                   a.reduction == kMean ? A(1) / A(a.D) : A(1), static_cast<A*>(a.out));
+  check(cudaGetLastError(), "logprob epilogue");
+}
+
+template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  const bool want_std = a.gstd != nullptr;
+  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+                     static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
+                     static_cast<T*>(a.gx), static_cast<T*>(a.gm),
+                     want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  if (want_std && a.std.layout != kFull) {
+    const int64_t nchunks = num_chunks(a.D);
+    std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
+                                                   a.std.layout, static_cast<A*>(a.gstd), kFull, nullptr);
+    check(cudaGetLastError(), "logprob backward epilogue");
+  }
+}
+
+template <class T> void kl_impl(const KlArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  const bool same = a.s2.p == nullptr;
+  KlFwd<T, A> f{static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = num_chunks(a.D);
+  scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
+                                                   Work::rows<A>(ws, a.B * nchunks),
+                                                   a.reduction == kMean ? A(1) / A(a.D) : A(1), static_cast<A*>(a.out));
+  check(cudaGetLastError(), "kl epilogue");
+}
+
+template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  const bool same = a.s2.p == nullptr;
+  const bool w1 = a.gs1 != nullptr, w2 = a.gs2 != nullptr && !same;
+  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+                static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same, static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
+                w1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,
+                w2 && a.s2.layout == kFull ? static_cast<A*>(a.gs2) : nullptr, w1, w2};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const bool r1 = w1 && a.s1.layout != kFull, r2 = w2 && a.s2.layout != kFull;
+  if (r1 || r2) {
+    const int64_t nchunks = num_chunks(a.D);
+    std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
+                                                   a.s1.layout, r1 ? static_cast<A*>(a.gs1) : nullptr, a.s2.layout,
+                                                   r2 ? static_cast<A*>(a.gs2) : nullptr);
+    check(cudaGetLastError(), "kl backward epilogue");
+  }
+}
+
+template <class T> void dpo_impl(const DpoArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = num_chunks(a.D);
+  dpo_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
+                                            A(1) / A(a.D), A(a.beta), a.loss_type, a.reduction,
+                                            static_cast<A*>(a.loss), static_cast<A*>(a.margin));
+  check(cudaGetLastError(), "dpo epilogue");
+}
+
+template <class T> void dpo_bwd_impl(const DpoBwdArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  DpoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.margin), A(a.beta), a.loss_type,
+                 a.reduction, a.B / 2, A(1) / A(a.D), static_cast<const T*>(a.model),
+                 static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+}
+
+template <class T> void kto_impl(const KtoArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = num_chunks(a.D);
+  kto_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
+                                            A(1) / A(a.D), a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u),
+                                            static_cast<const A*>(a.kl_ref), static_cast<A*>(a.loss),
+                                            static_cast<A*>(a.z), static_cast<A*>(a.g));
+  check(cudaGetLastError(), "kto epilogue");
+}
+
+template <class T> void kto_bwd_impl(const KtoBwdArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  KtoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.g), static_cast<const A*>(a.z),
+                 a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u), a.B, A(1) / A(a.D),
+                 static_cast<const T*>(a.model), static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+}
+
+template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  StepFwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
+                  static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
+                  static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = num_chunks(a.D);
+  step_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
+                                             a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1),
+                                             a.per_sample, A(a.param), A(1) / A(a.D), static_cast<A*>(a.log_prob),
+                                             static_cast<A*>(a.std_out));
+  check(cudaGetLastError(), "step epilogue");
+}
+
+template <class T> void step_bwd_impl(const StepBwdArgs& a, void* ws, cudaStream_t s) {
+  using A = typename AccOf<T>::type;
+  StepBwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
+                  A(1) / A(a.D), static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp),
+                  static_cast<const T*>(a.grad_mean), static_cast<const T*>(a.model),
+                  static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in), static_cast<T*>(a.gmodel),
+                  static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
+  launch_chunks<A>(f, a.B, a.D, ws, s);
+}
+
+}  // namespace
+
+size_t workspace_bytes(DType dtype, int64_t B, int64_t D) {
+  const size_t acc = dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return acc * (4 * size_t(B * num_chunks(D)) + 4 * size_t(B));
+}
+
+#define DA_DEFINE(NAME, ARGS, IMPL)                                              \
+  void NAME(const ARGS& a, void* ws, void* stream) {                             \
+    DA_CUDA_DISPATCH(a.dtype, IMPL<T>(a, ws, static_cast<cudaStream_t>(stream))) \
+  }
+DA_DEFINE(gaussian_logprob, LogprobArgs, logprob_impl)
+DA_DEFINE(gaussian_logprob_backward, LogprobBwdArgs, logprob_bwd_impl)
+DA_DEFINE(gaussian_kl, KlArgs, kl_impl)
+DA_DEFINE(gaussian_kl_backward, KlBwdArgs, kl_bwd_impl)
+DA_DEFINE(diffusion_dpo_loss, DpoArgs, dpo_impl)
+DA_DEFINE(diffusion_dpo_loss_backward, DpoBwdArgs, dpo_bwd_impl)
+DA_DEFINE(diffusion_kto_loss, KtoArgs, kto_impl)
+DA_DEFINE(diffusion_kto_loss_backward, KtoBwdArgs, kto_bwd_impl)
+DA_DEFINE(gaussian_step, StepArgs, step_impl)
+DA_DEFINE(gaussian_step_backward, StepBwdArgs, step_bwd_impl)
+#undef DA_DEFINE
+
+}  // namespace cuda
+}  // namespace diffalign

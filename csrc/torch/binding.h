@@ -1,0 +1,272 @@
+// Tensor <-> kernel-argument glue shared by the CPU and CUDA registrations. Each op's device impl is
+// one template over a Backend policy (CpuBackend in ops.cpp, CudaBackend in cuda/ops_cuda.cpp) that
+// allocates outputs, fills the raw-pointer argument struct and launches.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "diffalign/kernels.h"
+#include "diffalign/math.h"
+
+namespace diffalign {
+namespace binding {
+
+inline DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK_VALUE(false, "diffalign ops take float32, float64, float16 or bfloat16 tensors, got ",
+                               t.scalar_type());
+  }
+  return DType::kFloat32;
+}
+
+inline at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+inline int64_t rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() >= 1 && t.size(0) > 0, name, " needs a non-empty batch dimension, got shape ", t.sizes());
+  return t.size(0);
+}
+inline int64_t cols(const at::Tensor& t) { return t.numel() / t.size(0); }
+
+inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), " but ", ref_name, " has shape ",
+                    ref.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
+                    " has dtype ", ref.scalar_type());
+}
+
+// A std argument: contiguous, in the accumulation dtype, with its layout against x.
+struct PreparedStd {
+  at::Tensor t;
+  int layout;
+  StdView view() const { return {t.data_ptr(), layout}; }
+};
+inline PreparedStd prepare_std(const at::Tensor& s, const at::Tensor& x, const char* name) {
+  const int64_t B = x.size(0);
+  at::Tensor c = s.to(acc_type(x)).contiguous();
+  if (s.numel() == 1) return {c, kScalar};
+  bool per_row = s.numel() == B && s.dim() >= 1 && s.size(0) == B;
+  if (per_row) return {c, kPerRow};
+  TORCH_CHECK_VALUE(s.sizes() == x.sizes(), name, " has shape ", s.sizes(), "; expected 0-d, (", B, "), (", B,
+                    ",1,..,1) or ", x.sizes());
+  return {c, kFull};
+}
+
+inline at::Tensor empty_like_masked(bool wanted, const at::Tensor& like) {
+  return wanted ? at::empty_like(like, at::MemoryFormat::Contiguous) : at::empty({0}, like.options());
+}
+inline void* ptr_or_null(const at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
+inline const void* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->numel() ? t->data_ptr() : nullptr;
+}
+inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->contiguous();
+}
+
+// ------------------------------------------------------------------------------------------------
+template <class Backend>
+at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction) {
+  const int64_t B = rows(x_, "x");
+  check_like(mean_, "mean", x_, "x");
+  auto x = x_.contiguous(), mean = mean_.contiguous();
+  auto s = prepare_std(std_, x, "std");
+  auto out = at::empty({B}, x.options().dtype(acc_type(x)));
+  LogprobArgs a{dtype_of(x), B, cols(x), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction), out.data_ptr()};
+  Backend::launch(a, x);
+  return out;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
+    const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction,
+    std::array<bool, 3> mask) {
+  const int64_t B = rows(x_, "x");
+  auto x = x_.contiguous(), mean = mean_.contiguous();
+  auto grad = grad_.to(acc_type(x)).contiguous();
+  auto s = prepare_std(std_, x, "std");
+  auto gx = empty_like_masked(mask[0], x), gm = empty_like_masked(mask[1], x);
+  auto gs = mask[2] ? at::empty_like(s.t) : at::empty({0}, s.t.options());
+  LogprobBwdArgs a{dtype_of(x), B, cols(x), grad.data_ptr(), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction),
+                   ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs)};
+  Backend::launch(a, x);
+  if (mask[2]) gs = gs.view(std_.sizes());
+  return {gx, gm, gs};
+}
+
+template <class Backend>
+at::Tensor gaussian_kl(const at::Tensor& m1_, const at::Tensor& m2_, const at::Tensor& s1_,
+                       const std::optional<at::Tensor>& s2_, int64_t reduction) {
+  const int64_t B = rows(m1_, "mean");
+  check_like(m2_, "ref_mean", m1_, "mean");
+  auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
+  auto s1 = prepare_std(s1_, m1, "std");
+  PreparedStd s2{at::Tensor(), kScalar};
+  if (s2_.has_value() && s2_->defined()) s2 = prepare_std(*s2_, m1, "ref_std");
+  auto out = at::empty({B}, m1.options().dtype(acc_type(m1)));
+  KlArgs a{dtype_of(m1), B, cols(m1), m1.data_ptr(), m2.data_ptr(), s1.view(),
+           s2.t.defined() ? s2.view() : StdView{}, int(reduction), out.data_ptr()};
+  Backend::launch(a, m1);
+  return out;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
+    const at::Tensor& grad_, const at::Tensor& m1_, const at::Tensor& m2_, const at::Tensor& s1_,
+    const std::optional<at::Tensor>& s2_, int64_t reduction, std::array<bool, 4> mask) {
+  const int64_t B = rows(m1_, "mean");
+  auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
+  auto grad = grad_.to(acc_type(m1)).contiguous();
+  auto s1 = prepare_std(s1_, m1, "std");
+  const bool has_s2 = s2_.has_value() && s2_->defined();
+  PreparedStd s2{at::Tensor(), kScalar};
+  if (has_s2) s2 = prepare_std(*s2_, m1, "ref_std");
+  auto g1 = empty_like_masked(mask[0], m1), g2 = empty_like_masked(mask[1], m1);
+  auto gs1 = mask[2] ? at::empty_like(s1.t) : at::empty({0}, s1.t.options());
+  auto gs2 = (mask[3] && has_s2) ? at::empty_like(s2.t) : at::empty({0}, s1.t.options());
+  KlBwdArgs a{dtype_of(m1), B, cols(m1), grad.data_ptr(), m1.data_ptr(), m2.data_ptr(), s1.view(),
+              has_s2 ? s2.view() : StdView{}, int(reduction), ptr_or_null(g1), ptr_or_null(g2), ptr_or_null(gs1),
+              ptr_or_null(gs2)};
+  Backend::launch(a, m1);
+  if (gs1.numel()) gs1 = gs1.view(s1_.sizes());
+  if (gs2.numel()) gs2 = gs2.view(s2_->sizes());
+  return {g1, g2, gs1, gs2};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> diffusion_dpo_loss(const at::Tensor& model_, const at::Tensor& ref_,
+                                                      const at::Tensor& target_, double beta, int64_t loss_type,
+                                                      int64_t reduction) {
+  const int64_t B = rows(model_, "model_pred");
+  TORCH_CHECK_VALUE(B % 2 == 0, "model_pred must hold [winners; losers] with an even number of rows, got ", B);
+  check_like(ref_, "ref_pred", model_, "model_pred");
+  check_like(target_, "target", model_, "model_pred");
+  auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
+  auto opts = model.options().dtype(acc_type(model));
+  auto loss = reduction == kPairNone ? at::empty({B / 2}, opts) : at::empty({}, opts);
+  auto margin = at::empty({B / 2}, opts);
+  DpoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(), beta,
+            int(loss_type), int(reduction), loss.data_ptr(), margin.data_ptr()};
+  Backend::launch(a, model);
+  return {loss, margin};
+}
+
+template <class Backend>
+at::Tensor diffusion_dpo_loss_backward(const at::Tensor& grad_, const at::Tensor& model_, const at::Tensor& target_,
+                                       const at::Tensor& margin_, double beta, int64_t loss_type, int64_t reduction) {
+  const int64_t B = rows(model_, "model_pred");
+  auto model = model_.contiguous(), target = target_.contiguous();
+  auto grad = grad_.to(acc_type(model)).contiguous(), margin = margin_.contiguous();
+  auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
+  DpoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), margin.data_ptr(), model.data_ptr(),
+               target.data_ptr(), beta, int(loss_type), int(reduction), gmodel.data_ptr()};
+  Backend::launch(a, model);
+  return gmodel;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
+    const at::Tensor& model_, const at::Tensor& ref_, const at::Tensor& target_, const at::Tensor& desirable_,
+    double beta, double lambda_d, double lambda_u, const std::optional<at::Tensor>& kl_ref_) {
+  const int64_t B = rows(model_, "model_pred");
+  check_like(ref_, "ref_pred", model_, "model_pred");
+  check_like(target_, "target", model_, "model_pred");
+  TORCH_CHECK_VALUE(desirable_.scalar_type() == at::kBool && desirable_.numel() == B,
+                    "desirable must be a bool tensor of shape (", B, ")");
+  auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
+  auto desirable = desirable_.contiguous();
+  auto opts = model.options().dtype(acc_type(model));
+  std::optional<at::Tensor> kl_ref;
+  if (kl_ref_.has_value() && kl_ref_->defined()) kl_ref = kl_ref_->to(acc_type(model)).contiguous();
+  auto loss = at::empty({}, opts), z = at::empty({}, opts), g = at::empty({B}, opts);
+  KtoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(),
+            desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, ptr_or_null(kl_ref), loss.data_ptr(), z.data_ptr(),
+            g.data_ptr()};
+  Backend::launch(a, model);
+  return {loss, z, g};
+}
+
+template <class Backend>
+at::Tensor diffusion_kto_loss_backward(const at::Tensor& grad_, const at::Tensor& model_, const at::Tensor& target_,
+                                       const at::Tensor& desirable_, const at::Tensor& g_, const at::Tensor& z_,
+                                       double beta, double lambda_d, double lambda_u) {
+  const int64_t B = rows(model_, "model_pred");
+  auto model = model_.contiguous(), target = target_.contiguous(), desirable = desirable_.contiguous();
+  auto grad = grad_.to(acc_type(model)).contiguous(), g = g_.contiguous(), z = z_.contiguous();
+  auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
+  KtoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), g.data_ptr(), z.data_ptr(),
+               desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, model.data_ptr(), target.data_ptr(),
+               gmodel.data_ptr()};
+  Backend::launch(a, model);
+  return gmodel;
+}
+
+// p0/p1: per-sample schedule values (alphas or sigmas), 0-d or (B,), in the accumulation dtype.
+inline int per_sample(const at::Tensor& p0, const at::Tensor& p1, int64_t B) {
+  TORCH_CHECK_VALUE(p0.numel() == 1 || p0.numel() == B, "schedule values must be 0-d or (", B, "), got ", p0.sizes());
+  TORCH_CHECK_VALUE(p1.numel() == p0.numel() || p1.numel() == 1 || p1.numel() == B,
+                    "schedule values must be 0-d or (", B, "), got ", p1.sizes());
+  return (p0.numel() == B && B > 1) || (p1.numel() == B && B > 1) ? 1 : 0;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
+    const at::Tensor& model_, const at::Tensor& sample_, const at::Tensor& p0_, const at::Tensor& p1_, double param,
+    const std::optional<at::Tensor>& prev_, const std::optional<at::Tensor>& noise_, int64_t mode) {
+  const int64_t B = rows(sample_, "sample");
+  check_like(model_, "model_output", sample_, "sample");
+  auto model = model_.contiguous(), sample = sample_.contiguous();
+  auto prev = contiguous_opt(prev_), noise = contiguous_opt(noise_);
+  TORCH_CHECK_VALUE(prev.has_value() != noise.has_value(), "give exactly one of prev_sample (to score) and noise");
+  if (prev) check_like(*prev, "prev_sample", sample, "sample");
+  if (noise) check_like(*noise, "noise", sample, "sample");
+  const int ps = per_sample(p0_, p1_, B);
+  auto p0 = (ps ? p0_.expand({B}) : p0_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto p1 = (ps ? p1_.expand({B}) : p1_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto prev_out = prev ? at::empty({0}, sample.options()) : at::empty_like(sample, at::MemoryFormat::Contiguous);
+  auto mean = at::empty_like(sample, at::MemoryFormat::Contiguous);
+  auto opts = sample.options().dtype(acc_type(sample));
+  auto lp = at::empty({B}, opts);
+  std::vector<int64_t> std_shape(sample.dim(), 1);
+  std_shape[0] = B;
+  auto std_out = at::empty(std_shape, opts);
+  StepArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param, model.data_ptr(),
+             sample.data_ptr(), ptr_or_null(prev), ptr_or_null(noise), ptr_or_null(prev_out), mean.data_ptr(),
+             lp.data_ptr(), std_out.data_ptr()};
+  Backend::launch(a, sample);
+  return {prev_out, lp, mean, std_out};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
+    const std::optional<at::Tensor>& grad_prev_, const std::optional<at::Tensor>& grad_lp_,
+    const std::optional<at::Tensor>& grad_mean_, const at::Tensor& model_, const at::Tensor& sample_,
+    const at::Tensor& p0_, const at::Tensor& p1_, double param, const std::optional<at::Tensor>& prev_, int64_t mode,
+    std::array<bool, 3> mask) {
+  const int64_t B = rows(sample_, "sample");
+  auto model = model_.contiguous(), sample = sample_.contiguous();
+  auto prev = contiguous_opt(prev_);
+  auto grad_prev = contiguous_opt(grad_prev_), grad_mean = contiguous_opt(grad_mean_);
+  std::optional<at::Tensor> grad_lp;
+  if (grad_lp_.has_value() && grad_lp_->defined()) grad_lp = grad_lp_->to(acc_type(sample)).contiguous();
+  const int ps = per_sample(p0_, p1_, B);
+  auto p0 = (ps ? p0_.expand({B}) : p0_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto p1 = (ps ? p1_.expand({B}) : p1_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto gmodel = empty_like_masked(mask[0], sample), gsample = empty_like_masked(mask[1], sample);
+  auto gprev = empty_like_masked(mask[2] && prev.has_value(), sample);
+  StepBwdArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param,
+                ptr_or_null(grad_prev), ptr_or_null(grad_lp), ptr_or_null(grad_mean), model.data_ptr(),
+                sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel), ptr_or_null(gsample), ptr_or_null(gprev)};
+  Backend::launch(a, sample);
+  return {gmodel, gsample, gprev};
+}
+
+}  // namespace binding
+}  // namespace diffalign

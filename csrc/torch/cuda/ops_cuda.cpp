@@ -1,0 +1,48 @@
+// CUDA registrations of the diffalign ops. Compiled by the host compiler (it includes torch), it
+// only allocates outputs and workspace and calls the raw-pointer launchers of csrc/cuda/kernels.cu
+// on the current stream.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../binding.h"
+
+namespace diffalign {
+namespace {
+
+struct CudaBackend {
+  template <class Args, class Fn> static void run(const Args& a, const at::Tensor& like, Fn fn) {
+    c10::cuda::CUDAGuard guard(like.device());
+    const size_t bytes = cuda::workspace_bytes(a.dtype, a.B, a.D);
+    auto ws = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
+    fn(a, ws.data_ptr(), at::cuda::getCurrentCUDAStream(like.device().index()).stream());
+  }
+  static void launch(const LogprobArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_logprob); }
+  static void launch(const LogprobBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_logprob_backward); }
+  static void launch(const KlArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_kl); }
+  static void launch(const KlBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_kl_backward); }
+  static void launch(const DpoArgs& a, const at::Tensor& t) { run(a, t, cuda::diffusion_dpo_loss); }
+  static void launch(const DpoBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::diffusion_dpo_loss_backward); }
+  static void launch(const KtoArgs& a, const at::Tensor& t) { run(a, t, cuda::diffusion_kto_loss); }
+  static void launch(const KtoBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::diffusion_kto_loss_backward); }
+  static void launch(const StepArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_step); }
+  static void launch(const StepBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_step_backward); }
+};
+
+}  // namespace
+}  // namespace diffalign
+
+TORCH_LIBRARY_IMPL(diffalign, CUDA, m) {
+  using B = diffalign::CudaBackend;
+  namespace b = diffalign::binding;
+  m.impl("gaussian_logprob", &b::gaussian_logprob<B>);
+  m.impl("gaussian_logprob_backward", &b::gaussian_logprob_backward<B>);
+  m.impl("gaussian_kl", &b::gaussian_kl<B>);
+  m.impl("gaussian_kl_backward", &b::gaussian_kl_backward<B>);
+  m.impl("diffusion_dpo_loss", &b::diffusion_dpo_loss<B>);
+  m.impl("diffusion_dpo_loss_backward", &b::diffusion_dpo_loss_backward<B>);
+  m.impl("diffusion_kto_loss", &b::diffusion_kto_loss<B>);
+  m.impl("diffusion_kto_loss_backward", &b::diffusion_kto_loss_backward<B>);
+  m.impl("gaussian_step", &b::gaussian_step<B>);
+  m.impl("gaussian_step_backward", &b::gaussian_step_backward<B>);
+}
