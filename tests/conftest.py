@@ -1,10 +1,11 @@
-import warnings
-
 import pytest
 import torch
 
-# the compiled ops may not be built here; their fallback warns once, which is expected in tests
-warnings.filterwarnings("ignore", message="diffalign: compiled ops unavailable", category=RuntimeWarning)
+
+def pytest_configure(config):
+    # the compiled ops may not be built; their fallback warns once at import, which tests expect
+    config.addinivalue_line("filterwarnings", "ignore:diffalign. compiled ops unavailable:RuntimeWarning")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
 
 
 @pytest.fixture(autouse=True)

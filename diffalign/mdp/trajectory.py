@@ -96,15 +96,16 @@ class DiffusionPolicy:
         return stack
 
     # ---- one step ---------------------------------------------------------------------------------
-    def predict(self, x: torch.Tensor, steps, cond: Conditions) -> torch.Tensor:
-        """Guided model output at step indices ``steps`` (int or (B,)).
+    def predict(self, x: torch.Tensor, steps, cond: Conditions, guided: bool = True) -> torch.Tensor:
+        """Guided model output at step indices ``steps`` (int or (B,)); ``guided=False`` gives the
+        plain conditional output (what denoising losses train).
 
         With guidance the unconditional and conditional branches run as ONE batch of 2B rows,
         [uncond; cond], in rollouts and at training time alike (same batch layout, same numerics).
         """
         t = self.rule.model_timesteps(steps, x)
         with self._context():
-            if self.guidance_scale == 1.0:
+            if self.guidance_scale == 1.0 or not guided:
                 return self.adapter.denoise(x, t, cond)
             both = cat_conditions([self.adapter.unconditional(cond), cond])
             out = self.adapter.denoise(torch.cat([x, x]), torch.cat([t, t]), both)
