@@ -116,6 +116,14 @@ class ModalityAdapter(abc.ABC):
     def decode(self, x0: torch.Tensor, cond: Conditions) -> Any:
         """x0 -> what reward functions consume (images in [0, 1], frames, molecules, ...)."""
 
+    def rewards(self) -> Dict[str, Any]:
+        """Rewards that make sense for this modality, by name: ``(decoded, prompts) -> Tensor[B]``."""
+        return {}
+
+    def sample_grid(self, decoded: Any) -> torch.Tensor | None:
+        """An image (3, H, W) in [0, 1] showing decoded samples, for tensorboard; None if not visual."""
+        return None
+
     # ---- training state --------------------------------------------------------------------------
     @abc.abstractmethod
     def trainable_parameters(self) -> List[torch.nn.Parameter]:

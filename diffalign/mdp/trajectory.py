@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
 from diffalign.mdp.steps import StepRule
-from diffalign.modalities.base import Conditions, ModalityAdapter, cat_conditions, index_conditions
+from diffalign.modalities.base import Conditions, ModalityAdapter, batch_size_of, cat_conditions, index_conditions
 from diffalign.ops import StepOutput
 
 __all__ = ["DiffusionPolicy", "Trajectory"]
@@ -127,14 +127,32 @@ class DiffusionPolicy:
 
     # ---- a rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, cond: Conditions, generator: Optional[torch.Generator] = None,
+    def sample(self, cond: Conditions, generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
                x_T: Optional[torch.Tensor] = None) -> Trajectory:
-        """Run the whole chain from x_T, recording every state and per-step log-prob."""
-        x = self.adapter.initial_noise(cond, generator) if x_T is None else x_T
+        """Run the whole chain from x_T, recording every state and per-step log-prob.
+
+        ``generator`` may be one generator for the batch or one per sample: per-sample generators
+        make each trajectory independent of how samples are split into batches or processes (the
+        trainer uses them so that 2 processes x B/2 samples reproduce 1 process x B).
+        """
+        per_sample = isinstance(generator, (list, tuple))
+        if per_sample and len(generator) != batch_size_of(cond):
+            raise ValueError(f"{len(generator)} generators for {batch_size_of(cond)} samples")
+        if x_T is not None:
+            x = x_T
+        elif per_sample:
+            x = torch.cat([self.adapter.initial_noise(index_conditions(cond, slice(b, b + 1)), g)
+                           for b, g in enumerate(generator)])
+        else:
+            x = self.adapter.initial_noise(cond, generator)
         states, log_probs = [x], []
         for i in range(self.rule.num_steps):
             model_output = self.predict(x, i, cond)
-            out = self.rule.step(i, model_output, x, generator=generator)
+            if per_sample and self.rule.stochastic:
+                noise = torch.stack([_randn(x.shape[1:], g, x) for g in generator])
+                out = self.rule.step(i, model_output, x, noise=noise)
+            else:
+                out = self.rule.step(i, model_output, x, generator=None if per_sample else generator)
             kept = self.adapter.project(out.prev_sample, cond)
             if kept is not out.prev_sample:  # a constraint moved the sample: score what is actually kept
                 out = self.rule.step(i, model_output, x, prev_sample=kept)
@@ -143,3 +161,8 @@ class DiffusionPolicy:
             states.append(x)
         steps = torch.arange(self.rule.num_steps)
         return Trajectory(torch.stack(states, dim=1), torch.stack(log_probs, dim=1), cond, steps)
+
+
+def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, moved to like's device and dtype."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)

@@ -61,7 +61,8 @@ class ToyAdapter(ModalityAdapter):
     """Toy modality over R^dim. ``prompts`` is the list of prompt names the denoiser knows."""
 
     def __init__(self, prompts: Sequence[str], dim: int = 2, hidden: int = 64, scheduler: str = "ddim",
-                 init_seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 init_seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 pretrain_steps: int = 0):
         if not prompts:
             raise ValueError("the toy modality needs a non-empty list of prompts")
         if int(dim) < 1:
@@ -73,10 +74,34 @@ class ToyAdapter(ModalityAdapter):
         self.default_step_rule = "flow_sde" if scheduler == "flow" else scheduler
         with torch.random.fork_rng(devices=[]):  # deterministic init without touching the caller's RNG
             torch.manual_seed(init_seed)
-            self.denoiser = MLPDenoiser(self.dim, len(self.prompts), hidden).to(self.device, dtype)
+            self.denoiser = MLPDenoiser(self.dim, len(self.prompts), hidden)
+            if pretrain_steps:
+                self._pretrain(pretrain_steps)
+        self.denoiser.to(self.device, dtype)
         self.dtype = dtype
         self._reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self._in_reference = False
+
+    def _pretrain(self, steps: int, batch: int = 128) -> None:
+        """Fit the base model to data ~ N(0, I) (so the untuned model samples sensible points, like a
+        pretrained model would), with the scheduler's own forward process and target. Deterministic."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        opt = torch.optim.Adam(self.denoiser.parameters(), lr=3e-3)
+        n_train = self.scheduler.config.num_train_timesteps
+        flow = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
+        for _ in range(steps):
+            x0, noise = torch.randn(batch, self.dim), torch.randn(batch, self.dim)
+            ids = torch.randint(len(self.prompts) + 1, (batch,))
+            if flow:
+                s = torch.rand(batch, 1)
+                x_t, target, t = (1 - s) * x0 + s * noise, noise - x0, s[:, 0] * n_train
+            else:
+                t = torch.randint(n_train, (batch,))
+                x_t, target = self.scheduler.add_noise(x0, noise, t), noise
+            loss = ((self.denoiser(x_t, t, ids) - target) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
     def prompt_ids(self, prompts: Sequence[str]) -> torch.Tensor:
         index = {p: i for i, p in enumerate(self.prompts)}
@@ -101,6 +126,10 @@ class ToyAdapter(ModalityAdapter):
 
     def decode(self, x0, cond):
         return x0
+
+    def rewards(self):
+        from diffalign.modalities.toy.rewards import TOY_REWARDS
+        return dict(TOY_REWARDS)
 
     def trainable_parameters(self):
         return [p for p in self.denoiser.parameters() if p.requires_grad]

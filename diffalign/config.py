@@ -1,0 +1,282 @@
+"""Training configuration: typed dataclasses loaded from YAML plus ``dotted.key=value`` overrides.
+
+Every check that can fail runs here, before any model is built: unknown keys, wrong types, missing
+files, impossible batch splits. Each error is one ValueError naming the dotted key and the value.
+Sections whose keys depend on a choice (``algorithm`` on its name, ``modality.options`` on the
+modality) are validated against the chosen class's own dataclass.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import typing
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+__all__ = ["TrainConfig", "load_config", "parse_overrides", "apply_overrides", "from_dict", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and the value."""
+
+
+@dataclasses.dataclass
+class ModalityConfig:
+    name: str = "toy"                                       # "toy" or "image"
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the modality's own options
+
+
+@dataclasses.dataclass
+class PromptsConfig:
+    list: Optional[List[str]] = None
+    file: Optional[str] = None
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    step_rule: Optional[str] = None     # "ddim" | "ddpm" | "flow_sde"; default: the modality's
+    num_steps: int = 10
+    eta: float = 1.0                    # DDIM
+    noise_level: float = 0.7            # flow SDE
+    guidance_scale: float = 1.0
+    logprob_reduction: str = "mean"
+    batch_size: int = 8                 # samples per process per rollout batch
+    num_batches_per_epoch: int = 1
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    name: str = "toy_target_distance"
+    kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    batch_size: int = 8                 # transitions per process per forward (a minibatch of samples)
+    gradient_accumulation_steps: int = 1  # minibatches per optimiser step
+    inner_epochs: int = 1               # passes over each rollout batch
+    timestep_fraction: float = 1.0      # share of the T steps trained per sample
+    learning_rate: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0               # linear learning-rate warm-up (optimiser steps)
+    mixed_precision: str = "no"         # "no" | "fp16" | "bf16"
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress_bar: bool = True
+    image_every: int = 1                # epochs between tensorboard sample grids
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 1                      # epochs between checkpoints
+    keep_last: int = 2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    output_dir: str = ""
+    seed: int = 0
+    epochs: int = 10
+    resume_from: Optional[str] = None   # "latest" or a checkpoint directory
+    modality: ModalityConfig = dataclasses.field(default_factory=ModalityConfig)
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    algorithm: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "ddpo"})
+    train: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- typed loading ---------------------------------------------------------------------------------
+def _check_type(key: str, value: Any, tp) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(key, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp} at {key}")  # a bug in a config dataclass
+
+
+def from_dict(cls, data: Any, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, checking keys and types (errors name ``prefix.key``)."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {where!r}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key {key!r} (value {data[unknown[0]]!r}); {where} accepts {sorted(fields)}")
+    kwargs = {k: _check_type(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a dataclass's own __post_init__ check, already naming its key
+        raise ConfigError(str(exc)) from None
+
+
+# ---- overrides -------------------------------------------------------------------------------------
+def parse_overrides(items: List[str]) -> Dict[str, Any]:
+    """["a.b=1", "c=[x, y]"] -> {"a.b": 1, "c": ["x", "y"]}; values are parsed as YAML."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i + 1])!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+# ---- semantic checks ---------------------------------------------------------------------------------
+def _positive(key: str, value, allow_zero=False):
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key {key!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
+    """Checks that need more than one key, or the file system. Raises ConfigError."""
+    from diffalign.algorithms import ALGORITHMS
+    from diffalign.mdp import STEP_RULES
+    from diffalign.mdp.trajectory import LOGPROB_REDUCTIONS
+    from diffalign.trainer.builders import MODALITIES
+
+    if not cfg.output_dir:
+        raise ConfigError("config key 'output_dir' is required (a directory for metrics and checkpoints)")
+    _positive("epochs", cfg.epochs)
+    for key in ("num_steps", "batch_size", "num_batches_per_epoch"):
+        _positive(f"sampling.{key}", getattr(cfg.sampling, key))
+    for key in ("batch_size", "gradient_accumulation_steps", "inner_epochs", "learning_rate"):
+        _positive(f"train.{key}", getattr(cfg.train, key))
+    _positive("train.max_grad_norm", cfg.train.max_grad_norm)
+    _positive("train.warmup_steps", cfg.train.warmup_steps, allow_zero=True)
+    _positive("checkpoint.every", cfg.checkpoint.every)
+    _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    _positive("logging.image_every", cfg.logging.image_every)
+    _positive("sampling.eta", cfg.sampling.eta, allow_zero=True)
+    _positive("sampling.noise_level", cfg.sampling.noise_level, allow_zero=True)
+    _positive("sampling.guidance_scale", cfg.sampling.guidance_scale, allow_zero=True)
+    if not 0 < cfg.train.timestep_fraction <= 1:
+        raise ConfigError(f"config key 'train.timestep_fraction' must lie in (0, 1], got {cfg.train.timestep_fraction!r}")
+    if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"config key 'train.mixed_precision' must be 'no', 'fp16' or 'bf16', "
+                          f"got {cfg.train.mixed_precision!r}")
+    if cfg.sampling.logprob_reduction not in LOGPROB_REDUCTIONS:
+        raise ConfigError(f"config key 'sampling.logprob_reduction' must be one of {LOGPROB_REDUCTIONS}, "
+                          f"got {cfg.sampling.logprob_reduction!r}")
+    if cfg.sampling.step_rule is not None and cfg.sampling.step_rule not in STEP_RULES:
+        raise ConfigError(f"config key 'sampling.step_rule' must be one of {sorted(STEP_RULES)}, "
+                          f"got {cfg.sampling.step_rule!r}")
+    if cfg.modality.name not in MODALITIES:
+        raise ConfigError(f"config key 'modality.name' must be one of {sorted(MODALITIES)}, got {cfg.modality.name!r}")
+    if (cfg.prompts.list is None) == (cfg.prompts.file is None):
+        raise ConfigError("config keys 'prompts.list' / 'prompts.file': give exactly one "
+                          f"(got list={cfg.prompts.list!r}, file={cfg.prompts.file!r})")
+    if cfg.prompts.file is not None and not os.path.isfile(cfg.prompts.file):
+        raise ConfigError(f"config key 'prompts.file': file {cfg.prompts.file!r} does not exist")
+    if cfg.prompts.list is not None and not cfg.prompts.list:
+        raise ConfigError("config key 'prompts.list' is empty")
+    if cfg.resume_from not in (None, "latest") and not os.path.isdir(cfg.resume_from):
+        raise ConfigError(f"config key 'resume_from': checkpoint {cfg.resume_from!r} does not exist "
+                          "(use 'latest' or a checkpoint directory)")
+    # the algorithm section, against the chosen algorithm's dataclass
+    algo = dict(cfg.algorithm)
+    name = algo.pop("name", None)
+    if name not in ALGORITHMS:
+        raise ConfigError(f"config key 'algorithm.name' must be one of {sorted(ALGORITHMS)}, got {name!r}")
+    algo_cfg = from_dict(ALGORITHMS[name].config_class, algo, "algorithm")
+    # batch splits
+    s, t = cfg.sampling, cfg.train
+    local = s.batch_size * s.num_batches_per_epoch
+    if local % t.batch_size:
+        raise ConfigError(f"config key 'train.batch_size' = {t.batch_size} does not divide the {local} samples a "
+                          f"process rolls out per epoch (sampling.batch_size x sampling.num_batches_per_epoch)")
+    if (local // t.batch_size) % t.gradient_accumulation_steps:
+        raise ConfigError(f"config key 'train.gradient_accumulation_steps' = {t.gradient_accumulation_steps} does "
+                          f"not divide the {local // t.batch_size} minibatches per inner epoch")
+    group = getattr(algo_cfg, "group_size", None)
+    if group is not None and (s.batch_size * num_processes) % group:
+        raise ConfigError(f"config key 'algorithm.group_size' = {group} does not divide the rollout batch of "
+                          f"{s.batch_size * num_processes} samples (sampling.batch_size x {num_processes} processes)")
+    # the modality's own options
+    MODALITIES[cfg.modality.name].validate_options(cfg.modality.options)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,
+                data: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read YAML (or take ``data``), apply overrides, type-check and validate. Raises ConfigError."""
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+    data = apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
+    cfg = from_dict(TrainConfig, data)
+    validate(cfg, num_processes)
+    return cfg
