@@ -31,7 +31,8 @@ using OptTensor = std::optional<at::Tensor>;
 template <class Sig> c10::TypedOperatorHandle<Sig> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
-inline at::Tensor grad_or_undef(const at::Tensor& g) { return g.defined() && g.numel() ? g : at::Tensor(); }
+// masked-off gradients come back from the backward ops as empty placeholders
+inline at::Tensor grad_if(bool wanted, const at::Tensor& g) { return wanted ? g : at::Tensor(); }
 inline OptTensor opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 // ---- gaussian_logprob ----
@@ -52,9 +53,9 @@ struct LogprobFn : public torch::autograd::Function<LogprobFn> {
     static auto f = op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, std::array<bool, 3>)>(
         "diffalign::gaussian_logprob_backward");
-    auto [gx, gm, gs] = f.call(grads[0], s[0], s[1], s[2], ctx->saved_data["reduction"].toInt(),
-                               {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)});
-    return {grad_or_undef(gx), grad_or_undef(gm), grad_or_undef(gs), at::Tensor()};
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+    auto [gx, gm, gs] = f.call(grads[0], s[0], s[1], s[2], ctx->saved_data["reduction"].toInt(), mask);
+    return {grad_if(mask[0], gx), grad_if(mask[1], gm), grad_if(mask[2], gs), at::Tensor()};
   }
 };
 at::Tensor logprob_autograd(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, int64_t reduction) {
@@ -79,11 +80,10 @@ struct KlFn : public torch::autograd::Function<KlFn> {
     static auto f = op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, int64_t,
         std::array<bool, 4>)>("diffalign::gaussian_kl_backward");
-    auto [g1, g2, gs1, gs2] =
-        f.call(grads[0], s[0], s[1], s[2], opt(s[3]), ctx->saved_data["reduction"].toInt(),
-               {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-                s[3].defined() && ctx->needs_input_grad(3)});
-    return {grad_or_undef(g1), grad_or_undef(g2), grad_or_undef(gs1), grad_or_undef(gs2), at::Tensor()};
+    const std::array<bool, 4> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                   s[3].defined() && ctx->needs_input_grad(3)};
+    auto [g1, g2, gs1, gs2] = f.call(grads[0], s[0], s[1], s[2], opt(s[3]), ctx->saved_data["reduction"].toInt(), mask);
+    return {grad_if(mask[0], g1), grad_if(mask[1], g2), grad_if(mask[2], gs1), grad_if(mask[3], gs2), at::Tensor()};
   }
 };
 at::Tensor kl_autograd(const at::Tensor& m1, const at::Tensor& m2, const at::Tensor& s1, const OptTensor& s2,
@@ -193,13 +193,14 @@ struct StepFn : public torch::autograd::Function<StepFn> {
         const OptTensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
         const at::Tensor&, double, const OptTensor&, int64_t, std::array<bool, 3>)>(
         "diffalign::gaussian_step_backward");
-    auto gprev_out = grads[0].defined() && grads[0].numel() ? opt(grads[0]) : std::nullopt;
+    // with a given prev_sample the op's prev output is an empty placeholder: its gradient is not used
+    auto gprev_out = s[4].defined() ? std::nullopt : opt(grads[0]);
     auto [gm, gs, gp] = f.call(gprev_out, opt(grads[1]), opt(grads[2]), s[0], s[1], s[2], s[3],
                                ctx->saved_data["param"].toDouble(), opt(s[4]), ctx->saved_data["mode"].toInt(),
                                {want[0], want[1], want[2]});
-    out[0] = grad_or_undef(gm);
-    out[1] = grad_or_undef(gs);
-    out[5] = grad_or_undef(gp);
+    out[0] = grad_if(want[0], gm);
+    out[1] = grad_if(want[1], gs);
+    out[5] = grad_if(want[2], gp);
     return out;
   }
 };

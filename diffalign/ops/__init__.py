@@ -148,16 +148,16 @@ def diffusion_kto_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
 
 def _step_inputs(model_output, sample, prev_sample, noise, generator):
     _checks.check_tensor("sample", sample)
-    _checks.check_same("model_output", model_output, "sample", sample)
+    _checks.check_same("model_output", model_output, "sample", sample, same_dtype=False)
     if prev_sample is not None:
-        _checks.check_same("prev_sample", prev_sample, "sample", sample)
+        _checks.check_same("prev_sample", prev_sample, "sample", sample, same_dtype=False)
         if noise is not None:
             raise ValueError("give prev_sample (to score it) or noise (to draw it), not both")
         return model_output.to(sample.dtype), prev_sample.to(sample.dtype), None
     if noise is None:
         noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
     else:
-        _checks.check_same("noise", noise, "sample", sample)
+        _checks.check_same("noise", noise, "sample", sample, same_dtype=False)
         noise = noise.to(sample.dtype)
     return model_output.to(sample.dtype), None, noise
 

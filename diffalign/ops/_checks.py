@@ -37,10 +37,12 @@ def check_tensor(name: str, t, *, batch_dim: bool = True) -> None:
             raise ValueError(f"{name} has an empty batch (shape {tuple(t.shape)})")
 
 
-def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, *, same_dtype: bool = True) -> None:
     check_tensor(name, t)
     if t.shape != ref.shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
+    if same_dtype and t.dtype != ref.dtype:
+        raise ValueError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
