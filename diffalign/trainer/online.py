@@ -118,6 +118,7 @@ class OnlineTrainer:
         count = 0
         self.adapter.denoiser.train()
         reference = self.policy.reference() if self.algorithm.needs_reference else None
+        self.optimizer.zero_grad(set_to_none=True)  # whatever built the model may have left gradients
         for inner in range(t.inner_epochs):
             order = torch.randperm(B, generator=generator(cfg.seed, epoch, inner, self.rank, "shuffle"))
             step_order = torch.stack([torch.randperm(T, generator=generator(cfg.seed, epoch, inner, g, "steps"))
@@ -166,7 +167,7 @@ class OnlineTrainer:
         train_s = time.perf_counter() - train_start
         out = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
                **metrics, "samples_per_s": len(prompts) / rollout_s, "train_s": train_s,
-               "lr": float(self.lr_scheduler.get_last_lr()[0])}
+               "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
         self._last_decoded = decoded
         return out
 

@@ -102,6 +102,7 @@ class ToyAdapter(ModalityAdapter):
             opt.zero_grad()
             loss.backward()
             opt.step()
+        opt.zero_grad(set_to_none=True)  # leave no gradient behind for the fine-tuning optimiser
 
     def prompt_ids(self, prompts: Sequence[str]) -> torch.Tensor:
         index = {p: i for i, p in enumerate(self.prompts)}
