@@ -102,7 +102,7 @@ TARGET, FIRST = "toy_target_distance", "toy_first_coordinate"
      ["train.learning_rate=0.003", "train.inner_epochs=1", "train.batch_size=16"]),
     ({"name": "dpok", "beta": 0.01, "clip_range": 0.05}, "ddim", TARGET, []),
     ({"name": "rwr", "weighting": "exp", "temperature": 1.0}, "ddim", TARGET, []),
-    ({"name": "rwr", "weighting": "sparse", "threshold": -1.0}, "ddim", TARGET, []),
+    ({"name": "rwr", "weighting": "sparse", "threshold": -1.0}, "ddim", TARGET, ["train.learning_rate=0.003"]),
     ({"name": "grpo", "group_size": 4, "clip_range": 0.05, "beta": 0.01}, "flow", TARGET, []),
 ])
 def test_every_algorithm_raises_the_toy_reward(tiny_config, algorithm, scheduler, reward, extra):

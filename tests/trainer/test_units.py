@@ -1,0 +1,47 @@
+"""Small pieces of the trainer: checkpoints, seeds, the accelerator fallback, the metrics log."""
+import json
+import os
+
+import torch
+
+from diffalign.trainer.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from diffalign.trainer.distributed import derive_seed, generator, has_accelerator_device, make_accelerator
+from diffalign.trainer.logging import MetricsLogger, read_metrics
+
+
+def test_checkpoints_latest_ignores_partial_and_prunes(tmp_path):
+    out = str(tmp_path)
+    assert latest_checkpoint(out) is None and resolve_resume(out, "latest") is None and resolve_resume(out, None) is None
+    for epoch in range(3):
+        save_checkpoint(out, epoch, {"w": torch.full((2,), float(epoch))}, {"epoch": epoch}, keep_last=2)
+    os.makedirs(os.path.join(out, "checkpoints", "epoch_000009.tmp"))  # a write killed half-way
+    latest = latest_checkpoint(out)
+    assert latest.endswith("epoch_000002") and resolve_resume(out, "latest") == latest
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["epoch_000001", "epoch_000002", "epoch_000009.tmp"]
+    weights, state = load_checkpoint(latest)
+    assert torch.equal(weights["w"], torch.full((2,), 2.0)) and state == {"epoch": 2}
+
+
+def test_seeds_are_stable_and_distinct():
+    assert derive_seed(1, 2, "x") == derive_seed(1, 2, "x") != derive_seed(1, 3, "x")
+    assert 0 <= derive_seed("a") < 2**63
+    a = torch.randn(3, generator=generator(0, "n"))
+    assert torch.equal(a, torch.randn(3, generator=generator(0, "n")))
+
+
+def test_accelerator_uses_cpu_backend_without_a_device():
+    acc = make_accelerator("no")
+    if not has_accelerator_device():
+        assert acc.device.type == "cpu"  # test_distributed checks that launched processes then form one group
+
+
+def test_metrics_logger_truncates_redone_epochs_on_resume(tmp_path):
+    log = MetricsLogger(str(tmp_path), tensorboard=False)
+    for e in range(3):
+        log.log({"epoch": e, "reward_mean": float(e)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "rew')  # torn by a kill mid-write
+    assert [m["epoch"] for m in read_metrics(str(tmp_path / "metrics.jsonl"))] == [0, 1, 2]
+    MetricsLogger(str(tmp_path), tensorboard=False, start_epoch=2)
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [m["epoch"] for m in lines] == [0, 1]
