@@ -25,6 +25,10 @@ def _flag(name, default=None):
 def _extensions():
     if not _flag("DIFFALIGN_BUILD_EXT", True):
         return [], {}
+    # torch guesses CUDA_HOME from nvcc's location and can land on /usr/local (no CUDA headers);
+    # prefer the toolkit folder when the user did not choose one
+    if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     import torch
     from torch.utils import cpp_extension
 
@@ -38,15 +42,21 @@ def _extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/cpu/*.cpp") + rel("csrc/torch/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-fopenmp", "-std=c++20"]
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", "-std=c++20"]
     define_macros = []
     extra_link = ["-fopenmp"]
     if want_cuda:
         sources += rel("csrc/cuda/*.cu") + rel("csrc/torch/cuda/*.cpp")
-        # the pip CUDA wheels keep some headers (cusparse.h) under site-packages/nvidia/cu*/include
-        import nvidia  # noqa: F401  (present with CUDA builds of torch from PyPI)
-        for base in getattr(nvidia, "__path__", []):
-            include_dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        # The pip CUDA wheels keep some headers (cusparse.h) under site-packages/nvidia/cu*/include.
+        # Search them after CUDA_HOME's own headers (-idirafter): that folder also holds a partial
+        # copy of the runtime headers that must not shadow the toolkit's.
+        try:
+            import nvidia
+            for base in getattr(nvidia, "__path__", []):
+                for inc in sorted(glob.glob(os.path.join(base, "cu*", "include"))):
+                    cxx += ["-idirafter", inc]
+        except ImportError:  # a torch not from PyPI: its toolkit has all headers
+            pass
         define_macros.append(("DIFFALIGN_WITH_CUDA", "1"))
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"

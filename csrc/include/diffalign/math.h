@@ -136,13 +136,34 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 template <class T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
+// Row contexts precompute what depends on the row only (1/std^2, log std): with a scalar or per-row
+// std the per-element work is a few multiply-adds, no division and no log.
+template <class A> struct StdRow {
+  A s, inv_var, half_inv_var, log_norm;  // log_norm = log(s) + log(sqrt(2 pi))
+  bool full;
+};
+template <class A> DA_HD StdRow<A> std_row(const StdArg<A>& std, int64_t b) {
+  StdRow<A> r{};
+  r.full = std.layout == kFull;
+  if (!r.full) {
+    r.s = std.at(b, 0);
+    r.inv_var = A(1) / (r.s * r.s);
+    r.half_inv_var = A(0.5) * r.inv_var;
+    r.log_norm = dlog(r.s) + A(kLogSqrt2Pi);
+  }
+  return r;
+}
+
 template <class T, class A> struct LogprobFwd {
   static constexpr int NOUT = 1;
   const T* x; const T* mean; StdArg<A> std;
-  struct Row {};
-  DA_HD Row row(int64_t) const { return {}; }
-  DA_HD void elem(const Row&, int64_t b, int64_t idx, A* acc) const {
-    acc[0] += gaussian_logprob_elem<A>(to_acc<A>(x[idx]), to_acc<A>(mean[idx]), std.at(b, idx));
+  using Row = StdRow<A>;
+  DA_HD Row row(int64_t b) const { return std_row<A>(std, b); }
+  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
+    A xv = to_acc<A>(x[idx]), mv = to_acc<A>(mean[idx]);
+    if (r.full) { acc[0] += gaussian_logprob_elem<A>(xv, mv, std.at(b, idx)); return; }
+    A d = xv - mv;
+    acc[0] += -d * d * r.half_inv_var - r.log_norm;
   }
 };
 
@@ -152,12 +173,12 @@ template <class T, class A> struct LogprobBwd {
   static constexpr int NOUT = 1;
   const A* grad; A scale; const T* x; const T* mean; StdArg<A> std;
   T* gx; T* gm; A* gstd_full; bool want_std;
-  struct Row { A g; };
-  DA_HD Row row(int64_t b) const { return {grad[b] * scale}; }
+  struct Row { StdRow<A> s; A g; };
+  DA_HD Row row(int64_t b) const { return {std_row<A>(std, b), grad[b] * scale}; }
   DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
-    A s = std.at(b, idx);
+    A s = r.s.full ? std.at(b, idx) : r.s.s;
+    A inv_s2 = r.s.full ? A(1) / (s * s) : r.s.inv_var;
     A d = to_acc<A>(x[idx]) - to_acc<A>(mean[idx]);
-    A inv_s2 = A(1) / (s * s);
     A gdx = -d * inv_s2 * r.g;
     if (gx) gx[idx] = from_acc<T>(gdx);
     if (gm) gm[idx] = from_acc<T>(-gdx);
@@ -171,11 +192,22 @@ template <class T, class A> struct LogprobBwd {
 template <class T, class A> struct KlFwd {
   static constexpr int NOUT = 1;
   const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
-  struct Row {};
-  DA_HD Row row(int64_t) const { return {}; }
-  DA_HD void elem(const Row&, int64_t b, int64_t idx, A* acc) const {
-    A a = s1.at(b, idx);
+  // with per-row stds, KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2
+  struct Row { bool generic; A c0, half_inv_var2; };
+  DA_HD Row row(int64_t b) const {
+    Row r{};
+    r.generic = s1.layout == kFull || (!same_std && s2.layout == kFull);
+    if (!r.generic) {
+      A a = s1.at(b, 0), c = same_std ? a : s2.at(b, 0);
+      r.half_inv_var2 = A(0.5) / (c * c);
+      r.c0 = same_std ? A(0) : dlog(c / a) + a * a * r.half_inv_var2 - A(0.5);
+    }
+    return r;
+  }
+  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
     A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
+    if (!r.generic) { acc[0] += r.c0 + d * d * r.half_inv_var2; return; }
+    A a = s1.at(b, idx);
     if (same_std) acc[0] += d * d / (A(2) * a * a);
     else acc[0] += gaussian_kl_elem<A>(to_acc<A>(m1[idx]), to_acc<A>(m2[idx]), a, s2.at(b, idx));
   }
@@ -266,10 +298,15 @@ template <class T, class A> struct StepFwd {
   static constexpr int NOUT = 1;
   int mode; const A* p0; const A* p1; int per_sample; A param;
   const T* model; const T* sample; const T* prev_in; const T* noise; T* prev_out; T* mean_out;
-  struct Row { StepCoef<A> c; };
+  struct Row { StepCoef<A> c; A half_inv_var, log_norm; };
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
-    return {step_coefficients<A>(mode, p0[j], p1[j], param)};
+    Row r{step_coefficients<A>(mode, p0[j], p1[j], param), A(0), A(0)};
+    if (r.c.std > A(0)) {
+      r.half_inv_var = A(0.5) / (r.c.std * r.c.std);
+      r.log_norm = dlog(r.c.std) + A(kLogSqrt2Pi);
+    }
+    return r;
   }
   DA_HD void elem(const Row& r, int64_t, int64_t idx, A* acc) const {
     A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
@@ -282,7 +319,8 @@ template <class T, class A> struct StepFwd {
       prev_out[idx] = stored;
       prev = to_acc<A>(stored);
     }
-    if (r.c.std > A(0)) acc[0] += gaussian_logprob_elem<A>(prev, mu, r.c.std);
+    A d = prev - mu;
+    acc[0] += -d * d * r.half_inv_var - r.log_norm;  // both 0 when std = 0: the log-prob is defined as 0
   }
 };
 
@@ -294,19 +332,18 @@ template <class T, class A> struct StepBwd {
   const T* grad_prev; const A* grad_lp; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
   T* gmodel; T* gsample; T* gprev_in;
-  struct Row { StepCoef<A> c; A glp; };
+  struct Row { StepCoef<A> c; A glp_over_var; };  // d lp / d prev = -(prev - mu) / var * glp
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
-    return {step_coefficients<A>(mode, p0[j], p1[j], param), grad_lp ? grad_lp[b] * inv_d : A(0)};
+    Row r{step_coefficients<A>(mode, p0[j], p1[j], param), A(0)};
+    if (grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b] * inv_d / (r.c.std * r.c.std);
+    return r;
   }
   DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
     A gmu = grad_mean ? to_acc<A>(grad_mean[idx]) : A(0);
     if (prev_in) {
-      A gp = A(0);
-      if (r.c.std > A(0)) {
-        A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
-        gp = -(to_acc<A>(prev_in[idx]) - mu) / (r.c.std * r.c.std) * r.glp;  // d lp / d prev
-      }
+      A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
+      A gp = -(to_acc<A>(prev_in[idx]) - mu) * r.glp_over_var;  // d lp / d prev
       gmu -= gp;
       if (gprev_in) gprev_in[idx] = from_acc<T>(gp);
     } else if (grad_prev) {

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one prepared check for a lent GPU machine (python3 with a CUDA torch, nvcc, ninja, no internet):
+# build the extension there, run the op tests on the GPU, run the kernel benchmark, print the table.
+# Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
+#   bash benchmarks/gpu_check.sh [extra args for benchmarks/kernels.py]
+set -uo pipefail
+OUT=${OUT:-/tmp/diffalign-gpu}
+mkdir -p "$OUT"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+export DIFFALIGN_EXPECT_EXTENSION=1
+if [ -d .whl ]; then  # wheels carried for packages the machine lacks (see README: GPU check)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+
+t0=$(date +%s)
+if ! DIFFALIGN_CUDA=1 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -c "import diffalign.ops as o; assert o.extension_available() and o.cuda_kernels_built(), o.unavailable_reason(); print('extension with CUDA kernels: ok')" || exit 1
+
+python3 -m pytest -q -p no:cacheprovider tests/ops 2>&1 | tee "$OUT/tests.log" | tail -15
+python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | tee "$OUT/bench.log" | \
+  sed -n '/^op /,$p'

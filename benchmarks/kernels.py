@@ -1,0 +1,258 @@
+"""Kernel benchmark of the fused ops against the eager reference and torch.compile(reference).
+
+For each op, shape and dtype it times the forward and the forward+backward (``op(...).sum().backward()``,
+the loss ops ``.backward()``, gradients reset between calls) of three providers: ``eager`` (the pure-
+PyTorch reference, written as the public trainers write it), ``compile`` (torch.compile of that
+reference, dynamic shapes) and ``diffalign`` (the compiled extension). In the same run it measures the
+copy bandwidth and the bare-autograd floor ``(m*2).sum().backward()`` and prints each time over both.
+
+Two timings per case: the median (and p20/p80) of ``triton.testing.do_bench`` on CUDA (a per-call
+timer on CPU), and the wall time per call in a tight loop with one sync at the end.
+
+    python benchmarks/kernels.py                    # CPU shapes, fp32
+    python benchmarks/kernels.py --device cuda      # S/M/L/XL shapes in fp32 and bf16
+    python benchmarks/kernels.py --json out.json --ops logprob,dpo --shapes S,M
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import diffalign.ops as ops
+from diffalign.ops import reference as R
+
+CUDA_SHAPES = {"S": (16, 4, 64, 64), "M": (16, 4, 128, 128), "L": (16, 16, 128, 128), "XL": (32, 16, 4, 128, 128)}
+CPU_SHAPES = {"S": (16, 4, 32, 32), "M": (16, 4, 128, 128)}
+
+
+# ----------------------------------------------------------------------------- the ops ----
+def _inputs(shape, dtype, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda: torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    b = shape[0]
+    acc = torch.float32
+    return dict(
+        x=mk(), mean=mk().requires_grad_(), ref=mk(), target=mk(), noise=mk(),
+        std=(torch.rand(b, generator=g) + 0.5).to(device=device, dtype=acc),
+        alpha_t=torch.linspace(0.3, 0.6, b).to(device=device, dtype=acc),
+        alpha_prev=torch.linspace(0.5, 0.8, b).to(device=device, dtype=acc),
+        sigma=torch.linspace(0.9, 0.4, b).to(device=device, dtype=acc),
+        desirable=(torch.arange(b) % 2 == 0).to(device))
+
+
+def _std4(std, like):
+    return std.view((-1,) + (1,) * (like.ndim - 1))
+
+
+# Each op: fwd(provider_fn, inputs) -> tensor to reduce; `full` reduces it and calls backward.
+# bytes: minimal HBM traffic of our algorithm for (forward, forward+backward), in units of N elements
+# (the baseline's roofline counted 3N for logprob/kl and 4N for dpo fwd+bwd; ours re-reads the
+# inputs in the backward: see README).
+OPS = {
+    "logprob": dict(
+        ext=lambda i: ops.gaussian_logprob(i["x"], i["mean"], i["std"]),
+        ref=lambda i: R.gaussian_logprob(i["x"], i["mean"], _std4(i["std"], i["x"])),
+        traffic=(2, 5)),
+    "kl": dict(
+        ext=lambda i: ops.gaussian_kl(i["mean"], i["ref"], i["std"]),
+        ref=lambda i: R.gaussian_kl(i["mean"], i["ref"], _std4(i["std"], i["x"])),
+        traffic=(2, 5)),
+    "dpo": dict(
+        ext=lambda i: ops.diffusion_dpo_loss(i["mean"], i["ref"], i["target"]),
+        ref=lambda i: R.diffusion_dpo_loss(i["mean"], i["ref"], i["target"])[0],
+        traffic=(3, 6)),
+    "kto": dict(
+        ext=lambda i: ops.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"]),
+        ref=lambda i: R.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"])[0],
+        traffic=(3, 6)),
+    # a training-time rescoring step: log-prob of a stored x_{t-1} given the model output (grad to it)
+    "ddim_step": dict(
+        ext=lambda i: ops.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
+                                                 prev_sample=i["target"]).log_prob,
+        ref=lambda i: R.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
+                                               i["target"], None, "epsilon")[1],
+        traffic=(4, 8)),
+    "flow_step": dict(
+        ext=lambda i: ops.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma"] - 0.05,
+                                                     prev_sample=i["target"]).log_prob,
+        ref=lambda i: R.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma"] - 0.05, 0.7,
+                                                   i["target"], None)[1],
+        traffic=(4, 8)),
+}
+
+
+# --------------------------------------------------------------------------- timing ----
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_quantiles(fn, device, grad_to_none, warmup_ms=25, rep_ms=100):
+    """(p20, p50, p80) in microseconds."""
+    if device == "cuda":
+        import triton.testing as tt
+        q = tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.2, 0.5, 0.8])
+        return tuple(v * 1e3 for v in q)
+    samples, t_end = [], time.perf_counter() + rep_ms / 1e3
+    for _ in range(3):
+        fn()
+    while time.perf_counter() < t_end or len(samples) < 5:
+        for t in grad_to_none or []:
+            t.grad = None
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    qs = statistics.quantiles(samples, n=10)
+    return qs[1], statistics.median(samples), qs[7]
+
+
+def wall_per_call(fn, device, grad_to_none, n=200):
+    for _ in range(10):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        for t in grad_to_none or []:
+            t.grad = None
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def copy_bandwidth(device):
+    n = (1 << 30) if device == "cuda" else (1 << 27)
+    a = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
+    b = torch.empty_like(a)
+    _, t, _ = time_quantiles(lambda: b.copy_(a), device, None)
+    return 2 * n / (t * 1e-6)  # bytes/s, read + write
+
+
+def _make_fn(fwd, inputs, mode):
+    if mode == "forward":
+        def run():
+            with torch.no_grad():
+                fwd(inputs)
+        return run
+
+    def run():
+        out = fwd(inputs)
+        (out if out.ndim == 0 else out.sum()).backward()
+    return run
+
+
+# ----------------------------------------------------------------------------- main ----
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    p.add_argument("--shapes", default=None, help="comma-separated subset of the device's shapes")
+    p.add_argument("--dtypes", default=None, help="float32,bfloat16 (default: both on CUDA, float32 on CPU)")
+    p.add_argument("--providers", default="eager,compile,diffalign")
+    p.add_argument("--modes", default="forward,full")
+    p.add_argument("--rep-ms", type=float, default=100.0)
+    p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
+    args = p.parse_args(argv)
+
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible")
+    if not ops.extension_available():
+        print(f"WARNING: extension not available ({ops.unavailable_reason()}); 'diffalign' times the reference")
+    shapes_all = CUDA_SHAPES if dev == "cuda" else CPU_SHAPES
+    shape_names = args.shapes.split(",") if args.shapes else list(shapes_all)
+    dtypes = (args.dtypes.split(",") if args.dtypes else (["float32", "bfloat16"] if dev == "cuda" else ["float32"]))
+    providers = args.providers.split(",")
+    modes = args.modes.split(",")
+    op_names = args.ops.split(",")
+    for name in op_names:
+        if name not in OPS:
+            sys.exit(f"--ops: unknown op {name!r}; choose from {', '.join(OPS)}")
+    for name in shape_names:
+        if name not in shapes_all:
+            sys.exit(f"--shapes: unknown shape {name!r} for {dev}; choose from {', '.join(shapes_all)}")
+
+    device_name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or platform.machine())
+    bw = copy_bandwidth(dev)
+    print(f"device: {device_name} | torch {torch.__version__} | extension: {ops.extension_available()} "
+          f"(cuda kernels: {ops.cuda_kernels_built()}) | copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    meta = dict(device=device_name, device_type=dev, torch=torch.__version__, copy_GBps=bw / 1e9,
+                extension=ops.extension_available(), threads=torch.get_num_threads())
+    rows = []
+    compiled = {}
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        esz = torch.tensor([], dtype=dtype).element_size()
+        for shape_name in shape_names:
+            shape = shapes_all[shape_name]
+            n = math.prod(shape)
+            inputs = _inputs(shape, dtype, dev)
+            m = inputs["mean"]
+            floor_q = time_quantiles(lambda: (m * 2).sum().backward(), dev, [m], rep_ms=args.rep_ms)
+            floor_wall = wall_per_call(lambda: (m * 2).sum().backward(), dev, [m])
+            meta.setdefault("autograd_floor_us", {})[f"{shape_name}/{dtype_name}"] = floor_q[1]
+            for op_name in op_names:
+                spec = OPS[op_name]
+                for mode in modes:
+                    units = spec["traffic"][0 if mode == "forward" else 1]
+                    roof_us = units * n * esz / bw * 1e6
+                    for provider in providers:
+                        if provider == "diffalign":
+                            fwd = spec["ext"]
+                        elif provider == "eager":
+                            fwd = spec["ref"]
+                        else:
+                            key = (op_name, dtype_name)
+                            if key not in compiled:
+                                compiled[key] = torch.compile(spec["ref"], dynamic=True)
+                            fwd = compiled[key]
+                        fn = _make_fn(fwd, inputs, mode)
+                        try:
+                            q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
+                            wall = wall_per_call(fn, dev, [m])
+                        except Exception as exc:  # report, keep going: one failing provider is a finding
+                            print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name}: FAILED {exc}", flush=True)
+                            continue
+                        row = dict(kernel=op_name, provider=provider, mode=mode, shape=shape_name, x=n,
+                                   dtype=dtype_name, p20_us=q[0], p50_us=q[1], p80_us=q[2], wall_us=wall,
+                                   roofline_us=roof_us, floor_us=floor_q[1], floor_wall_us=floor_wall,
+                                   device=device_name)
+                        rows.append(row)
+                        print(f"  {op_name:10}{provider:10}{mode:8}{shape_name:4}{dtype_name:9} p50 {q[1]:9.1f} us  "
+                              f"wall {wall:9.1f} us  x roof {q[1] / roof_us:6.2f}  x floor {q[1] / floor_q[1]:5.2f}",
+                              flush=True)
+            del inputs
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1)
+        print(f"wrote {args.json}")
+    return rows
+
+
+def print_table(rows):
+    """One line per (op, mode, shape, dtype): each provider's median, and ours over floor/roofline."""
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["kernel"], r["mode"], r["shape"], r["dtype"]), {})[r["provider"]] = r
+    print()
+    print(f"{'op':10}{'mode':8}{'shape':6}{'dtype':9}{'eager':>9}{'compile':>9}{'ours':>9}{'ours wall':>10}"
+          f"{'floor':>8}{'roof':>8}{'x floor':>8}{'x roof':>8}{'vs eager':>9}{'vs comp':>8}")
+    for (op, mode, shape, dtype), prov in by_key.items():
+        get = lambda k: prov[k]["p50_us"] if k in prov else float("nan")
+        ours = prov.get("diffalign")
+        anyrow = next(iter(prov.values()))
+        print(f"{op:10}{mode:8}{shape:6}{dtype:9}{get('eager'):9.1f}{get('compile'):9.1f}{get('diffalign'):9.1f}"
+              f"{(ours['wall_us'] if ours else float('nan')):10.1f}{anyrow['floor_us']:8.1f}{anyrow['roofline_us']:8.1f}"
+              f"{get('diffalign') / anyrow['floor_us']:8.2f}{get('diffalign') / anyrow['roofline_us']:8.2f}"
+              f"{get('eager') / get('diffalign'):9.2f}{get('compile') / get('diffalign'):8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) with the pinned development torch and installs diffalign editable,
+# building its compiled core (CPU kernels; CUDA kernels too when nvcc is found). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
+# runtime and test dependencies, resolved against the pinned torch
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev]" --no-build-isolation
+.venv/bin/python -c "import diffalign.ops as o; print('diffalign installed; compiled ops:', o.extension_available(), '| CUDA kernels:', o.cuda_kernels_built())"
