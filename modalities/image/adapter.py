@@ -1,0 +1,203 @@
+"""Text-to-image with diffusers models: SD 1.x/2.x and SDXL UNets (epsilon / v), SD3 transformers (flow).
+
+x = VAE latents (B, 4, h, w). Conditions hold the prompt embeddings AND the negative-prompt
+embeddings (``neg_*`` keys), so ``unconditional`` is a key swap and CFG needs no text encoder at
+training time. The reference policy is the frozen base: LoRA adapters disabled, or a frozen copy
+under full fine-tuning. LoRA is saved in diffusers' format (``pipeline.load_lora_weights(dir)``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
+from diffalign.modalities.image.options import ImageOptions
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class ImageAdapter(ModalityAdapter):
+    def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler, options: ImageOptions,
+                 device: torch.device, pipeline=None):
+        self.options = options
+        self.architecture = options.architecture
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[options.dtype]
+        self.scheduler = scheduler
+        self.default_step_rule = "flow_sde" if self.architecture == "sd3" else "ddim"
+        self.vae = vae.to(self.device, self.dtype).requires_grad_(False).eval()
+        self.text_encoder = text_encoder.to(self.device, self.dtype).requires_grad_(False).eval() \
+            if text_encoder is not None else None
+        self.tokenizer = tokenizer
+        self.pipeline = pipeline  # for pretrained models: its encode_prompt handles their text encoders
+        self.latent_size = options.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        self._frozen_copy = None
+        if options.lora_rank > 0:
+            from peft import LoraConfig
+            denoiser.to(self.device, self.dtype).requires_grad_(False)
+            denoiser.add_adapter(LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha,
+                                            init_lora_weights="gaussian", target_modules=_LORA_TARGETS))
+            for p in denoiser.parameters():  # train the adapters in fp32 whatever the base dtype
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            denoiser.to(self.device, torch.float32)
+            self._frozen_copy = copy.deepcopy(denoiser).to(self.dtype).requires_grad_(False).eval()
+        if options.gradient_checkpointing:
+            denoiser.enable_gradient_checkpointing()
+        self.denoiser = denoiser
+        self._in_reference = False
+
+    # ---- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, options: ImageOptions, device="cpu") -> "ImageAdapter":
+        if options.model == "tiny":
+            from diffalign.modalities.image.tiny import tiny_components
+            return cls(*tiny_components(options.architecture, options.resolution, options.seed), options, device)
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained(options.model, torch_dtype=_DTYPES[options.dtype])
+        denoiser = pipe.transformer if options.architecture == "sd3" else pipe.unet
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            enc = getattr(pipe, name, None)
+            if enc is not None:
+                enc.to(device).requires_grad_(False)
+        return cls(denoiser, pipe.vae, None, None, pipe.scheduler, options, device, pipeline=pipe)
+
+    # ---- conditions ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_tiny(self, prompts):
+        ids = self.tokenizer(list(prompts)).to(self.device)
+        out = self.text_encoder(ids, output_hidden_states=True)
+        return out.last_hidden_state, out.text_embeds
+
+    @torch.no_grad()
+    def encode_conditions(self, prompts: Sequence[str]) -> Conditions:
+        prompts = list(prompts)
+        negatives = [self.options.negative_prompt] * len(prompts)
+        if self.pipeline is None:
+            emb, pooled = self._encode_tiny(prompts)
+            neg, neg_pooled = self._encode_tiny(negatives)
+        elif self.architecture == "sd":
+            emb, neg = self.pipeline.encode_prompt(prompts, self.device, 1, True, negatives)
+            pooled = neg_pooled = None
+        elif self.architecture == "sdxl":
+            emb, neg, pooled, neg_pooled = self.pipeline.encode_prompt(prompts, device=self.device,
+                                                                       negative_prompt=negatives)
+        else:
+            emb, neg, pooled, neg_pooled = self.pipeline.encode_prompt(prompts, None, None, device=self.device,
+                                                                       negative_prompt=negatives)
+        cond = {"prompt_embeds": emb, "neg_prompt_embeds": neg}
+        if self.architecture != "sd":
+            cond.update(pooled=pooled, neg_pooled=neg_pooled)
+        if self.architecture == "sdxl":  # (original size, crop top-left, target size)
+            r = self.options.resolution
+            cond["time_ids"] = torch.tensor([[r, r, 0, 0, r, r]], dtype=emb.dtype, device=self.device).repeat(len(prompts), 1)
+        return cond
+
+    def unconditional(self, cond: Conditions) -> Conditions:
+        out = dict(cond)
+        out["prompt_embeds"], out["neg_prompt_embeds"] = cond["neg_prompt_embeds"], cond["prompt_embeds"]
+        if "pooled" in cond:
+            out["pooled"], out["neg_pooled"] = cond["neg_pooled"], cond["pooled"]
+        return out
+
+    def initial_noise(self, cond: Conditions, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        b = cond["prompt_embeds"].shape[0]
+        shape = (b, 4, self.latent_size, self.latent_size)
+        gen_device = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=gen_device).to(self.device, torch.float32)
+
+    # ---- the denoiser ------------------------------------------------------------------------------
+    def denoise(self, x, timesteps, cond):
+        if self._in_reference and self._frozen_copy is not None:
+            model = self._frozen_copy
+        else:
+            model = self.denoiser
+        dtype = self.dtype if self._frozen_copy is None or model is self._frozen_copy else torch.float32
+        emb = cond["prompt_embeds"].to(dtype)
+        if self.architecture == "sd3":
+            out = model(hidden_states=x.to(dtype), timestep=timesteps, encoder_hidden_states=emb,
+                        pooled_projections=cond["pooled"].to(dtype)).sample
+        else:
+            extra = {}
+            if self.architecture == "sdxl":
+                extra["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(dtype),
+                                              "time_ids": cond["time_ids"].to(dtype)}
+            out = model(x.to(dtype), timesteps, encoder_hidden_states=emb, **extra).sample
+        return out.to(x.dtype)
+
+    @contextlib.contextmanager
+    def reference_mode(self):
+        lora = self._frozen_copy is None
+        model = unwrap(self.denoiser)
+        previous, self._in_reference = self._in_reference, True
+        if lora:
+            model.disable_adapters()
+        try:
+            yield
+        finally:
+            if lora:
+                model.enable_adapters()
+            self._in_reference = previous
+
+    # ---- what rewards see ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, x0, cond):
+        cfg = self.vae.config
+        z = x0.to(self.dtype) / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None):
+            z = z + cfg.shift_factor
+        images = self.vae.decode(z).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def rewards(self):
+        from diffalign.rewards import REWARDS
+        return dict(REWARDS)
+
+    def sample_grid(self, decoded):
+        from torchvision.utils import make_grid
+        return make_grid(decoded[:16].detach().cpu(), nrow=4)
+
+    # ---- training state ----------------------------------------------------------------------------
+    def trainable_parameters(self):
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        model = unwrap(self.denoiser)
+        if self._frozen_copy is None:
+            from peft.utils import get_peft_model_state_dict
+            return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def load_trainable_state_dict(self, state):
+        model = unwrap(self.denoiser)
+        if self._frozen_copy is None:
+            from peft.utils import set_peft_model_state_dict
+            set_peft_model_state_dict(model, state)
+        else:
+            model.load_state_dict(state)
+
+    def save_pretrained(self, directory: str) -> None:
+        """LoRA: diffusers' LoRA format (``pipeline.load_lora_weights(directory)``); full: the model folder."""
+        os.makedirs(directory, exist_ok=True)
+        model = unwrap(self.denoiser)
+        if self._frozen_copy is not None:
+            model.save_pretrained(directory)
+            return
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        if self.architecture == "sd3":
+            from diffusers import StableDiffusion3Pipeline
+            StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=layers)
+        elif self.architecture == "sdxl":
+            from diffusers import StableDiffusionXLPipeline
+            StableDiffusionXLPipeline.save_lora_weights(directory, unet_lora_layers=layers)
+        else:
+            from diffusers import StableDiffusionPipeline
+            StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers)

@@ -1,0 +1,35 @@
+"""Options of the image modality (config section ``modality.options``)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+ARCHITECTURES = ("sd", "sdxl", "sd3")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class ImageOptions:
+    model: str = "tiny"              # "tiny" (random tiny models built from configs), a hub id or a local path
+    architecture: str = "sd"         # "sd" (SD 1.x/2.x UNet), "sdxl" (UNet + pooled/time ids), "sd3" (flow transformer)
+    resolution: int = 32             # image side in pixels
+    lora_rank: int = 4               # 0: full fine-tuning
+    lora_alpha: float = 4.0
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"           # weights of the frozen parts (VAE, text encoders, base weights under LoRA)
+    negative_prompt: str = ""
+    seed: int = 0                    # initialisation of the tiny preset
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"config key 'modality.options.architecture' must be one of {ARCHITECTURES}, "
+                             f"got {self.architecture!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"config key 'modality.options.dtype' must be one of {DTYPES}, got {self.dtype!r}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"config key 'modality.options.resolution' must be a multiple of 8, got {self.resolution}")
+        if self.lora_rank < 0:
+            raise ValueError(f"config key 'modality.options.lora_rank' must be >= 0, got {self.lora_rank}")
+        looks_local = self.model.startswith((".", "/", "~")) or os.sep in self.model and self.model.count("/") > 1
+        if self.model != "tiny" and looks_local and not os.path.isdir(os.path.expanduser(self.model)):
+            raise ValueError(f"config key 'modality.options.model': model path {self.model!r} does not exist")

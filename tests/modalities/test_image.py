@@ -1,0 +1,84 @@
+"""The image adapter on random tiny diffusers models (nothing downloaded)."""
+import pytest
+import torch
+
+from diffalign.mdp import DiffusionPolicy, make_step_rule
+from diffalign.modalities.image import ImageAdapter, ImageOptions
+
+PROMPTS = ["a red cat", "a dog", "blue"]
+
+
+def policy_for(arch, lora_rank=4, steps=4):
+    adapter = ImageAdapter.from_options(ImageOptions(architecture=arch, lora_rank=lora_rank))
+    return DiffusionPolicy(adapter, make_step_rule(adapter.default_step_rule, adapter.scheduler, steps),
+                           guidance_scale=4.0)
+
+
+@pytest.mark.parametrize("arch", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_rollout_logprob_is_reproduced_at_training_time(arch, batch):
+    policy = policy_for(arch)
+    cond = policy.adapter.encode_conditions((PROMPTS * 3)[:batch])
+    traj = policy.sample(cond, generator=torch.Generator().manual_seed(0))
+    assert traj.latents.shape == (batch, 5, 4, 16, 16)
+    steps = torch.randint(4, (batch,))
+    x_t, x_prev, old = traj.states_at(steps)
+    new = policy.transition(x_t, steps, cond, prev_sample=x_prev).log_prob
+    assert (new - old).abs().max().item() <= 1e-5
+    images = policy.adapter.decode(traj.x0, cond)
+    assert images.shape == (batch, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+
+
+def perturb(adapter):
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_reference_is_the_frozen_base(lora_rank):
+    policy = policy_for("sd", lora_rank=lora_rank)
+    cond = policy.adapter.encode_conditions(PROMPTS)
+    x, steps = torch.randn(3, 4, 16, 16), torch.tensor([0, 1, 2])
+    base = policy.predict(x, steps, cond).detach()
+    perturb(policy.adapter)
+    assert not torch.allclose(policy.predict(x, steps, cond), base)
+    torch.testing.assert_close(policy.reference().predict(x, steps, cond), base)
+    n_lora = len(policy.adapter.trainable_parameters())
+    total = len(list(policy.adapter.denoiser.parameters()))
+    assert (n_lora < total) == (lora_rank > 0)
+
+
+def test_lora_saved_in_diffusers_format_loads_into_a_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from diffalign.modalities.image.tiny import tiny_components
+    policy = policy_for("sd")
+    perturb(policy.adapter)
+    policy.adapter.save_pretrained(str(tmp_path))
+    unet, vae, text_encoder, _, scheduler = tiny_components("sd", 32)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(tmp_path))
+    cond = policy.adapter.encode_conditions(PROMPTS)
+    x, t = torch.randn(3, 4, 16, 16), torch.tensor([999, 500, 1])
+    expected = policy.adapter.denoise(x, t, cond)
+    got = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"]).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_trainable_state_round_trips():
+    a = policy_for("sd3").adapter
+    perturb(a)
+    state = a.trainable_state_dict()
+    b = policy_for("sd3").adapter
+    b.load_trainable_state_dict(state)
+    assert all(torch.equal(state[k], v) for k, v in b.trainable_state_dict().items())
+
+
+def test_bad_options_name_the_key():
+    with pytest.raises(ValueError, match="modality.options.architecture"):
+        ImageOptions(architecture="flux")
+    with pytest.raises(ValueError, match="modality.options.model.*does not exist"):
+        ImageOptions(model="/no/such/model/dir")
+    with pytest.raises(ValueError, match="modality.options.resolution"):
+        ImageOptions(resolution=30)
