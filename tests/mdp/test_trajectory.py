@@ -131,3 +131,17 @@ def test_sampling_is_reproducible_from_a_generator():
     a = policy.sample(cond, generator=torch.Generator().manual_seed(3))
     b = policy.sample(cond, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.latents, b.latents)
+
+
+def test_per_sample_generators_make_trajectories_independent_of_batch_split():
+    policy = make_policy("ddpm", "ddpm")
+    prompts = ["a", "b", "c", "a"]
+    cond = policy.adapter.encode_conditions(prompts)
+    gens = lambda idx: [torch.Generator().manual_seed(100 + k) for k in idx]  # noqa: E731
+    whole = policy.sample(cond, generator=gens(range(4)))
+    first = policy.sample(policy.adapter.encode_conditions(prompts[:2]), generator=gens([0, 1]))
+    second = policy.sample(policy.adapter.encode_conditions(prompts[2:]), generator=gens([2, 3]))
+    torch.testing.assert_close(torch.cat([first.latents, second.latents]), whole.latents)
+    torch.testing.assert_close(torch.cat([first.log_probs, second.log_probs]), whole.log_probs)
+    with pytest.raises(ValueError, match="3 generators for 4 samples"):
+        policy.sample(cond, generator=gens(range(3)))
