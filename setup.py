@@ -42,7 +42,9 @@ def _extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/cpu/*.cpp") + rel("csrc/torch/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp", "-std=c++20"]
+    # no -std here: cpp_extension picks the standard the installed torch was built with (C++20 for
+    # 2.14, C++17 before); a mismatch breaks exceptions thrown across the torch boundary
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp"]
     define_macros = []
     extra_link = ["-fopenmp"]
     if want_cuda:
@@ -62,7 +64,7 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         ext = cpp_extension.CUDAExtension(
             "diffalign._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
             extra_link_args=extra_link)
     else:
         ext = cpp_extension.CppExtension(

@@ -71,7 +71,7 @@ template <class T> void logprob_impl(const LogprobArgs& a) {
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool want_std = a.gstd != nullptr;
-  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
                      static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
                      static_cast<T*>(a.gx), static_cast<T*>(a.gm),
                      want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
@@ -93,7 +93,7 @@ template <class T> void kl_impl(const KlArgs& a) {
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
-  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
                 static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
                 same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same,
                 static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),

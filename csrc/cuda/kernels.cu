@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -33,7 +34,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kItems = 8;                         // elements per thread per chunk
+constexpr int kItems = 16;                        // elements per thread per chunk (loads in flight)
 constexpr int64_t kChunk = kThreads * kItems;     // elements per block
 constexpr int kEpiThreads = 1024;                 // the single-block epilogue
 
@@ -78,6 +79,7 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(F f, int64_t D, int64_t
     for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) f.elem(row, b, base + i, acc);
   }
   if constexpr (N > 0) {
+    if (!f.reduces()) return;  // uniform across the block: no thread reaches a barrier alone
     __shared__ A smem[32];
 #pragma unroll
     for (int k = 0; k < N; ++k) {
@@ -223,7 +225,7 @@ template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
   const bool want_std = a.gstd != nullptr;
-  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
                      static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
                      static_cast<T*>(a.gx), static_cast<T*>(a.gm),
                      want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
@@ -253,7 +255,7 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
   const bool w1 = a.gs1 != nullptr, w2 = a.gs2 != nullptr && !same;
-  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.reduction == kMean ? A(1) / A(a.D) : A(1),
+  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
                 static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
                 same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same, static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
                 w1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,

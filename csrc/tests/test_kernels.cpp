@@ -73,7 +73,7 @@ static void test_logprob_gradients_by_finite_differences() {
     return out[0] + 2 * out[1];  // weights 1, 2 per row
   };
   std::vector<double> grad = {1.0, 2.0}, gx(B * D), gm(B * D), gs(1);
-  cpu::gaussian_logprob_backward({DType::kFloat64, B, D, grad.data(), x.data(), m.data(), {s.data(), kScalar}, kSum,
+  cpu::gaussian_logprob_backward({DType::kFloat64, B, D, grad.data(), 1, x.data(), m.data(), {s.data(), kScalar}, kSum,
                                   gx.data(), gm.data(), gs.data()});
   const double h = 1e-6;
   for (int64_t i = 0; i < B * D; ++i) {

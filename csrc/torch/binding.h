@@ -35,6 +35,14 @@ inline int64_t rows(const at::Tensor& t, const char* name) {
 }
 inline int64_t cols(const at::Tensor& t) { return t.numel() / t.size(0); }
 
+// A per-sample gradient (B,) in the accumulation dtype; a strided view (autograd hands the gradient
+// of .sum() as a stride-0 expand) is read in place instead of being copied.
+inline std::pair<at::Tensor, int64_t> per_sample_grad(const at::Tensor& g, const at::Tensor& like) {
+  at::Tensor t = g.scalar_type() == acc_type(like) ? g : g.to(acc_type(like));
+  if (t.dim() != 1) t = t.reshape({-1}).contiguous();
+  return {t, t.stride(0)};
+}
+
 inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), " but ", ref_name, " has shape ",
                     ref.sizes());
@@ -90,11 +98,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
     std::array<bool, 3> mask) {
   const int64_t B = rows(x_, "x");
   auto x = x_.contiguous(), mean = mean_.contiguous();
-  auto grad = grad_.to(acc_type(x)).contiguous();
+  auto [grad, grad_stride] = per_sample_grad(grad_, x);
   auto s = prepare_std(std_, x, "std");
   auto gx = empty_like_masked(mask[0], x), gm = empty_like_masked(mask[1], x);
   auto gs = mask[2] ? at::empty_like(s.t) : at::empty({0}, s.t.options());
-  LogprobBwdArgs a{dtype_of(x), B, cols(x), grad.data_ptr(), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction),
+  LogprobBwdArgs a{dtype_of(x), B, cols(x), grad.data_ptr(), grad_stride, x.data_ptr(), mean.data_ptr(), s.view(), int(reduction),
                    ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs)};
   Backend::launch(a, x);
   if (mask[2]) gs = gs.view(std_.sizes());
@@ -123,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     const std::optional<at::Tensor>& s2_, int64_t reduction, std::array<bool, 4> mask) {
   const int64_t B = rows(m1_, "mean");
   auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
-  auto grad = grad_.to(acc_type(m1)).contiguous();
+  auto [grad, grad_stride] = per_sample_grad(grad_, m1);
   auto s1 = prepare_std(s1_, m1, "std");
   const bool has_s2 = s2_.has_value() && s2_->defined();
   PreparedStd s2{at::Tensor(), kScalar};
@@ -131,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   auto g1 = empty_like_masked(mask[0], m1), g2 = empty_like_masked(mask[1], m1);
   auto gs1 = mask[2] ? at::empty_like(s1.t) : at::empty({0}, s1.t.options());
   auto gs2 = (mask[3] && has_s2) ? at::empty_like(s2.t) : at::empty({0}, s1.t.options());
-  KlBwdArgs a{dtype_of(m1), B, cols(m1), grad.data_ptr(), m1.data_ptr(), m2.data_ptr(), s1.view(),
+  KlBwdArgs a{dtype_of(m1), B, cols(m1), grad.data_ptr(), grad_stride, m1.data_ptr(), m2.data_ptr(), s1.view(),
               has_s2 ? s2.view() : StdView{}, int(reduction), ptr_or_null(g1), ptr_or_null(g2), ptr_or_null(gs1),
               ptr_or_null(gs2)};
   Backend::launch(a, m1);

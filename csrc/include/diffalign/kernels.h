@@ -18,7 +18,7 @@ struct LogprobArgs {
   void* out;  // acc [B]
 };
 struct LogprobBwdArgs {
-  DType dtype; int64_t B, D; const void* grad; const void* x; const void* mean; StdView std; int reduction;
+  DType dtype; int64_t B, D; const void* grad; int64_t grad_stride; const void* x; const void* mean; StdView std; int reduction;
   void* gx; void* gm; void* gstd;  // gstd: acc, shaped like std
 };
 struct KlArgs {
@@ -26,7 +26,7 @@ struct KlArgs {
   int reduction; void* out;
 };
 struct KlBwdArgs {
-  DType dtype; int64_t B, D; const void* grad; const void* m1; const void* m2; StdView s1; StdView s2; int reduction;
+  DType dtype; int64_t B, D; const void* grad; int64_t grad_stride; const void* m1; const void* m2; StdView s1; StdView s2; int reduction;
   void* gm1; void* gm2; void* gs1; void* gs2;
 };
 struct DpoArgs {

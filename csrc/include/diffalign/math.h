@@ -130,7 +130,8 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 
 // ====================================================================================
 // Functors. Each has row(b) -> per-row context (computed once per row chunk) and
-// elem(row, b, idx, acc) for one element; NOUT values are summed per row into acc.
+// elem(row, b, idx, acc) for one element; NOUT values are summed per row into acc, and
+// reduces() says whether those sums are wanted in this call (the loops skip them otherwise).
 // ====================================================================================
 
 template <class T> struct AccOf { using type = float; };
@@ -156,6 +157,7 @@ template <class A> DA_HD StdRow<A> std_row(const StdArg<A>& std, int64_t b) {
 
 template <class T, class A> struct LogprobFwd {
   static constexpr int NOUT = 1;
+  DA_HD bool reduces() const { return true; }
   const T* x; const T* mean; StdArg<A> std;
   using Row = StdRow<A>;
   DA_HD Row row(int64_t b) const { return std_row<A>(std, b); }
@@ -171,10 +173,11 @@ template <class T, class A> struct LogprobFwd {
 // layout) or is summed per row into acc[0] (scalar / per-row layouts).
 template <class T, class A> struct LogprobBwd {
   static constexpr int NOUT = 1;
-  const A* grad; A scale; const T* x; const T* mean; StdArg<A> std;
+  const A* grad; int64_t grad_stride; A scale; const T* x; const T* mean; StdArg<A> std;
   T* gx; T* gm; A* gstd_full; bool want_std;
   struct Row { StdRow<A> s; A g; };
-  DA_HD Row row(int64_t b) const { return {std_row<A>(std, b), grad[b] * scale}; }
+  DA_HD bool reduces() const { return want_std && !gstd_full; }
+  DA_HD Row row(int64_t b) const { return {std_row<A>(std, b), grad[b * grad_stride] * scale}; }
   DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
     A s = r.s.full ? std.at(b, idx) : r.s.s;
     A inv_s2 = r.s.full ? A(1) / (s * s) : r.s.inv_var;
@@ -191,6 +194,7 @@ template <class T, class A> struct LogprobBwd {
 
 template <class T, class A> struct KlFwd {
   static constexpr int NOUT = 1;
+  DA_HD bool reduces() const { return true; }
   const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
   // with per-row stds, KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2
   struct Row { bool generic; A c0, half_inv_var2; };
@@ -216,10 +220,11 @@ template <class T, class A> struct KlFwd {
 // acc[0] sums the s1 gradient, acc[1] the s2 gradient (scalar / per-row layouts).
 template <class T, class A> struct KlBwd {
   static constexpr int NOUT = 2;
-  const A* grad; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
-  T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
+  const A* grad; int64_t grad_stride; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2;
+  bool same_std; T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
   struct Row { A g; };
-  DA_HD Row row(int64_t b) const { return {grad[b] * scale}; }
+  DA_HD bool reduces() const { return (want_s1 && !gs1_full) || (want_s2 && !gs2_full); }
+  DA_HD Row row(int64_t b) const { return {grad[b * grad_stride] * scale}; }
   DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
     A a = s1.at(b, idx);
     A c = same_std ? a : s2.at(b, idx);
@@ -242,6 +247,7 @@ template <class T, class A> struct KlBwd {
 // Sum of squared errors of model and reference against the target: acc[0], acc[1].
 template <class T, class A> struct PairSqErr {
   static constexpr int NOUT = 2;
+  DA_HD bool reduces() const { return true; }
   const T* model; const T* ref; const T* target;
   struct Row {};
   DA_HD Row row(int64_t) const { return {}; }
@@ -256,6 +262,7 @@ template <class T, class A> struct PairSqErr {
 // grad model_pred = coef[b] * 2 (model - target) / D, coef from the pair's margin.
 template <class T, class A> struct DpoBwd {
   static constexpr int NOUT = 0;
+  DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* margin; A beta; int loss_type; int reduction; int64_t pairs; A inv_d;
   const T* model; const T* target; T* gmodel;
   struct Row { A coef; };
@@ -279,6 +286,7 @@ template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, 
 }
 template <class T, class A> struct KtoBwd {
   static constexpr int NOUT = 0;
+  DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* g; const A* z; const bool* desirable; A beta, ld, lu; int64_t rows; A inv_d;
   const T* model; const T* target; T* gmodel;
   struct Row { A coef; };
@@ -296,6 +304,7 @@ template <class T, class A> struct KtoBwd {
 // exactly the same value.
 template <class T, class A> struct StepFwd {
   static constexpr int NOUT = 1;
+  DA_HD bool reduces() const { return true; }
   int mode; const A* p0; const A* p1; int per_sample; A param;
   const T* model; const T* sample; const T* prev_in; const T* noise; T* prev_out; T* mean_out;
   struct Row { StepCoef<A> c; A half_inv_var, log_norm; };
@@ -328,6 +337,7 @@ template <class T, class A> struct StepFwd {
 // so the log-prob has no gradient and prev_sample's gradient flows straight to the mean.
 template <class T, class A> struct StepBwd {
   static constexpr int NOUT = 0;
+  DA_HD bool reduces() const { return false; }
   int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
   const T* grad_prev; const A* grad_lp; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
