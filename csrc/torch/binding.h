@@ -50,6 +50,51 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
                     " has dtype ", ref.scalar_type());
 }
 
+// ---- argument checks: run by the device impls and, before any autograd node exists, by the
+// Autograd-key wrappers in ops.cpp (so a bad argument never unwinds through a half-built node) ----
+inline int std_layout(const at::Tensor& s, const at::Tensor& x, const char* name) {
+  const int64_t B = x.size(0);
+  if (s.numel() == 1) return kScalar;
+  if (s.numel() == B && s.dim() >= 1 && s.size(0) == B) return kPerRow;
+  TORCH_CHECK_VALUE(s.sizes() == x.sizes(), name, " has shape ", s.sizes(), "; expected 0-d, (", B, "), (", B,
+                    ",1,..,1) or ", x.sizes());
+  return kFull;
+}
+inline void check_logprob_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std) {
+  rows(x, "x");
+  check_like(mean, "mean", x, "x");
+  std_layout(std, x, "std");
+}
+inline void check_kl_args(const at::Tensor& m1, const at::Tensor& m2, const at::Tensor& s1,
+                          const std::optional<at::Tensor>& s2) {
+  rows(m1, "mean");
+  check_like(m2, "ref_mean", m1, "mean");
+  std_layout(s1, m1, "std");
+  if (s2.has_value() && s2->defined()) std_layout(*s2, m1, "ref_std");
+}
+inline void check_loss_args(const at::Tensor& model, const at::Tensor& ref, const at::Tensor& target, bool pairs) {
+  const int64_t B = rows(model, "model_pred");
+  TORCH_CHECK_VALUE(!pairs || B % 2 == 0, "model_pred must hold [winners; losers] with an even number of rows, got ", B);
+  check_like(ref, "ref_pred", model, "model_pred");
+  check_like(target, "target", model, "model_pred");
+}
+inline void check_desirable(const at::Tensor& desirable, int64_t B) {
+  TORCH_CHECK_VALUE(desirable.scalar_type() == at::kBool && desirable.numel() == B,
+                    "desirable must be a bool tensor of shape (", B, ")");
+}
+inline void check_step_args(const at::Tensor& model, const at::Tensor& sample, const at::Tensor& p0,
+                            const at::Tensor& p1, const std::optional<at::Tensor>& prev,
+                            const std::optional<at::Tensor>& noise) {
+  const int64_t B = rows(sample, "sample");
+  check_like(model, "model_output", sample, "sample");
+  const bool has_prev = prev.has_value() && prev->defined(), has_noise = noise.has_value() && noise->defined();
+  TORCH_CHECK_VALUE(has_prev != has_noise, "give exactly one of prev_sample (to score) and noise");
+  if (has_prev) check_like(*prev, "prev_sample", sample, "sample");
+  if (has_noise) check_like(*noise, "noise", sample, "sample");
+  TORCH_CHECK_VALUE(p0.numel() == 1 || p0.numel() == B, "schedule values must be 0-d or (", B, "), got ", p0.sizes());
+  TORCH_CHECK_VALUE(p1.numel() == 1 || p1.numel() == B, "schedule values must be 0-d or (", B, "), got ", p1.sizes());
+}
+
 // A std argument: contiguous, in the accumulation dtype, with its layout against x.
 struct PreparedStd {
   at::Tensor t;
@@ -57,14 +102,8 @@ struct PreparedStd {
   StdView view() const { return {t.data_ptr(), layout}; }
 };
 inline PreparedStd prepare_std(const at::Tensor& s, const at::Tensor& x, const char* name) {
-  const int64_t B = x.size(0);
-  at::Tensor c = s.to(acc_type(x)).contiguous();
-  if (s.numel() == 1) return {c, kScalar};
-  bool per_row = s.numel() == B && s.dim() >= 1 && s.size(0) == B;
-  if (per_row) return {c, kPerRow};
-  TORCH_CHECK_VALUE(s.sizes() == x.sizes(), name, " has shape ", s.sizes(), "; expected 0-d, (", B, "), (", B,
-                    ",1,..,1) or ", x.sizes());
-  return {c, kFull};
+  const int layout = std_layout(s, x, name);
+  return {s.to(acc_type(x)).contiguous(), layout};
 }
 
 inline at::Tensor empty_like_masked(bool wanted, const at::Tensor& like) {
@@ -82,8 +121,8 @@ inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>&
 // ------------------------------------------------------------------------------------------------
 template <class Backend>
 at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction) {
-  const int64_t B = rows(x_, "x");
-  check_like(mean_, "mean", x_, "x");
+  check_logprob_args(x_, mean_, std_);
+  const int64_t B = x_.size(0);
   auto x = x_.contiguous(), mean = mean_.contiguous();
   auto s = prepare_std(std_, x, "std");
   auto out = at::empty({B}, x.options().dtype(acc_type(x)));
@@ -112,8 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
 template <class Backend>
 at::Tensor gaussian_kl(const at::Tensor& m1_, const at::Tensor& m2_, const at::Tensor& s1_,
                        const std::optional<at::Tensor>& s2_, int64_t reduction) {
-  const int64_t B = rows(m1_, "mean");
-  check_like(m2_, "ref_mean", m1_, "mean");
+  check_kl_args(m1_, m2_, s1_, s2_);
+  const int64_t B = m1_.size(0);
   auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
   auto s1 = prepare_std(s1_, m1, "std");
   PreparedStd s2{at::Tensor(), kScalar};
@@ -152,10 +191,8 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor> diffusion_dpo_loss(const at::Tensor& model_, const at::Tensor& ref_,
                                                       const at::Tensor& target_, double beta, int64_t loss_type,
                                                       int64_t reduction) {
-  const int64_t B = rows(model_, "model_pred");
-  TORCH_CHECK_VALUE(B % 2 == 0, "model_pred must hold [winners; losers] with an even number of rows, got ", B);
-  check_like(ref_, "ref_pred", model_, "model_pred");
-  check_like(target_, "target", model_, "model_pred");
+  check_loss_args(model_, ref_, target_, /*pairs=*/true);
+  const int64_t B = model_.size(0);
   auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
   auto opts = model.options().dtype(acc_type(model));
   auto loss = reduction == kPairNone ? at::empty({B / 2}, opts) : at::empty({}, opts);
@@ -183,11 +220,9 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
     const at::Tensor& model_, const at::Tensor& ref_, const at::Tensor& target_, const at::Tensor& desirable_,
     double beta, double lambda_d, double lambda_u, const std::optional<at::Tensor>& kl_ref_) {
-  const int64_t B = rows(model_, "model_pred");
-  check_like(ref_, "ref_pred", model_, "model_pred");
-  check_like(target_, "target", model_, "model_pred");
-  TORCH_CHECK_VALUE(desirable_.scalar_type() == at::kBool && desirable_.numel() == B,
-                    "desirable must be a bool tensor of shape (", B, ")");
+  check_loss_args(model_, ref_, target_, /*pairs=*/false);
+  const int64_t B = model_.size(0);
+  check_desirable(desirable_, B);
   auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
   auto desirable = desirable_.contiguous();
   auto opts = model.options().dtype(acc_type(model));
@@ -228,13 +263,10 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
     const at::Tensor& model_, const at::Tensor& sample_, const at::Tensor& p0_, const at::Tensor& p1_, double param,
     const std::optional<at::Tensor>& prev_, const std::optional<at::Tensor>& noise_, int64_t mode) {
-  const int64_t B = rows(sample_, "sample");
-  check_like(model_, "model_output", sample_, "sample");
+  check_step_args(model_, sample_, p0_, p1_, prev_, noise_);
+  const int64_t B = sample_.size(0);
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_), noise = contiguous_opt(noise_);
-  TORCH_CHECK_VALUE(prev.has_value() != noise.has_value(), "give exactly one of prev_sample (to score) and noise");
-  if (prev) check_like(*prev, "prev_sample", sample, "sample");
-  if (noise) check_like(*noise, "noise", sample, "sample");
   const int ps = per_sample(p0_, p1_, B);
   auto p0 = (ps ? p0_.expand({B}) : p0_.reshape({1})).to(acc_type(sample)).contiguous();
   auto p1 = (ps ? p1_.expand({B}) : p1_.reshape({1})).to(acc_type(sample)).contiguous();

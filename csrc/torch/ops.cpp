@@ -34,6 +34,8 @@ template <class Sig> c10::TypedOperatorHandle<Sig> op(const char* name) {
 // masked-off gradients come back from the backward ops as empty placeholders
 inline at::Tensor grad_if(bool wanted, const at::Tensor& g) { return wanted ? g : at::Tensor(); }
 inline OptTensor opt(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+// Under torch.compile's tracing shapes may be symbolic: the device impl checks those later.
+inline bool concrete(const at::Tensor& t) { return !t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); }
 
 // ---- gaussian_logprob ----
 struct LogprobFn : public torch::autograd::Function<LogprobFn> {
@@ -59,6 +61,7 @@ struct LogprobFn : public torch::autograd::Function<LogprobFn> {
   }
 };
 at::Tensor logprob_autograd(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, int64_t reduction) {
+  if (concrete(x)) binding::check_logprob_args(x, mean, std);
   return LogprobFn::apply(x, mean, std, reduction);
 }
 
@@ -88,6 +91,7 @@ struct KlFn : public torch::autograd::Function<KlFn> {
 };
 at::Tensor kl_autograd(const at::Tensor& m1, const at::Tensor& m2, const at::Tensor& s1, const OptTensor& s2,
                        int64_t reduction) {
+  if (concrete(m1)) binding::check_kl_args(m1, m2, s1, s2);
   return KlFn::apply(m1, m2, s1, s2, reduction);
 }
 
@@ -121,6 +125,7 @@ struct DpoFn : public torch::autograd::Function<DpoFn> {
 std::tuple<at::Tensor, at::Tensor> dpo_autograd(const at::Tensor& model, const at::Tensor& ref,
                                                 const at::Tensor& target, double beta, int64_t loss_type,
                                                 int64_t reduction) {
+  if (concrete(model)) binding::check_loss_args(model, ref, target, /*pairs=*/true);
   auto r = DpoFn::apply(model, ref, target, beta, loss_type, reduction);
   return {r[0], r[1]};
 }
@@ -159,6 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kto_autograd(const at::Tensor& mo
                                                             const at::Tensor& target, const at::Tensor& desirable,
                                                             double beta, double ld, double lu,
                                                             const OptTensor& kl_ref) {
+  if (concrete(model)) {
+    binding::check_loss_args(model, ref, target, /*pairs=*/false);
+    binding::check_desirable(desirable, model.size(0));
+  }
   auto r = KtoFn::apply(model, ref, target, desirable, beta, ld, lu, kl_ref);
   return {r[0], r[1], r[2]};
 }
@@ -206,6 +215,7 @@ struct StepFn : public torch::autograd::Function<StepFn> {
 };
 StepResult step_call(const at::Tensor& model, const at::Tensor& sample, const at::Tensor& p0, const at::Tensor& p1,
                      double param, const OptTensor& prev, const OptTensor& noise, int64_t mode) {
+  if (concrete(sample)) binding::check_step_args(model, sample, p0, p1, prev, noise);
   auto r = StepFn::apply(model, sample, p0, p1, param, prev, noise, mode);
   return {r[0], r[1], r[2], r[3]};
 }

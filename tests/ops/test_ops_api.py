@@ -236,8 +236,27 @@ def test_bad_input_raises_value_error_naming_the_argument(call, message):
 
 
 @requires_ext
-def test_direct_op_calls_check_shapes_in_cpp():
-    with pytest.raises(ValueError, match="even number of rows"):
-        torch.ops.diffalign.diffusion_dpo_loss(torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2), 1.0, 0, 0)
-    with pytest.raises(ValueError, match="mean has shape"):
-        torch.ops.diffalign.gaussian_logprob(torch.randn(3, 2), torch.randn(3, 3), torch.ones(()), 0)
+def test_direct_op_calls_check_arguments_in_cpp(tmp_path):
+    """torch.ops calls that skip the Python wrappers still get ValueErrors naming the argument, raised
+    before an autograd node exists. Run in a subprocess so a crash fails this test, not the session."""
+    code = (
+        "import torch, diffalign.ops\n"
+        "d = torch.ops.diffalign\n"
+        "cases = [\n"
+        "  ('even number of rows', lambda: d.diffusion_dpo_loss(torch.randn(3, 2, requires_grad=True), torch.randn(3, 2), torch.randn(3, 2), 1.0, 0, 0)),\n"
+        "  ('mean has shape', lambda: d.gaussian_logprob(torch.randn(3, 2), torch.randn(3, 3, requires_grad=True), torch.ones(()), 0)),\n"
+        "  ('ref_std has shape', lambda: d.gaussian_kl(torch.randn(3, 2), torch.randn(3, 2), torch.ones(()), torch.ones(2), 0)),\n"
+        "  ('desirable must be', lambda: d.diffusion_kto_loss(torch.randn(2, 2), torch.randn(2, 2), torch.randn(2, 2), torch.ones(2), 1.0, 1.0, 1.0, None)),\n"
+        "  ('exactly one of prev_sample', lambda: d.ddim_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor(.5), torch.tensor(.6), 1.0, None, None, 0)),\n"
+        "  ('schedule values', lambda: d.flow_sde_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.ones(3), torch.ones(3), 0.7, None, torch.randn(2, 2))),\n"
+        "]\n"
+        "for msg, call in cases:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ValueError as e:\n"
+        "        assert msg in str(e), (msg, str(e))\n"
+        "    else:\n"
+        "        raise AssertionError('no error for ' + msg)\n"
+        "print('cpp-checks-ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and "cpp-checks-ok" in res.stdout, (res.returncode, res.stdout, res.stderr[-3000:])
