@@ -114,7 +114,7 @@ def time_quantiles(fn, device, grad_to_none, warmup_ms=25, rep_ms=100):
 
 
 def wall_per_call(fn, device, grad_to_none, n=200):
-    for _ in range(10):
+    for _ in range(min(10, n)):
         fn()
     _sync(device)
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def wall_per_call(fn, device, grad_to_none, n=200):
 
 
 def copy_bandwidth(device):
-    n = (1 << 30) if device == "cuda" else (1 << 27)
+    n = (1 << 30) if device == "cuda" else (1 << 26)
     a = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
     b = torch.empty_like(a)
     _, t, _ = time_quantiles(lambda: b.copy_(a), device, None)
@@ -156,7 +156,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="float32,bfloat16 (default: both on CUDA, float32 on CPU)")
     p.add_argument("--providers", default="eager,compile,diffalign")
     p.add_argument("--modes", default="forward,full")
-    p.add_argument("--rep-ms", type=float, default=100.0)
+    p.add_argument("--rep-ms", type=float, default=100.0, help="timing window per case for the quantiles")
+    p.add_argument("--wall-calls", type=int, default=200, help="calls per tight-loop wall-time measurement")
     p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
     args = p.parse_args(argv)
 
@@ -195,7 +196,7 @@ def main(argv=None):
             inputs = _inputs(shape, dtype, dev)
             m = inputs["mean"]
             floor_q = time_quantiles(lambda: (m * 2).sum().backward(), dev, [m], rep_ms=args.rep_ms)
-            floor_wall = wall_per_call(lambda: (m * 2).sum().backward(), dev, [m])
+            floor_wall = wall_per_call(lambda: (m * 2).sum().backward(), dev, [m], args.wall_calls)
             meta.setdefault("autograd_floor_us", {})[f"{shape_name}/{dtype_name}"] = floor_q[1]
             for op_name in op_names:
                 spec = OPS[op_name]
@@ -215,7 +216,7 @@ def main(argv=None):
                         fn = _make_fn(fwd, inputs, mode)
                         try:
                             q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
-                            wall = wall_per_call(fn, dev, [m])
+                            wall = wall_per_call(fn, dev, [m], args.wall_calls)
                         except Exception as exc:  # report, keep going: one failing provider is a finding
                             print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name}: FAILED {exc}", flush=True)
                             continue
