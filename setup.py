@@ -29,7 +29,11 @@ def _extensions():
     # prefer the toolkit folder when the user did not choose one
     if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("diffalign compiles its core against the torch you run with: install torch first, then "
+                         "`pip install --no-build-isolation .` (or set DIFFALIGN_BUILD_EXT=0 for the pure-PyTorch ops)")
     from torch.utils import cpp_extension
 
     want_cuda = _flag("DIFFALIGN_CUDA")

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
 # runtime and test dependencies, resolved against the pinned torch
 "${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev]" --no-build-isolation
