@@ -222,14 +222,23 @@ template <class T, class A> struct KlBwd {
   static constexpr int NOUT = 2;
   const A* grad; int64_t grad_stride; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2;
   bool same_std; T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
-  struct Row { A g; };
+  // with per-row stds, 1/s2^2 and 1/s1 are computed once per row
+  struct Row { A g; bool generic; A a, c, inv_c2; };
   DA_HD bool reduces() const { return (want_s1 && !gs1_full) || (want_s2 && !gs2_full); }
-  DA_HD Row row(int64_t b) const { return {grad[b * grad_stride] * scale}; }
+  DA_HD Row row(int64_t b) const {
+    Row r{grad[b * grad_stride] * scale, s1.layout == kFull || (!same_std && s2.layout == kFull), A(0), A(0), A(0)};
+    if (!r.generic) {
+      r.a = s1.at(b, 0);
+      r.c = same_std ? r.a : s2.at(b, 0);
+      r.inv_c2 = A(1) / (r.c * r.c);
+    }
+    return r;
+  }
   DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
-    A a = s1.at(b, idx);
-    A c = same_std ? a : s2.at(b, idx);
+    A a = r.generic ? s1.at(b, idx) : r.a;
+    A c = r.generic ? (same_std ? a : s2.at(b, idx)) : r.c;
     A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
-    A inv_c2 = A(1) / (c * c);
+    A inv_c2 = r.generic ? A(1) / (c * c) : r.inv_c2;
     A gd = d * inv_c2 * r.g;
     if (gm1) gm1[idx] = from_acc<T>(gd);
     if (gm2) gm2[idx] = from_acc<T>(-gd);
