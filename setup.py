@@ -101,6 +101,7 @@ setup(
         "safetensors",
         "tensorboard",
         "pillow",
+        "pyarrow",
         "matplotlib",
         "diffusers>=0.30",
         "transformers>=4.40",

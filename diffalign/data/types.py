@@ -1,0 +1,171 @@
+"""Preference records, the load report, and how a stored sample becomes something an adapter encodes.
+
+A *sample* is whatever one side of a comparison holds: an image file path, encoded image bytes (a
+Pick-a-Pic parquet cell), a PIL image (a decoded ``datasets`` Image column), or a numeric vector / tensor
+(the toy modality's points; AI feedback on non-image modalities). :func:`load_sample` turns each into a
+PIL image or a float tensor; the modality adapter's ``encode`` turns a batch of those into x0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TENSOR_EXTENSIONS = (".npy", ".pt")
+
+
+class PreferenceDataError(ValueError):
+    """A dataset that cannot be used (no usable pairs, unknown layout, missing file); names the file."""
+
+
+@dataclasses.dataclass
+class PreferencePair:
+    prompt: str
+    chosen: Any                               # a sample (path, bytes, PIL image, vector)
+    rejected: Any
+    chosen_reward: Optional[float] = None     # scores, where the data has them (AI feedback, E2PO soft labels)
+    rejected_reward: Optional[float] = None
+
+
+@dataclasses.dataclass
+class LabelledSample:
+    """Binary feedback (KTO): one sample judged desirable or not."""
+
+    prompt: str
+    sample: Any
+    desirable: bool
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What loading kept and what it could not use, by reason. Nothing is dropped without a count."""
+
+    source: str
+    layout: str
+    rows: int = 0                 # records read from the source
+    kept: int = 0                 # pairs (or labelled samples) produced
+    ties: int = 0                 # comparisons with no preferred side (Pick-a-Pic 0.5/0.5, equal ranks)
+    undecodable: int = 0          # records with an image that is missing or does not decode
+    missing_caption: int = 0      # records without a prompt
+    malformed: int = 0            # records lacking a required field or with an unreadable value
+    examples: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # a few details per reason
+
+    def skip(self, reason: str, detail: str, count: int = 1) -> None:
+        setattr(self, reason, getattr(self, reason) + count)
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 3:
+            ex.append(detail)
+
+    @property
+    def skipped(self) -> int:
+        return self.ties + self.undecodable + self.missing_caption + self.malformed
+
+    def summary(self) -> str:
+        parts = [f"{self.source} ({self.layout}): {self.rows} records -> {self.kept} usable"]
+        for reason in ("ties", "undecodable", "missing_caption", "malformed"):
+            n = getattr(self, reason)
+            if n:
+                ex = "; ".join(self.examples.get(reason, []))
+                parts.append(f"{n} {reason.replace('_', ' ')}" + (f" (e.g. {ex})" if ex else ""))
+        return ", ".join(parts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PreferenceDataset:
+    """Pairs (DPO family) or labelled samples (KTO), and the report of how they were loaded."""
+
+    pairs: List[PreferencePair]
+    labels: List[LabelledSample]
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.pairs else len(self.labels)
+
+    @property
+    def kind(self) -> str:
+        return "pairs" if self.pairs else "labels"
+
+    @property
+    def prompts(self) -> List[str]:
+        seen = [p.prompt for p in self.pairs] + [s.prompt for s in self.labels]
+        return list(dict.fromkeys(seen))
+
+    def as_labels(self) -> List[LabelledSample]:
+        """Binary feedback; pairs become 2n samples (winner desirable, loser not), as KTO does (survey 3.2.2)."""
+        if self.labels:
+            return list(self.labels)
+        out = []
+        for p in self.pairs:
+            out.append(LabelledSample(p.prompt, p.chosen, True))
+            out.append(LabelledSample(p.prompt, p.rejected, False))
+        return out
+
+    @property
+    def has_rewards(self) -> bool:
+        return bool(self.pairs) and all(p.chosen_reward is not None and p.rejected_reward is not None
+                                        for p in self.pairs)
+
+
+def resolve_path(ref: str, root: Optional[str]) -> str:
+    ref = os.path.expanduser(ref)
+    if root is not None and not os.path.isabs(ref):
+        return os.path.join(root, ref)
+    return ref
+
+
+def load_sample(ref: Any, root: Optional[str] = None):
+    """A stored sample -> a PIL image (RGB) or a float32 tensor. Raises ValueError if it cannot be read."""
+    from PIL import Image
+    if isinstance(ref, Image.Image):
+        return ref.convert("RGB")
+    if isinstance(ref, torch.Tensor):
+        return ref.detach().float()
+    if isinstance(ref, dict) and ("bytes" in ref or "path" in ref):  # a datasets Image cell, undecoded
+        ref = ref.get("bytes") or ref.get("path")
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(bytes(ref))) as im:
+                return im.convert("RGB")
+        except Exception as exc:
+            raise ValueError(f"image bytes do not decode: {exc}") from None
+    if isinstance(ref, (list, tuple)):
+        try:
+            return torch.tensor([float(v) for v in ref], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise ValueError("a list sample must hold numbers") from None
+    if isinstance(ref, str):
+        path = resolve_path(ref, root)
+        if not os.path.isfile(path):
+            raise ValueError(f"file {path!r} does not exist")
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".npy":
+            import numpy as np
+            return torch.from_numpy(np.load(path)).float()
+        if ext == ".pt":
+            return torch.load(path, weights_only=True).float()
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except Exception as exc:
+            raise ValueError(f"{path!r} does not decode as an image: {exc}") from None
+    raise ValueError(f"cannot read a sample of type {type(ref).__name__}")
+
+
+def check_sample(ref: Any, root: Optional[str] = None) -> Optional[str]:
+    """None if the sample can be read, else why not (what the readers count as undecodable)."""
+    try:
+        load_sample(ref, root)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def load_samples(refs: Sequence[Any], root: Optional[str] = None) -> list:
+    return [load_sample(r, root) for r in refs]
