@@ -1,0 +1,145 @@
+"""AI feedback and data-centric preference learning (survey sections 3.1 and 6).
+
+Instead of human annotators, any reward (a closed-form score, a learned reward model, a VLM judge
+wrapped as ``(decoded, prompts) -> Tensor[B]``) labels pairs of model samples. Samples of the same
+prompt are compared pairwise; a pair is kept only when its reward gap exceeds ``threshold``, which
+filters out near-ties whose label would be mostly noise (the data-centric choice: fewer, cleaner
+pairs). The result is written in the plain JSONL layout of :mod:`diffalign.data.readers`
+(``{"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}``, samples saved as files:
+PNG for images, ``.npy`` for other tensors), so the offline trainer reads it like human feedback, and
+E2PO can turn the stored rewards into soft labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+PAIRINGS = ("all", "best_worst")
+
+
+@dataclasses.dataclass
+class FeedbackReport:
+    samples: int = 0
+    candidate_pairs: int = 0   # same-prompt pairs considered
+    kept: int = 0
+    below_threshold: int = 0   # pairs whose |reward gap| <= threshold (ties included)
+    path: str = ""
+
+    def summary(self) -> str:
+        return (f"AI feedback: {self.samples} samples, {self.candidate_pairs} same-prompt pairs, {self.kept} kept, "
+                f"{self.below_threshold} with a reward gap at or below the threshold -> {self.path}")
+
+
+def select_pairs(prompts: Sequence[str], rewards: torch.Tensor, threshold: float = 0.0,
+                 pairing: str = "all") -> Tuple[List[Tuple[int, int]], FeedbackReport]:
+    """(winner, loser) sample indices of same-prompt pairs whose reward gap exceeds ``threshold``.
+
+    pairing "all": every same-prompt pair (C(K, 2) per prompt); "best_worst": only the best and the
+    worst sample of each prompt (one pair, the largest gap).
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    r = rewards.detach().double().cpu().reshape(-1)
+    if r.shape[0] != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts for {r.shape[0]} rewards")
+    groups: Dict[str, List[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    report = FeedbackReport(samples=len(prompts))
+    kept = []
+    for idx in groups.values():
+        if pairing == "best_worst":
+            if len(idx) < 2:
+                continue
+            ordered = sorted(idx, key=lambda i: float(r[i]))
+            candidates = [(ordered[-1], ordered[0])]
+        else:
+            candidates = list(itertools.combinations(idx, 2))
+        for a, b in candidates:
+            report.candidate_pairs += 1
+            gap = float(r[a] - r[b])
+            if abs(gap) <= threshold:
+                report.below_threshold += 1
+                continue
+            kept.append((a, b) if gap > 0 else (b, a))
+    report.kept = len(kept)
+    return kept, report
+
+
+def _save_sample(sample: torch.Tensor, folder: str, name: str) -> str:
+    """An image (3, H, W) in [0, 1] -> PNG; anything else -> .npy. Returns the file name."""
+    sample = sample.detach().float().cpu()
+    if sample.ndim == 3 and sample.shape[0] in (1, 3):
+        from PIL import Image
+        array = (sample.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+        Image.fromarray(array).save(os.path.join(folder, name + ".png"))
+        return name + ".png"
+    import numpy as np
+    np.save(os.path.join(folder, name + ".npy"), sample.numpy())
+    return name + ".npy"
+
+
+def write_feedback(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequence[str], rewards: torch.Tensor,
+                   pairs: Sequence[Tuple[int, int]], file_name: str = "pairs.jsonl") -> str:
+    """Save the samples used by ``pairs`` under out_dir/samples and the pairs as JSONL; returns its path."""
+    folder = os.path.join(out_dir, "samples")
+    os.makedirs(folder, exist_ok=True)
+    names: Dict[int, str] = {}
+    for i in sorted({i for pair in pairs for i in pair}):
+        names[i] = os.path.join("samples", _save_sample(samples[i], folder, f"{i:06d}"))
+    path = os.path.join(out_dir, file_name)
+    r = rewards.detach().double().cpu().reshape(-1)
+    with open(path, "w", encoding="utf-8") as f:
+        for w, l in pairs:
+            f.write(json.dumps({"prompt": prompts[w], "chosen": names[w], "rejected": names[l],
+                                "chosen_reward": float(r[w]), "rejected_reward": float(r[l])}) + "\n")
+    return path
+
+
+def label_samples(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequence[str], reward_fn,
+                  threshold: float = 0.0, pairing: str = "all") -> FeedbackReport:
+    """Score ``samples`` (decoded: images in [0, 1], vectors...) with ``reward_fn(samples, prompts)``,
+    keep same-prompt pairs whose gap exceeds ``threshold`` and write them as JSONL."""
+    from diffalign.rewards import call_reward
+    batch = torch.stack(list(samples)) if not isinstance(samples, torch.Tensor) else samples
+    rewards = call_reward(reward_fn, batch, list(prompts), batch.device)
+    pairs, report = select_pairs(prompts, rewards, threshold, pairing)
+    if not pairs:
+        raise ValueError(f"AI feedback kept no pair: all {report.candidate_pairs} same-prompt pairs have a reward gap "
+                         f"at or below the threshold {threshold}")
+    report.path = write_feedback(out_dir, batch, prompts, rewards, pairs)
+    return report
+
+
+def generate_feedback(cfg, out_dir: str, samples_per_prompt: int = 4, threshold: float = 0.0,
+                      pairing: str = "all", device: Optional[Any] = None) -> FeedbackReport:
+    """Sample ``samples_per_prompt`` per prompt from the config's (base) model, label them with the
+    config's reward (``reward.name``) and write the JSONL. Seeded per sample by (cfg.seed, index)."""
+    from diffalign.rewards import load_prompts, resolve_reward
+    from diffalign.trainer.builders import build_adapter, build_policy
+    from diffalign.trainer.distributed import generator
+    device = torch.device(device or "cpu")
+    prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
+    adapter = build_adapter(cfg, prompts, device)
+    policy = build_policy(cfg, adapter)
+    reward_fn = resolve_reward(cfg.reward.name, adapter.rewards())
+    all_prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+    decoded = []
+    bs = cfg.sampling.batch_size
+    for start in range(0, len(all_prompts), bs):
+        chunk = all_prompts[start:start + bs]
+        cond = adapter.encode_conditions(chunk)
+        gens = [generator(cfg.seed, "feedback", start + i) for i in range(len(chunk))]
+        with torch.no_grad():
+            traj = policy.sample(cond, generator=gens)
+            decoded.append(adapter.decode(traj.x0, cond).detach().cpu())
+    return label_samples(out_dir, torch.cat(decoded), all_prompts, reward_fn, threshold, pairing)
