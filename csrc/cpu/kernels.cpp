@@ -3,8 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "diffalign/kernels.h"
-#include "diffalign/math.h"
+#include "diffalign/functors.h"
 
 namespace diffalign {
 namespace cpu {
@@ -53,8 +52,6 @@ template <class A> void store_std_grad(const A* row_sums, int64_t B, int layout,
   d[0] = s;
 }
 
-template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
-
 #define DA_CPU_DISPATCH(DTYPE, ...)                                   \
   switch (DTYPE) {                                                    \
     case DType::kFloat32: { using T = float; __VA_ARGS__; break; }    \
@@ -65,31 +62,25 @@ template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(
 
 template <class T> void logprob_impl(const LogprobArgs& a) {
   using A = typename AccOf<T>::type;
-  LogprobFwd<T, A> f{static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
+  auto f = make_functor<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
-  const A scale = a.reduction == kMean ? A(1) / A(a.D) : A(1);
+  const A scale = reduction_scale<A>(a.reduction, a.D);
   A* out = static_cast<A*>(a.out);
   for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
 }
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  const bool want_std = a.gstd != nullptr;
-  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
-                     static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
-                     static_cast<T*>(a.gx), static_cast<T*>(a.gm),
-                     want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
+  auto f = make_functor<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
   store_std_grad<A>(sums.data(), a.B, a.std.layout, a.gstd);
 }
 
 template <class T> void kl_impl(const KlArgs& a) {
   using A = typename AccOf<T>::type;
-  const bool same = a.s2.p == nullptr;
-  KlFwd<T, A> f{static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
-                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+  auto f = make_functor<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
-  const A scale = a.reduction == kMean ? A(1) / A(a.D) : A(1);
+  const A scale = reduction_scale<A>(a.reduction, a.D);
   A* out = static_cast<A*>(a.out);
   for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
 }
@@ -97,13 +88,7 @@ template <class T> void kl_impl(const KlArgs& a) {
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
-  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
-                static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
-                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same,
-                static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
-                a.gs1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,
-                a.gs2 && a.s2.layout == kFull ? static_cast<A*>(a.gs2) : nullptr,
-                a.gs1 != nullptr, a.gs2 != nullptr && !same};
+  auto f = make_functor<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
   store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
   if (!same) store_std_grad<A>(sums.data() + a.B, a.B, a.s2.layout, a.gs2);
@@ -111,7 +96,7 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
 
 template <class T> void dpo_impl(const DpoArgs& a) {
   using A = typename AccOf<T>::type;
-  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto f = make_sq_err<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
   const int64_t P = a.B / 2;
   const A inv_d = A(1) / A(a.D), beta = A(a.beta);
@@ -130,15 +115,13 @@ template <class T> void dpo_impl(const DpoArgs& a) {
 
 template <class T> void dpo_bwd_impl(const DpoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  DpoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.margin), A(a.beta), a.loss_type,
-                 a.reduction, a.B / 2, A(1) / A(a.D), static_cast<const T*>(a.model),
-                 static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  auto f = make_functor<T>(a);
   run_rows<A>(f, a.B, a.D);
 }
 
 template <class T> void kto_impl(const KtoArgs& a) {
   using A = typename AccOf<T>::type;
-  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto f = make_sq_err<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
   const A inv_d = A(1) / A(a.D);
   A* g = static_cast<A*>(a.g);
@@ -158,17 +141,13 @@ template <class T> void kto_impl(const KtoArgs& a) {
 
 template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  KtoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.g), static_cast<const A*>(a.z),
-                 a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u), a.B, A(1) / A(a.D),
-                 static_cast<const T*>(a.model), static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  auto f = make_functor<T>(a);
   run_rows<A>(f, a.B, a.D);
 }
 
 template <class T> void step_impl(const StepArgs& a) {
   using A = typename AccOf<T>::type;
-  StepFwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
-                  static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
-                  static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+  auto f = make_functor<T>(a);
   auto sums = run_rows<A>(f, a.B, a.D);
   A* lp = static_cast<A*>(a.log_prob);
   A* std_out = static_cast<A*>(a.std_out);
@@ -181,11 +160,7 @@ template <class T> void step_impl(const StepArgs& a) {
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  StepBwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
-                  A(1) / A(a.D), static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp),
-                  static_cast<const T*>(a.grad_mean), static_cast<const T*>(a.model),
-                  static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in), static_cast<T*>(a.gmodel),
-                  static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
+  auto f = make_functor<T>(a);
   run_rows<A>(f, a.B, a.D);
 }
 

@@ -26,8 +26,7 @@ template <> struct Conv<__nv_bfloat16> {
 };
 }  // namespace diffalign
 
-#include "diffalign/kernels.h"
-#include "diffalign/math.h"
+#include "diffalign/functors.h"
 
 namespace diffalign {
 namespace cuda {
@@ -201,8 +200,6 @@ template <class A, class F> void launch_chunks(const F& f, int64_t B, int64_t D,
   check(cudaGetLastError(), "chunk kernel launch");
 }
 
-template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
-
 #define DA_CUDA_DISPATCH(DTYPE, ...)                                           \
   switch (DTYPE) {                                                             \
     case DType::kFloat32: { using T = float; __VA_ARGS__; break; }             \
@@ -213,22 +210,19 @@ template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(
 
 template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  LogprobFwd<T, A> f{static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const int64_t nchunks = num_chunks(a.D);
   scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
                                                    Work::rows<A>(ws, a.B * nchunks),
-                                                   a.reduction == kMean ? A(1) / A(a.D) : A(1), static_cast<A*>(a.out));
+                                                   reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
   check(cudaGetLastError(), "logprob epilogue");
 }
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
+  auto f = make_functor<T>(a);
   const bool want_std = a.gstd != nullptr;
-  LogprobBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
-                     static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
-                     static_cast<T*>(a.gx), static_cast<T*>(a.gm),
-                     want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
   launch_chunks<A>(f, a.B, a.D, ws, s);
   if (want_std && a.std.layout != kFull) {
     const int64_t nchunks = num_chunks(a.D);
@@ -240,14 +234,12 @@ template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cuda
 
 template <class T> void kl_impl(const KlArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const bool same = a.s2.p == nullptr;
-  KlFwd<T, A> f{static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
-                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const int64_t nchunks = num_chunks(a.D);
   scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
                                                    Work::rows<A>(ws, a.B * nchunks),
-                                                   a.reduction == kMean ? A(1) / A(a.D) : A(1), static_cast<A*>(a.out));
+                                                   reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
   check(cudaGetLastError(), "kl epilogue");
 }
 
@@ -255,11 +247,7 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
   const bool w1 = a.gs1 != nullptr, w2 = a.gs2 != nullptr && !same;
-  KlBwd<T, A> f{static_cast<const A*>(a.grad), a.grad_stride, a.reduction == kMean ? A(1) / A(a.D) : A(1),
-                static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
-                same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same, static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
-                w1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,
-                w2 && a.s2.layout == kFull ? static_cast<A*>(a.gs2) : nullptr, w1, w2};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const bool r1 = w1 && a.s1.layout != kFull, r2 = w2 && a.s2.layout != kFull;
   if (r1 || r2) {
@@ -273,7 +261,7 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s
 
 template <class T> void dpo_impl(const DpoArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto f = make_sq_err<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const int64_t nchunks = num_chunks(a.D);
   dpo_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
@@ -284,15 +272,13 @@ template <class T> void dpo_impl(const DpoArgs& a, void* ws, cudaStream_t s) {
 
 template <class T> void dpo_bwd_impl(const DpoBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  DpoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.margin), A(a.beta), a.loss_type,
-                 a.reduction, a.B / 2, A(1) / A(a.D), static_cast<const T*>(a.model),
-                 static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
 }
 
 template <class T> void kto_impl(const KtoArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  PairSqErr<T, A> f{static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+  auto f = make_sq_err<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const int64_t nchunks = num_chunks(a.D);
   kto_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
@@ -304,17 +290,13 @@ template <class T> void kto_impl(const KtoArgs& a, void* ws, cudaStream_t s) {
 
 template <class T> void kto_bwd_impl(const KtoBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  KtoBwd<T, A> f{static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.g), static_cast<const A*>(a.z),
-                 a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u), a.B, A(1) / A(a.D),
-                 static_cast<const T*>(a.model), static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
 }
 
 template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  StepFwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
-                  static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
-                  static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
   const int64_t nchunks = num_chunks(a.D);
   step_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
@@ -326,11 +308,7 @@ template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  StepBwd<T, A> f{a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
-                  A(1) / A(a.D), static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp),
-                  static_cast<const T*>(a.grad_mean), static_cast<const T*>(a.model),
-                  static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in), static_cast<T*>(a.gmodel),
-                  static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
+  auto f = make_functor<T>(a);
   launch_chunks<A>(f, a.B, a.D, ws, s);
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <array>
 #include <optional>
@@ -306,6 +307,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
                 sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel), ptr_or_null(gsample), ptr_or_null(gprev)};
   Backend::launch(a, sample);
   return {gmodel, gsample, gprev};
+}
+
+// The device kernels of every op for one backend (CPU or CUDA dispatch key).
+template <class Backend> void register_device_impls(torch::Library& m) {
+  m.impl("gaussian_logprob", &gaussian_logprob<Backend>);
+  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward<Backend>);
+  m.impl("gaussian_kl", &gaussian_kl<Backend>);
+  m.impl("gaussian_kl_backward", &gaussian_kl_backward<Backend>);
+  m.impl("diffusion_dpo_loss", &diffusion_dpo_loss<Backend>);
+  m.impl("diffusion_dpo_loss_backward", &diffusion_dpo_loss_backward<Backend>);
+  m.impl("diffusion_kto_loss", &diffusion_kto_loss<Backend>);
+  m.impl("diffusion_kto_loss_backward", &diffusion_kto_loss_backward<Backend>);
+  m.impl("gaussian_step", &gaussian_step<Backend>);
+  m.impl("gaussian_step_backward", &gaussian_step_backward<Backend>);
 }
 
 }  // namespace binding

@@ -275,20 +275,7 @@ TORCH_LIBRARY(diffalign, m) {
         " -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(diffalign, CPU, m) {
-  using B = diffalign::CpuBackend;
-  namespace b = diffalign::binding;
-  m.impl("gaussian_logprob", &b::gaussian_logprob<B>);
-  m.impl("gaussian_logprob_backward", &b::gaussian_logprob_backward<B>);
-  m.impl("gaussian_kl", &b::gaussian_kl<B>);
-  m.impl("gaussian_kl_backward", &b::gaussian_kl_backward<B>);
-  m.impl("diffusion_dpo_loss", &b::diffusion_dpo_loss<B>);
-  m.impl("diffusion_dpo_loss_backward", &b::diffusion_dpo_loss_backward<B>);
-  m.impl("diffusion_kto_loss", &b::diffusion_kto_loss<B>);
-  m.impl("diffusion_kto_loss_backward", &b::diffusion_kto_loss_backward<B>);
-  m.impl("gaussian_step", &b::gaussian_step<B>);
-  m.impl("gaussian_step_backward", &b::gaussian_step_backward<B>);
-}
+TORCH_LIBRARY_IMPL(diffalign, CPU, m) { diffalign::binding::register_device_impls<diffalign::CpuBackend>(m); }
 
 TORCH_LIBRARY_IMPL(diffalign, Autograd, m) {
   m.impl("gaussian_logprob", &diffalign::logprob_autograd);

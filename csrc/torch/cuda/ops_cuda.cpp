@@ -32,17 +32,4 @@ struct CudaBackend {
 }  // namespace
 }  // namespace diffalign
 
-TORCH_LIBRARY_IMPL(diffalign, CUDA, m) {
-  using B = diffalign::CudaBackend;
-  namespace b = diffalign::binding;
-  m.impl("gaussian_logprob", &b::gaussian_logprob<B>);
-  m.impl("gaussian_logprob_backward", &b::gaussian_logprob_backward<B>);
-  m.impl("gaussian_kl", &b::gaussian_kl<B>);
-  m.impl("gaussian_kl_backward", &b::gaussian_kl_backward<B>);
-  m.impl("diffusion_dpo_loss", &b::diffusion_dpo_loss<B>);
-  m.impl("diffusion_dpo_loss_backward", &b::diffusion_dpo_loss_backward<B>);
-  m.impl("diffusion_kto_loss", &b::diffusion_kto_loss<B>);
-  m.impl("diffusion_kto_loss_backward", &b::diffusion_kto_loss_backward<B>);
-  m.impl("gaussian_step", &b::gaussian_step<B>);
-  m.impl("gaussian_step_backward", &b::gaussian_step_backward<B>);
-}
+TORCH_LIBRARY_IMPL(diffalign, CUDA, m) { diffalign::binding::register_device_impls<diffalign::CudaBackend>(m); }

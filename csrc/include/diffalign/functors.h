@@ -1,0 +1,72 @@
+// Builds each op's element functor (math.h) from its raw-pointer argument struct (kernels.h), so the
+// CPU and CUDA backends wire pointers, scales and layouts identically. T is the backend's element
+// type (the CUDA build passes __half / __nv_bfloat16 where the CPU build passes half_t / bf16_t).
+#pragma once
+
+#include "diffalign/kernels.h"
+#include "diffalign/math.h"
+
+namespace diffalign {
+
+template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
+template <class A> A reduction_scale(int reduction, int64_t D) { return reduction == kMean ? A(1) / A(D) : A(1); }
+
+template <class T, class A = typename AccOf<T>::type> LogprobFwd<T, A> make_functor(const LogprobArgs& a) {
+  return {static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
+}
+
+template <class T, class A = typename AccOf<T>::type> LogprobBwd<T, A> make_functor(const LogprobBwdArgs& a) {
+  const bool want_std = a.gstd != nullptr;
+  return {static_cast<const A*>(a.grad), a.grad_stride, reduction_scale<A>(a.reduction, a.D),
+          static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
+          static_cast<T*>(a.gx), static_cast<T*>(a.gm),
+          want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
+}
+
+template <class T, class A = typename AccOf<T>::type> KlFwd<T, A> make_functor(const KlArgs& a) {
+  const bool same = a.s2.p == nullptr;  // no ref_std: both distributions share std
+  return {static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+          same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+}
+
+template <class T, class A = typename AccOf<T>::type> KlBwd<T, A> make_functor(const KlBwdArgs& a) {
+  const bool same = a.s2.p == nullptr;
+  return {static_cast<const A*>(a.grad), a.grad_stride, reduction_scale<A>(a.reduction, a.D),
+          static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+          same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same, static_cast<T*>(a.gm1), static_cast<T*>(a.gm2),
+          a.gs1 && a.s1.layout == kFull ? static_cast<A*>(a.gs1) : nullptr,
+          a.gs2 && a.s2.layout == kFull ? static_cast<A*>(a.gs2) : nullptr, a.gs1 != nullptr,
+          a.gs2 != nullptr && !same};
+}
+
+// DPO and KTO share the forward pass: per-row squared errors of model and reference.
+template <class T, class A = typename AccOf<T>::type, class Args> PairSqErr<T, A> make_sq_err(const Args& a) {
+  return {static_cast<const T*>(a.model), static_cast<const T*>(a.ref), static_cast<const T*>(a.target)};
+}
+
+template <class T, class A = typename AccOf<T>::type> DpoBwd<T, A> make_functor(const DpoBwdArgs& a) {
+  return {static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.margin), A(a.beta), a.loss_type, a.reduction,
+          a.B / 2, A(1) / A(a.D), static_cast<const T*>(a.model), static_cast<const T*>(a.target),
+          static_cast<T*>(a.gmodel)};
+}
+
+template <class T, class A = typename AccOf<T>::type> KtoBwd<T, A> make_functor(const KtoBwdArgs& a) {
+  return {static_cast<const A*>(a.grad_loss), static_cast<const A*>(a.g), static_cast<const A*>(a.z), a.desirable,
+          A(a.beta), A(a.lambda_d), A(a.lambda_u), a.B, A(1) / A(a.D), static_cast<const T*>(a.model),
+          static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
+}
+
+template <class T, class A = typename AccOf<T>::type> StepFwd<T, A> make_functor(const StepArgs& a) {
+  return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
+          static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
+          static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+}
+
+template <class T, class A = typename AccOf<T>::type> StepBwd<T, A> make_functor(const StepBwdArgs& a) {
+  return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param), A(1) / A(a.D),
+          static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp), static_cast<const T*>(a.grad_mean),
+          static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
+          static_cast<T*>(a.gmodel), static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
+}
+
+}  // namespace diffalign
