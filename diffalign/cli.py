@@ -45,7 +45,8 @@ def _train(args) -> int:
 
 
 SUBCOMMANDS: Dict[str, Tuple[Callable, Callable, str]] = {
-    "train": (_train_args, _train, "align a diffusion model online (RWR, DDPO, DPOK, GRPO)"),
+    "train": (_train_args, _train, "align a diffusion model online (RWR, DDPO, DPOK, GRPO) or offline from "
+                                   "preferences (DPO, IPO, ORPO, SimPO, KTO, E2PO)"),
 }
 
 

@@ -69,6 +69,19 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
+class DataConfig:
+    """Stored preference data for the offline algorithms (DPO family, KTO); see diffalign/data."""
+    path: Optional[str] = None          # a file, a folder, a hub id (owner/name) or "synthetic:toy"
+    format: Optional[str] = None        # jsonl | binary | pickapic | hpdv2 | imagerewarddb; default: detected
+    split: str = "train"                # hub datasets only
+    verify_images: bool = True          # decode every image at load so broken ones are counted up front
+    max_records: Optional[int] = None   # read at most this many records (json/jsonl/hub)
+    num_pairs: int = 256                # synthetic sets only
+    cache_latents: bool = True          # encode each stored sample once and keep x0 in memory
+    eval_samples: int = 0               # > 0: each epoch, sample this many (fixed seeds) and log reward.name's mean
+
+
+@dataclasses.dataclass
 class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True
@@ -92,6 +105,7 @@ class TrainConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     algorithm: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"name": "ddpo"})
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
@@ -235,7 +249,13 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
                           f"got {cfg.sampling.step_rule!r}")
     if cfg.modality.name not in MODALITIES:
         raise ConfigError(f"config key 'modality.name' must be one of {sorted(MODALITIES)}, got {cfg.modality.name!r}")
-    if (cfg.prompts.list is None) == (cfg.prompts.file is None):
+    algo_name = cfg.algorithm.get("name")
+    offline = algo_name in ALGORITHMS and ALGORITHMS[algo_name].data_path != "online_rollout"
+    if offline:  # stored preference data; prompts come from it unless given
+        from diffalign.trainer.offline import validate_data
+        validate_data(cfg)
+    no_prompts = cfg.prompts.list is None and cfg.prompts.file is None
+    if (cfg.prompts.list is None) == (cfg.prompts.file is None) and not (offline and no_prompts):
         raise ConfigError("config keys 'prompts.list' / 'prompts.file': give exactly one "
                           f"(got list={cfg.prompts.list!r}, file={cfg.prompts.file!r})")
     if cfg.prompts.file is not None and not os.path.isfile(cfg.prompts.file):
@@ -254,10 +274,12 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     # batch splits
     s, t = cfg.sampling, cfg.train
     local = s.batch_size * s.num_batches_per_epoch
-    if local % t.batch_size:
+    if offline:
+        pass  # offline minibatches are train.batch_size pairs (or labels) drawn from the stored data
+    elif local % t.batch_size:
         raise ConfigError(f"config key 'train.batch_size' = {t.batch_size} does not divide the {local} samples a "
                           f"process rolls out per epoch (sampling.batch_size x sampling.num_batches_per_epoch)")
-    if (local // t.batch_size) % t.gradient_accumulation_steps:
+    elif (local // t.batch_size) % t.gradient_accumulation_steps:
         raise ConfigError(f"config key 'train.gradient_accumulation_steps' = {t.gradient_accumulation_steps} does "
                           f"not divide the {local // t.batch_size} minibatches per inner epoch")
     group = getattr(algo_cfg, "group_size", None)

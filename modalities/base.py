@@ -116,6 +116,14 @@ class ModalityAdapter(abc.ABC):
     def decode(self, x0: torch.Tensor, cond: Conditions) -> Any:
         """x0 -> what reward functions consume (images in [0, 1], frames, molecules, ...)."""
 
+    def encode(self, samples: Sequence[Any], cond: Conditions) -> torch.Tensor:
+        """Stored samples -> x0 (B, ...) for offline data (preference pairs, binary feedback).
+
+        ``samples`` are what :func:`diffalign.data.load_sample` returns: PIL images or float tensors.
+        The inverse of ``decode`` up to its information loss (e.g. VAE encode for images).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot encode stored samples (no offline data path)")
+
     def rewards(self) -> Dict[str, Any]:
         """Rewards that make sense for this modality, by name: ``(decoded, prompts) -> Tensor[B]``."""
         return {}

@@ -19,9 +19,11 @@ Metrics = Dict[str, torch.Tensor]
 
 
 class DataPath(str, enum.Enum):
-    """Which loop feeds the algorithm. Only the online-rollout loop exists so far (issue 3)."""
+    """Which loop feeds the algorithm."""
 
     ONLINE_ROLLOUT = "online_rollout"  # sample trajectories with per-step log-probs, score, optimise
+    OFFLINE_PAIRS = "offline_pairs"    # stored preference pairs, forward-noised (DPO family; trainer/offline.py)
+    OFFLINE_LABELS = "offline_labels"  # stored binary feedback (KTO); pairs are split into 2n labels
 
 
 @dataclasses.dataclass

@@ -1,8 +1,10 @@
 """The trainer: picks the loop for the algorithm's data path and owns devices, logging, checkpoints."""
 from diffalign.algorithms.base import DataPath
+from diffalign.trainer.offline import OfflineTrainer
 from diffalign.trainer.online import OnlineTrainer
 
-LOOPS = {DataPath.ONLINE_ROLLOUT: OnlineTrainer}
+LOOPS = {DataPath.ONLINE_ROLLOUT: OnlineTrainer, DataPath.OFFLINE_PAIRS: OfflineTrainer,
+         DataPath.OFFLINE_LABELS: OfflineTrainer}
 
 
 def make_trainer(cfg, accelerator=None):
@@ -12,4 +14,4 @@ def make_trainer(cfg, accelerator=None):
     return LOOPS[path](cfg, accelerator)
 
 
-__all__ = ["OnlineTrainer", "make_trainer", "LOOPS"]
+__all__ = ["OnlineTrainer", "OfflineTrainer", "make_trainer", "LOOPS"]

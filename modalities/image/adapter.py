@@ -155,6 +155,29 @@ class ImageAdapter(ModalityAdapter):
         images = self.vae.decode(z).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
+    @torch.no_grad()
+    def encode(self, samples, cond):
+        """Stored images (PIL) -> latents x0: centre-crop, resize to the resolution, VAE encode (the
+        posterior mean, so a cached latent is deterministic), then the inverse of ``decode``'s scaling."""
+        import numpy as np
+        from PIL import Image
+        r = self.options.resolution
+        pixels = []
+        for image in samples:
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"the image modality encodes PIL images, got {type(image).__name__}")
+            w, h = image.size
+            side = min(w, h)
+            image = image.convert("RGB").crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+            image = image.resize((r, r), Image.BICUBIC)
+            pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1)
+        x = torch.stack(pixels).to(self.device, self.dtype)
+        z = self.vae.encode(x).latent_dist.mean
+        cfg = self.vae.config
+        if getattr(cfg, "shift_factor", None):
+            z = z - cfg.shift_factor
+        return (z * cfg.scaling_factor).float()
+
     def rewards(self):
         from diffalign.rewards import REWARDS
         return dict(REWARDS)

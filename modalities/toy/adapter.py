@@ -128,6 +128,14 @@ class ToyAdapter(ModalityAdapter):
     def decode(self, x0, cond):
         return x0
 
+    def encode(self, samples, cond):
+        """Stored points (tensors or numeric lists of length dim) -> x0 (B, dim)."""
+        rows = [torch.as_tensor(s, dtype=torch.float32).reshape(-1) for s in samples]
+        bad = [tuple(r.shape) for r in rows if r.shape != (self.dim,)]
+        if bad:
+            raise ValueError(f"toy samples must be vectors of length {self.dim}; got shapes {bad[:3]}")
+        return torch.stack(rows).to(self.device, self.dtype)
+
     def rewards(self):
         from diffalign.modalities.toy.rewards import TOY_REWARDS
         return dict(TOY_REWARDS)

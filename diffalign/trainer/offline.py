@@ -1,0 +1,276 @@
+"""The offline loop (data paths ``offline_pairs`` / ``offline_labels``): stored preferences -> optimise.
+
+Per epoch the stored pairs (or labelled samples) are shuffled, cut into global minibatches of
+``train.batch_size x processes`` items and each process takes its slice. For each item the noise and
+the timestep come from a generator seeded by (seed, epoch, the item's position in the epoch), so
+a pair's winner and loser share them, a resumed run redraws exactly what the uninterrupted run drew,
+and 2 processes x B/2 items see what 1 process x B sees. Stored samples are encoded once by the
+adapter (``adapter.encode``: VAE latents for images, the points themselves for the toy) and cached.
+
+The forward process runs on the model's whole training grid (:class:`diffalign.mdp.forward.ForwardProcess`),
+the loss object (diffalign/algorithms/preference.py, reference_free.py, kto.py) runs the policy and
+the frozen reference. Logged per epoch: ``loss``, ``implicit_acc``, ``reward_margin`` (means over the
+epoch's steps and processes) and the algorithm's other metrics, ``grad_norm``, ``lr``, ``num_items``.
+Checkpoints, resume and metrics.jsonl work as in the online loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from diffalign.algorithms.base import DataPath
+from diffalign.algorithms.preference import OfflineBatch
+from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data, load_sample
+from diffalign.data.readers import FORMATS, _looks_like_hub_id
+from diffalign.data.synthetic import SYNTHETIC, toy_preference_pairs
+from diffalign.mdp.forward import ForwardProcess
+from diffalign.modalities.base import cat_conditions
+from diffalign.trainer import checkpoint as ckpt
+from diffalign.trainer.builders import build_adapter, build_algorithm, build_policy
+from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
+from diffalign.trainer.logging import MetricsLogger
+
+
+def validate_data(cfg) -> None:
+    """Config checks of the ``data`` section (called by config.validate for offline algorithms)."""
+    from diffalign.config import ConfigError
+    d = cfg.data
+    if not d.path:
+        raise ConfigError(f"config key 'data.path' is required by algorithm {cfg.algorithm.get('name')!r} "
+                          "(a file, a folder, a hub id or 'synthetic:toy')")
+    if d.path.startswith("synthetic:"):
+        kind = d.path.partition(":")[2]
+        if kind not in SYNTHETIC:
+            raise ConfigError(f"config key 'data.path': unknown synthetic set {d.path!r}; choose one of "
+                              f"{['synthetic:' + k for k in SYNTHETIC]}")
+        if cfg.prompts.list is None and cfg.prompts.file is None:
+            raise ConfigError(f"config key 'data.path' = {d.path!r} needs prompts.list or prompts.file")
+        if d.num_pairs < 1:
+            raise ConfigError(f"config key 'data.num_pairs' must be > 0, got {d.num_pairs!r}")
+    elif not os.path.exists(d.path) and not _looks_like_hub_id(d.path):
+        raise ConfigError(f"config key 'data.path': {d.path!r} is neither an existing file or folder nor a hub id")
+    if d.format is not None and d.format not in FORMATS:
+        raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
+    if d.eval_samples < 0:
+        raise ConfigError(f"config key 'data.eval_samples' must be >= 0, got {d.eval_samples!r}")
+    if d.max_records is not None and d.max_records < 1:
+        raise ConfigError(f"config key 'data.max_records' must be > 0, got {d.max_records!r}")
+
+
+def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> PreferenceDataset:
+    d = cfg.data
+    if d.path.startswith("synthetic:"):
+        dim = int(cfg.modality.options.get("dim", 2))
+        return toy_preference_pairs(prompts, d.num_pairs, dim=dim, seed=cfg.seed)
+    return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records)
+
+
+class OfflineTrainer:
+    """Trains ``cfg`` (a validated TrainConfig whose algorithm has an offline data path)."""
+
+    def __init__(self, cfg, accelerator=None):
+        from diffalign.rewards import load_prompts
+        self.cfg = cfg
+        self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.algorithm = build_algorithm(cfg)
+        given = None if cfg.prompts.list is None and cfg.prompts.file is None else \
+            load_prompts(cfg.prompts.list, cfg.prompts.file)
+        self.data = build_preference_data(cfg, given)
+        if self.acc.is_main_process:
+            print(f"diffalign: {self.data.report.summary()}", flush=True)
+        self.labels = self.algorithm.data_path == DataPath.OFFLINE_LABELS
+        self.items = self.data.as_labels() if self.labels else self.data.pairs
+        if not self.items:
+            raise PreferenceDataError(f"{self.data.report.source} holds binary feedback, but {self.algorithm.name} "
+                                      "learns from pairs")
+        if getattr(self.algorithm, "needs_rewards", False) and not self.data.has_rewards:
+            raise PreferenceDataError(f"{self.algorithm.name} needs a reward for every pair (chosen_reward / "
+                                      f"rejected_reward), which {self.data.report.source} does not have")
+        self.prompts = given if given is not None else self.data.prompts
+        self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
+        self.policy = build_policy(cfg, self.adapter)  # for sampling / evaluation; training is unguided
+        self.forward = ForwardProcess(self.adapter.scheduler)
+        self.reward_fn = None
+        if cfg.data.eval_samples:
+            from diffalign.rewards import resolve_reward
+            self.reward_fn = resolve_reward(cfg.reward.name, self.adapter.rewards())
+        t = cfg.train
+        params = self.adapter.trainable_parameters()
+        if not params:
+            raise ValueError("the modality has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                      weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+        warmup = t.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
+            self.adapter.denoiser, optimizer, scheduler)
+        self._cache: Dict[int, torch.Tensor] = {}
+        self.start_epoch = 0
+        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
+        if resume is not None:
+            self.load(resume)
+        self.logger = None
+        if self.acc.is_main_process:
+            self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch)
+            with open(os.path.join(cfg.output_dir, "data_report.json"), "w") as f:
+                json.dump(self.data.report.to_dict(), f, indent=1)
+
+    # ---- state (as the online loop) -------------------------------------------------------------------
+    def load(self, path: str) -> None:
+        weights, state = ckpt.load_checkpoint(path)
+        self.adapter.load_trainable_state_dict({k: v.to(self.acc.device) for k, v in weights.items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.start_epoch = state["epoch"] + 1
+
+    def save(self, epoch: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
+                 "config": self.cfg.to_dict()}
+        ckpt.save_checkpoint(self.cfg.output_dir, epoch, self.adapter.trainable_state_dict(), state,
+                             self.cfg.checkpoint.keep_last)
+
+    # ---- data -> batches --------------------------------------------------------------------------------
+    def _x0(self, keys: List[int], samples: List, cond) -> torch.Tensor:
+        """Encoded x0 of stored samples; ``keys`` identify them in the cache (2 i / 2 i + 1 for pair i)."""
+        missing = [j for j, k in enumerate(keys) if k not in self._cache]
+        if missing or not self.cfg.data.cache_latents:
+            todo = list(range(len(keys))) if not self.cfg.data.cache_latents else missing
+            sub_cond = {k: v[todo] for k, v in cond.items()}
+            x0 = self.adapter.encode([load_sample(samples[j]) for j in todo], sub_cond)
+            if not self.cfg.data.cache_latents:
+                return x0
+            for j, row in zip(todo, x0):
+                self._cache[keys[j]] = row.detach()
+        return torch.stack([self._cache[k] for k in keys])
+
+    def make_batch(self, epoch: int, positions: List[int], indices: List[int]) -> OfflineBatch:
+        """The batch of stored items ``indices`` at global epoch positions ``positions`` (their noise and t)."""
+        items = [self.items[i] for i in indices]
+        prompts = [it.prompt for it in items]
+        cond = self.adapter.encode_conditions(prompts)
+        if self.labels:
+            x0 = self._x0(indices, [it.sample for it in items], cond)
+        else:
+            x0_w = self._x0([2 * i for i in indices], [it.chosen for it in items], cond)
+            x0_l = self._x0([2 * i + 1 for i in indices], [it.rejected for it in items], cond)
+        noise, steps = [], []
+        for pos in positions:
+            g = generator(self.cfg.seed, epoch, pos, "offline")
+            steps.append(self.forward.sample_indices(1, g))
+            noise.append(torch.randn(x0.shape[1:] if self.labels else x0_w.shape[1:], generator=g))
+        dev = self.acc.device
+        noise, steps = torch.stack(noise).to(dev), torch.cat(steps)
+        reduce = lambda t: self.acc.reduce(t, reduction="mean")  # noqa: E731
+        if self.labels:
+            noise = noise.to(x0.dtype)
+            x_t = self.forward.add_noise(x0, noise, steps)
+            desirable = torch.tensor([it.desirable for it in items], device=dev)
+            return OfflineBatch(x_t, self.forward.model_timesteps(steps, x_t), self.forward.target(x0, noise, steps),
+                                cond, desirable=desirable, all_reduce_mean=reduce)
+        noise = noise.to(x0_w.dtype)
+        x0 = torch.cat([x0_w, x0_l])
+        noise2, steps2 = torch.cat([noise, noise]), torch.cat([steps, steps])  # the pair shares noise and t
+        x_t = self.forward.add_noise(x0, noise2, steps2)
+        rewards = None
+        if all(it.chosen_reward is not None and it.rejected_reward is not None for it in items):
+            rewards = torch.tensor([it.chosen_reward for it in items] + [it.rejected_reward for it in items],
+                                   device=dev, dtype=torch.float32)
+        return OfflineBatch(x_t, self.forward.model_timesteps(steps2, x_t), self.forward.target(x0, noise2, steps2),
+                            cat_conditions([cond, cond]), rewards=rewards, all_reduce_mean=reduce)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean reward (reward.name) of data.eval_samples samples drawn with fixed seeds (same every epoch)."""
+        from diffalign.rewards import call_reward
+        n = self.cfg.data.eval_samples
+        prompts = [self.prompts[i % len(self.prompts)] for i in range(n)]
+        cond = self.adapter.encode_conditions(prompts)
+        gens = [generator(self.cfg.seed, "eval", i) for i in range(n)]
+        self.adapter.denoiser.eval()
+        with self.acc.autocast():
+            traj = self.policy.sample(cond, generator=gens)
+        decoded = self.adapter.decode(traj.x0, cond)
+        return float(call_reward(self.reward_fn, decoded, prompts, self.acc.device).mean())
+
+    # ---- one epoch ----------------------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg, t = self.cfg, self.cfg.train
+        initial = {}
+        if self.reward_fn is not None and epoch == 0:
+            initial["eval_reward_initial"] = self.evaluate()
+        start = time.perf_counter()
+        torch.manual_seed(derive_seed(cfg.seed, epoch, self.rank, "torch"))
+        n = len(self.items)
+        global_bs = t.batch_size * self.world
+        steps_per_epoch = n // global_bs
+        if steps_per_epoch == 0:
+            raise ValueError(f"{n} stored items are fewer than one global minibatch of {global_bs} "
+                             "(train.batch_size x processes)")
+        order = torch.randperm(n, generator=generator(cfg.seed, epoch, "order")).tolist()
+        reference = self.policy.reference() if self.algorithm.needs_reference else None
+        self.adapter.denoiser.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: Dict[str, float] = {}
+        count = 0
+        accum = t.gradient_accumulation_steps
+        for m in range(steps_per_epoch):
+            lo = m * global_bs + self.rank * t.batch_size
+            positions = list(range(lo, lo + t.batch_size))
+            batch = self.make_batch(epoch, positions, [order[p] for p in positions])
+            with self.acc.autocast():
+                loss, metrics = self.algorithm.loss(batch, self.policy, reference)
+            last = (m + 1) % accum == 0 or m + 1 == steps_per_epoch
+            if last:
+                self.acc.backward(loss / accum)
+            else:
+                with self.acc.no_sync(self.adapter.denoiser):
+                    self.acc.backward(loss / accum)
+            metrics["loss"] = loss.detach()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            if last:
+                grad_norm = self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), t.max_grad_norm)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * accum
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        keys = sorted(sums)
+        local = torch.tensor([sums[k] / count for k in keys], device=self.acc.device, dtype=torch.float64)
+        mean = self.acc.reduce(local, reduction="mean")
+        train_s = time.perf_counter() - start
+        if self.reward_fn is not None:
+            initial["eval_reward"] = self.evaluate()
+        out = {"epoch": epoch, **{k: float(v) for k, v in zip(keys, mean.tolist())}, **initial,
+               "num_items": steps_per_epoch * global_bs, "train_s": train_s,
+               "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+        return out
+
+    def train(self) -> List[Dict[str, float]]:
+        from tqdm.auto import tqdm
+        cfg = self.cfg
+        history = []
+        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
+                   disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
+        for epoch in bar:
+            metrics = self.run_epoch(epoch)
+            history.append(metrics)
+            if self.logger is not None:
+                self.logger.log(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3g}", acc=f"{metrics['implicit_acc']:.3f}")
+            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
+                self.save(epoch)
+            self.acc.wait_for_everyone()
+        if self.logger is not None:
+            self.logger.close()
+            self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
+        return history
