@@ -78,7 +78,9 @@ class DataConfig:
     max_records: Optional[int] = None   # read at most this many records (json/jsonl/hub)
     num_pairs: int = 256                # synthetic sets only
     cache_latents: bool = True          # encode each stored sample once and keep x0 in memory
-    eval_samples: int = 0               # > 0: each epoch, sample this many (fixed seeds) and log reward.name's mean
+    eval_samples: int = 0               # > 0: each epoch, log eval_reward (reward.name's mean over this many
+                                        # samples, fixed seeds) and eval_implicit_acc / eval_reward_margin (on
+                                        # the first this-many stored items, fixed noise and timesteps)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,10 @@ adapter (``adapter.encode``: VAE latents for images, the points themselves for t
 The forward process runs on the model's whole training grid (:class:`diffalign.mdp.forward.ForwardProcess`),
 the loss object (diffalign/algorithms/preference.py, reference_free.py, kto.py) runs the policy and
 the frozen reference. Logged per epoch: ``loss``, ``implicit_acc``, ``reward_margin`` (means over the
-epoch's steps and processes) and the algorithm's other metrics, ``grad_norm``, ``lr``, ``num_items``.
+epoch's steps and processes) and the algorithm's other metrics, ``grad_norm``, ``lr``, ``num_items``;
+with ``data.eval_samples`` > 0 also ``eval_reward`` (reward.name on samples drawn with fixed seeds) and
+``eval_implicit_acc`` / ``eval_reward_margin`` (on the first stored items with fixed noise and t), and
+their ``*_initial`` values before training in epoch 0's line.
 Checkpoints, resume and metrics.jsonl work as in the online loop.
 """
 from __future__ import annotations
@@ -201,12 +204,31 @@ class OfflineTrainer:
         decoded = self.adapter.decode(traj.x0, cond)
         return float(call_reward(self.reward_fn, decoded, prompts, self.acc.device).mean())
 
+    @torch.no_grad()
+    def evaluate_preferences(self) -> Dict[str, float]:
+        """The loss's metrics (implicit_acc, reward_margin) on the first data.eval_samples stored items, each
+        with a noise and timestep fixed for the whole run: a low-variance, comparable-across-epochs measure."""
+        n = min(len(self.items), self.cfg.data.eval_samples)
+        reference = self.policy.reference() if self.algorithm.needs_reference else None
+        self.adapter.denoiser.eval()
+        sums: Dict[str, float] = {}
+        bs = self.cfg.train.batch_size
+        for start in range(0, n, bs):
+            idx = list(range(start, min(n, start + bs)))
+            batch = self.make_batch("eval", idx, idx)
+            with self.acc.autocast():
+                _, metrics = self.algorithm.loss(batch, self.policy, reference)
+            for k in ("implicit_acc", "reward_margin"):
+                sums[k] = sums.get(k, 0.0) + float(metrics[k]) * len(idx)
+        return {f"eval_{k}": v / n for k, v in sums.items()}
+
     # ---- one epoch ----------------------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> Dict[str, float]:
         cfg, t = self.cfg, self.cfg.train
         initial = {}
         if self.reward_fn is not None and epoch == 0:
             initial["eval_reward_initial"] = self.evaluate()
+            initial.update({k + "_initial": v for k, v in self.evaluate_preferences().items()})
         start = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, epoch, self.rank, "torch"))
         n = len(self.items)
@@ -250,6 +272,7 @@ class OfflineTrainer:
         train_s = time.perf_counter() - start
         if self.reward_fn is not None:
             initial["eval_reward"] = self.evaluate()
+            initial.update(self.evaluate_preferences())
         out = {"epoch": epoch, **{k: float(v) for k, v in zip(keys, mean.tolist())}, **initial,
                "num_items": steps_per_epoch * global_bs, "train_s": train_s,
                "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
