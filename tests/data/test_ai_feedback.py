@@ -70,3 +70,28 @@ def test_synthetic_toy_pairs():
         assert r[0] > r[1] and float(r[0]) == pytest.approx(p.chosen_reward)
     again = toy_preference_pairs(["a", "b", "c"], num_pairs=30, seed=0)
     assert all(torch.equal(x.chosen, y.chosen) for x, y in zip(ds.pairs, again.pairs))
+
+
+def test_feedback_cli_then_offline_training_on_its_output(tmp_path, capsys):
+    """`diffalign feedback` writes pairs that `diffalign train` (DPO) reads: the AI-feedback loop end to end."""
+    from diffalign.cli import main
+    from diffalign.trainer.logging import read_metrics
+    base = ["modality.name=toy", "modality.options={dim: 2, hidden: 16, pretrain_steps: 5}", "prompts.list=[a, b]",
+            "sampling.num_steps=3", "sampling.batch_size=4", "train.batch_size=4", "algorithm.name=ddpo",
+            f"output_dir={tmp_path / 'unused'}"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 0\n")
+    with pytest.raises(SystemExit) as e:
+        main(["feedback", str(cfg), str(tmp_path / "fb")] + base + ["--samples-per-prompt", "4", "--threshold", "0.05"])
+    assert e.value.code == 0 and "kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(cfg)] + base[:4] + ["algorithm={name: dpo, beta: 50}", "train.batch_size=2", "epochs=1",
+                                               f"data.path={tmp_path / 'fb' / 'pairs.jsonl'}",
+                                               f"output_dir={tmp_path / 'run'}", "logging.progress_bar=false",
+                                               "logging.tensorboard=false"])
+    assert e.value.code == 0
+    (m,) = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert {"loss", "implicit_acc", "reward_margin"} <= set(m)
+    with pytest.raises(SystemExit) as e:
+        main(["feedback", str(cfg), str(tmp_path / "none")] + base + ["--threshold", "1000"])
+    assert e.value.code == 1 and "kept no pair" in capsys.readouterr().err
