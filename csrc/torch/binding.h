@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -31,8 +32,40 @@ inline DType dtype_of(const at::Tensor& t) {
 inline at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline int64_t rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() >= 1 && t.size(0) > 0, name, " needs a non-empty batch dimension, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() >= 1, name, " must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK_VALUE(t.size(0) > 0, name, " has an empty batch (shape ", t.sizes(), ")");
   return t.size(0);
+}
+
+inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
+}
+
+// Value checks read the data, so they run on CPU tensors only: on a GPU they would cost a host sync
+// per call and break CUDA-graph capture (diffalign.ops.set_value_checks adds them from Python there).
+template <class Pred> bool all_values(const at::Tensor& t, Pred pred, double* lo, double* hi) {
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  const double* p = d.data_ptr<double>();
+  bool ok = true;
+  *lo = p[0], *hi = p[0];
+  for (int64_t i = 0; i < d.numel(); ++i) {
+    ok = ok && pred(p[i]);
+    *lo = std::min(*lo, p[i]);
+    *hi = std::max(*hi, p[i]);
+  }
+  return ok;
+}
+inline void check_positive(const at::Tensor& t, const char* name) {
+  double lo, hi;
+  if (t.is_cpu() && t.numel() && !all_values(t, [](double v) { return v > 0; }, &lo, &hi))
+    TORCH_CHECK_VALUE(false, name, " must be strictly positive (min ", lo, ")");
+}
+inline void check_unit_interval(const at::Tensor& t, const char* name, bool closed_low, bool closed_high) {
+  double lo, hi;
+  auto in = [&](double v) { return (closed_low ? v >= 0 : v > 0) && (closed_high ? v <= 1 : v < 1); };
+  if (t.is_cpu() && t.numel() && !all_values(t, in, &lo, &hi))
+    TORCH_CHECK_VALUE(false, name, " must lie in ", closed_low ? "[" : "(", "0, 1", closed_high ? "]" : ")",
+                      "; got min ", lo, ", max ", hi);
 }
 inline int64_t cols(const at::Tensor& t) { return t.numel() / t.size(0); }
 
@@ -47,6 +80,7 @@ inline std::pair<at::Tensor, int64_t> per_sample_grad(const at::Tensor& g, const
 inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name, " has shape ", t.sizes(), " but ", ref_name, " has shape ",
                     ref.sizes());
+  check_device(t, name, ref, ref_name);
   TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
                     " has dtype ", ref.scalar_type());
 }
@@ -55,6 +89,7 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
 // Autograd-key wrappers in ops.cpp (so a bad argument never unwinds through a half-built node) ----
 inline int std_layout(const at::Tensor& s, const at::Tensor& x, const char* name) {
   const int64_t B = x.size(0);
+  check_device(s, name, x, "x");
   if (s.numel() == 1) return kScalar;
   if (s.numel() == B && s.dim() >= 1 && s.size(0) == B) return kPerRow;
   TORCH_CHECK_VALUE(s.sizes() == x.sizes(), name, " has shape ", s.sizes(), "; expected 0-d, (", B, "), (", B,
@@ -79,21 +114,47 @@ inline void check_loss_args(const at::Tensor& model, const at::Tensor& ref, cons
   check_like(ref, "ref_pred", model, "model_pred");
   check_like(target, "target", model, "model_pred");
 }
-inline void check_desirable(const at::Tensor& desirable, int64_t B) {
-  TORCH_CHECK_VALUE(desirable.scalar_type() == at::kBool && desirable.numel() == B,
-                    "desirable must be a bool tensor of shape (", B, ")");
+inline void check_desirable(const at::Tensor& desirable, const at::Tensor& model) {
+  TORCH_CHECK_VALUE(desirable.scalar_type() == at::kBool && desirable.dim() == 1 && desirable.numel() == model.size(0),
+                    "desirable must be a bool tensor of shape (", model.size(0), "), got ", desirable.scalar_type(),
+                    " ", desirable.sizes());
+  check_device(desirable, "desirable", model, "model_pred");
+}
+inline void check_kl_ref(const std::optional<at::Tensor>& kl_ref, const at::Tensor& model) {
+  if (!kl_ref.has_value() || !kl_ref->defined()) return;
+  TORCH_CHECK_VALUE(kl_ref->numel() == 1, "kl_ref must be a one-element tensor (the reference point z), got shape ",
+                    kl_ref->sizes());
+  check_device(*kl_ref, "kl_ref", model, "model_pred");
+}
+// names of a step rule's two schedule values, for error messages
+inline std::pair<const char*, const char*> schedule_names(int64_t mode) {
+  return mode == kFlowSde ? std::make_pair("sigma", "sigma_next") : std::make_pair("alpha_prod_t", "alpha_prod_prev");
+}
+inline void check_schedule_values(const at::Tensor& p0, const at::Tensor& p1, int64_t mode) {
+  auto [n0, n1] = schedule_names(mode);
+  if (mode == kFlowSde) {
+    check_unit_interval(p0, n0, /*closed_low=*/true, /*closed_high=*/true);
+    check_unit_interval(p1, n1, true, false);
+  } else {
+    check_unit_interval(p0, n0, false, false);
+    check_unit_interval(p1, n1, false, true);
+  }
 }
 inline void check_step_args(const at::Tensor& model, const at::Tensor& sample, const at::Tensor& p0,
                             const at::Tensor& p1, const std::optional<at::Tensor>& prev,
-                            const std::optional<at::Tensor>& noise) {
+                            const std::optional<at::Tensor>& noise, int64_t mode) {
   const int64_t B = rows(sample, "sample");
   check_like(model, "model_output", sample, "sample");
+  auto [n0, n1] = schedule_names(mode);
+  for (auto [t, n] : {std::make_pair(&p0, n0), std::make_pair(&p1, n1)}) {
+    TORCH_CHECK_VALUE(t->numel() == 1 || (t->dim() == 1 && t->numel() == B), n, " has shape ", t->sizes(),
+                      "; expected 0-d or (", B, ") for sample");
+    check_device(*t, n, sample, "sample");
+  }
   const bool has_prev = prev.has_value() && prev->defined(), has_noise = noise.has_value() && noise->defined();
   TORCH_CHECK_VALUE(has_prev != has_noise, "give exactly one of prev_sample (to score) and noise");
   if (has_prev) check_like(*prev, "prev_sample", sample, "sample");
   if (has_noise) check_like(*noise, "noise", sample, "sample");
-  TORCH_CHECK_VALUE(p0.numel() == 1 || p0.numel() == B, "schedule values must be 0-d or (", B, "), got ", p0.sizes());
-  TORCH_CHECK_VALUE(p1.numel() == 1 || p1.numel() == B, "schedule values must be 0-d or (", B, "), got ", p1.sizes());
 }
 
 // A std argument: contiguous, in the accumulation dtype, with its layout against x.
@@ -104,6 +165,7 @@ struct PreparedStd {
 };
 inline PreparedStd prepare_std(const at::Tensor& s, const at::Tensor& x, const char* name) {
   const int layout = std_layout(s, x, name);
+  check_positive(s, name);
   return {s.to(acc_type(x)).contiguous(), layout};
 }
 
@@ -223,7 +285,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
     double beta, double lambda_d, double lambda_u, const std::optional<at::Tensor>& kl_ref_) {
   check_loss_args(model_, ref_, target_, /*pairs=*/false);
   const int64_t B = model_.size(0);
-  check_desirable(desirable_, B);
+  check_desirable(desirable_, model_);
+  check_kl_ref(kl_ref_, model_);
   auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
   auto desirable = desirable_.contiguous();
   auto opts = model.options().dtype(acc_type(model));
@@ -264,7 +327,8 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
     const at::Tensor& model_, const at::Tensor& sample_, const at::Tensor& p0_, const at::Tensor& p1_, double param,
     const std::optional<at::Tensor>& prev_, const std::optional<at::Tensor>& noise_, int64_t mode) {
-  check_step_args(model_, sample_, p0_, p1_, prev_, noise_);
+  check_step_args(model_, sample_, p0_, p1_, prev_, noise_, mode);
+  check_schedule_values(p0_, p1_, mode);
   const int64_t B = sample_.size(0);
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_), noise = contiguous_opt(noise_);

@@ -166,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kto_autograd(const at::Tensor& mo
                                                             const OptTensor& kl_ref) {
   if (concrete(model)) {
     binding::check_loss_args(model, ref, target, /*pairs=*/false);
-    binding::check_desirable(desirable, model.size(0));
+    binding::check_desirable(desirable, model);
+    binding::check_kl_ref(kl_ref, model);
   }
   auto r = KtoFn::apply(model, ref, target, desirable, beta, ld, lu, kl_ref);
   return {r[0], r[1], r[2]};
@@ -215,7 +216,7 @@ struct StepFn : public torch::autograd::Function<StepFn> {
 };
 StepResult step_call(const at::Tensor& model, const at::Tensor& sample, const at::Tensor& p0, const at::Tensor& p1,
                      double param, const OptTensor& prev, const OptTensor& noise, int64_t mode) {
-  if (concrete(sample)) binding::check_step_args(model, sample, p0, p1, prev, noise);
+  if (concrete(sample)) binding::check_step_args(model, sample, p0, p1, prev, noise, mode);
   auto r = StepFn::apply(model, sample, p0, p1, param, prev, noise, mode);
   return {r[0], r[1], r[2], r[3]};
 }

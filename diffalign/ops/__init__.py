@@ -1,9 +1,11 @@
 """Fused per-step ops of diffusion alignment: Gaussian log-prob and KL, the Diffusion-DPO and
 Diffusion-KTO losses, and DDIM / flow-matching SDE steps that also score their sample.
 
-Each function checks its arguments, then calls the compiled op ``torch.ops.diffalign.<name>``
-(schemas, CPU/CUDA kernels and autograd registered in C++, see csrc/) or, when the extension is not
-built, the pure-PyTorch reference in :mod:`diffalign.ops.reference` (same results, one warning).
+Each function calls the compiled op ``torch.ops.diffalign.<name>`` (schemas, CPU/CUDA kernels,
+argument checks and autograd registered in C++, see csrc/) or, when the extension is not built, the
+pure-PyTorch reference in :mod:`diffalign.ops.reference` after the same checks written in Python
+(:mod:`diffalign.ops._checks`): same results, same ValueErrors, one warning. The wrappers stay thin
+because at the sizes of a sampling step host-side overhead, not the kernel, is the cost.
 
 Per-sample outputs (log-probs, KLs, losses) are float32 whatever the input dtype (float64 for float64
 inputs); reductions accumulate in float32. Gradients come back in the inputs' dtypes.
@@ -49,11 +51,29 @@ class KTOOutput(NamedTuple):
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:
-    return reference.acc_dtype(t)
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _use_extension() -> bool:
     return extension_available()
+
+
+def _choice(name: str, value: str, codes: dict) -> int:
+    if value not in codes:
+        raise ValueError(f"{name} must be one of {tuple(codes)}, got {value!r}")
+    return codes[value]
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
+
+
+def _non_negative(name: str, value: float) -> float:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
 
 
 def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -61,12 +81,13 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, red
 
     std broadcasts to x: 0-d, (B,), (B,1,..,1) or x's full shape. Differentiable in x, mean and std.
     """
+    code = _choice("reduction", reduction, _REDUCTIONS)
+    if _use_extension():
+        _checks.accelerator_value_checks(std=std)
+        return torch.ops.diffalign.gaussian_logprob(x, mean, std.to(_acc(x)), code)
     _checks.check_tensor("x", x)
     _checks.check_same("mean", mean, "x", x)
     _checks.check_std("std", std, x, "x")
-    _checks.check_reduction(reduction)
-    if _use_extension():
-        return torch.ops.diffalign.gaussian_logprob(x, mean, std.to(_acc(x)), _REDUCTIONS[reduction])
     return reference.gaussian_logprob(x, mean, std, reduction)
 
 
@@ -76,16 +97,17 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, r
 
     ref_std defaults to std, where the KL is (mean - ref_mean)^2 / (2 std^2) (DPOK, survey Eq. 21-22).
     """
+    code = _choice("reduction", reduction, _REDUCTIONS)
+    if _use_extension():
+        _checks.accelerator_value_checks(std=std, ref_std=ref_std)
+        acc = _acc(mean)
+        return torch.ops.diffalign.gaussian_kl(mean, ref_mean, std.to(acc), None if ref_std is None else ref_std.to(acc),
+                                               code)
     _checks.check_tensor("mean", mean)
     _checks.check_same("ref_mean", ref_mean, "mean", mean)
     _checks.check_std("std", std, mean, "mean")
     if ref_std is not None:
         _checks.check_std("ref_std", ref_std, mean, "mean")
-    _checks.check_reduction(reduction)
-    if _use_extension():
-        acc = _acc(mean)
-        return torch.ops.diffalign.gaussian_kl(mean, ref_mean, std.to(acc),
-                                               None if ref_std is None else ref_std.to(acc), _REDUCTIONS[reduction])
     return reference.gaussian_kl(mean, ref_mean, std, ref_std, reduction)
 
 
@@ -97,19 +119,16 @@ def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     loss_type "sigmoid": -log sigmoid(beta h); "hinge": relu(1 - beta h); "ipo": (h - 1/(2 beta))^2.
     Gradient flows to model_pred only. With return_stats, returns DPOOutput(loss, implicit_acc, reward_margin).
     """
-    _checks.check_tensor("model_pred", model_pred)
-    _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
-    _checks.check_same("target", target, "model_pred", model_pred)
-    _checks.check_pairs("model_pred", model_pred)
-    if loss_type not in _DPO_LOSSES:
-        raise ValueError(f"loss_type must be one of {tuple(_DPO_LOSSES)}, got {loss_type!r}")
-    _checks.check_reduction(reduction, tuple(_DPO_REDUCTIONS))
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
+    loss_code = _choice("loss_type", loss_type, _DPO_LOSSES)
+    red_code = _choice("reduction", reduction, _DPO_REDUCTIONS)
+    beta = _positive("beta", beta)
     if _use_extension():
-        loss, margin = torch.ops.diffalign.diffusion_dpo_loss(model_pred, ref_pred, target, float(beta),
-                                                              _DPO_LOSSES[loss_type], _DPO_REDUCTIONS[reduction])
+        loss, margin = torch.ops.diffalign.diffusion_dpo_loss(model_pred, ref_pred, target, beta, loss_code, red_code)
     else:
+        _checks.check_tensor("model_pred", model_pred)
+        _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
+        _checks.check_same("target", target, "model_pred", model_pred)
+        _checks.check_pairs("model_pred", model_pred)
         loss, margin = reference.diffusion_dpo_loss(model_pred, ref_pred, target, beta, loss_type, reduction)
     if not return_stats:
         return loss
@@ -121,55 +140,39 @@ def diffusion_kto_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
                        kl_ref: Optional[torch.Tensor] = None, return_stats: bool = False):
     """Diffusion-KTO loss (survey Eq. 26): g = e_ref - e_model per sample, z = max(0, mean g) detached
     (or ``kl_ref``, e.g. an all-reduced value), loss = mean of lambda_y (1 - sigmoid(s_y beta (g - z)))."""
-    _checks.check_tensor("model_pred", model_pred)
-    _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
-    _checks.check_same("target", target, "model_pred", model_pred)
-    if not isinstance(desirable, torch.Tensor) or desirable.dtype != torch.bool:
-        raise ValueError("desirable must be a bool tensor of shape (B,)")
-    if tuple(desirable.shape) != (model_pred.shape[0],):
-        raise ValueError(f"desirable has shape {tuple(desirable.shape)}; expected ({model_pred.shape[0]},)")
-    if desirable.device != model_pred.device:
-        raise ValueError(f"desirable is on {desirable.device} but model_pred is on {model_pred.device}")
-    if kl_ref is not None and (not isinstance(kl_ref, torch.Tensor) or kl_ref.numel() != 1):
-        raise ValueError("kl_ref must be a one-element tensor (the reference point z)")
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
+    beta = _positive("beta", beta)
     if _use_extension():
-        ref_point = None if kl_ref is None else kl_ref.detach().reshape(()).to(device=model_pred.device,
-                                                                               dtype=_acc(model_pred))
-        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss(model_pred, ref_pred, target, desirable, float(beta),
+        ref_point = None if kl_ref is None else kl_ref.detach().to(_acc(model_pred))
+        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta,
                                                             float(lambda_desirable), float(lambda_undesirable),
                                                             ref_point)
     else:
+        _checks.check_tensor("model_pred", model_pred)
+        _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
+        _checks.check_same("target", target, "model_pred", model_pred)
+        _checks.check_desirable(desirable, model_pred)
+        _checks.check_kl_ref(kl_ref, model_pred)
         loss, z = reference.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta, lambda_desirable,
                                                lambda_undesirable, kl_ref)
     return KTOOutput(loss, z) if return_stats else loss
 
 
 def _step_inputs(model_output, sample, prev_sample, noise, generator):
-    _checks.check_tensor("sample", sample)
-    _checks.check_same("model_output", model_output, "sample", sample, same_dtype=False)
+    """Cast to the sample's dtype and draw the noise when neither prev_sample nor noise is given."""
+    if prev_sample is not None and noise is not None:
+        raise ValueError("give prev_sample (to score it) or noise (to draw it), not both")
+    if not _use_extension():
+        _checks.check_tensor("sample", sample)
+        _checks.check_same("model_output", model_output, "sample", sample, same_dtype=False)
+        for name, t in (("prev_sample", prev_sample), ("noise", noise)):
+            if t is not None:
+                _checks.check_same(name, t, "sample", sample, same_dtype=False)
+    dtype = sample.dtype
     if prev_sample is not None:
-        _checks.check_same("prev_sample", prev_sample, "sample", sample, same_dtype=False)
-        if noise is not None:
-            raise ValueError("give prev_sample (to score it) or noise (to draw it), not both")
-        return model_output.to(sample.dtype), prev_sample.to(sample.dtype), None
+        return model_output.to(dtype), prev_sample.to(dtype), None
     if noise is None:
-        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-    else:
-        _checks.check_same("noise", noise, "sample", sample, same_dtype=False)
-        noise = noise.to(sample.dtype)
-    return model_output.to(sample.dtype), None, noise
-
-
-def _run_step(op_name, model_output, sample, p0, p1, param, prev_sample, noise, extra, ref_fn):
-    if _use_extension():
-        acc = _acc(sample)
-        op = getattr(torch.ops.diffalign, op_name)
-        prev, log_prob, mean, std = op(model_output, sample, p0.to(acc), p1.to(acc), float(param), prev_sample, noise,
-                                       *extra)
-        return StepOutput(prev_sample if prev_sample is not None else prev, log_prob, mean, std)
-    return StepOutput(*ref_fn())
+        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=dtype)
+    return model_output.to(dtype), None, noise.to(dtype)
 
 
 def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
@@ -182,19 +185,18 @@ def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alp
     Draws prev_sample = mean + std * noise unless prev_sample is given, in which case it is scored.
     prediction_type: "epsilon", "v_prediction" or "sample". No x0 clipping (SD schedulers disable it).
     """
-    if prediction_type not in _PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {tuple(_PREDICTION_TYPES)}, got {prediction_type!r}")
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    code = _choice("prediction_type", prediction_type, _PREDICTION_TYPES)
+    eta = _non_negative("eta", eta)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
-    _checks.check_per_sample("alpha_prod_t", alpha_prod_t, sample, "sample")
-    _checks.check_per_sample("alpha_prod_prev", alpha_prod_prev, sample, "sample")
-    _checks.check_in_unit_interval("alpha_prod_t", alpha_prod_t, closed_low=False, closed_high=False)
-    _checks.check_in_unit_interval("alpha_prod_prev", alpha_prod_prev, closed_low=False, closed_high=True)
-    return _run_step("ddim_step_with_logprob", model_output, sample, alpha_prod_t, alpha_prod_prev, eta, prev_sample, noise,
-                     (_PREDICTION_TYPES[prediction_type],),
-                     lambda: reference.ddim_step_with_logprob(model_output, sample, alpha_prod_t, alpha_prod_prev, eta,
-                                                              prev_sample, noise, prediction_type))
+    if _use_extension():
+        _checks.accelerator_value_checks(alpha_prod_t=alpha_prod_t, alpha_prod_prev=alpha_prod_prev)
+        acc = _acc(sample)
+        out = torch.ops.diffalign.ddim_step_with_logprob(model_output, sample, alpha_prod_t.to(acc),
+                                                         alpha_prod_prev.to(acc), eta, prev_sample, noise, code)
+        return StepOutput(prev_sample if prev_sample is not None else out[0], *out[1:])
+    _checks.check_schedule("alpha_prod_t", alpha_prod_t, "alpha_prod_prev", alpha_prod_prev, sample)
+    return StepOutput(*reference.ddim_step_with_logprob(model_output, sample, alpha_prod_t, alpha_prod_prev, eta,
+                                                        prev_sample, noise, prediction_type))
 
 
 def flow_sde_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor,
@@ -206,13 +208,14 @@ def flow_sde_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor,
     model_output is the velocity; sigma, sigma_next are 0-d or (B,) with sigma_next < sigma. sigma = 1
     is finite: the 1/(1 - sigma) factor then uses sigma_next, as the reference trainer does.
     """
-    if not noise_level >= 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    noise_level = _non_negative("noise_level", noise_level)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
-    _checks.check_per_sample("sigma", sigma, sample, "sample")
-    _checks.check_per_sample("sigma_next", sigma_next, sample, "sample")
-    _checks.check_in_unit_interval("sigma", sigma, closed_low=True, closed_high=True)
-    _checks.check_in_unit_interval("sigma_next", sigma_next, closed_low=True, closed_high=False)
-    return _run_step("flow_sde_step_with_logprob", model_output, sample, sigma, sigma_next, noise_level, prev_sample, noise, (),
-                     lambda: reference.flow_sde_step_with_logprob(model_output, sample, sigma, sigma_next,
-                                                                  noise_level, prev_sample, noise))
+    if _use_extension():
+        _checks.accelerator_value_checks(sigma=sigma, sigma_next=sigma_next)
+        acc = _acc(sample)
+        out = torch.ops.diffalign.flow_sde_step_with_logprob(model_output, sample, sigma.to(acc), sigma_next.to(acc),
+                                                             noise_level, prev_sample, noise)
+        return StepOutput(prev_sample if prev_sample is not None else out[0], *out[1:])
+    _checks.check_schedule("sigma", sigma, "sigma_next", sigma_next, sample)
+    return StepOutput(*reference.flow_sde_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level,
+                                                            prev_sample, noise))

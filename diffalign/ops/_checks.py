@@ -1,8 +1,10 @@
-"""Argument checks shared by the compiled and the reference backend, so both fail the same way.
+"""Argument checks of the reference backend, mirroring the compiled ops' checks (csrc/torch/
+binding.h) so that both backends fail with the same ValueError naming the argument.
 
 Shape, dtype and device checks read tensor metadata only and are always on. Checks of *values*
-(std > 0) need the data: on CPU that is free, on an accelerator it would force a host sync on every
-call and break CUDA-graph capture, so there they run only when ``set_value_checks(True)`` is set.
+(std > 0, schedule values in range) need the data: on CPU that is cheap, on an accelerator it would
+force a host sync on every call and break CUDA-graph capture, so there they run only after
+``set_value_checks(True)`` (then also for the compiled ops, see accelerator_value_checks).
 """
 from __future__ import annotations
 
@@ -96,3 +98,45 @@ def check_in_unit_interval(name: str, a: torch.Tensor, *, closed_low: bool, clos
     if not bool((low_ok & high_ok).all()):
         lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
         raise ValueError(f"{name} must lie in {lo}0, 1{hi}; got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
+
+
+_UNIT_INTERVALS = {  # name -> (closed_low, closed_high)
+    "alpha_prod_t": (False, False), "alpha_prod_prev": (False, True),
+    "sigma": (True, True), "sigma_next": (True, False),
+}
+
+
+def check_schedule(name0: str, p0, name1: str, p1, sample: torch.Tensor) -> None:
+    for name, value in ((name0, p0), (name1, p1)):
+        check_per_sample(name, value, sample, "sample")
+        low, high = _UNIT_INTERVALS[name]
+        check_in_unit_interval(name, value, closed_low=low, closed_high=high)
+
+
+def check_desirable(desirable, model_pred: torch.Tensor) -> None:
+    if not isinstance(desirable, torch.Tensor) or desirable.dtype != torch.bool or \
+            tuple(desirable.shape) != (model_pred.shape[0],):
+        shape = tuple(desirable.shape) if isinstance(desirable, torch.Tensor) else type(desirable).__name__
+        raise ValueError(f"desirable must be a bool tensor of shape ({model_pred.shape[0]},), got {shape}")
+    if desirable.device != model_pred.device:
+        raise ValueError(f"desirable is on {desirable.device} but model_pred is on {model_pred.device}")
+
+
+def check_kl_ref(kl_ref, model_pred: torch.Tensor) -> None:
+    if kl_ref is not None and (not isinstance(kl_ref, torch.Tensor) or kl_ref.numel() != 1):
+        raise ValueError("kl_ref must be a one-element tensor (the reference point z)")
+
+
+def accelerator_value_checks(**tensors) -> None:
+    """Value checks of accelerator tensors for the compiled ops, only after set_value_checks(True)
+    (the compiled ops check CPU tensors themselves)."""
+    if not _VALUE_CHECKS_ON_ACCELERATOR:
+        return
+    for name, t in tensors.items():
+        if t is None or t.device.type == "cpu":
+            continue
+        if name in _UNIT_INTERVALS:
+            low, high = _UNIT_INTERVALS[name]
+            check_in_unit_interval(name, t, closed_low=low, closed_high=high)
+        elif _want_value_check(t) and not bool((t > 0).all()):
+            raise ValueError(f"{name} must be strictly positive (min {float(t.min()):.3g})")

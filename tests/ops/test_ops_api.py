@@ -222,6 +222,10 @@ def test_extension_is_in_use_when_built():
     (lambda: ops.diffusion_dpo_loss(torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4), loss_type="x"), "loss_type"),
     (lambda: ops.diffusion_dpo_loss(torch.randn(2, 4), torch.randn(2, 4).double(), torch.randn(2, 4)), "ref_pred has dtype"),
     (lambda: ops.diffusion_kto_loss(torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4), torch.ones(2)), "desirable"),
+    (lambda: ops.diffusion_kto_loss(torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4), torch.ones(2, dtype=torch.bool),
+                                    kl_ref=torch.ones(2)), "kl_ref must be a one-element tensor"),
+    (lambda: ops.ddim_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor(.5), torch.tensor(1.5)), "alpha_prod_prev must lie in"),
+    (lambda: ops.gaussian_kl(torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64), torch.tensor(1.0)), "ref_mean has dtype"),
     (lambda: ops.ddim_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.ones(3), torch.ones(3)), "alpha_prod_t has shape"),
     (lambda: ops.ddim_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor(1.5), torch.tensor(0.5)), "alpha_prod_t must lie in"),
     (lambda: ops.ddim_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor(.5), torch.tensor(.6), prediction_type="x0"), "prediction_type"),
@@ -230,7 +234,12 @@ def test_extension_is_in_use_when_built():
     (lambda: ops.flow_sde_step_with_logprob(torch.randn(2, 4), torch.randn(2, 5), torch.tensor(.5), torch.tensor(.4)), "model_output has shape"),
     (lambda: ops.flow_sde_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor(1.2), torch.tensor(.4)), "sigma must lie in"),
 ])
-def test_bad_input_raises_value_error_naming_the_argument(call, message):
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+def test_bad_input_raises_value_error_naming_the_argument(call, message, backend, monkeypatch):
+    if backend == "compiled" and not ops.extension_available():
+        pytest.skip("extension not built")
+    if backend == "reference":  # the fallback's Python checks must say the same as the C++ ones
+        monkeypatch.setattr(ops, "_use_extension", lambda: False)
     with pytest.raises(ValueError, match=message):
         call()
 
@@ -248,7 +257,7 @@ def test_direct_op_calls_check_arguments_in_cpp(tmp_path):
         "  ('ref_std has shape', lambda: d.gaussian_kl(torch.randn(3, 2), torch.randn(3, 2), torch.ones(()), torch.ones(2), 0)),\n"
         "  ('desirable must be', lambda: d.diffusion_kto_loss(torch.randn(2, 2), torch.randn(2, 2), torch.randn(2, 2), torch.ones(2), 1.0, 1.0, 1.0, None)),\n"
         "  ('exactly one of prev_sample', lambda: d.ddim_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor(.5), torch.tensor(.6), 1.0, None, None, 0)),\n"
-        "  ('schedule values', lambda: d.flow_sde_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.ones(3), torch.ones(3), 0.7, None, torch.randn(2, 2))),\n"
+        "  ('sigma has shape', lambda: d.flow_sde_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.ones(3), torch.ones(3), 0.7, None, torch.randn(2, 2))),\n"
         "]\n"
         "for msg, call in cases:\n"
         "    try:\n"
