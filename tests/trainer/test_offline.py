@@ -134,3 +134,23 @@ def test_image_pairs_from_pngs_train_eps_and_flow_models(tmp_path, architecture,
     assert torch.equal(base, [p for n, p in trainer.adapter.denoiser.named_parameters() if "lora" not in n][0])
     assert len(trainer._cache) == 8  # every stored image encoded once
     assert os.path.isdir(tmp_path / "run" / "final")
+
+
+@pytest.mark.parametrize("scheduler,loss_type", [("flow", "sigmoid"), ("ddpm", "hinge")])
+def test_toy_flow_matching_and_hinge(tmp_path, scheduler, loss_type):
+    """Velocity-target (flow) and epsilon models train on pairs; the target is what the forward process says."""
+    cfg = config(tmp_path, f"modality.options.scheduler={scheduler}", f"algorithm.loss_type={loss_type}", "epochs=1")
+    trainer = make_trainer(cfg)
+    assert trainer.forward.flow == (scheduler == "flow")
+    batch = trainer.make_batch(0, [0, 1], [3, 5])
+    x0 = torch.stack([trainer.items[3].chosen, trainer.items[5].chosen, trainer.items[3].rejected,
+                      trainer.items[5].rejected])
+    noise = torch.cat([batch.target[:2], batch.target[:2]])
+    if scheduler == "flow":  # target = eps - x0, with one eps per pair
+        noise = batch.target + x0
+        torch.testing.assert_close(noise[:2], noise[2:])
+        torch.testing.assert_close(batch.x_t, x0 + (batch.timesteps / 1000)[:, None] * (noise - x0))
+    else:  # target = eps, shared by the pair
+        torch.testing.assert_close(batch.target[:2], batch.target[2:])
+    (m,) = trainer.train()
+    assert np.isfinite(m["loss"]) and 0 <= m["implicit_acc"] <= 1
