@@ -72,10 +72,10 @@ class _Builder:
                 return True
         return False
 
-    def pair(self, prompt, chosen, rejected, where: str, chosen_reward=None, rejected_reward=None, decoded=None):
-        """decoded: cache of already-checked refs (a ranked group shares images between its pairs)."""
+    def pair(self, prompt, chosen, rejected, where: str, chosen_reward=None, rejected_reward=None, checked=False):
+        """checked: the samples were already verified (a ranked group checks each image once)."""
         chosen, rejected = _sample_ref(chosen, self.root), _sample_ref(rejected, self.root)
-        if self._bad([chosen, rejected], where):
+        if not checked and self._bad([chosen, rejected], where):
             return
         self.pairs.append(PreferencePair(prompt, chosen, rejected,
                                          None if chosen_reward is None else float(chosen_reward),
@@ -166,9 +166,7 @@ def _ranked_group(b: _Builder, prompt, images: List[Any], ranks: List[float], wh
             b.report.skip("ties", f"{at}: equal rank {ranks[i]}")
             continue
         win, lose = (i, j) if ranks[i] < ranks[j] else (j, i)
-        verify, b.verify = b.verify, False  # already checked above
-        b.pair(prompt, images[win], images[lose], at)
-        b.verify = verify
+        b.pair(prompt, images[win], images[lose], at, checked=True)
 
 
 def _hpdv2_row(b: _Builder, row: Dict[str, Any], where: str) -> None:
@@ -299,7 +297,7 @@ def _read_parquet(b: _Builder, files: List[str]) -> None:
                 _pickapic_row(b, row, f"{os.path.basename(path)} row {start + i}")
 
 
-def _looks_like_hub_id(path: str) -> bool:
+def looks_like_hub_id(path: str) -> bool:
     return not os.path.exists(path) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
@@ -312,7 +310,7 @@ def load_preference_data(path: str, format: Optional[str] = None, split: str = "
     """
     if format is not None and format not in FORMATS:
         raise PreferenceDataError(f"data.format must be one of {FORMATS}, got {format!r}")
-    if _looks_like_hub_id(path):
+    if looks_like_hub_id(path):
         return _load_hub(path, format, split, verify_images, max_records)
     if not os.path.exists(path):
         raise PreferenceDataError(f"preference data {path!r} does not exist (a file, a folder or a hub id owner/name)")

@@ -28,7 +28,7 @@ import torch
 from diffalign.algorithms.base import DataPath
 from diffalign.algorithms.preference import OfflineBatch
 from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data, load_sample
-from diffalign.data.readers import FORMATS, _looks_like_hub_id
+from diffalign.data.readers import FORMATS, looks_like_hub_id
 from diffalign.data.synthetic import SYNTHETIC, toy_preference_pairs
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
@@ -54,7 +54,7 @@ def validate_data(cfg) -> None:
             raise ConfigError(f"config key 'data.path' = {d.path!r} needs prompts.list or prompts.file")
         if d.num_pairs < 1:
             raise ConfigError(f"config key 'data.num_pairs' must be > 0, got {d.num_pairs!r}")
-    elif not os.path.exists(d.path) and not _looks_like_hub_id(d.path):
+    elif not os.path.exists(d.path) and not looks_like_hub_id(d.path):
         raise ConfigError(f"config key 'data.path': {d.path!r} is neither an existing file or folder nor a hub id")
     if d.format is not None and d.format not in FORMATS:
         raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
