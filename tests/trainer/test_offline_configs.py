@@ -13,7 +13,7 @@ from diffalign.cli import main, shipped_config
 from diffalign.config import load_config
 from diffalign.trainer.logging import read_metrics
 
-CONFIGS = ["dpo_tiny", "ipo_tiny", "kto_tiny", "orpo_tiny", "simpo_tiny"]
+CONFIGS = ["dpo_tiny", "ipo_tiny", "kto_tiny", "orpo_tiny", "simpo_tiny", "e2po_tiny"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
