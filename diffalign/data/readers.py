@@ -13,8 +13,8 @@ Layouts (``data.format``; detected from the file when not given):
   Every pair of images with different ranks becomes one pair, as the HPD v2 pairwise preferences are
   derived from the rankings (survey 5.1.1); equal ranks are ties.
 - ``imagerewarddb``: ImageRewardDB-style metadata, a list of per-image rows ``{"prompt_id", "prompt",
-  "image_path", "rank"}`` (rank 1 = best) grouped by prompt, or groups ``{"prompt", "images": [...],
-  "ranks": [...]}``. A ranking of K images is decomposed into its C(K, 2) pairwise comparisons, the
+  "image_path" (or a hub dataset's "image" column), "rank"}`` (rank 1 = best) grouped by prompt, or
+  groups ``{"prompt", "images": [...], "ranks": [...]}``. A ranking of K images is decomposed into its C(K, 2) pairwise comparisons, the
   decomposition of listwise feedback into pairs of the survey's Plackett-Luce discussion (section 3.1).
 
 A hub id (``owner/name``, not an existing path) is read through ``datasets.load_dataset`` (installed
@@ -199,10 +199,11 @@ def _imagereward_groups(b: _Builder, rows: List[Dict[str, Any]], where: str) -> 
         if key is None:
             b.report.skip("missing_caption", f"{where} row {i}")
             continue
-        if row.get("image_path") is None or not isinstance(row.get("rank"), (int, float)):
-            b.report.skip("malformed", f"{where} row {i}: needs 'image_path' and a numeric 'rank'")
+        image = row.get("image_path", row.get("image"))  # a path, or the hub dataset's image column
+        if image is None or not isinstance(row.get("rank"), (int, float)):
+            b.report.skip("malformed", f"{where} row {i}: needs 'image_path' (or 'image') and a numeric 'rank'")
             continue
-        groups.setdefault(key, []).append((i, row))
+        groups.setdefault(key, []).append((i, dict(row, image_path=image)))
     for key, members in groups.items():
         prompts = {_caption(r.get("prompt")) for _, r in members}
         prompt = next((p for p in prompts if p is not None), None)
@@ -247,9 +248,10 @@ def _detect_records(records: List[Dict[str, Any]], source: str) -> str:
             return "binary"
         if {"jpg_0", "jpg_1"} <= keys:
             return "pickapic"
-        if isinstance(row.get("image_path"), list) and keys & {"rank", "human_preference"}:
+        images = row.get("image_path", row.get("image"))
+        if isinstance(images, list) and keys & {"rank", "human_preference"}:
             return "hpdv2"
-        if ("image_path" in keys and "rank" in keys) or {"images", "ranks"} <= keys:
+        if (keys & {"image_path", "image"} and "rank" in keys) or {"images", "ranks"} <= keys:
             return "imagerewarddb"
     raise PreferenceDataError(f"cannot detect the preference-data layout of {source}: set data.format to one of "
                               f"{FORMATS}")

@@ -15,6 +15,11 @@ with ``data.eval_samples`` > 0 also ``eval_reward`` (reward.name on samples draw
 ``eval_implicit_acc`` / ``eval_reward_margin`` (on the first stored items with fixed noise and t), and
 their ``*_initial`` values before training in epoch 0's line.
 Checkpoints, resume and metrics.jsonl work as in the online loop.
+
+Config keys as read here: ``train.batch_size`` is pairs (KTO: labelled samples) per process per
+forward; ``sampling.*`` and ``reward.name`` only serve the evaluation samples; ``train.inner_epochs``
+and ``train.timestep_fraction`` (rollout notions) do not apply. Prompts come from the data unless
+``prompts`` is given (the toy modality's prompt vocabulary, and the synthetic sets, need it).
 """
 from __future__ import annotations
 

@@ -176,3 +176,18 @@ def test_hub_id_needs_datasets_or_reads_through_it(tmp_path, monkeypatch):
         ds = load_preference_data("someone/pickapic_v2", split="validation")
     assert calls == [("someone/pickapic_v2", "validation")]
     assert ds.report.layout == "pickapic" and color_of(ds.pairs[0].chosen)[2] > 200
+
+
+def test_hub_imagerewarddb_rows_with_decoded_images(monkeypatch):
+    """ImageRewardDB on the hub: per-image rows whose 'image' column datasets decodes to PIL images."""
+    import sys
+    import types
+    imgs = [Image.new("RGB", (8, 8), (0, 0, 60 * i)) for i in range(3)]
+    rows = [{"prompt_id": "p", "prompt": "three", "image": im, "rank": r} for im, r in zip(imgs, [2, 1, 3])]
+    fake = types.SimpleNamespace(load_dataset=lambda name, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    ds = load_preference_data("someone/ImageRewardDB")
+    assert ds.report.layout == "imagerewarddb" and ds.report.kept == 3 and ds.report.skipped == 0
+    ranks = {60: 1, 0: 2, 120: 3}  # blue channel -> rank
+    for p in ds.pairs:
+        assert ranks[color_of(p.chosen)[2]] < ranks[color_of(p.rejected)[2]]
