@@ -76,6 +76,7 @@ class DataConfig:
     split: str = "train"                # hub datasets only
     verify_images: bool = True          # decode every image at load so broken ones are counted up front
     max_records: Optional[int] = None   # read at most this many records (json/jsonl/hub)
+    streaming: bool = False             # hub ids: stream the first max_records rows instead of downloading all
     num_pairs: int = 256                # synthetic sets only
     cache_latents: bool = True          # encode each stored sample once and keep x0 in memory
     eval_samples: int = 0               # > 0: each epoch, log eval_reward (reward.name's mean over this many

@@ -304,16 +304,20 @@ def looks_like_hub_id(path: str) -> bool:
 
 
 def load_preference_data(path: str, format: Optional[str] = None, split: str = "train",
-                         verify_images: bool = True, max_records: Optional[int] = None) -> PreferenceDataset:
+                         verify_images: bool = True, max_records: Optional[int] = None,
+                         streaming: bool = False) -> PreferenceDataset:
     """Read a preference dataset from a file, a folder or a hub id (see the module docstring).
 
     ``verify_images`` decodes every image at load so broken ones are counted, not hit mid-training;
     turn it off for very large local sets (a broken image then raises when its batch is encoded).
+    The records are held in memory (Pick-a-Pic rows with their JPEG bytes): bound a large set with
+    ``max_records``, and for a hub id with ``streaming`` (reads only the first max_records rows
+    instead of downloading every shard).
     """
     if format is not None and format not in FORMATS:
         raise PreferenceDataError(f"data.format must be one of {FORMATS}, got {format!r}")
     if looks_like_hub_id(path):
-        return _load_hub(path, format, split, verify_images, max_records)
+        return _load_hub(path, format, split, verify_images, max_records, streaming)
     if not os.path.exists(path):
         raise PreferenceDataError(f"preference data {path!r} does not exist (a file, a folder or a hub id owner/name)")
     if os.path.isdir(path):
@@ -346,17 +350,22 @@ def load_preference_data(path: str, format: Optional[str] = None, split: str = "
 
 
 def _load_hub(hub_id: str, format: Optional[str], split: str, verify_images: bool,
-              max_records: Optional[int]) -> PreferenceDataset:
+              max_records: Optional[int], streaming: bool = False) -> PreferenceDataset:
     try:
         import datasets
     except ImportError:
         raise PreferenceDataError(f"{hub_id!r} looks like a hub id and reading it needs the `datasets` package "
                                   "(pip install datasets), or give a local file or folder") from None
-    ds = datasets.load_dataset(hub_id, split=split)
-    if max_records is not None:
-        ds = ds.select(range(min(max_records, len(ds))))
-    first = [ds[i] for i in range(min(20, len(ds)))]
+    if streaming:
+        ds = datasets.load_dataset(hub_id, split=split, streaming=True)
+        rows = list(itertools.islice(iter(ds), max_records))
+    else:
+        ds = datasets.load_dataset(hub_id, split=split)
+        if max_records is not None:
+            ds = ds.select(range(min(max_records, len(ds))))
+        rows = ds
+    first = [rows[i] for i in range(min(20, len(rows)))]
     layout = format or _detect_records(first, hub_id)
     b = _Builder(f"{hub_id} [{split}]", layout, None, verify_images)
-    _parse_records(b, iter(ds), layout, hub_id)
+    _parse_records(b, iter(rows), layout, hub_id)
     return b.finish()

@@ -65,6 +65,8 @@ def validate_data(cfg) -> None:
         raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
     if d.eval_samples < 0:
         raise ConfigError(f"config key 'data.eval_samples' must be >= 0, got {d.eval_samples!r}")
+    if d.streaming and d.max_records is None:
+        raise ConfigError("config key 'data.streaming' = True needs data.max_records (how many rows to stream)")
     if d.max_records is not None and d.max_records < 1:
         raise ConfigError(f"config key 'data.max_records' must be > 0, got {d.max_records!r}")
 
@@ -74,7 +76,7 @@ def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> Preferenc
     if d.path.startswith("synthetic:"):
         dim = int(cfg.modality.options.get("dim", 2))
         return toy_preference_pairs(prompts, d.num_pairs, dim=dim, seed=cfg.seed)
-    return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records)
+    return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records, d.streaming)
 
 
 class OfflineTrainer:

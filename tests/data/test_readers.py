@@ -176,6 +176,11 @@ def test_hub_id_needs_datasets_or_reads_through_it(tmp_path, monkeypatch):
         ds = load_preference_data("someone/pickapic_v2", split="validation")
     assert calls == [("someone/pickapic_v2", "validation")]
     assert ds.report.layout == "pickapic" and color_of(ds.pairs[0].chosen)[2] > 200
+    # streaming reads only the first max_records rows
+    streamed = []
+    fake.load_dataset = lambda name, split, streaming: streamed.append(streaming) or iter(rows * 1000)
+    ds = load_preference_data("someone/pickapic_v2", max_records=1, streaming=True)
+    assert streamed == [True] and ds.report.rows == 1 and ds.report.kept == 1
 
 
 def test_hub_imagerewarddb_rows_with_decoded_images(monkeypatch):

@@ -103,6 +103,14 @@ def test_config_errors_name_the_key(tmp_path):
         config(tmp_path, prompts={})
     with pytest.raises(ConfigError, match="algorithm.beta"):
         config(tmp_path, "algorithm.beta=-1")
+    with pytest.raises(ConfigError, match="'data.streaming' = True needs data.max_records"):
+        config(tmp_path, "data.path=owner/name", "data.streaming=true")
+
+
+def test_full_size_config_validates_without_downloading():
+    from diffalign.cli import shipped_config
+    cfg = load_config(shipped_config("dpo_sd15_pickapic"))
+    assert cfg.data.path == "yuvalkirstain/pickapic_v2" and cfg.data.streaming and cfg.algorithm["beta"] == 5000
 
 
 @pytest.mark.parametrize("architecture,algorithm", [("sd", "dpo"), ("sd3", "simpo")])
