@@ -29,10 +29,11 @@ def test_shipped_offline_config_learns_its_preferences(tmp_path, name):
     for m in lines:
         assert {"loss", "implicit_acc", "reward_margin", "eval_reward", "eval_implicit_acc"} <= set(m)
     first, last = lines[0], lines[-1]
-    # implicit accuracy rises: during training, and on the fixed evaluation items
-    assert max(m["implicit_acc"] for m in lines[1:]) > first["implicit_acc"]
-    assert last["eval_implicit_acc"] > first["eval_implicit_acc_initial"]
+    # implicit accuracy rises on the fixed evaluation items (same noise and t before and after: low variance;
+    # measured rises 0.05-0.8 at epoch 3), and ends above chance on the training batches
+    assert last["eval_implicit_acc"] > first["eval_implicit_acc_initial"] + 0.03
     assert last["eval_implicit_acc"] > 0.5 or name == "kto_tiny"  # KTO's is per sample, relative to z
+    assert last["implicit_acc"] > 0.5
     # the preference is learned, not only fitted: the model's samples move toward the preferred property
     assert last["eval_reward"] > first["eval_reward_initial"] + 0.25
     assert os.path.isfile(os.path.join(out, "final", "trainable.safetensors"))
