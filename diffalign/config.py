@@ -291,6 +291,15 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
                           f"{s.batch_size * num_processes} samples (sampling.batch_size x {num_processes} processes)")
     # the modality's own options
     MODALITIES[cfg.modality.name].validate_options(cfg.modality.options)
+    # the reward, where the run calls one (online rollouts; offline evaluation samples): name and kwargs
+    from diffalign.algorithms import DataPath
+    from diffalign.rewards import bind_reward_kwargs, resolve_reward
+    if ALGORITHMS[name].data_path == DataPath.ONLINE_ROLLOUT or cfg.data.eval_samples > 0:
+        try:
+            bind_reward_kwargs(resolve_reward(cfg.reward.name, MODALITIES[cfg.modality.name].rewards()),
+                               cfg.reward.name, cfg.reward.kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,

@@ -1,7 +1,8 @@
 """Reward functions ``(samples, prompts) -> Tensor[B]`` and prompt sources."""
+from diffalign.rewards.color import brightness, color_target
 from diffalign.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
 from diffalign.rewards.prompts import load_prompts
-from diffalign.rewards.registry import REWARDS, call_reward, resolve_reward
+from diffalign.rewards.registry import REWARDS, bind_reward_kwargs, call_reward, resolve_reward
 
-__all__ = ["REWARDS", "resolve_reward", "call_reward", "load_prompts", "jpeg_size_kb", "jpeg_compressibility",
-           "jpeg_incompressibility"]
+__all__ = ["REWARDS", "resolve_reward", "bind_reward_kwargs", "call_reward", "load_prompts", "jpeg_size_kb",
+           "jpeg_compressibility", "jpeg_incompressibility", "brightness", "color_target"]

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from diffalign.rewards.color import brightness, color_target
 from diffalign.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
 
 RewardFn = Callable[[object, Sequence[str]], torch.Tensor]
@@ -17,6 +18,8 @@ RewardFn = Callable[[object, Sequence[str]], torch.Tensor]
 REWARDS: Dict[str, RewardFn] = {
     "jpeg_compressibility": jpeg_compressibility,
     "jpeg_incompressibility": jpeg_incompressibility,
+    "brightness": brightness,
+    "color_target": color_target,
 }
 
 
@@ -37,6 +40,24 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
         return fn
     known = sorted(set(REWARDS) | set(extra or {}))
     raise ValueError(f"reward.name {name!r} is unknown; use one of {known} or 'package.module:function'")
+
+
+def bind_reward_kwargs(fn: RewardFn, name: str, kwargs: Optional[Mapping[str, object]]) -> RewardFn:
+    """``fn`` with the config's ``reward.kwargs`` bound (keyword arguments after samples and prompts).
+
+    Checks the names against the function's signature, so a misspelt keyword fails before training.
+    """
+    if not kwargs:
+        return fn
+    import functools
+    import inspect
+    try:
+        inspect.signature(fn).bind(None, None, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"reward.kwargs {dict(kwargs)!r} do not fit reward {name!r}: {exc}") from None
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    return functools.partial(fn, **kwargs)
 
 
 def call_reward(fn: RewardFn, samples, prompts: Sequence[str], device) -> torch.Tensor:

@@ -46,10 +46,23 @@ def _build_image(options, prompts, device):
     return ImageAdapter.from_options(options, device=device)
 
 
+def _toy_rewards():
+    from diffalign.modalities.toy.rewards import TOY_REWARDS
+    return TOY_REWARDS
+
+
+def _image_rewards():
+    from diffalign.rewards import REWARDS
+    return REWARDS
+
+
 @dataclasses.dataclass
 class ModalityEntry:
     options: Callable[[], type]
     build: Callable[[Any, List[str], torch.device], Any]
+    # the modality's rewards by name, known without building it (what its adapter's rewards() returns),
+    # so the config check can resolve reward.name and reward.kwargs before any model is loaded
+    rewards: Callable[[], Dict[str, Any]] = dict
 
     def validate_options(self, options: Dict[str, Any]):
         from diffalign.config import from_dict
@@ -57,8 +70,8 @@ class ModalityEntry:
 
 
 MODALITIES: Dict[str, ModalityEntry] = {
-    "toy": ModalityEntry(lambda: ToyOptions, _build_toy),
-    "image": ModalityEntry(_image_options, _build_image),
+    "toy": ModalityEntry(lambda: ToyOptions, _build_toy, _toy_rewards),
+    "image": ModalityEntry(_image_options, _build_image, _image_rewards),
 }
 
 

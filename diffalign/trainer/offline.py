@@ -107,8 +107,9 @@ class OfflineTrainer:
         self.forward = ForwardProcess(self.adapter.scheduler)
         self.reward_fn = None
         if cfg.data.eval_samples:
-            from diffalign.rewards import resolve_reward
-            self.reward_fn = resolve_reward(cfg.reward.name, self.adapter.rewards())
+            from diffalign.rewards import bind_reward_kwargs, resolve_reward
+            self.reward_fn = bind_reward_kwargs(resolve_reward(cfg.reward.name, self.adapter.rewards()),
+                                                cfg.reward.name, cfg.reward.kwargs)
         t = cfg.train
         params = self.adapter.trainable_parameters()
         if not params:

@@ -17,7 +17,7 @@ import torch
 from diffalign.algorithms.base import TransitionBatch
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
-from diffalign.rewards import call_reward, load_prompts, resolve_reward
+from diffalign.rewards import bind_reward_kwargs, call_reward, load_prompts, resolve_reward
 from diffalign.trainer import checkpoint as ckpt
 from diffalign.trainer.builders import build_adapter, build_algorithm, build_policy
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
@@ -40,7 +40,8 @@ class OnlineTrainer:
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
         self.algorithm = build_algorithm(cfg)
-        self.reward_fn = resolve_reward(cfg.reward.name, self.adapter.rewards())
+        self.reward_fn = bind_reward_kwargs(resolve_reward(cfg.reward.name, self.adapter.rewards()), cfg.reward.name,
+                                            cfg.reward.kwargs)
         t = cfg.train
         params = self.adapter.trainable_parameters()
         if not params:

@@ -58,7 +58,8 @@ class ImageAdapter(ModalityAdapter):
     def from_options(cls, options: ImageOptions, device="cpu") -> "ImageAdapter":
         if options.model == "tiny":
             from diffalign.modalities.image.tiny import tiny_components
-            return cls(*tiny_components(options.architecture, options.resolution, options.seed), options, device)
+            return cls(*tiny_components(options.architecture, options.resolution, options.seed,
+                                        options.prediction_type or "epsilon"), options, device)
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained(options.model, torch_dtype=_DTYPES[options.dtype])
         denoiser = pipe.transformer if options.architecture == "sd3" else pipe.unet

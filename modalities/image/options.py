@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Optional
 
 ARCHITECTURES = ("sd", "sdxl", "sd3")
 DTYPES = ("float32", "bfloat16", "float16")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclasses.dataclass
@@ -19,6 +21,10 @@ class ImageOptions:
     dtype: str = "float32"           # weights of the frozen parts (VAE, text encoders, base weights under LoRA)
     negative_prompt: str = ""
     seed: int = 0                    # initialisation of the tiny preset
+    # tiny UNet preset only: its scheduler's prediction type (default "epsilon"); a pretrained model keeps its own.
+    # A random v-prediction UNet samples x0 of std ~0.8 that follows its output; a random epsilon UNet's x0 has
+    # std ~9, dominated by amplified noise (see tiny.tiny_components), which rewards barely let it move.
+    prediction_type: Optional[str] = None
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -30,6 +36,14 @@ class ImageOptions:
             raise ValueError(f"config key 'modality.options.resolution' must be a multiple of 8, got {self.resolution}")
         if self.lora_rank < 0:
             raise ValueError(f"config key 'modality.options.lora_rank' must be >= 0, got {self.lora_rank}")
+        if self.prediction_type is not None:
+            if self.prediction_type not in PREDICTION_TYPES:
+                raise ValueError(f"config key 'modality.options.prediction_type' must be one of {PREDICTION_TYPES}, "
+                                 f"got {self.prediction_type!r}")
+            if self.model != "tiny" or self.architecture == "sd3":
+                raise ValueError("config key 'modality.options.prediction_type' applies to the tiny UNet preset only "
+                                 f"(model 'tiny', architecture 'sd' or 'sdxl'), got {self.prediction_type!r} with "
+                                 f"model {self.model!r}, architecture {self.architecture!r}")
         looks_local = self.model.startswith((".", "/", "~")) or os.sep in self.model and self.model.count("/") > 1
         if self.model != "tiny" and looks_local and not os.path.isdir(os.path.expanduser(self.model)):
             raise ValueError(f"config key 'modality.options.model': model path {self.model!r} does not exist")

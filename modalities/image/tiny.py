@@ -26,8 +26,15 @@ class CharTokenizer:
         return torch.tensor(rows, dtype=torch.long)
 
 
-def tiny_components(architecture: str, resolution: int, seed: int = 0):
-    """(denoiser, vae, text_encoder, tokenizer, scheduler) with random weights, seeded."""
+def tiny_components(architecture: str, resolution: int, seed: int = 0, prediction_type: str = "epsilon"):
+    """(denoiser, vae, text_encoder, tokenizer, scheduler) with random weights, seeded.
+
+    ``prediction_type`` (UNet architectures only) sets the DDIM scheduler's "epsilon" (SD 1.x),
+    "v_prediction" (SD 2.x 768) or "sample". With random weights it decides the scale of x0: an
+    epsilon model's x0_hat = (x_t - sqrt(1-a) eps) / sqrt(a) amplifies its (random) errors by up to
+    1/sqrt(a_T) ~ 15, so 8-step DDIM samples have std ~9 and the policy's own output moves them by a
+    few percent; a v model's x0_hat -> -v at high noise, so samples have std ~0.8 and follow the model.
+    """
     from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
@@ -59,5 +66,6 @@ def tiny_components(architecture: str, resolution: int, seed: int = 0):
                                             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **extra)
             scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                      beta_end=0.012, set_alpha_to_one=False, clip_sample=False, steps_offset=1)
+                                      beta_end=0.012, set_alpha_to_one=False, clip_sample=False, steps_offset=1,
+                                      prediction_type=prediction_type)
     return denoiser, vae, text_encoder, tokenizer, scheduler

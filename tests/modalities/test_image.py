@@ -82,3 +82,21 @@ def test_bad_options_name_the_key():
         ImageOptions(model="/no/such/model/dir")
     with pytest.raises(ValueError, match="modality.options.resolution"):
         ImageOptions(resolution=30)
+
+
+@pytest.mark.parametrize("prediction_type,low,high", [("epsilon", 5.0, 15.0), ("v_prediction", 0.5, 1.5)])
+def test_tiny_prediction_type_sets_the_scale_of_samples(prediction_type, low, high):
+    # a random epsilon UNet's x0_hat = (x_t - sqrt(1-a) eps)/sqrt(a) amplifies its errors; a v UNet's does not
+    adapter = ImageAdapter.from_options(ImageOptions(prediction_type=prediction_type))
+    assert adapter.scheduler.config.prediction_type == prediction_type
+    policy = DiffusionPolicy(adapter, make_step_rule("ddim", adapter.scheduler, 8), guidance_scale=4.0)
+    cond = adapter.encode_conditions(PROMPTS)
+    traj = policy.sample(cond, generator=torch.Generator().manual_seed(0))
+    assert low < traj.x0.std().item() < high
+    x_t, x_prev, old = traj.states_at(torch.tensor([0, 3, 7]))
+    new = policy.transition(x_t, torch.tensor([0, 3, 7]), cond, prev_sample=x_prev).log_prob
+    assert (new - old).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="tiny UNet preset only"):
+        ImageOptions(architecture="sd3", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="must be one of"):
+        ImageOptions(prediction_type="flow")

@@ -51,3 +51,29 @@ def test_load_prompts_from_list_and_file(tmp_path):
         load_prompts(["a"], str(f))
     with pytest.raises(ValueError, match="does not exist"):
         load_prompts(file=str(tmp_path / "missing.txt"))
+
+
+def test_colour_rewards():
+    from diffalign.rewards import brightness, color_target
+    red, grey = torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.5)
+    red[:, 0] = 1.0
+    images = torch.cat([red, grey])
+    assert torch.allclose(brightness(images, ["a", "b"]), torch.tensor([1 / 3, 0.5]))
+    r = color_target(images, ["a", "b"])
+    assert r[0].item() == 0.0 and torch.isclose(r[1], -torch.tensor([0.5, 0.5, 0.5]).norm())
+    assert color_target(images, ["a", "b"], target=[0.5, 0.5, 0.5])[1].item() == 0.0
+    with pytest.raises(ValueError, match="3 numbers"):
+        color_target(images, ["a", "b"], target=[1, 0])
+    with pytest.raises(ValueError, match=r"RGB images \(B, 3, H, W\)"):
+        brightness(torch.rand(2, 1, 8, 8), ["a", "b"])
+
+
+def test_reward_kwargs_are_bound_and_checked():
+    from diffalign.rewards import bind_reward_kwargs, color_target
+    assert bind_reward_kwargs(color_target, "color_target", {}) is color_target
+    blue = bind_reward_kwargs(color_target, "color_target", {"target": [0, 0, 1]})
+    image = torch.zeros(1, 3, 4, 4)
+    image[:, 2] = 1.0
+    assert blue(image, ["p"]).item() == 0.0
+    with pytest.raises(ValueError, match=r"reward.kwargs \{'targt': 1\} do not fit reward 'color_target'"):
+        bind_reward_kwargs(color_target, "color_target", {"targt": 1})

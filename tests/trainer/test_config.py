@@ -37,6 +37,10 @@ def test_valid_config_loads_with_types_and_overrides(tiny_config):
     (["resume_from=/no/such/ckpt"], r"'resume_from': checkpoint '/no/such/ckpt' does not exist"),
     (["output_dir=''"], r"'output_dir' is required"),
     (["output_dir="], r"'output_dir': expected a string, got None"),
+    (["reward.name=no_such_reward"], r"reward.name 'no_such_reward' is unknown"),
+    (["reward.kwargs={scale: 2}"], r"reward.kwargs \{'scale': 2\} do not fit reward 'toy_target_distance'"),
+    (["modality={name: image, options: {model: tiny, architecture: sd3, prediction_type: v_prediction}}",
+      "reward.name=brightness"], r"'modality.options.prediction_type' applies to the tiny UNet preset only"),
 ])
 def test_bad_values_name_key_and_value(tiny_config, overrides, message):
     with pytest.raises(ConfigError, match=message):
