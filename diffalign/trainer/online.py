@@ -147,7 +147,9 @@ class OnlineTrainer:
                     count += 1
                 if (m + 1) % t.gradient_accumulation_steps == 0:
                     grad_norm = self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), t.max_grad_norm)
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * n_train
+                    # weighted by the loss evaluations of this step, so dividing by count gives the mean per step
+                    per_step = n_train * t.gradient_accumulation_steps
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * per_step
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
