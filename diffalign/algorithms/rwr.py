@@ -4,7 +4,13 @@ Weights: "exp": w = B * softmax(gamma r) over the rollout batch, i.e. exp(gamma 
 normalising the mean weight to 1; "sparse": w = 1[r >= threshold]. The weighted negative
 log-likelihood is approximated by the denoising loss at the trained step: x0 (the rollout's final
 sample) is re-noised to step i with fresh noise and the conditional output regresses the target.
-(Eq. 16's second term, a pre-training loss, needs a pre-training set: an offline data path.)
+
+Eq. 16's second term, beta * (pre-training denoising loss), keeps the model near what it was trained
+for. With no pre-training set at hand, ``pretrain_weight`` > 0 adds beta * ||eps_theta - eps_ref||^2
+(mean over dims) on the same noised samples, eps_ref the frozen base's conditional output. This is the
+pre-training loss up to a constant when the base is the MSE-optimal denoiser of its data, because
+E||eps_theta - eps||^2 = E||eps_theta - E[eps | x_t, c]||^2 + const; the one substitution is that x_t is
+noised from the rollout's samples instead of from the pre-training set.
 """
 from __future__ import annotations
 
@@ -23,17 +29,24 @@ class RWRConfig:
     weighting: str = "exp"      # "exp" (w_RWR) or "sparse" (w_sparse)
     temperature: float = 1.0    # gamma, the inverse temperature of the exponential weights
     threshold: float = 0.0      # C, the reward threshold of the sparse weights
+    pretrain_weight: float = 0.0  # beta of Eq. 16's pre-training term (a distillation to the frozen base)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"algorithm.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not self.temperature > 0:
             raise ValueError(f"algorithm.temperature must be > 0, got {self.temperature}")
+        if not self.pretrain_weight >= 0:
+            raise ValueError(f"algorithm.pretrain_weight must be >= 0, got {self.pretrain_weight}")
 
 
 class RWR(Algorithm):
     name = "rwr"
     config_class = RWRConfig
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.config.pretrain_weight > 0
 
     def advantages(self, rewards: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         r = rewards.double()
@@ -50,4 +63,10 @@ class RWR(Algorithm):
         target = policy.rule.training_target(batch.x0, noise, x_t, batch.steps)
         mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
         loss = (batch.advantages * mse).mean()
-        return loss, {"denoising_mse": mse.detach().mean(), "weight_mean": batch.advantages.mean()}
+        metrics = {"denoising_mse": mse.detach().mean(), "weight_mean": batch.advantages.mean()}
+        if self.config.pretrain_weight > 0:
+            ref = reference.predict(x_t, batch.steps, batch.cond, guided=False)
+            pretrain = ((pred.float() - ref.detach().float()) ** 2).flatten(1).mean(1).mean()
+            loss = loss + self.config.pretrain_weight * pretrain
+            metrics["pretrain_loss"] = pretrain.detach()
+        return loss, metrics

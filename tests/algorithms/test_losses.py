@@ -233,3 +233,38 @@ def test_registry_and_config_errors():
         RWRConfig(weighting="linear")
     with pytest.raises(TypeError, match="wants a DDPOConfig"):
         DDPO(GRPOConfig())
+
+
+def test_rwr_pretrain_term_distils_to_the_frozen_base():
+    policy = make_policy()
+    ref = policy.reference()
+    w = torch.tensor([0.0, 1.0, 2.0, 0.5, 1.5, 1.0])
+    batch = make_batch(policy, w)
+    algo = RWR(RWRConfig(pretrain_weight=0.7))
+    assert algo.needs_reference and not RWR().needs_reference
+    # at the base the term is 0 with a zero gradient: the loss is plain RWR
+    torch.manual_seed(5)
+    at_base, metrics = algo.loss(batch, policy, ref)
+    torch.manual_seed(5)
+    plain, _ = RWR().loss(batch, policy, None)
+    assert metrics["pretrain_loss"].item() == 0.0
+    for g, e in zip(grads(policy, at_base), grads(policy, plain)):
+        torch.testing.assert_close(g, e)
+    # away from it: plain RWR + beta * mean ||eps_theta - eps_ref||^2 on the same noised samples
+    with torch.no_grad():
+        for p in policy.adapter.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(5)
+    loss, metrics = algo.loss(batch, policy, ref)
+    torch.manual_seed(5)
+    noise = torch.randn_like(batch.x0)
+    x_t = policy.rule.add_noise(batch.x0, noise, batch.steps)
+    t = policy.rule.timesteps[batch.steps]
+    pred = policy.adapter.denoise(x_t, t, batch.cond).double()
+    with policy.adapter.reference_mode(), torch.no_grad():
+        base = policy.adapter.denoise(x_t, t, batch.cond).double()
+    expected = (w.double() * ((pred - noise.double()) ** 2).mean(1)).mean() + 0.7 * ((pred - base) ** 2).mean(1).mean()
+    assert metrics["pretrain_loss"].item() > 0
+    assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="algorithm.pretrain_weight"):
+        RWRConfig(pretrain_weight=-1.0)
