@@ -40,8 +40,12 @@ class ImageAdapter(ModalityAdapter):
         if options.lora_rank > 0:
             from peft import LoraConfig
             denoiser.to(self.device, self.dtype).requires_grad_(False)
-            denoiser.add_adapter(LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha,
-                                            init_lora_weights="gaussian", target_modules=_LORA_TARGETS))
+            # seeded: torch seeds its default generator randomly per process, so an unseeded LoRA init
+            # (A is drawn, B is zero) made two runs of one config train differently from the first step
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(options.seed)
+                denoiser.add_adapter(LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha,
+                                                init_lora_weights="gaussian", target_modules=_LORA_TARGETS))
             for p in denoiser.parameters():  # train the adapters in fp32 whatever the base dtype
                 if p.requires_grad:
                     p.data = p.data.float()

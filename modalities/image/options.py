@@ -20,7 +20,7 @@ class ImageOptions:
     gradient_checkpointing: bool = False
     dtype: str = "float32"           # weights of the frozen parts (VAE, text encoders, base weights under LoRA)
     negative_prompt: str = ""
-    seed: int = 0                    # initialisation of the tiny preset
+    seed: int = 0                    # initialisation of the tiny preset and of the LoRA weights
     # tiny UNet preset only: its scheduler's prediction type (default "epsilon"); a pretrained model keeps its own.
     # A random v-prediction UNet samples x0 of std ~0.8 that follows its output; a random epsilon UNet's x0 has
     # std ~9, dominated by amplified noise (see tiny.tiny_components), which rewards barely let it move.

@@ -100,3 +100,15 @@ def test_tiny_prediction_type_sets_the_scale_of_samples(prediction_type, low, hi
         ImageOptions(architecture="sd3", prediction_type="v_prediction")
     with pytest.raises(ValueError, match="must be one of"):
         ImageOptions(prediction_type="flow")
+
+
+def test_lora_init_follows_the_options_seed_not_the_global_rng():
+    def lora_weights(seed, global_seed):
+        torch.manual_seed(global_seed)  # torch seeds its default generator randomly in each new process
+        adapter = ImageAdapter.from_options(ImageOptions(lora_rank=4, seed=seed))
+        return [p.detach().clone() for p in adapter.trainable_parameters()]
+
+    a, b, c = lora_weights(0, 1), lora_weights(0, 2), lora_weights(1, 1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert any(x.abs().sum() > 0 for x in a)  # lora_A is drawn (lora_B starts at zero)
