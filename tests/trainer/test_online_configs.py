@@ -1,8 +1,9 @@
 """Each shipped tiny online config raises its reward (shortened: fewer epochs, every other setting as shipped).
 
-The runs are seeded per (seed, epoch, sample), so the numbers are the same on every run; the margins are
-well under the measured rises (in each config's comments) and many times the noise of a 3-epoch mean
-(per-sample reward std 0.003-0.012 over 16-32 samples per epoch).
+The runs are seeded (model and LoRA init from modality.options.seed; rollouts per (seed, epoch, sample)), so
+the numbers are the same on every run; the margins are about half the measured rises (in each config's
+comments) and several times the noise of a 3-epoch mean (per-sample reward std 0.004-0.011 over 32 samples
+per epoch).
 """
 import os
 
@@ -14,10 +15,10 @@ from diffalign.trainer.logging import read_metrics
 
 # name, epochs run, required rise of the mean reward of the last 3 epochs over the first 3 (measured rise)
 CASES = [
-    ("ddpo_tiny", 12, 0.015),  # 0.036
-    ("dpok_tiny", 12, 0.015),  # 0.036
-    ("grpo_tiny", 20, 0.012),  # 0.027
-    ("rwr_tiny", 9, 0.015),    # 0.035
+    ("ddpo_tiny", 8, 0.007),   # 0.0136
+    ("dpok_tiny", 8, 0.007),   # 0.013
+    ("grpo_tiny", 20, 0.012),  # 0.028
+    ("rwr_tiny", 7, 0.012),    # 0.023
 ]
 
 
@@ -35,6 +36,7 @@ def test_shipped_online_config_raises_its_reward(tmp_path, name, epochs, margin)
     rewards = [m["reward_mean"] for m in lines]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + margin, [round(r, 4) for r in rewards]
+    print(name, f"mean reward of the first 3 epochs {first:.4f}, of the last 3 {last:.4f}")
     if name != "rwr_tiny":
         # one optimiser step per rollout batch: every transition is scored by the policy that sampled it,
         # so the recomputed log-probs equal the rollout's and nothing is clipped
