@@ -61,3 +61,27 @@ def resolve_resume(output_dir: str, resume_from: Optional[str]) -> Optional[str]
     if resume_from == "latest":
         return latest_checkpoint(output_dir)
     return resume_from
+
+
+class CheckpointedTrainer:
+    """Save/load of everything exact resume needs, shared by the online and offline trainers.
+
+    The host class provides cfg, acc (the Accelerator), adapter, optimizer, lr_scheduler and algorithm.
+    """
+
+    def load(self, path: str) -> None:
+        weights, state = load_checkpoint(path)
+        self.adapter.load_trainable_state_dict({k: v.to(self.acc.device) for k, v in weights.items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.start_epoch = state["epoch"] + 1
+
+    def save(self, epoch: int) -> None:
+        if not self.acc.is_main_process:
+            return
+        state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
+                 "config": self.cfg.to_dict()}
+        save_checkpoint(self.cfg.output_dir, epoch, self.adapter.trainable_state_dict(), state,
+                        self.cfg.checkpoint.keep_last)

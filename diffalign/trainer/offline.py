@@ -79,7 +79,7 @@ def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> Preferenc
     return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records, d.streaming)
 
 
-class OfflineTrainer:
+class OfflineTrainer(ckpt.CheckpointedTrainer):
     """Trains ``cfg`` (a validated TrainConfig whose algorithm has an offline data path)."""
 
     def __init__(self, cfg, accelerator=None):
@@ -131,23 +131,6 @@ class OfflineTrainer:
             with open(os.path.join(cfg.output_dir, "data_report.json"), "w") as f:
                 json.dump(self.data.report.to_dict(), f, indent=1)
 
-    # ---- state (as the online loop) -------------------------------------------------------------------
-    def load(self, path: str) -> None:
-        weights, state = ckpt.load_checkpoint(path)
-        self.adapter.load_trainable_state_dict({k: v.to(self.acc.device) for k, v in weights.items()})
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.algorithm.load_state_dict(state["algorithm"])
-        self.start_epoch = state["epoch"] + 1
-
-    def save(self, epoch: int) -> None:
-        if not self.acc.is_main_process:
-            return
-        state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
-                 "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
-                 "config": self.cfg.to_dict()}
-        ckpt.save_checkpoint(self.cfg.output_dir, epoch, self.adapter.trainable_state_dict(), state,
-                             self.cfg.checkpoint.keep_last)
 
     # ---- data -> batches --------------------------------------------------------------------------------
     def _x0(self, keys: List[int], samples: List, cond) -> torch.Tensor:

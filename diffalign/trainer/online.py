@@ -29,7 +29,7 @@ def _cat_trajectories(parts: List[Trajectory]) -> Trajectory:
                       cat_conditions([p.cond for p in parts]), parts[0].step_indices)
 
 
-class OnlineTrainer:
+class OnlineTrainer(ckpt.CheckpointedTrainer):
     """Trains ``cfg`` (a validated TrainConfig). ``train()`` runs the remaining epochs."""
 
     def __init__(self, cfg, accelerator=None):
@@ -59,23 +59,6 @@ class OnlineTrainer:
         self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch) \
             if self.acc.is_main_process else None
 
-    # ---- state -------------------------------------------------------------------------------------
-    def load(self, path: str) -> None:
-        weights, state = ckpt.load_checkpoint(path)
-        self.adapter.load_trainable_state_dict({k: v.to(self.acc.device) for k, v in weights.items()})
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.algorithm.load_state_dict(state["algorithm"])
-        self.start_epoch = state["epoch"] + 1
-
-    def save(self, epoch: int) -> None:
-        if not self.acc.is_main_process:
-            return
-        state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
-                 "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
-                 "config": self.cfg.to_dict()}
-        ckpt.save_checkpoint(self.cfg.output_dir, epoch, self.adapter.trainable_state_dict(), state,
-                             self.cfg.checkpoint.keep_last)
 
     # ---- one epoch -----------------------------------------------------------------------------------
     def _batch_prompts(self, epoch: int, n: int) -> List[str]:
