@@ -1,0 +1,46 @@
+"""``diffalign train CONFIG.yaml [dotted.key=value ...]``: run the trainer on a config."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+
+def shipped_config(name: str) -> Optional[str]:
+    """Path of a config shipped in diffalign/configs (``ddpo_tiny`` or ``ddpo_tiny.yaml``), else None."""
+    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    for candidate in (name, name + ".yaml"):
+        path = os.path.join(base, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def resolve_config_path(name: str) -> str:
+    """A path as given if it exists, else the shipped config of that name, else the name unchanged."""
+    return name if os.path.isfile(name) else (shipped_config(name) or name)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (a path, or the name of a shipped config such as ddpo_tiny)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. epochs=3 train.learning_rate=1e-4")
+
+
+def run(args) -> int:
+    from diffalign.config import ConfigError, load_config
+    from diffalign.trainer.distributed import make_accelerator
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg = load_config(resolve_config_path(args.config), args.overrides, num_processes=world)
+    except ConfigError as exc:
+        print(f"diffalign train: bad config: {exc}", file=sys.stderr)
+        return 2
+    from diffalign.trainer import make_trainer
+    trainer = make_trainer(cfg, make_accelerator(cfg.train.mixed_precision))
+    trainer.train()
+    return 0
+
+
+HELP = ("align a diffusion model online (RWR, DDPO, DPOK, GRPO) or offline from preferences "
+        "(DPO, IPO, ORPO, SimPO, KTO, E2PO)")
