@@ -108,7 +108,12 @@ setup(
         "peft>=0.12",
         "accelerate>=0.34",
     ],
-    extras_require={"dev": ["pytest", "expecttest", "ninja"]},
+    extras_require={
+        "dev": ["pytest", "expecttest", "ninja"],
+        # reward backbones (HPS v2 is an open_clip model) and the evaluation suite (FID / KID / IS)
+        "rewards": ["open_clip_torch>=2.20", "scipy"],
+        "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
+    },
     entry_points={"console_scripts": ["diffalign = diffalign.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
