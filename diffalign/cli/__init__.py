@@ -16,6 +16,7 @@ from diffalign.cli.train import shipped_config  # noqa: F401  (public: tests and
 SUBCOMMANDS = {
     "train": "train",
     "feedback": "feedback",
+    "eval": "eval",
 }
 
 
