@@ -1,0 +1,1 @@
+"""The embedded demo: procedural shapes data, a tiny text-to-image model, ``diffalign demo``."""
