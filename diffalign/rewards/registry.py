@@ -1,7 +1,9 @@
 """Reward functions by name. A reward is any callable ``(samples, prompts) -> Tensor[B]``.
 
 Names are looked up in the modality's own rewards first (``adapter.rewards()``), then in the
-generic ones below, then as ``package.module:function`` (any importable user callable).
+generic ones below, then as a model reward type or reward directory (``loading.load_reward``; kwargs
+such as ``model: PATH_OR_HUB_ID`` go to its loader), then as ``package.module:function`` (any importable
+user callable).
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
         return extra[name]
     if name in REWARDS:
         return REWARDS[name]
+    from diffalign.rewards.loading import is_model_reward, lazy_reward
+    if is_model_reward(name):  # a registered reward type or a reward directory: loaded on first call
+        return lazy_reward(name)
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
@@ -38,7 +43,8 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
         if not callable(fn):
             raise ValueError(f"reward.name {name!r} is not callable")
         return fn
-    known = sorted(set(REWARDS) | set(extra or {}))
+    from diffalign.rewards.loading import REWARD_TYPES
+    known = sorted(set(REWARDS) | set(extra or {}) | set(REWARD_TYPES))
     raise ValueError(f"reward.name {name!r} is unknown; use one of {known} or 'package.module:function'")
 
 

@@ -1,0 +1,153 @@
+"""``load_reward(name_or_dir)``: one entry point for every reward, by name or from a directory.
+
+- A registered reward type (``REWARD_TYPES``: "clip_score", "aesthetic", "pickscore", "hps_v2",
+  "hps_v2.1", "image_reward", "weighted_sum", ... and whatever other modules add with
+  ``register_reward_type``) is built by its loader ``loader(directory, device, dtype, **kwargs)``
+  with ``directory=None`` (model rewards then read ``kwargs['model']``, a hub id or local path, or
+  their default hub id).
+- A directory holding ``diffalign_reward.json`` = ``{"type": <registered type>, ...}`` is built by
+  that type's loader with ``directory`` set and the file's other fields as keyword arguments
+  (explicit ``kwargs`` win).
+- Any other name is a plain reward callable (``registry.REWARDS`` or ``package.module:function``),
+  returned with ``kwargs`` bound.
+
+The trainer's ``reward.name`` / ``reward.kwargs`` reach the same rewards through
+``registry.resolve_reward``, which returns ``lazy_reward(name)`` for registered types and reward
+directories: a callable that loads the model on its first call, on the samples' device.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from diffalign.rewards.base import REWARD_CONFIG_FILE, Reward
+
+RewardLoader = Callable[..., Any]  # loader(directory, device, dtype, **kwargs) -> Reward | callable
+
+REWARD_TYPES: Dict[str, RewardLoader] = {}
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def register_reward_type(name: str, loader: RewardLoader, overwrite: bool = False) -> RewardLoader:
+    """Make ``name`` loadable by ``load_reward`` (and ``reward.name``). Returns ``loader`` (usable as a decorator)."""
+    if not overwrite and name in REWARD_TYPES and REWARD_TYPES[name] is not loader:
+        raise ValueError(f"reward type {name!r} is already registered ({REWARD_TYPES[name]!r})")
+    REWARD_TYPES[name] = loader
+    return loader
+
+
+def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).replace("torch.", "") not in _DTYPES:
+        raise ValueError(f"reward dtype {dtype!r} is unknown; use one of {sorted(_DTYPES)}")
+    return _DTYPES[str(dtype).replace("torch.", "")]
+
+
+def read_reward_config(directory: str) -> Dict[str, Any]:
+    """The contents of ``directory/diffalign_reward.json``; ValueError naming the file if it is unusable."""
+    path = os.path.join(directory, REWARD_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"reward directory {directory!r} has no {REWARD_CONFIG_FILE} "
+                         f"(a JSON object {{\"type\": <one of {sorted(REWARD_TYPES)}>, ...}})")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "type" not in data:
+        raise ValueError(f"{path}: expected a JSON object with a \"type\" key, got {data!r}")
+    if data["type"] not in REWARD_TYPES:
+        raise ValueError(f"{path}: reward type {data['type']!r} is unknown; registered: {sorted(REWARD_TYPES)}")
+    return data
+
+
+def write_reward_config(directory: str, type: str, **fields) -> str:
+    """Write ``directory/diffalign_reward.json`` = {"type": type, **fields}; returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, REWARD_CONFIG_FILE)
+    with open(path, "w") as f:
+        json.dump({"type": type, **fields}, f, indent=2, sort_keys=True)
+    return path
+
+
+def _finish(reward, device, dtype):
+    if isinstance(reward, torch.nn.Module):
+        if device is not None or dtype is not None:
+            reward = reward.to(device=device, dtype=dtype)
+        if isinstance(reward, Reward):
+            reward.freeze()
+    return reward
+
+
+def load_reward(name_or_dir: str, device=None, dtype=None, **kwargs) -> Union[Reward, Callable]:
+    """The reward ``name_or_dir`` (see module doc), on ``device`` in ``dtype`` (model rewards only)."""
+    dtype = parse_dtype(dtype)
+    name = str(name_or_dir)
+    if name in REWARD_TYPES:
+        return _finish(REWARD_TYPES[name](None, device, dtype, **kwargs), device, dtype)
+    if os.path.isdir(name):
+        data = read_reward_config(name)
+        rtype = data.pop("type")
+        return _finish(REWARD_TYPES[rtype](name, device, dtype, **{**data, **kwargs}), device, dtype)
+    from diffalign.rewards.registry import REWARDS, bind_reward_kwargs, resolve_reward
+    if name in REWARDS or ":" in name:
+        return bind_reward_kwargs(resolve_reward(name), name, kwargs)
+    if os.path.sep in name and not name.count("/") == 1:
+        raise ValueError(f"reward {name!r}: no such directory")
+    raise ValueError(f"reward {name!r} is unknown: not a registered reward type {sorted(REWARD_TYPES)}, a plain "
+                     f"reward {sorted(REWARDS)}, 'package.module:function', nor a directory with {REWARD_CONFIG_FILE}")
+
+
+def is_model_reward(name: str) -> bool:
+    """True where ``name`` is a registered reward type or a reward directory (what ``lazy_reward`` serves)."""
+    return name in REWARD_TYPES or (os.path.isdir(name) and os.path.isfile(os.path.join(name, REWARD_CONFIG_FILE)))
+
+
+_CACHE: Dict[Tuple, Any] = {}
+
+
+def _loader_signature(name: str) -> inspect.Signature:
+    """(samples, prompts, *loader keywords*) so ``bind_reward_kwargs`` checks config kwargs before training."""
+    loader = REWARD_TYPES[read_reward_config(name)["type"]] if name not in REWARD_TYPES else REWARD_TYPES[name]
+    params = [inspect.Parameter("samples", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("prompts", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    try:
+        sig = inspect.signature(loader)
+    except (TypeError, ValueError):
+        sig = None
+    var_kw = inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD) if sig is None else None
+    for i, p in enumerate(sig.parameters.values() if sig is not None else ()):
+        if p.kind == inspect.Parameter.VAR_KEYWORD:
+            var_kw = p
+        elif i >= 3 and p.kind != inspect.Parameter.VAR_POSITIONAL:  # directory, device, dtype are the loader's own
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    params.append(inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=None))
+    if var_kw is not None:
+        params.append(var_kw)
+    return inspect.Signature(params)
+
+
+def lazy_reward(name: str) -> Callable:
+    """A reward callable ``(samples, prompts, **kwargs)`` for ``reward.name``: loads ``load_reward(name, **kwargs)``
+    once (cached per name and kwargs) on the first call, on the samples' device, and scores with it."""
+    if not is_model_reward(name):
+        raise ValueError(f"reward.name {name!r} is not a registered reward type nor a reward directory")
+
+    def fn(samples, prompts, dtype=None, **kwargs):
+        device = samples.device if isinstance(samples, torch.Tensor) else None
+        key = (name, str(device), str(dtype), json.dumps(kwargs, sort_keys=True, default=repr))
+        if key not in _CACHE:
+            _CACHE[key] = load_reward(name, device=device, dtype=dtype, **kwargs)
+        return _CACHE[key](samples, prompts)
+
+    fn.__name__ = name
+    fn.__signature__ = _loader_signature(name)
+    return fn
