@@ -39,13 +39,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-# Palette: hues ~0 / 120 / 230 / 55 degrees, full saturation, bright, so a hue test separates them
+# Palette: hues ~0 / 124 / 229 / 57 degrees, full saturation, bright, so a hue test separates them
 # even on blurry generated images, and orange / cyan / purple fall between them.
 COLORS: Dict[str, Tuple[int, int, int]] = {
     "red": (235, 30, 30),
     "green": (30, 200, 40),
     "blue": (40, 80, 255),
-    "yellow": (240, 215, 20),
+    "yellow": (240, 230, 20),
 }
 SHAPES: Tuple[str, ...] = ("circle", "square", "triangle")
 COUNTS: Dict[int, str] = {1: "a", 2: "two", 3: "three"}
