@@ -13,6 +13,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import torch
 
 from diffalign.rewards.color import brightness, color_target
+from diffalign.rewards.compositional import compositional_reward
 from diffalign.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
 
 RewardFn = Callable[[object, Sequence[str]], torch.Tensor]
@@ -22,6 +23,7 @@ REWARDS: Dict[str, RewardFn] = {
     "jpeg_incompressibility": jpeg_incompressibility,
     "brightness": brightness,
     "color_target": color_target,
+    "compositional": compositional_reward,  # the shapes demo's GenEval-style reward (not differentiable)
 }
 
 
