@@ -47,9 +47,29 @@ class SamplingConfig:
 
 
 @dataclasses.dataclass
+class RewardServerConfig:
+    """``reward.server``: score in a separate, warm reward process (diffalign/rewards/server.py)."""
+    enabled: bool = False
+    timeout_s: float = 60.0             # the most one batch may take, per attempt
+    retries: int = 2                    # restarts of the reward process per batch after a crash or timeout
+    batch_size: int = 0                 # samples per request; 0: each rollout batch is one request
+    startup_timeout_s: float = 600.0    # the most loading the reward may take
+    device: Optional[str] = None        # where the reward runs; default: the trainer's device
+
+    def __post_init__(self):
+        if self.timeout_s <= 0 or self.startup_timeout_s <= 0:
+            raise ValueError(f"config keys 'reward.server.timeout_s' / 'reward.server.startup_timeout_s' must be > 0, "
+                             f"got {self.timeout_s!r} / {self.startup_timeout_s!r}")
+        if self.retries < 0 or self.batch_size < 0:
+            raise ValueError(f"config keys 'reward.server.retries' / 'reward.server.batch_size' must be >= 0, "
+                             f"got {self.retries!r} / {self.batch_size!r}")
+
+
+@dataclasses.dataclass
 class RewardConfig:
     name: str = "toy_target_distance"
     kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    server: RewardServerConfig = dataclasses.field(default_factory=RewardServerConfig)
 
 
 @dataclasses.dataclass

@@ -120,26 +120,43 @@ def label_samples(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequen
     return report
 
 
+def sample_decoded(cfg, adapter, policy, prompts: Sequence[str], seeds: Sequence[int], progress: bool = False,
+                   desc: str = "sampling") -> torch.Tensor:
+    """Decoded samples (on the CPU) of ``prompts[i]`` drawn with a generator seeded by ``seeds[i]``, in
+    ``cfg.sampling.batch_size`` batches. A sample depends only on its prompt and seed, not on the batching."""
+    from tqdm.auto import tqdm
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
+    decoded = []
+    bs = cfg.sampling.batch_size
+    for start in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress, leave=False):
+        chunk = list(prompts[start:start + bs])
+        cond = adapter.encode_conditions(chunk)
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds[start:start + bs]]  # CPU, as the trainer's
+        with torch.no_grad():
+            traj = policy.sample(cond, generator=gens)
+            decoded.append(adapter.decode(traj.x0, cond).detach().cpu())
+    return torch.cat(decoded)
+
+
 def generate_feedback(cfg, out_dir: str, samples_per_prompt: int = 4, threshold: float = 0.0,
                       pairing: str = "all", device: Optional[Any] = None) -> FeedbackReport:
     """Sample ``samples_per_prompt`` per prompt from the config's (base) model, label them with the
-    config's reward (``reward.name``) and write the JSONL. Seeded per sample by (cfg.seed, index)."""
-    from diffalign.rewards import load_prompts, resolve_reward
+    config's reward (``reward.name`` with ``reward.kwargs``; in a reward process when ``reward.server.enabled``)
+    and write the JSONL. Seeded per sample by (cfg.seed, index)."""
+    from diffalign.rewards import load_prompts
+    from diffalign.rewards.server import close_reward_fn, make_reward_fn
     from diffalign.trainer.builders import build_adapter, build_policy
-    from diffalign.trainer.distributed import generator
+    from diffalign.trainer.distributed import derive_seed
     device = torch.device(device or "cpu")
     prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
     adapter = build_adapter(cfg, prompts, device)
     policy = build_policy(cfg, adapter)
-    reward_fn = resolve_reward(cfg.reward.name, adapter.rewards())
     all_prompts = [p for p in prompts for _ in range(samples_per_prompt)]
-    decoded = []
-    bs = cfg.sampling.batch_size
-    for start in range(0, len(all_prompts), bs):
-        chunk = all_prompts[start:start + bs]
-        cond = adapter.encode_conditions(chunk)
-        gens = [generator(cfg.seed, "feedback", start + i) for i in range(len(chunk))]
-        with torch.no_grad():
-            traj = policy.sample(cond, generator=gens)
-            decoded.append(adapter.decode(traj.x0, cond).detach().cpu())
-    return label_samples(out_dir, torch.cat(decoded), all_prompts, reward_fn, threshold, pairing)
+    seeds = [derive_seed(cfg.seed, "feedback", i) for i in range(len(all_prompts))]
+    decoded = sample_decoded(cfg, adapter, policy, all_prompts, seeds)
+    reward_fn = make_reward_fn(cfg.reward, cfg.modality.name, adapter.rewards(), device)
+    try:
+        return label_samples(out_dir, decoded, all_prompts, reward_fn, threshold, pairing)
+    finally:
+        close_reward_fn(reward_fn)

@@ -17,7 +17,8 @@ import torch
 from diffalign.algorithms.base import TransitionBatch
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
-from diffalign.rewards import bind_reward_kwargs, call_reward, load_prompts, resolve_reward
+from diffalign.rewards import load_prompts
+from diffalign.rewards.server import RewardServer, close_reward_fn, make_reward_fn, submit_reward
 from diffalign.trainer import checkpoint as ckpt
 from diffalign.trainer.builders import build_adapter, build_algorithm, build_policy
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
@@ -40,8 +41,8 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
         self.algorithm = build_algorithm(cfg)
-        self.reward_fn = bind_reward_kwargs(resolve_reward(cfg.reward.name, self.adapter.rewards()), cfg.reward.name,
-                                            cfg.reward.kwargs)
+        # in process, or a warm reward process when reward.server.enabled
+        self.reward_fn = make_reward_fn(cfg.reward, cfg.modality.name, self.adapter.rewards(), self.acc.device)
         t = cfg.train
         params = self.adapter.trainable_parameters()
         if not params:
@@ -71,7 +72,7 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
     def rollout(self, epoch: int):
         s = self.cfg.sampling
         local = slice(self.rank * s.batch_size, (self.rank + 1) * s.batch_size)
-        trajs, rewards, prompts, decoded_first = [], [], [], None
+        trajs, pending, prompts, decoded_first = [], [], [], None
         self.adapter.denoiser.eval()
         for n in range(s.num_batches_per_epoch):
             global_prompts = self._batch_prompts(epoch, n)
@@ -83,10 +84,11 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
             decoded = self.adapter.decode(traj.x0, cond)
             if decoded_first is None:
                 decoded_first = decoded
-            r = call_reward(self.reward_fn, decoded, mine, self.acc.device)
+            # a reward server scores this batch while the next one samples; in process it is scored now
+            pending.append(submit_reward(self.reward_fn, decoded, mine, self.acc.device))
             trajs.append(traj)
-            rewards.append(self.acc.gather(r))  # (global B,) in rank order = global sample order
             prompts.extend(global_prompts)
+        rewards = [self.acc.gather(p.result()) for p in pending]  # (global B,) in rank order = global sample order
         return _cat_trajectories(trajs), torch.cat(rewards), prompts, decoded_first
 
     def optimise(self, epoch: int, traj: Trajectory, advantages: torch.Tensor) -> Dict[str, float]:
@@ -154,6 +156,8 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
         out = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
                **metrics, "samples_per_s": len(prompts) / rollout_s, "train_s": train_s,
                "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+        if isinstance(self.reward_fn, RewardServer):
+            out["reward_server_restarts"] = self.reward_fn.restarts
         self._last_decoded = decoded
         return out
 
@@ -175,6 +179,7 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
             if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
                 self.save(epoch)
             self.acc.wait_for_everyone()
+        close_reward_fn(self.reward_fn)
         if self.logger is not None:
             self.logger.close()
             self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
