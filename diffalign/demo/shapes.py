@@ -96,7 +96,8 @@ class Scene:
 
 @dataclass(frozen=True)
 class Placed:
-    """One drawn object: its centre (x right, y down, pixels), its 'radius' and its pixel bbox (x0, y0, x1, y1), x1/y1 exclusive."""
+    """One drawn object: its centre (x right, y down, pixels), its 'radius' and a pixel box (x0, y0, x1, y1), x1/y1
+    exclusive, that contains every drawn pixel (it may be 1 px wider than them where the outline grazes a pixel centre)."""
     color: str
     shape: str
     cx: float

@@ -68,7 +68,7 @@ ATTRIBUTES: Tuple[str, ...] = ("color", "shape", "count", "position")
 class DetectorConfig:
     """Thresholds of :func:`detect`. Pixel sizes are for a 32 px image and scale with the image side."""
     hue_tolerance: float = 25.0      # degrees around a palette hue
-    hue_gap_fraction: float = 0.4    # ... but at most this fraction of the gap to the nearest other palette hue
+    hue_gap_fraction: float = 0.3    # ... but at most this fraction of the gap to the nearest other palette hue
     min_saturation: float = 0.4      # HSV saturation in [0, 1]
     value_fraction: float = 0.45     # HSV value at least this fraction of the palette colour's value
     min_area: float = 10.0           # pixels

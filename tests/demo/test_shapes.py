@@ -89,7 +89,7 @@ def test_sample_scene_and_render_deterministic_from_seed():
 
 
 def _components(mask):
-    from scipy import ndimage
+    ndimage = pytest.importorskip("scipy.ndimage")
     return ndimage.label(mask, structure=np.ones((3, 3)))[1]
 
 
