@@ -17,6 +17,9 @@ SUBCOMMANDS = {
     "train": "train",
     "feedback": "feedback",
     "eval": "eval",
+    "reward": "reward",
+    "demo": "demo",
+    "sample": "sample",
 }
 
 
