@@ -17,8 +17,6 @@ SUBCOMMANDS = {
     "train": "train",
     "feedback": "feedback",
     "eval": "eval",
-    "reward": "reward",
-    "demo": "demo",
     "sample": "sample",
 }
 
