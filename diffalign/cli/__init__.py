@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "train": "train",
     "feedback": "feedback",
     "eval": "eval",
+    "reward": "reward",
     "sample": "sample",
 }
 

@@ -9,3 +9,4 @@ from diffalign.rewards.registry import REWARDS, bind_reward_kwargs, call_reward,
 __all__ = ["Reward", "MissingRewardWeights", "as_pixels", "REWARD_TYPES", "load_reward", "register_reward_type",
            "REWARDS", "resolve_reward", "bind_reward_kwargs", "call_reward", "load_prompts", "jpeg_size_kb",
            "jpeg_compressibility", "jpeg_incompressibility", "brightness", "color_target"]
+import diffalign.rewards.training.model  # noqa: E402,F401  (registers the trained "preference_model" reward type)

@@ -1,0 +1,374 @@
+"""``diffalign reward train``: fit a :class:`PreferenceRewardModel` to comparison groups.
+
+The config is a YAML file with dotted ``key=value`` overrides, loaded and type-checked with the
+trainer's machinery (:mod:`diffalign.config`); ``output_dir``, ``seed`` and ``data.path`` mean what
+they mean there. Each epoch shuffles the training groups (seeded), takes ``train.batch_size`` groups
+per AdamW step and logs to OUTPUT_DIR/metrics.jsonl (and tensorboard): the training loss, the held-out
+loss and pairwise accuracy per aspect (tie policy of :mod:`diffalign.rewards.training.metrics`). The
+final model is saved to OUTPUT_DIR/reward, a folder ``load_reward`` accepts.
+
+With a frozen backbone, image and prompt embeddings are computed once and only the heads train (an
+epoch then costs microseconds per pair); LoRA and full tuning run the backbone every step.
+
+Loss (``loss.name``): "bt" decomposes each group into its C(K, 2) pairs, Eq. 3 per pair with ties per
+``loss.tie_policy``; "pl" is Eq. 5 per group (ties by Breslow's rule; tie_policy does not apply). For
+several aspects, the loss is the ``loss.aspect_weights``-weighted mean over the aspects that have
+labels in the batch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import yaml
+
+from diffalign.config import ConfigError, apply_overrides, from_dict, parse_overrides
+from diffalign.rewards.training.data import Comparison, rank_tensor, read_comparisons, split_groups
+from diffalign.rewards.training.losses import TIE_POLICIES, plackett_luce_loss, ranked_pairwise_loss
+from diffalign.rewards.training.metrics import TIE_POLICY, PairwiseAccuracy, pairwise_accuracy
+from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardModel, build_model
+
+SYNTHETIC_PATH = "synthetic:images"
+LOSSES = ("bt", "pl")
+
+
+@dataclasses.dataclass
+class RewardModelConfig:
+    backbone: str = "tiny"                 # "tiny" (random, seeded) or a CLIPModel hub id / local folder
+    tiny: Dict[str, Any] = dataclasses.field(default_factory=dict)  # tiny_clip_config arguments
+    aspects: List[str] = dataclasses.field(default_factory=lambda: ["overall"])
+    primary: Optional[str] = None          # the aspect forward() scores; default "overall" if present, else the first
+    head_hidden: int = 0                   # 0: linear heads; > 0: one hidden layer of this width
+    backbone_mode: str = "frozen"          # frozen | lora | full
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: List[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclasses.dataclass
+class RewardLossConfig:
+    name: str = "bt"                       # bt (Eq. 3 over all pairs of a group) | pl (Eq. 5 per group)
+    tie_policy: str = "half"               # bt only: half | davidson | drop (see losses.py)
+    tie_nu: float = 1.0                    # Davidson's tie parameter
+    aspect_weights: Dict[str, Any] = dataclasses.field(default_factory=dict)  # aspect -> weight (default 1)
+
+
+@dataclasses.dataclass
+class RewardDataConfig:
+    path: Optional[str] = None             # a file/folder/hub id the readers know, a ranked JSONL, or synthetic:images
+    format: Optional[str] = None           # ranked | jsonl | pickapic | hpdv2 | imagerewarddb; default: detected
+    split: str = "train"                   # hub datasets only
+    verify_images: bool = True
+    max_records: Optional[int] = None
+    eval_path: Optional[str] = None        # held-out comparisons; default: eval_fraction of data.path
+    eval_fraction: float = 0.2
+    cache_images: bool = True              # lora/full: keep every preprocessed image in memory
+    synthetic: Dict[str, Any] = dataclasses.field(default_factory=dict)  # write_synthetic_comparisons arguments
+
+
+@dataclasses.dataclass
+class RewardOptimConfig:
+    batch_size: int = 32                   # comparison groups per optimiser step
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64              # images per forward when embedding / evaluating
+
+
+@dataclasses.dataclass
+class RewardLoggingConfig:
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass
+class RewardTrainConfig:
+    output_dir: str = ""
+    seed: int = 0
+    epochs: int = 10
+    model: RewardModelConfig = dataclasses.field(default_factory=RewardModelConfig)
+    loss: RewardLossConfig = dataclasses.field(default_factory=RewardLossConfig)
+    data: RewardDataConfig = dataclasses.field(default_factory=RewardDataConfig)
+    train: RewardOptimConfig = dataclasses.field(default_factory=RewardOptimConfig)
+    logging: RewardLoggingConfig = dataclasses.field(default_factory=RewardLoggingConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate(cfg: RewardTrainConfig) -> None:
+    """Checks that need more than a key's type, or the file system. Raises ConfigError naming the key."""
+    if not cfg.output_dir:
+        raise ConfigError("config key 'output_dir' is required (a directory for metrics and the trained reward)")
+    for key, value in (("epochs", cfg.epochs), ("train.batch_size", cfg.train.batch_size),
+                       ("train.eval_batch_size", cfg.train.eval_batch_size),
+                       ("train.learning_rate", cfg.train.learning_rate), ("train.max_grad_norm", cfg.train.max_grad_norm),
+                       ("model.lora_rank", cfg.model.lora_rank)):
+        if value <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {value!r}")
+    if cfg.train.weight_decay < 0 or cfg.model.head_hidden < 0 or cfg.loss.tie_nu < 0:
+        raise ConfigError("config keys 'train.weight_decay', 'model.head_hidden' and 'loss.tie_nu' must be >= 0, got "
+                          f"{cfg.train.weight_decay!r}, {cfg.model.head_hidden!r}, {cfg.loss.tie_nu!r}")
+    if cfg.model.backbone_mode not in BACKBONE_MODES:
+        raise ConfigError(f"config key 'model.backbone_mode' must be one of {BACKBONE_MODES}, got {cfg.model.backbone_mode!r}")
+    aspects = cfg.model.aspects
+    if not aspects or len(set(aspects)) != len(aspects):
+        raise ConfigError(f"config key 'model.aspects' must be a non-empty list of distinct names, got {aspects!r}")
+    if cfg.model.primary is not None and cfg.model.primary not in aspects:
+        raise ConfigError(f"config key 'model.primary' = {cfg.model.primary!r} is not one of model.aspects {aspects}")
+    if cfg.loss.name not in LOSSES:
+        raise ConfigError(f"config key 'loss.name' must be one of {LOSSES}, got {cfg.loss.name!r}")
+    if cfg.loss.tie_policy not in TIE_POLICIES:
+        raise ConfigError(f"config key 'loss.tie_policy' must be one of {TIE_POLICIES}, got {cfg.loss.tie_policy!r}")
+    for k, w in cfg.loss.aspect_weights.items():
+        if k not in aspects:
+            raise ConfigError(f"config key 'loss.aspect_weights.{k}': {k!r} is not one of model.aspects {aspects}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise ConfigError(f"config key 'loss.aspect_weights.{k}' must be a number >= 0, got {w!r}")
+    if not 0 <= cfg.data.eval_fraction < 1:
+        raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
+    if cfg.data.path is None:
+        raise ConfigError(f"config key 'data.path' is required (preference data, or {SYNTHETIC_PATH!r})")
+    if cfg.data.path.startswith("synthetic:") and cfg.data.path != SYNTHETIC_PATH:
+        raise ConfigError(f"config key 'data.path': the only synthetic set is {SYNTHETIC_PATH!r}, got {cfg.data.path!r}")
+    if cfg.data.path != SYNTHETIC_PATH:
+        from diffalign.data.readers import looks_like_hub_id
+        if not os.path.exists(cfg.data.path) and not looks_like_hub_id(cfg.data.path):
+            raise ConfigError(f"config key 'data.path': {cfg.data.path!r} does not exist (a file, a folder, a hub id "
+                              f"owner/name or {SYNTHETIC_PATH!r})")
+    elif cfg.data.synthetic:
+        import inspect
+
+        from diffalign.rewards.training.synthetic import write_synthetic_comparisons
+        try:
+            inspect.signature(write_synthetic_comparisons).bind("out", **cfg.data.synthetic)
+        except TypeError as exc:
+            raise ConfigError(f"config key 'data.synthetic' = {cfg.data.synthetic!r}: {exc}") from None
+    if cfg.data.eval_path is not None and not os.path.exists(cfg.data.eval_path):
+        raise ConfigError(f"config key 'data.eval_path': {cfg.data.eval_path!r} does not exist")
+
+
+def load_reward_train_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
+                             data: Optional[Dict[str, Any]] = None) -> RewardTrainConfig:
+    """Read YAML (or take ``data``), apply overrides, type-check and validate. Raises ConfigError."""
+    if data is None:
+        if path is None or not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+    data = apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
+    cfg = from_dict(RewardTrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+# ---- the training run ----------------------------------------------------------------------------------
+def _progress(iterable, enabled: bool, **kw):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **kw)
+
+
+class RewardTrainer:
+    def __init__(self, cfg: RewardTrainConfig):
+        self.cfg = cfg
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # data
+    def load_data(self):
+        d, cfg = self.cfg.data, self.cfg
+        path = d.path
+        if path == SYNTHETIC_PATH:
+            from diffalign.rewards.training.synthetic import write_synthetic_comparisons
+            kw = {"aspects": cfg.model.aspects, "seed": cfg.seed, **d.synthetic}
+            path = write_synthetic_comparisons(os.path.join(cfg.output_dir, "synthetic_data"), **kw)
+        groups, report = read_comparisons(path, d.format, d.split, d.verify_images, d.max_records)
+        if d.eval_path is not None:
+            train, held = groups, read_comparisons(d.eval_path, d.format, d.split, d.verify_images)[0]
+        else:
+            train, held = split_groups(groups, d.eval_fraction, cfg.seed)
+        if not train:
+            raise ValueError(f"data.path {d.path!r}: no training comparisons left after holding out data.eval_fraction")
+        return train, held, report
+
+    # embeddings
+    def _pixels(self, model: PreferenceRewardModel, group: Comparison) -> torch.Tensor:
+        from diffalign.data.types import load_sample
+        return model.pixel_values([load_sample(s) for s in group.samples])
+
+    def _embed_groups(self, model: PreferenceRewardModel, groups: Sequence[Comparison], kmax: int, desc: str):
+        """(G, K, D) image and (G, D) prompt embeddings, no grad; padded slots zero."""
+        dim = model.backbone.config.projection_dim
+        img = torch.zeros(len(groups), kmax, dim)
+        flat = [(gi, k) for gi, g in enumerate(groups) for k in range(len(g.samples))]
+        bs = self.cfg.train.eval_batch_size
+        with torch.no_grad():
+            for start in _progress(range(0, len(flat), bs), self.cfg.logging.progress_bar, desc=desc, leave=False):
+                chunk = flat[start:start + bs]
+                from diffalign.data.types import load_sample
+                pix = model.pixel_values([load_sample(groups[gi].samples[k]) for gi, k in chunk])
+                emb = model.embed_pixels(pix).cpu()
+                for (gi, k), e in zip(chunk, emb):
+                    img[gi, k] = e
+            txt = self._embed_prompts(model, [g.prompt for g in groups])
+        return img, txt
+
+    def _embed_prompts(self, model: PreferenceRewardModel, prompts: Sequence[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(prompts))
+        bs = self.cfg.train.eval_batch_size
+        table = {}
+        for start in range(0, len(unique), bs):
+            part = unique[start:start + bs]
+            for p, e in zip(part, model.text_embeds(part).cpu()):
+                table[p] = e
+        return torch.stack([table[p] for p in prompts])
+
+    # loss
+    def loss(self, scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """scores, ranks: (G, K, A) -> the aspect-weighted loss over aspects labelled in this batch."""
+        lc = self.cfg.loss
+        total, weight = scores.new_zeros(()), 0.0
+        for ai, aspect in enumerate(self.cfg.model.aspects):
+            w = float(lc.aspect_weights.get(aspect, 1.0))
+            r = ranks[..., ai]
+            if w == 0 or not (~torch.isnan(r)).sum(dim=1).ge(2).any():
+                continue
+            if lc.name == "pl":
+                la = plackett_luce_loss(scores[..., ai], r)
+            else:
+                la = ranked_pairwise_loss(scores[..., ai], r, lc.tie_policy, lc.tie_nu)
+            total, weight = total + w * la, weight + w
+        return total / weight if weight > 0 else total
+
+    def evaluate(self, model, held, held_emb, held_ranks) -> Dict[str, Any]:
+        """Held-out loss and pairwise accuracy per aspect (the primary one also as eval_accuracy)."""
+        if not held:
+            return {}
+        model.eval()
+        with torch.no_grad():
+            scores = self._scores(model, held, held_emb, range(len(held)))
+            out = {"eval_loss": float(self.loss(scores, held_ranks))}
+        for ai, aspect in enumerate(model.aspects):
+            acc = pairwise_accuracy(scores[..., ai], held_ranks[..., ai])
+            if acc.n_pairs:
+                out[f"eval_accuracy/{aspect}"] = acc.accuracy
+                if aspect == model.primary:
+                    out["eval_accuracy"] = acc.accuracy
+                    out["eval_pairs"], out["eval_label_ties"] = acc.n_pairs, acc.n_ties
+        return out
+
+    def _scores(self, model: PreferenceRewardModel, groups, emb, index) -> torch.Tensor:
+        """(b, K, A) scores of groups[index]; from cached embeddings (frozen) or through the backbone."""
+        index = list(index)
+        if emb is not None:
+            img, txt = emb
+            img, txt = img[index].to(self.device), txt[index].to(self.device)
+            b, k, d = img.shape
+            s = model.head_scores(img.reshape(b * k, d), txt.repeat_interleave(k, dim=0))
+            return s.view(b, k, -1)
+        kmax = max(len(g.samples) for g in groups)
+        scores = []
+        for gi in index:
+            g = groups[gi]
+            pix = self._pixel_cache[id(g)] if id(g) in self._pixel_cache else self._pixels(model, g)
+            if self.cfg.data.cache_images:
+                self._pixel_cache[id(g)] = pix
+            s = model.head_scores(model.embed_pixels(pix.to(self.device)),
+                                  model.text_embeds([g.prompt]).expand(len(g.samples), -1))
+            scores.append(torch.cat([s, s.new_zeros(kmax - len(g.samples), s.shape[1])]))
+        return torch.stack(scores)
+
+    def train(self) -> Dict[str, Any]:
+        from diffalign.trainer.logging import MetricsLogger
+        cfg = self.cfg
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+        train, held, report = self.load_data()
+        print(f"reward data: {report.summary()}; {len(train)} training / {len(held)} held-out groups")
+        m = cfg.model
+        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed)
+        model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
+        model.to(self.device)
+        self._pixel_cache: Dict[int, torch.Tensor] = {}
+        kmax = max(len(g.samples) for g in list(train) + list(held))
+        train_ranks = rank_tensor(train, m.aspects, model.primary).float()
+        held_ranks = rank_tensor(held, m.aspects, model.primary).float() if held else None
+        if train_ranks.shape[1] < kmax:
+            pad = torch.full((len(train), kmax - train_ranks.shape[1], len(m.aspects)), math.nan)
+            train_ranks = torch.cat([train_ranks, pad], dim=1)
+        if held and held_ranks.shape[1] < kmax:
+            pad = torch.full((len(held), kmax - held_ranks.shape[1], len(m.aspects)), math.nan)
+            held_ranks = torch.cat([held_ranks, pad], dim=1)
+        frozen = m.backbone_mode == "frozen"
+        model.backbone.eval()
+        train_emb = self._embed_groups(model, train, kmax, "embed train") if frozen else None
+        held_emb = self._embed_groups(model, held, kmax, "embed held-out") if frozen and held else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+        logger = MetricsLogger(cfg.output_dir, tensorboard=cfg.logging.tensorboard)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        bs = cfg.train.batch_size
+        last: Dict[str, Any] = {}
+        try:
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                model.train()
+                if frozen:
+                    model.backbone.eval()
+                perm = torch.randperm(len(train), generator=gen).tolist()
+                losses = []
+                steps = range(0, len(train), bs)
+                for s0 in _progress(steps, cfg.logging.progress_bar, desc=f"epoch {epoch}", leave=False):
+                    idx = perm[s0:s0 + bs]
+                    scores = self._scores(model, train, train_emb, idx)
+                    loss = self.loss(scores, train_ranks[idx].to(self.device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                    opt.step()
+                    losses.append(float(loss.detach()))
+                metrics = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "grad_norm": float(grad_norm)}
+                metrics.update(self.evaluate(model, held, held_emb, held_ranks))
+                metrics["epoch_s"] = time.perf_counter() - t0
+                logger.log(metrics)
+                last = metrics
+                if cfg.logging.progress_bar:
+                    acc = metrics.get("eval_accuracy")
+                    print(f"epoch {epoch}: train_loss {metrics['train_loss']:.4f}"
+                          + (f", held-out accuracy {acc:.3f}" if acc is not None else ""))
+        finally:
+            logger.close()
+        seconds = time.perf_counter() - start
+        out_dir = os.path.join(cfg.output_dir, "reward")
+        summary = {"epochs": cfg.epochs, "loss": cfg.loss.name, "tie_policy": cfg.loss.tie_policy,
+                   "backbone": m.backbone, "backbone_mode": m.backbone_mode, "train_groups": len(train),
+                   "held_out_groups": len(held), "held_out_accuracy": last.get("eval_accuracy"),
+                   "accuracy_tie_policy": TIE_POLICY, "train_seconds": seconds, "data": cfg.data.path}
+        model.save(out_dir, extra={"training": summary})
+        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"saved the reward model to {out_dir} ({seconds:.1f} s; held-out accuracy "
+              f"{last.get('eval_accuracy', float('nan')):.3f})")
+        self.model, self.summary = model, summary
+        return summary
+
+
+def train_reward_model(cfg: RewardTrainConfig) -> Dict[str, Any]:
+    """Run a training and return its summary (also in OUTPUT_DIR/summary.json)."""
+    return RewardTrainer(cfg).train()
+
+
+__all__ = ["RewardTrainConfig", "load_reward_train_config", "train_reward_model", "RewardTrainer", "PairwiseAccuracy"]
