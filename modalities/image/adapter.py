@@ -30,12 +30,15 @@ class ImageAdapter(ModalityAdapter):
         self.dtype = _DTYPES[options.dtype]
         self.scheduler = scheduler
         self.default_step_rule = "flow_sde" if self.architecture == "sd3" else "ddim"
-        self.vae = vae.to(self.device, self.dtype).requires_grad_(False).eval()
+        # vae None: a pixel-space model (the shipped demo model): x is the image scaled to [-1, 1]
+        self.vae = vae.to(self.device, self.dtype).requires_grad_(False).eval() if vae is not None else None
         self.text_encoder = text_encoder.to(self.device, self.dtype).requires_grad_(False).eval() \
             if text_encoder is not None else None
         self.tokenizer = tokenizer
         self.pipeline = pipeline  # for pretrained models: its encode_prompt handles their text encoders
-        self.latent_size = options.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        self.latent_size = options.resolution if vae is None else \
+            options.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        self.latent_channels = 3 if vae is None else vae.config.latent_channels
         self._frozen_copy = None
         if options.lora_rank > 0:
             from peft import LoraConfig
@@ -64,6 +67,15 @@ class ImageAdapter(ModalityAdapter):
             from diffalign.modalities.image.tiny import tiny_components
             return cls(*tiny_components(options.architecture, options.resolution, options.seed,
                                         options.prediction_type or "epsilon"), options, device)
+        from diffalign.demo.model import load_demo_model, resolve_demo_path
+        demo_dir = resolve_demo_path(options.model)  # "demo" or a folder saved by save_demo_model
+        if demo_dir is not None:
+            unet, text_encoder, tokenizer, scheduler, _ = load_demo_model(demo_dir)
+            if options.architecture != "sd" or options.resolution != unet.config.sample_size:
+                raise ValueError(f"config key 'modality.options': the demo model {options.model!r} is a pixel-space "
+                                 f"'sd' UNet at resolution {unet.config.sample_size}, got architecture "
+                                 f"{options.architecture!r}, resolution {options.resolution}")
+            return cls(unet, None, text_encoder, tokenizer, scheduler, options, device)
         from diffusers import DiffusionPipeline
         pipe = DiffusionPipeline.from_pretrained(options.model, torch_dtype=_DTYPES[options.dtype])
         denoiser = pipe.transformer if options.architecture == "sd3" else pipe.unet
@@ -113,7 +125,7 @@ class ImageAdapter(ModalityAdapter):
 
     def initial_noise(self, cond: Conditions, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         b = cond["prompt_embeds"].shape[0]
-        shape = (b, 4, self.latent_size, self.latent_size)
+        shape = (b, self.latent_channels, self.latent_size, self.latent_size)
         gen_device = generator.device if generator is not None else self.device
         return torch.randn(shape, generator=generator, device=gen_device).to(self.device, torch.float32)
 
@@ -153,6 +165,8 @@ class ImageAdapter(ModalityAdapter):
     # ---- what rewards see ----------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, x0, cond):
+        if self.vae is None:
+            return ((x0.float() + 1) / 2).clamp(0, 1)
         cfg = self.vae.config
         z = x0.to(self.dtype) / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None):
@@ -177,6 +191,8 @@ class ImageAdapter(ModalityAdapter):
             image = image.resize((r, r), Image.BICUBIC)
             pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1)
         x = torch.stack(pixels).to(self.device, self.dtype)
+        if self.vae is None:
+            return x.float()
         z = self.vae.encode(x).latent_dist.mean
         cfg = self.vae.config
         if getattr(cfg, "shift_factor", None):

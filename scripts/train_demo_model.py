@@ -1,0 +1,151 @@
+"""Train the shipped tiny text-to-image model (diffalign/assets/demo_model) on the procedural shapes data.
+
+The shipped weights were made by exactly this command (2 CPU cores; see the asset's
+diffalign_demo.json for the measured wall time, steps and base accuracy):
+
+    OMP_NUM_THREADS=1 python scripts/train_demo_model.py --output diffalign/assets/demo_model --seed 0
+
+(one thread: on 2 cores shared with other work, two OpenMP threads spun on each other and a step took
+10x longer.)
+
+Denoising (v-prediction, cosine betas) on 32x32 RGB images from diffalign.demo.shapes.ShapesDataset, with
+10% caption dropout so classifier-free guidance works; the text encoder trains jointly; the saved weights
+are an EMA of the trained ones. Training is meant to stop early: the model should draw recognisable
+coloured shapes but still get many compositions (counts, relations, colour binding) wrong, so that
+alignment against the compositional reward has something to fix. At the end it samples the held-out
+prompts with the demo's evaluation sampler and records the measured accuracy in the metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output", default="diffalign/assets/demo_model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1200, help="optimiser steps (the cosine schedule ends here)")
+    p.add_argument("--max-minutes", type=float, default=90.0, help="safety stop (then not reproducible: recorded in the metadata)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--num-images", type=int, default=20000, help="training images rendered up front")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts scored at the end (default all)")
+    p.add_argument("--eval-seeds", type=int, default=2, help="samples per held-out prompt at the end")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only (re-)measure the saved model in --output and update its metadata")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    from diffalign.demo import shapes
+    from diffalign.demo.model import build_demo_model, save_demo_model, task_vocabulary
+    from diffalign.mdp.forward import ForwardProcess
+
+    if args.eval_only:
+        return evaluate_saved(args)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+    data = shapes.ShapesDataset(args.num_images, seed=args.seed, split="train")
+    images = torch.empty(len(data), 3, 32, 32)
+    captions = []
+    for i in tqdm(range(len(data)), desc="render", mininterval=5):
+        images[i], c = data[i]
+        captions.append(c)
+    images = images * 2 - 1
+    unet, text_encoder, tokenizer, scheduler = build_demo_model(task_vocabulary(), seed=args.seed)
+    ids = tokenizer(captions)
+    empty = tokenizer([""])[0]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    print(f"{len(data)} images, vocab {tokenizer.vocab_size}, unet {sum(p.numel() for p in unet.parameters()):,} "
+          f"+ text {sum(p.numel() for p in text_encoder.parameters()):,} params", flush=True)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    fwd = ForwardProcess(scheduler)
+    gen = torch.Generator().manual_seed(args.seed)
+    unet.train(), text_encoder.train()
+    bar = tqdm(range(args.steps), desc="train")
+    losses, step = [], 0
+    for step in bar:
+        idx = torch.randint(0, len(data), (args.batch_size,), generator=gen)
+        x0, tok = images[idx], ids[idx].clone()
+        drop = torch.rand(args.batch_size, generator=gen) < args.caption_dropout
+        tok[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t_idx = fwd.sample_indices(args.batch_size, gen)
+        x_t = fwd.add_noise(x0, noise, t_idx)
+        emb = text_encoder(tok).last_hidden_state
+        out = unet(x_t, fwd.model_timesteps(t_idx, x_t), encoder_hidden_states=emb).sample
+        loss = F.mse_loss(out, fwd.target(x0, noise, t_idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - args.ema)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if time.time() - t_start > args.max_minutes * 60:
+            print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached", flush=True)
+            break
+    train_seconds = time.time() - t_start
+    metadata = {
+        "command": "OMP_NUM_THREADS=1 python scripts/train_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed, "steps": step + 1, "batch_size": args.batch_size, "learning_rate": args.lr,
+        "ema": args.ema, "num_images": args.num_images, "caption_dropout": args.caption_dropout,
+        "train_wall_seconds": round(train_seconds, 1), "final_loss_mean_last_50": sum(losses[-50:]) / len(losses[-50:]),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
+    }
+    save_demo_model(args.output, ema_unet.eval(), ema_text.eval(), tokenizer, scheduler, metadata)
+    if not args.no_eval:
+        evaluate_saved(args)
+    print(f"saved {args.output} ({sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.output) for f in fs) / 2**20:.1f} MiB)")
+    return 0
+
+
+def evaluate_saved(args) -> int:
+    """Sample the held-out prompts with the demo's evaluation sampler; record the scores in the metadata."""
+    from diffalign.demo import shapes
+    from diffalign.demo.model import MARKER
+    from diffalign.demo.run import EVAL_DEFAULTS, base_sampler, evaluate, eval_seeds
+
+    prompts = shapes.prompts("heldout", args.eval_prompts)
+    prompts, seeds = eval_seeds(prompts, args.eval_seeds)
+    t0 = time.time()
+    _, report = evaluate(base_sampler(args.output), prompts, seeds)
+    path = os.path.join(args.output, MARKER)
+    with open(path) as f:
+        metadata = json.load(f)
+    metadata["base_eval"] = dict(report, samples=len(prompts), samples_per_prompt=args.eval_seeds,
+                                 sampler=dict(EVAL_DEFAULTS), seconds=round(time.time() - t0, 1))
+    with open(path, "w") as f:
+        json.dump(metadata, f, indent=1)
+    print(json.dumps(metadata["base_eval"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
