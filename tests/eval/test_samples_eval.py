@@ -163,3 +163,23 @@ def test_reward_specs_prompts_and_stats(tmp_path):
     assert s["mean"] == pytest.approx(14 / 3) and s["min"] == 1.0 and s["max"] == 10.0
     assert s["per_prompt"] == {"a": {"mean": 2.0, "std": 1.0, "n": 2}, "b": {"mean": 10.0, "std": 0.0, "n": 1}}
     assert ev._unique_names([("r", {}), ("q", {"a": 1}), ("q", {"a": 2})]) == ["r", 'q{"a": 1}', 'q{"a": 2}']
+
+
+def test_clip_score_from_a_local_clip_model(tmp_path):
+    pytest.importorskip("diffalign.rewards.clip_score")
+    testing = pytest.importorskip("diffalign.rewards.testing")
+    from PIL import Image
+
+    from diffalign.rewards.loading import load_reward
+    clip = testing.tiny_clip_score(str(tmp_path / "clip"))
+    out = tmp_path / "eval"
+    spec = json.dumps({"model": clip, "clip_negative": False})  # a random CLIP's cosines are often < 0
+    assert _cli("--model", "ddpo_tiny", "--prompts", "a cat", "a dog", "--samples-per-prompt", "1",
+                "--reward", f"clip_score={spec}", "--out", str(out), "--no-progress", *FAST) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["clip_score"] == report["rewards"]["clip_score"]
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(out / s["file"]), dtype=np.float32)).permute(2, 0, 1)
+                          / 255 for s in report["samples"]])
+    expected = load_reward("clip_score", model=clip, clip_negative=False)(images, report["prompts"])
+    assert [s["rewards"]["clip_score"] for s in report["samples"]] == pytest.approx(expected.tolist(), abs=0.5)
+    assert len(set(expected.tolist())) == 2  # the two samples score differently: a real comparison
