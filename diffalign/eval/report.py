@@ -6,7 +6,7 @@ so the markdown never shows a number the JSON does not hold.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 

@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import time
 import traceback
 import weakref
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence
