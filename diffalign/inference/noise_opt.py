@@ -40,7 +40,8 @@ __all__ = ["NoiseOptConfig", "NoiseOptResult", "optimize_noise", "shell_ratio", 
 
 
 def _flat_sq(x: torch.Tensor) -> torch.Tensor:
-    return x.float().reshape(x.shape[0], -1).pow(2).sum(dim=1)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp16/bf16 noise: accumulate in fp32
+    return x.to(acc).reshape(x.shape[0], -1).pow(2).sum(dim=1)
 
 
 def shell_ratio(x: torch.Tensor) -> torch.Tensor:
