@@ -152,3 +152,10 @@ def test_cli_with_a_trained_reward_folder(tmp_path, capsys):
     ref = pairwise_accuracy(scores, rank_tensor(groups, ["overall"], "overall")[..., 0])
     assert res["n_pairs"] == ref.n_pairs and res["n_ties"] == ref.n_ties > 0
     assert res["accuracy"] == pytest.approx(ref.accuracy)
+    # the held-out split the trainer wrote gives back the trainer's own final held-out accuracy
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "preference", "--reward", str(run / "reward"), "--data", str(run / "held_out.jsonl"),
+              "--output", str(out), "--no-progress"])
+    assert exc.value.code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads(out.read_text())["accuracy"] == pytest.approx(summary["held_out_accuracy"])

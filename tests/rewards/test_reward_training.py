@@ -194,6 +194,22 @@ def test_pair_layouts_become_groups_of_two(tmp_path):
     assert report.layout == "jsonl" and len(groups) == 1 and groups[0].ranks == {None: [1.0, 2.0]}
 
 
+def test_write_ranked_round_trips(tmp_path):
+    from diffalign.rewards.training.data import write_ranked
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", 60 * i)
+    groups = [Comparison("a", [str(tmp_path / "0.png"), str(tmp_path / "1.png"), str(tmp_path / "2.png")],
+                         {None: [1.0, 2.0, NAN]}),
+              Comparison("b", [str(tmp_path / "1.png"), str(tmp_path / "2.png")], {"aesthetics": [1.0, 1.0]})]
+    assert write_ranked(groups, str(tmp_path / "out.jsonl"))
+    back, report = read_comparisons(str(tmp_path / "out.jsonl"))
+    assert [g.samples for g in back] == [g.samples for g in groups] and report.ties == 1
+    assert back[0].ranks[None][:2] == [1.0, 2.0] and math.isnan(back[0].ranks[None][2])
+    assert back[1].ranks == {"aesthetics": [1.0, 1.0]}
+    assert not write_ranked([Comparison("v", [[0.0], [1.0]], {None: [1.0, 2.0]})], str(tmp_path / "no.jsonl"))
+    assert not os.path.exists(tmp_path / "no.jsonl")
+
+
 def test_split_is_seeded_and_disjoint():
     groups = [Comparison(str(i), [i, i + 1], {None: [1.0, 2.0]}) for i in range(20)]
     a, b = split_groups(groups, 0.25, seed=3)

@@ -188,6 +188,22 @@ def read_comparisons(path: str, format: Optional[str] = None, split: str = "trai
     return groups, ds.report
 
 
+def write_ranked(groups: Sequence[Comparison], path: str) -> bool:
+    """Write groups in the ranked layout (absolute image paths). False, writing nothing, when a sample
+    is not a file path (Pick-a-Pic bytes, decoded images, vectors), which JSON cannot reference."""
+    if not all(isinstance(s, str) for g in groups for s in g.samples):
+        return False
+    with open(path, "w", encoding="utf-8") as f:
+        for g in groups:
+            ranks: Any = {k: [None if math.isnan(v) else v for v in r] for k, r in g.ranks.items()}
+            row = {"prompt": g.prompt, "images": [os.path.abspath(s) for s in g.samples],
+                   "ranks": ranks[None] if list(ranks) == [None] else {k: v for k, v in ranks.items() if k is not None}}
+            if None in ranks and len(ranks) > 1:
+                raise ValueError("a group mixing plain and per-aspect ranks cannot be written")
+            f.write(json.dumps(row) + "\n")
+    return True
+
+
 def rank_tensor(groups: Sequence[Comparison], aspects: Sequence[str], primary: str) -> torch.Tensor:
     """(G, K_max, A) float64 ranks, NaN where unlabelled or padded."""
     kmax = max(len(g.samples) for g in groups)

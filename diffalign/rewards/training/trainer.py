@@ -298,6 +298,10 @@ class RewardTrainer:
         start = time.perf_counter()
         train, held, report = self.load_data()
         print(f"reward data: {report.summary()}; {len(train)} training / {len(held)} held-out groups")
+        # the held-out split as a file, so `diffalign eval preference --data OUTPUT_DIR/held_out.jsonl` redoes it
+        if held and self.cfg.data.eval_path is None:
+            from diffalign.rewards.training.data import write_ranked
+            write_ranked(held, os.path.join(cfg.output_dir, "held_out.jsonl"))
         m = cfg.model
         model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed)
         model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
