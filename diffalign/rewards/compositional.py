@@ -4,19 +4,21 @@ GenEval (survey section 5.2.2, fine-grained evaluation) judges a picture against
 detecting the objects and checking each stated attribute. Here the pictures are flat coloured shapes
 on black, so an exact detector needs no weights:
 
-1. Colour segmentation in HSV. A pixel belongs to palette colour ``c`` when its hue is within
-   ``hue_tolerance`` of ``c``'s hue (capped at ``hue_gap_fraction`` of the gap to the nearest other
-   palette hue, so the colour bands never overlap and orange, cyan or purple belong to none), its
-   saturation is at least ``min_saturation`` (greys and whites are background) and its value is at
-   least ``value_fraction`` of ``c``'s (dark pixels and dark noise are background). Blurring a shape
-   into the black background scales R, G and B together, which keeps hue and saturation, so blurred
-   edges stay their colour; the value threshold near half the palette brightness keeps the half-way
-   contour of a blurred edge, which is where the sharp edge was.
-2. Connected components per colour (8-connected, :func:`label_components`, vectorised numpy over the
-   whole batch, so the reward needs no scipy).
-   Components smaller than ``min_area`` pixels or thinner than ``min_side`` pixels (at 32 px; both
-   scale with the image) are noise and dropped, e.g. speckles or the thin line of a third hue that
-   appears where two different colours blur into each other.
+1. Colour segmentation in HSV (:func:`color_labels`, :func:`segment`). A pixel belongs to palette
+   colour ``c`` when its hue is within ``hue_tolerance`` of ``c``'s hue (capped at
+   ``hue_gap_fraction`` of the gap to the nearest other palette hue, so the bands never overlap and
+   orange, cyan or purple belong to none), its saturation is at least ``min_saturation`` (greys and
+   whites are background) and its value at least ``min_value``. Blurring a shape into the black
+   background scales R, G and B together, which keeps hue and saturation, so blurred edges keep
+   their colour. Each such blob then keeps only the pixels at least ``value_fraction`` of its own
+   peak brightness (the peak of a 3x3 mean, so one noisy pixel does not set it): about the
+   half-maximum contour of a blurred edge, which is where the sharp edge was, however bright or dim
+   the model drew the shape; a blob whose peak is below ``min_peak`` is dark noise and dropped.
+2. Connected components per colour (8-connected, :func:`label_components`: vectorised numpy over the
+   whole batch, so the reward needs no scipy). Components smaller than ``min_area`` pixels or thinner
+   than ``min_thickness`` pixels on average (area / longer bounding-box side; at 32 px, and both scale
+   with the image) are noise and dropped, e.g. specks or the thin line of a third hue that appears
+   where two different colours blur into each other.
 3. A shape classifier on each component (:func:`classify_shape`): an upright triangle has ~3/4 of its
    pixels in the lower half of its bounding box (a circle or square 1/2), which survives blur, noise
    and a lost apex; the rest are circle or square by which ideal template drawn in the same bounding
@@ -70,19 +72,22 @@ class DetectorConfig:
     hue_tolerance: float = 25.0      # degrees around a palette hue
     hue_gap_fraction: float = 0.3    # ... but at most this fraction of the gap to the nearest other palette hue
     min_saturation: float = 0.4      # HSV saturation in [0, 1]
-    value_fraction: float = 0.45     # HSV value at least this fraction of the palette colour's value
+    min_value: float = 0.25          # HSV value below which a pixel is background
+    min_peak: float = 0.35           # a blob whose brightest pixel is dimmer than this is background (dark noise)
+    value_fraction: float = 0.55     # a blob keeps its pixels at least this fraction of its brightest pixel's value
     min_area: float = 10.0           # pixels
-    min_side: float = 3.0            # pixels, the bounding box's shorter side
+    min_thickness: float = 2.5       # pixels, a blob's mean thickness: area / longer bounding-box side
     triangle_asymmetry: float = 0.2  # (lower - upper half pixels) / area at or above which a blob is a triangle
     min_iou: float = 0.6             # a blob overlapping the circle and square templates less than this is "unknown"
     max_aspect: float = 1.6          # longer/shorter bbox side above which a blob is "unknown"
     position_margin: float = 2.0     # pixels a relation's centroid offset must exceed
 
     def __post_init__(self):
-        for name in ("hue_tolerance", "min_area", "min_side", "max_aspect", "position_margin"):
+        for name in ("hue_tolerance", "min_area", "min_thickness", "max_aspect", "position_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DetectorConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("hue_gap_fraction", "min_saturation", "value_fraction", "triangle_asymmetry", "min_iou"):
+        for name in ("hue_gap_fraction", "min_saturation", "min_value", "min_peak", "value_fraction",
+                     "triangle_asymmetry", "min_iou"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"DetectorConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -170,24 +175,53 @@ def hue_tolerances(config: DetectorConfig = DetectorConfig()) -> Dict[str, float
 
 
 @functools.lru_cache(maxsize=16)
-def _hue_lookup(config: DetectorConfig) -> Tuple[np.ndarray, np.ndarray]:
-    """Palette index (-1 none) for each hue bin, and each palette colour's minimum HSV value (last entry: never)."""
+def _hue_lookup(config: DetectorConfig) -> np.ndarray:
+    """Palette index (-1 none) for each hue bin."""
     centres = (np.arange(_HUE_BINS) + 0.5) * (360.0 / _HUE_BINS)
     lut = np.full(_HUE_BINS, -1, np.int8)
     tol = hue_tolerances(config)
     for i, name in enumerate(_PALETTE_NAMES):
         lut[_hue_dist(centres, _PALETTE_HSV[i][0]) <= tol[name]] = i
-    min_val = np.array([config.value_fraction * hsv[2] for hsv in _PALETTE_HSV] + [np.inf], np.float32)
-    return lut, min_val
+    return lut
 
 
-def color_labels(images: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
-    """Per-pixel palette index (int8, -1 = background) of float RGB images (B, H, W, 3) in [0, 1]."""
+def color_labels(images: np.ndarray, config: DetectorConfig = DetectorConfig(),
+                 return_value: bool = False):
+    """Per-pixel palette index (int8, -1 = background) of float RGB images (B, H, W, 3) in [0, 1].
+
+    A pixel is colour ``c`` when its hue is in ``c``'s band, its saturation at least ``min_saturation`` and
+    its value at least ``min_value`` (the blob-relative ``value_fraction`` test is :func:`detect_batch`'s).
+    With ``return_value`` also returns the HSV value (B, H, W).
+    """
     h, s, v = _hue_sat_val(images)
-    lut, min_val = _hue_lookup(config)
+    lut = _hue_lookup(config)
     idx = lut[np.minimum((h * (_HUE_BINS / 360.0)).astype(np.int32), _HUE_BINS - 1)]
-    keep = (idx >= 0) & (s >= config.min_saturation) & (v >= min_val[idx])  # idx -1 reads the +inf entry
-    return np.where(keep, idx, np.int8(-1)).astype(np.int8)
+    keep = (idx >= 0) & (s >= config.min_saturation) & (v >= config.min_value)
+    out = np.where(keep, idx, np.int8(-1)).astype(np.int8)
+    return (out, v) if return_value else out
+
+
+def segment(images: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
+    """Palette index per pixel after the blob-relative brightness test (int8 (B, H, W), -1 = background).
+
+    Coarse colour blobs (:func:`color_labels`) whose brightest pixel is below ``min_peak`` are dropped; the others
+    keep the pixels at least ``value_fraction`` of that peak: about the half-maximum contour of a blurred shape,
+    which is where its sharp edge was, whatever the shape's overall brightness.
+    """
+    coarse, v = color_labels(images, config, return_value=True)
+    comps, k = label_components(coarse)
+    if k == 0:
+        return coarse
+    fg = comps >= 0
+    # the peak of the 3x3 mean of the value: a blob's flat interior, not one noisy pixel
+    pad = np.pad(v, ((0, 0), (1, 1), (1, 1)))
+    hgt, wid = v.shape[1:]
+    v_mean = sum(pad[:, dy:dy + hgt, dx:dx + wid] for dy in range(3) for dx in range(3)) / np.float32(9)
+    peak = np.zeros(k, np.float32)
+    np.maximum.at(peak, comps[fg], v_mean[fg])
+    pk = np.append(peak, np.float32(np.inf))[comps]  # background (component -1) reads +inf
+    keep = fg & (pk >= config.min_peak) & (v >= config.value_fraction * pk)
+    return np.where(keep, coarse, np.int8(-1)).astype(np.int8)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -261,38 +295,41 @@ def label_components(labels: np.ndarray) -> Tuple[np.ndarray, int]:
 
     Returns (components, k): int64 (B, H, W) with -1 for background and 0..k-1 for the components, numbered by
     their first pixel in raster order over the whole batch, and k. Components never cross images.
-    Pure numpy: every pixel takes the smallest pixel index among its same-valued neighbours, then follows
-    pointers (pointer jumping) until nothing changes, so it takes O(log of a component's diameter) rounds in practice.
+    Pure numpy, over the foreground pixels only: every edge between two equal neighbours hooks the larger of
+    its two roots under the smaller, then pointer jumping flattens the trees; rounds repeat until every edge
+    joins equal roots (a few rounds: each one at least halves the number of roots along any chain of edges).
     """
     b, hgt, wid = labels.shape
-    n = b * hgt * wid
-    big = np.int64(n)
-    fg = labels >= 0
-    lab = np.where(fg, np.arange(n, dtype=np.int64).reshape(b, hgt, wid), big)
-    val = np.full((b, hgt + 2, wid + 2), -1, labels.dtype)
-    val[:, 1:-1, 1:-1] = labels
-    pad = np.full((b, hgt + 2, wid + 2), big, np.int64)
-    same = [(dy, dx, val[:, dy:dy + hgt, dx:dx + wid] == labels) for dy in range(3) for dx in range(3)
-            if (dy, dx) != (1, 1)]
+    fidx = np.flatnonzero(labels.ravel() >= 0)
+    out = np.full(labels.size, -1, np.int64)
+    if fidx.size == 0:
+        return out.reshape(b, hgt, wid), 0
+    compact = np.full(labels.size, -1, np.int64)
+    compact[fidx] = np.arange(fidx.size)
+    compact = compact.reshape(b, hgt, wid)
+    src, dst = [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each neighbour pair once; never across images
+        y1, x0, x1 = hgt - dy, max(0, -dx), wid - max(0, dx)
+        here, there = compact[:, :y1, x0:x1], compact[:, dy:, x0 + dx:x1 + dx]
+        ok = (here >= 0) & (labels[:, :y1, x0:x1] == labels[:, dy:, x0 + dx:x1 + dx])
+        src.append(here[ok])
+        dst.append(there[ok])
+    ea, eb = np.concatenate(src), np.concatenate(dst)
+    root = np.arange(fidx.size)
     while True:
-        pad[:, 1:-1, 1:-1] = lab
-        new = lab.copy()
-        for dy, dx, eq in same:
-            np.minimum(new, np.where(eq, pad[:, dy:dy + hgt, dx:dx + wid], big), out=new)
-        flat = np.append(new.ravel(), big)
-        while True:  # pointer jumping: a pixel's label is a pixel of the same component; take that pixel's label
-            jumped = flat[flat]
-            if np.array_equal(jumped, flat):
-                break
-            flat = jumped
-        new = flat[:-1].reshape(b, hgt, wid)
-        if np.array_equal(new, lab):
+        ra, rb = root[ea], root[eb]
+        differ = ra != rb
+        if not differ.any():
             break
-        lab = new
-    roots = np.unique(lab[fg])
-    out = np.full((b, hgt, wid), -1, np.int64)
-    out[fg] = np.searchsorted(roots, lab[fg])
-    return out, int(roots.size)
+        ra, rb = ra[differ], rb[differ]
+        np.minimum.at(root, np.maximum(ra, rb), np.minimum(ra, rb))  # hook roots: the smaller index wins
+        while True:  # pointer jumping until every pixel points at a root
+            jumped = root[root]
+            if np.array_equal(jumped, root):
+                break
+            root = jumped
+    roots, out[fidx] = np.unique(root, return_inverse=True)  # a root is its component's first pixel: raster order
+    return out.reshape(b, hgt, wid), int(roots.size)
 
 
 def _to_numpy_hwc(images) -> np.ndarray:
@@ -315,7 +352,7 @@ def detect_batch(images, config: DetectorConfig = DetectorConfig()) -> List[List
     arr = _to_numpy_hwc(images)
     n, hgt, wid = arr.shape[:3]
     found: List[List[Detection]] = [[] for _ in range(n)]
-    colors = color_labels(arr, config)
+    colors = segment(arr, config)
     comps, k = label_components(colors)
     if k == 0:
         return found
@@ -324,7 +361,7 @@ def detect_batch(images, config: DetectorConfig = DetectorConfig()) -> List[List
     area, (x0, y0, x1, y1), (cx, cy), upper, in_circle, circle_area = _features(ys, xs, comp, k)
     hb, wb = (y1 - y0).astype(np.float64), (x1 - x0).astype(np.float64)
     scale = min(hgt, wid) / 32.0
-    keep = (area >= config.min_area * scale * scale) & (np.minimum(hb, wb) >= config.min_side * scale)
+    keep = (area >= config.min_area * scale * scale) & (area / np.maximum(hb, wb) >= config.min_thickness * scale)
     shape = _classify(area, hb, wb, upper, in_circle, circle_area, config)
     first = np.unique(comp, return_index=True)[1]  # a pixel of each component: its image and colour
     for j in np.flatnonzero(keep):

@@ -153,8 +153,21 @@ def test_palette_colours_dim_and_bright_and_hue_bands():
     for i, (name, rgb) in enumerate(S.COLORS.items()):
         px = np.array(rgb, np.float64)[None, None, None] / 255
         assert C.color_labels(px)[0, 0, 0] == i
-        assert C.color_labels(px * 0.6)[0, 0, 0] == i       # a darker shade (blurred edge) keeps its colour
-        assert C.color_labels(px * 0.3)[0, 0, 0] == -1      # too dark: background
+        assert C.color_labels(px * 0.4)[0, 0, 0] == i       # a darker shade (blurred edge) keeps its colour
+        assert C.color_labels(px * 0.2)[0, 0, 0] == -1      # too dark: background
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.75, 0.55])
+def test_dim_and_blurred_shapes_keep_their_outline(gain):
+    # the brightness threshold is relative to each blob's own peak, so a dimmer drawing gives the same blobs
+    placed = [obj("green", "square", 9, 9, 5.5), obj("red", "circle", 23, 10, 6), obj("blue", "triangle", 15, 24, 6)]
+    x = box_blur(S.draw(placed)) * gain
+    assert [(d.color, d.shape) for d in C.detect(x)] == [("green", "square"), ("blue", "triangle"), ("red", "circle")]
+    seg = C.segment(x[None])[0]
+    ref = C.segment(box_blur(S.draw(placed))[None])[0]
+    assert np.array_equal(seg, ref)
+    # too dim overall: the blobs' peaks are below min_peak
+    assert C.detect(box_blur(S.draw(placed)) * 0.3) == []
 
 
 def test_dark_noise_and_small_blobs_are_ignored():
@@ -169,13 +182,13 @@ def test_dark_noise_and_small_blobs_are_ignored():
     assert C.score("two blue squares", img).correct
 
 
-def _detector_accuracy(n, seed, blur, noise_std):
+def _detector_accuracy(n, seed, blur, noise_std, gain=1.0):
     rng = np.random.default_rng(seed)
     images, caps = [], []
     for _ in range(n):
         scene = S.sample_scene(rng)
         img = S.render(scene, 32, rng)
-        x = box_blur(img) if blur else img.astype(np.float64) / 255
+        x = (box_blur(img) if blur else img.astype(np.float64) / 255) * gain
         if noise_std:
             x = np.clip(x + rng.normal(0, noise_std, x.shape), 0, 1)
         images.append(x)
@@ -183,20 +196,22 @@ def _detector_accuracy(n, seed, blur, noise_std):
     return C.accuracies(C.score_batch(np.stack(images), caps))
 
 
-@pytest.mark.parametrize("blur,noise_std,min_acc", [(False, 0.0, 0.99), (True, 0.0, 0.98), (False, 0.05, 0.99),
-                                                    (True, 0.03, 0.95), (True, 0.05, 0.85)])
-def test_detector_accuracy_on_random_renders(blur, noise_std, min_acc):
-    acc = _detector_accuracy(200, 1, blur, noise_std)
+@pytest.mark.parametrize("blur,noise_std,gain,min_acc", [(False, 0.0, 1.0, 0.99), (True, 0.0, 1.0, 0.98),
+                                                         (False, 0.05, 1.0, 0.99), (True, 0.05, 1.0, 0.97),
+                                                         (True, 0.05, 0.7, 0.85)])
+def test_detector_accuracy_on_random_renders(blur, noise_std, gain, min_acc):
+    acc = _detector_accuracy(200, 1, blur, noise_std, gain)
     assert acc["accuracy"] >= min_acc, acc
-    assert acc["color"] == 1.0 and acc["position"] >= 0.98, acc
+    assert acc["color"] >= 0.99 and acc["position"] >= 0.98, acc
 
 
 @pytest.mark.slow
 def test_detector_accuracy_500_renders_report():
-    for blur, noise in [(False, 0.0), (True, 0.0), (False, 0.05), (True, 0.03), (True, 0.05)]:
-        acc = _detector_accuracy(500, 123, blur, noise)
-        print(f"blur={blur} noise={noise}: " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
-        assert acc["accuracy"] >= (0.99 if not blur else 0.85)
+    for blur, noise, gain, min_acc in [(False, 0.0, 1.0, 0.99), (True, 0.0, 1.0, 0.99), (False, 0.05, 1.0, 0.99),
+                                       (True, 0.05, 1.0, 0.97), (True, 0.08, 1.0, 0.85), (True, 0.05, 0.7, 0.85)]:
+        acc = _detector_accuracy(500, 123, blur, noise, gain)
+        print(f"blur={blur} noise={noise} gain={gain}: " + json.dumps({k: round(v, 3) for k, v in acc.items()}))
+        assert acc["accuracy"] >= min_acc
 
 
 def test_larger_images_scale_thresholds():
