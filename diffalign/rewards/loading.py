@@ -87,16 +87,28 @@ def _finish(reward, device, dtype):
     return reward
 
 
+def _call_loader(rtype: str, directory: Optional[str], device, dtype, kwargs: Dict[str, Any]):
+    loader = REWARD_TYPES[rtype]
+    try:
+        inspect.signature(loader).bind(directory, device, dtype, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"reward type {rtype!r}: keyword arguments {sorted(kwargs)} do not fit its loader "
+                         f"{getattr(loader, '__name__', loader)}{inspect.signature(loader)}: {exc}") from None
+    except ValueError:  # no signature: let the call decide
+        pass
+    return _finish(loader(directory, device, dtype, **kwargs), device, dtype)
+
+
 def load_reward(name_or_dir: str, device=None, dtype=None, **kwargs) -> Union[Reward, Callable]:
     """The reward ``name_or_dir`` (see module doc), on ``device`` in ``dtype`` (model rewards only)."""
     dtype = parse_dtype(dtype)
     name = str(name_or_dir)
     if name in REWARD_TYPES:
-        return _finish(REWARD_TYPES[name](None, device, dtype, **kwargs), device, dtype)
+        return _call_loader(name, None, device, dtype, kwargs)
     if os.path.isdir(name):
         data = read_reward_config(name)
         rtype = data.pop("type")
-        return _finish(REWARD_TYPES[rtype](name, device, dtype, **{**data, **kwargs}), device, dtype)
+        return _call_loader(rtype, name, device, dtype, {**data, **kwargs})
     from diffalign.rewards.registry import REWARDS, bind_reward_kwargs, resolve_reward
     if name in REWARDS or ":" in name:
         return bind_reward_kwargs(resolve_reward(name), name, kwargs)
@@ -151,3 +163,7 @@ def lazy_reward(name: str) -> Callable:
     fn.__name__ = name
     fn.__signature__ = _loader_signature(name)
     return fn
+
+
+# the built-in model reward types register themselves on import (their heavy imports happen only when loading)
+from diffalign.rewards import aesthetic, clip_score, combine, hps, image_reward, pickscore  # noqa: E402,F401
