@@ -273,7 +273,7 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     if cfg.modality.name not in MODALITIES:
         raise ConfigError(f"config key 'modality.name' must be one of {sorted(MODALITIES)}, got {cfg.modality.name!r}")
     algo_name = cfg.algorithm.get("name")
-    offline = algo_name in ALGORITHMS and ALGORITHMS[algo_name].data_path != "online_rollout"
+    offline = algo_name in ALGORITHMS and ALGORITHMS[algo_name].data_path in ("offline_pairs", "offline_labels")
     if offline:  # stored preference data; prompts come from it unless given
         from diffalign.trainer.offline import validate_data
         validate_data(cfg)
@@ -314,10 +314,20 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     # the reward, where the run calls one (online rollouts; offline evaluation samples): name and kwargs
     from diffalign.algorithms import DataPath
     from diffalign.rewards import bind_reward_kwargs, resolve_reward
-    if ALGORITHMS[name].data_path == DataPath.ONLINE_ROLLOUT or cfg.data.eval_samples > 0:
+    sampled = (DataPath.DIFFERENTIABLE_SAMPLING, DataPath.STEP_PAIRS)  # trainer/common.py adds differentiable rewards
+    if ALGORITHMS[name].data_path in (DataPath.ONLINE_ROLLOUT,) + sampled or cfg.data.eval_samples > 0:
+        rewards = MODALITIES[cfg.modality.name].rewards()
+        if ALGORITHMS[name].data_path in sampled:
+            from diffalign.trainer.common import reward_table
+            rewards = reward_table(cfg.modality.name)
         try:
-            bind_reward_kwargs(resolve_reward(cfg.reward.name, MODALITIES[cfg.modality.name].rewards()),
-                               cfg.reward.name, cfg.reward.kwargs)
+            bind_reward_kwargs(resolve_reward(cfg.reward.name, rewards), cfg.reward.name, cfg.reward.kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    check = getattr(ALGORITHMS[name], "check_config", None)  # checks between the algorithm and other sections
+    if check is not None:
+        try:
+            check(algo_cfg, cfg)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -24,6 +24,8 @@ class DataPath(str, enum.Enum):
     ONLINE_ROLLOUT = "online_rollout"  # sample trajectories with per-step log-probs, score, optimise
     OFFLINE_PAIRS = "offline_pairs"    # stored preference pairs, forward-noised (DPO family; trainer/offline.py)
     OFFLINE_LABELS = "offline_labels"  # stored binary feedback (KTO); pairs are split into 2n labels
+    DIFFERENTIABLE_SAMPLING = "differentiable_sampling"  # reward gradients through the chain (trainer/differentiable.py)
+    STEP_PAIRS = "step_pairs"          # per-step preference pairs from shared states (D3PO, SPO; trainer/step_pairs.py)
 
 
 @dataclasses.dataclass

@@ -1,10 +1,11 @@
 """The trainer: picks the loop for the algorithm's data path and owns devices, logging, checkpoints."""
 from diffalign.algorithms.base import DataPath
+from diffalign.trainer.differentiable import DifferentiableTrainer
 from diffalign.trainer.offline import OfflineTrainer
 from diffalign.trainer.online import OnlineTrainer
 
 LOOPS = {DataPath.ONLINE_ROLLOUT: OnlineTrainer, DataPath.OFFLINE_PAIRS: OfflineTrainer,
-         DataPath.OFFLINE_LABELS: OfflineTrainer}
+         DataPath.OFFLINE_LABELS: OfflineTrainer, DataPath.DIFFERENTIABLE_SAMPLING: DifferentiableTrainer}
 
 
 def make_trainer(cfg, accelerator=None):
@@ -14,4 +15,4 @@ def make_trainer(cfg, accelerator=None):
     return LOOPS[path](cfg, accelerator)
 
 
-__all__ = ["OnlineTrainer", "OfflineTrainer", "make_trainer", "LOOPS"]
+__all__ = ["OnlineTrainer", "OfflineTrainer", "DifferentiableTrainer", "make_trainer", "LOOPS"]

@@ -1,0 +1,76 @@
+"""The differentiable-sampling loop (data path ``differentiable_sampling``: ReFL, DRaFT-K, DRaFT-LV, AlignProp).
+
+Each epoch: ``eval_reward`` of fixed-seed samples (LoRA scaled by ``algorithm.lora_scale``), then
+sampling.num_batches_per_epoch batches of sampling.batch_size prompts per process, split into minibatches of
+train.batch_size samples; each minibatch is one ``algorithm.loss`` (a chain sampled with the reward's
+gradient) and the optimiser steps every train.gradient_accumulation_steps minibatches. As in the online loop,
+every draw comes from a generator seeded by (seed, epoch, batch, global sample index), so a resumed run or a
+different process count draws the same x_T and step noise.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict
+
+import torch
+
+from diffalign.algorithms.direct_reward import SamplingBatch
+from diffalign.rewards import call_reward
+from diffalign.rewards.differentiable import decode_with_grad
+from diffalign.trainer.common import SampledTrainer, draw_noise
+from diffalign.trainer.distributed import derive_seed, generator
+
+__all__ = ["DifferentiableTrainer"]
+
+
+class DifferentiableTrainer(SampledTrainer):
+    def __init__(self, cfg, accelerator=None):
+        super().__init__(cfg, accelerator)
+        self.algorithm.check_steps(self.policy.rule.num_steps)
+
+    def _reward(self, cond, prompts):
+        def reward(x0: torch.Tensor) -> torch.Tensor:
+            return call_reward(self.reward_fn, decode_with_grad(self.adapter, x0, cond), prompts, self.acc.device)
+        return reward
+
+    def run_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg, s, t = self.cfg, self.cfg.sampling, self.cfg.train
+        torch.manual_seed(derive_seed(cfg.seed, epoch, self.rank, "torch"))
+        eval_reward, self._last_decoded = self.evaluate(self.algorithm.config.lora_scale)
+        start = time.perf_counter()
+        self.adapter.denoiser.train()
+        reference = self.policy.reference() if self.algorithm.needs_reference else None
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: Dict[str, float] = {}
+        count, minibatch = 0, 0
+        for n in range(s.num_batches_per_epoch):
+            prompts = self.batch_prompts(epoch, n, s.batch_size * self.world)
+            first = self.rank * s.batch_size
+            for m0 in range(0, s.batch_size, t.batch_size):
+                g0 = first + m0
+                mine = prompts[g0:g0 + t.batch_size]
+                cond = self.adapter.encode_conditions(mine)
+                gens = [generator(cfg.seed, epoch, n, g, "noise") for g in range(g0, g0 + len(mine))]
+                x_T, noise = draw_noise(self.adapter, cond, gens, s.num_steps)
+                batch = SamplingBatch(cond, mine, x_T, noise, self._reward(cond, mine),
+                                      generator(cfg.seed, epoch, n, g0, "method"))
+                minibatch += 1
+                last = minibatch % t.gradient_accumulation_steps == 0
+                with self.acc.autocast():
+                    loss, metrics = self.algorithm.loss(batch, self.policy, reference)
+                scaled = loss / t.gradient_accumulation_steps
+                if last:
+                    self.acc.backward(scaled)
+                else:
+                    with self.acc.no_sync(self.adapter.denoiser):
+                        self.acc.backward(scaled)
+                metrics["loss"] = loss.detach()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                if last:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.step_optimizer() * t.gradient_accumulation_steps
+        out = {"epoch": epoch, "eval_reward": eval_reward, **self.reduce_metrics(sums, count),
+               "train_s": time.perf_counter() - start, "lr": float(self.lr_scheduler.get_last_lr()[0]),
+               "num_processes": self.world}
+        return out
