@@ -73,8 +73,8 @@ class DetectorConfig:
     hue_gap_fraction: float = 0.3    # ... but at most this fraction of the gap to the nearest other palette hue
     min_saturation: float = 0.4      # HSV saturation in [0, 1]
     min_value: float = 0.25          # HSV value below which a pixel is background
-    min_peak: float = 0.35           # a blob whose brightest pixel is dimmer than this is background (dark noise)
-    value_fraction: float = 0.55     # a blob keeps its pixels at least this fraction of its brightest pixel's value
+    min_peak: float = 0.35           # a blob whose peak (largest 3x3 mean) value is below this is dark noise
+    value_fraction: float = 0.55     # a blob keeps its pixels whose value is at least this fraction of its peak
     min_area: float = 10.0           # pixels
     min_thickness: float = 2.5       # pixels, a blob's mean thickness: area / longer bounding-box side
     triangle_asymmetry: float = 0.2  # (lower - upper half pixels) / area at or above which a blob is a triangle
@@ -190,7 +190,7 @@ def color_labels(images: np.ndarray, config: DetectorConfig = DetectorConfig(),
     """Per-pixel palette index (int8, -1 = background) of float RGB images (B, H, W, 3) in [0, 1].
 
     A pixel is colour ``c`` when its hue is in ``c``'s band, its saturation at least ``min_saturation`` and
-    its value at least ``min_value`` (the blob-relative ``value_fraction`` test is :func:`detect_batch`'s).
+    its value at least ``min_value`` (the blob-relative ``value_fraction`` test is :func:`segment`'s).
     With ``return_value`` also returns the HSV value (B, H, W).
     """
     h, s, v = _hue_sat_val(images)
@@ -204,9 +204,10 @@ def color_labels(images: np.ndarray, config: DetectorConfig = DetectorConfig(),
 def segment(images: np.ndarray, config: DetectorConfig = DetectorConfig()) -> np.ndarray:
     """Palette index per pixel after the blob-relative brightness test (int8 (B, H, W), -1 = background).
 
-    Coarse colour blobs (:func:`color_labels`) whose brightest pixel is below ``min_peak`` are dropped; the others
-    keep the pixels at least ``value_fraction`` of that peak: about the half-maximum contour of a blurred shape,
-    which is where its sharp edge was, whatever the shape's overall brightness.
+    Coarse colour blobs (:func:`color_labels`) whose peak brightness (the largest 3x3 mean of the HSV value) is
+    below ``min_peak`` are dropped; the others keep the pixels at least ``value_fraction`` of that peak: about
+    the half-maximum contour of a blurred shape, which is where its sharp edge was, whatever the shape's overall
+    brightness. Different colours never share a blob, so each keeps its own threshold.
     """
     coarse, v = color_labels(images, config, return_value=True)
     comps, k = label_components(coarse)

@@ -95,6 +95,16 @@ def test_wrong_renders_fail_exactly_the_right_constraints(caption, placed, expec
     assert res.correct == all(ok for _, ok in expected)
 
 
+def test_scene_objects_and_same_colour_relations():
+    scene = S.Scene((S.ObjectSpec("red", "circle"), S.ObjectSpec("red", "square")), "above")  # not generated, parseable
+    img = S.draw([obj("red", "circle", 16, 8), obj("red", "square", 16, 24)])
+    assert C.score(scene, img).correct and C.score(S.caption(scene), img).correct
+    assert not C.score("a red circle below a red square", img).attributes["position"]
+    # one red circle cannot stand in relation to itself
+    img = S.draw([obj("red", "circle", 16, 16)])
+    assert oks(C.score("a red circle left of a red circle", img))[-1] == ("position", False)
+
+
 def test_position_uses_centroids_with_image_scaled_margin():
     a = C.Detection("red", "circle", (10.0, 10.0), 50, (6, 6, 14, 14))
     b = C.Detection("blue", "square", (12.5, 10.0), 50, (9, 6, 16, 14))
