@@ -320,12 +320,13 @@ def test_training_is_seed_deterministic_and_pl_multihead_ties_train(tmp_path):
     assert runs[0][-1]["eval_accuracy/brightness"] > 0.6
 
 
-def test_lora_training_runs_end_to_end(tmp_path):
+def test_lora_training_learns(tmp_path):
+    """LoRA on the tiny backbone (measured: held-out 0.84, 0.91, 0.93, 0.96 over the first 4 epochs), Davidson ties."""
     from diffalign.rewards.training.trainer import train_reward_model
-    cfg = _config(tmp_path, **{"epochs": 2, "model.backbone_mode": "lora", "model.lora_rank": 2,
-                               "data.synthetic": "{num_groups: 24, image_size: 16}", "loss.tie_policy": "davidson"})
+    cfg = _config(tmp_path, **{"epochs": 4, "model.backbone_mode": "lora", "train.learning_rate": 0.003,
+                               "loss.tie_policy": "davidson"})
     summary = train_reward_model(cfg)
-    assert summary["backbone_mode"] == "lora" and 0 <= summary["held_out_accuracy"] <= 1
+    assert summary["backbone_mode"] == "lora" and summary["held_out_accuracy"] >= 0.9
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -277,16 +277,24 @@ class RewardTrainer:
             s = model.head_scores(img.reshape(b * k, d), txt.repeat_interleave(k, dim=0))
             return s.view(b, k, -1)
         kmax = max(len(g.samples) for g in groups)
-        scores = []
-        for gi in index:
+        pixels = []
+        for gi in index:  # one backbone call for the whole batch
             g = groups[gi]
-            pix = self._pixel_cache[id(g)] if id(g) in self._pixel_cache else self._pixels(model, g)
-            if self.cfg.data.cache_images:
-                self._pixel_cache[id(g)] = pix
-            s = model.head_scores(model.embed_pixels(pix.to(self.device)),
-                                  model.text_embeds([g.prompt]).expand(len(g.samples), -1))
-            scores.append(torch.cat([s, s.new_zeros(kmax - len(g.samples), s.shape[1])]))
-        return torch.stack(scores)
+            pix = self._pixel_cache.get(id(g))
+            if pix is None:
+                pix = self._pixels(model, g).cpu()
+                if self.cfg.data.cache_images:
+                    self._pixel_cache[id(g)] = pix
+            pixels.append(pix)
+        sizes = [len(groups[gi].samples) for gi in index]
+        img = model.embed_pixels(torch.cat(pixels).to(self.device))
+        txt = model.text_embeds([groups[gi].prompt for gi in index]).repeat_interleave(
+            torch.tensor(sizes, device=self.device), dim=0)
+        flat = model.head_scores(img, txt)
+        out = flat.new_zeros(len(index), kmax, flat.shape[1])
+        for row, chunk in enumerate(torch.split(flat, sizes)):
+            out[row, : chunk.shape[0]] = chunk
+        return out
 
     def train(self) -> Dict[str, Any]:
         from diffalign.trainer.logging import MetricsLogger
