@@ -37,11 +37,13 @@ Scoring a caption (:func:`score`), with ``n`` the stated count:
   ``color`` (an object of that colour exists), ``shape`` (an object of that colour and shape exists),
   ``count`` (exactly ``n`` objects of that colour and shape; "a" means exactly one);
 - ``relation`` captions (``"a red circle left of a blue square"``): ``color`` and ``shape`` for each
-  of the two objects (4 constraints) and ``position``: some detection of the first object and some
-  other detection of the second have centroids offset along the relation's axis by at least
-  ``position_margin`` px (2 px at 32 px; x grows right, y grows down, so "above" means a smaller y).
-  Where an object's colour is present but not its shape, position uses the colour's detections, so a
-  wrong shape is charged to ``shape`` and not again to ``position``.
+  of the two objects (4 constraints) and ``position``: the largest detection of the first object and
+  the largest other detection of the second have centroids offset along the relation's axis by more
+  than ``position_margin`` px (2 px at 32 px; x grows right, y grows down, so "above" means a smaller
+  y). Taking the largest (not any pair) means extra copies drawn on both sides cannot satisfy a
+  relation. Where an object's colour is present but not its shape, position uses the colour's
+  detections, so a wrong shape is charged to ``shape`` and not again to ``position``. Relations check
+  no counts: an extra object is not penalised, beyond what it does to the largest-detection choice.
 
 The reward of an image is the fraction of its constraints satisfied, in [0, 1]. Per-attribute
 accuracies over a batch (:func:`accuracies`): for each attribute, the fraction of the images whose
@@ -419,8 +421,10 @@ def score_detections(scene_or_caption: Union[Scene, str], detections: Sequence[D
             candidates.append(matching or of_color)
         margin = config.position_margin * image_size / 32.0
         a_name, b_name = (f"{o.color} {o.shape}" for o in scene.objects)
-        ok = any(_relation_holds(scene.relation, a, b, margin)
-                 for a in candidates[0] for b in candidates[1] if a is not b)
+        # the largest candidate of each object, so drawing extra copies on both sides cannot satisfy a relation
+        a = max(candidates[0], key=lambda d: d.area, default=None)
+        b = max((d for d in candidates[1] if d is not a), key=lambda d: d.area, default=None)
+        ok = a is not None and b is not None and _relation_holds(scene.relation, a, b, margin)
         cons.append(Constraint("position", f"the {a_name} {scene.relation} the {b_name}", ok))
     return ScoreResult(caption(scene), caption_kind(scene), tuple(cons), dets)
 

@@ -105,6 +105,13 @@ def test_scene_objects_and_same_colour_relations():
     assert oks(C.score("a red circle left of a red circle", img))[-1] == ("position", False)
 
 
+def test_position_uses_the_largest_detection_of_each_object():
+    # a small red circle on each side of the blue square: the largest red circle (left) decides
+    img = S.draw([obj("red", "circle", 6, 16, 5), obj("blue", "square", 16, 16, 4), obj("red", "circle", 27, 16, 4)])
+    assert C.score("a red circle left of a blue square", img).attributes["position"]
+    assert not C.score("a red circle right of a blue square", img).attributes["position"]
+
+
 def test_position_uses_centroids_with_image_scaled_margin():
     a = C.Detection("red", "circle", (10.0, 10.0), 50, (6, 6, 14, 14))
     b = C.Detection("blue", "square", (12.5, 10.0), 50, (9, 6, 16, 14))
