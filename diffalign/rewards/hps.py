@@ -9,6 +9,7 @@ CLIP mean / std (open_clip's eval transform for square images).
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional
 
@@ -34,7 +35,22 @@ def create_open_clip(model_name: str = MODEL_NAME, model_cfg: Optional[Dict[str,
     if open_clip.get_model_config(model_name) is None:
         raise ValueError(f"open_clip has no model config {model_name!r}; pass model_cfg (embed_dim, vision_cfg, "
                          f"text_cfg) to define it")
-    return open_clip.create_model(model_name, pretrained=None), open_clip.get_tokenizer(model_name)
+    quiet = _DropMessage("No pretrained weights loaded")  # expected: the HPS weights are loaded right after
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(model_name, pretrained=None)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return model, open_clip.get_tokenizer(model_name)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefix)
 
 
 class HPSv2(Reward):

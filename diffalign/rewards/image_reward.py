@@ -27,7 +27,6 @@ import re
 from typing import Any, Dict, List, Optional
 
 import torch
-from torch import nn
 
 from diffalign.rewards.aesthetic import ScoreMLP
 from diffalign.rewards.base import CLIP_MEAN, CLIP_STD, Reward, clip_preprocess
@@ -115,7 +114,9 @@ def text_config_from_med(med: Dict[str, Any], vision_width: int):
                           hidden_dropout_prob=med.get("hidden_dropout_prob", 0.0),
                           attention_probs_dropout_prob=med.get("attention_probs_dropout_prob", 0.0),
                           pad_token_id=med.get("pad_token_id", 0), bos_token_id=None, sep_token_id=None,
-                          eos_token_id=None, is_decoder=True)  # builds the cross-attention; forward(is_decoder=False) keeps it bidirectional
+                          # is_decoder builds the cross-attention layers; forward(is_decoder=False) keeps the
+                          # self-attention bidirectional, as BLIP's text encoder in "multimodal" mode
+                          eos_token_id=None, is_decoder=True)
 
 
 def init_tokenizer(source: str, local_files_only: bool = False):
@@ -154,7 +155,8 @@ class ImageReward(Reward):
         tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        out = self.text(input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device),
+        dev = self.device
+        out = self.text(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev),
                         encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, is_decoder=False)
         return out.last_hidden_state[:, 0, :]
 
@@ -198,8 +200,8 @@ def load_image_reward(directory: Optional[str], device=None, dtype=None, model: 
                       mean: float = REWARD_MEAN, std: float = REWARD_STD,
                       local_files_only: bool = False) -> ImageReward:
     """ImageReward from ``model``: a folder with ImageReward.pt + med_config.json, the .pt file itself (med_config.json
-    beside it), or a hub repo (default THUDM/ImageReward). ``tokenizer``: the folder's own tokenizer files if it has them,
-    else bert-base-uncased. ``vision``: ViT dims when not BLIP's ViT-L/16 (tiny test models)."""
+    beside it), or a hub repo (default THUDM/ImageReward). ``tokenizer``: the folder's own tokenizer files if it has
+    them, else bert-base-uncased. ``vision``: ViT dims when not BLIP's ViT-L/16 (tiny test models)."""
     source = resolve(directory, model) or directory or DEFAULT_MODEL
     how = how_to_download(DEFAULT_MODEL if source == DEFAULT_MODEL else source)
     ckpt = checkpoint_file(source, CHECKPOINT_FILE, "image_reward", how, local_files_only)
