@@ -145,24 +145,30 @@ def _tokenizer(adapter):
 
 
 def _ids(tok, text: str, specials: bool) -> List[int]:
-    from diffalign.modalities.image.tiny import CharTokenizer
-    if isinstance(tok, CharTokenizer):
-        body = [b + 3 for b in text.encode()]
-        return [tok.bos] + body[: tok.model_max_length - 2] + [tok.eos] if specials else body
+    """Token ids of ``text`` up to its end token (with start/end tokens when ``specials``).
+
+    Two tokenizer contracts: the project's own (the tiny preset's CharTokenizer, the demo model's
+    WordTokenizer: ``tok(prompts) -> LongTensor (B, max_length)`` with ``bos``/``eos``/``pad`` ids) and
+    transformers tokenizers (``tok(text, add_special_tokens=...)["input_ids"]``).
+    """
+    if all(hasattr(tok, a) for a in ("bos", "eos", "pad")) and not hasattr(tok, "convert_tokens_to_ids"):
+        row = tok([text])[0].tolist()
+        row = row[: row.index(tok.eos) + 1] if tok.eos in row else [i for i in row if i != tok.pad]
+        return row if specials else [i for i in row if i not in (tok.bos, tok.eos, tok.pad)]
     out = tok(text, add_special_tokens=specials)
-    return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def subject_token_indices(adapter, prompt: str, word: str) -> Tuple[List[int], int]:
     """(positions of ``word``'s tokens in the encoded prompt, number of tokens before padding).
 
     A word may be several tokens (the tiny preset's tokenizer is per character; BPE splits rare words):
-    its map is then the mean of theirs. ValueError if the word is not in the prompt's tokens.
+    its map is then the mean of theirs. The first occurrence is taken. ValueError if the word is not in the prompt's tokens.
     """
     tok = _tokenizer(adapter)
     ids = _ids(tok, prompt, True)
     candidates = [_ids(tok, word, False)]
-    if not hasattr(tok, "bos"):
+    if hasattr(tok, "convert_tokens_to_ids"):
         candidates.append(_ids(tok, " " + word, False))  # byte-level BPE marks a leading space
     for sub in candidates:
         n = len(sub)

@@ -25,7 +25,7 @@ from diffalign.mdp import DiffusionPolicy
 __all__ = ["PromptOptConfig", "PromptOptResult", "rewrite_candidates", "LMRewriter", "optimize_prompt",
            "DEFAULT_TEMPLATES"]
 
-DEFAULT_TEMPLATES = ("{prompt}, {prompt}", "{prompt}.", "an image of {prompt}", "{prompt}, clear, simple")
+DEFAULT_TEMPLATES = ("{prompt} {prompt}", "{prompt}, {prompt}", "{prompt}.", "an image of {prompt}", "{prompt}, clear, simple")
 # words that carry no attribute of their own: never emphasised
 _FUNCTION_WORDS = frozenset("a an the of and with in on at to two three four five one left right above below "
                             "is are".split())
@@ -45,8 +45,8 @@ def rewrite_candidates(prompt: str, templates: Sequence[str] = DEFAULT_TEMPLATES
     """Deterministic rewrites of ``prompt`` (the prompt itself first, no duplicates).
 
     Templates are format strings with ``{prompt}``. Emphasis edits, per content word w: repeat it in
-    place ("a red red circle"), and front it ("red, a red circle"). Unknown words in a template
-    matter for models with a closed vocabulary: pass templates built from known words only.
+    place ("a red red circle"), and front it ("red a red circle"). For models with a closed
+    vocabulary, :func:`optimize_prompt` skips candidates with words the tokenizer does not know.
     """
     out = [prompt]
     for t in templates:
@@ -58,7 +58,7 @@ def rewrite_candidates(prompt: str, templates: Sequence[str] = DEFAULT_TEMPLATES
             pattern = re.compile(rf"\b{re.escape(w)}\b")
             for k in range(2, max_repeat + 1):
                 out.append(pattern.sub(" ".join([w] * k), prompt, count=1))
-            out.append(f"{w}, {prompt}")
+            out.append(f"{w} {prompt}")
     seen, unique = set(), []
     for c in out:
         if c not in seen:
@@ -98,6 +98,19 @@ class LMRewriter:
         texts = self.tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         lines = [t.strip().split("\n")[0].strip() for t in texts]
         return [t for t in lines if t]
+
+
+def _encodable(adapter, prompt: str) -> bool:
+    """Whether the model can take ``prompt`` as it is: the toy knows a fixed prompt list (encoding
+    anything else raises), the demo model's word tokenizer maps unknown words to <unk>."""
+    unknown = getattr(getattr(adapter, "tokenizer", None), "unknown_words", None)
+    if callable(unknown) and unknown(prompt):
+        return False
+    try:
+        adapter.encode_conditions([prompt])
+    except ValueError:
+        return False
+    return True
 
 
 @dataclasses.dataclass
@@ -140,19 +153,14 @@ def optimize_prompt(policy: DiffusionPolicy, prompt: str, reward_fn, seeds: Sequ
     candidates = [prompt] + (list(rewriter(prompt)) if rewriter is not None else [])
     candidates += rewrite_candidates(prompt, config.templates, config.emphasis)
     unique: List[str] = []
-    for c in candidates:
-        if c not in unique:
+    for c in candidates:  # the original first, then what the model can take as it is, up to the budget
+        if c not in unique and (c == prompt or _encodable(policy.adapter, c)):
             unique.append(c)
     candidates = unique[:config.max_candidates]
     counter = EvalCounter()
     scores: Dict[str, float] = {}
     best, best_decoded = None, None
     for cand in tqdm(candidates, desc="prompt optimisation", disable=not progress, leave=False):
-        if cand != prompt:
-            try:  # a model with a closed prompt set (the toy) cannot encode rewrites: skip those
-                policy.adapter.encode_conditions([cand])
-            except ValueError:
-                continue
         batch = sample_images(policy, [cand] * len(seeds), seeds, batch_size=config.batch_size, counter=counter)
         r = call_reward(reward_fn, batch.decoded, [prompt] * len(seeds), torch.device("cpu"))
         scores[cand] = float(r.mean())
