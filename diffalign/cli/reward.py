@@ -26,7 +26,7 @@ def run(args) -> int:
         return 2
     try:
         train_reward_model(cfg)
-    except PreferenceDataError as exc:
+    except (PreferenceDataError, FileNotFoundError) as exc:  # unusable data, missing backbone weights
         print(f"diffalign reward train: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -262,6 +262,43 @@ def test_model_save_load_round_trip_and_load_reward(tmp_path):
         load_preference_model(str(tmp_path / "rm"), aspect="detail")
 
 
+def _local_clip_folder(folder):
+    """A tiny transformers CLIPModel + CLIPTokenizer saved as a hub checkpoint would be (no download)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    folder.mkdir()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, pad_token_id=1,
+                                      eos_token_id=1),
+                     vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_model_from_a_local_clip_checkpoint_round_trips(tmp_path):
+    from diffalign.rewards.base import MissingRewardWeights
+    from diffalign.rewards.training.model import build_model, load_preference_model
+    model = build_model(str(_local_clip_folder(tmp_path / "clip")), aspects=["overall"], seed=0).eval()
+    assert model.tokenizer_kind == "hf" and model.max_length == 8
+    images, prompts = torch.rand(2, 3, 36, 36), ["a cat", "dog"]
+    with torch.no_grad():
+        before = model(images, prompts)
+    model.save(str(tmp_path / "rm"))
+    assert os.path.isdir(tmp_path / "rm" / "tokenizer")
+    with torch.no_grad():
+        assert torch.equal(load_preference_model(str(tmp_path / "rm"))(images, prompts), before)
+    with pytest.raises(MissingRewardWeights, match="huggingface-cli download"):
+        build_model(str(tmp_path / "nothing_here"))
+
+
 def test_lora_backbone_trains_only_adapters_and_saves_merged(tmp_path):
     from diffalign.rewards.training.model import build_model, load_preference_model
     model = build_model("tiny", seed=0)

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffalign.rewards.base import CLIP_MEAN, CLIP_STD, REWARD_CONFIG_FILE, Reward, as_pixels, clip_preprocess
+from diffalign.rewards.base import (CLIP_MEAN, CLIP_STD, REWARD_CONFIG_FILE, Reward, as_pixels, clip_preprocess,
+                                   missing_weights)
 from diffalign.rewards.loading import register_reward_type
 
 MODEL_TYPE = "preference_model"
@@ -200,9 +201,10 @@ def build_model(backbone: str = "tiny", aspects: Sequence[str] = ("overall",), p
         clip = CLIPModel.from_pretrained(backbone)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"model.backbone {backbone!r}: cannot load a CLIPModel and its tokenizer from it ({exc}). "
-                         "Give a local folder holding them (e.g. `huggingface-cli download openai/clip-vit-base-patch32 "
-                         "--local-dir DIR`) or 'tiny'") from None
+        raise missing_weights(f"model.backbone {backbone!r}", backbone,
+                              "Give a local folder holding a transformers CLIPModel and its tokenizer (e.g. "
+                              "`huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR`), or 'tiny'",
+                              exc) from None
     mean, std = CLIP_MEAN, CLIP_STD
     pre = os.path.join(backbone, "preprocessor_config.json")
     if os.path.isfile(pre):  # a local checkpoint states its own normalisation
