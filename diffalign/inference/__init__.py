@@ -18,7 +18,7 @@ from diffalign.inference.noise_opt import (NoiseOptConfig, NoiseOptResult, chi2_
                                            optimize_noise, shell_ratio)
 from diffalign.inference.prompt_opt import (LMRewriter, PromptOptConfig, PromptOptResult, optimize_prompt,
                                             rewrite_candidates)
-from diffalign.inference.rewards import WeightedReward, make_reward
+from diffalign.inference.rewards import make_reward
 from diffalign.inference.sampler import (EvalCounter, count_evaluations, decode_with_grad, draw_noise, sample_chain,
                                          sample_images, seeded_generators)
 from diffalign.inference.surrogates import shapes_surrogate
@@ -27,6 +27,6 @@ __all__ = ["best_of_n", "rejection_sample", "candidate_seed", "SelectionResult",
            "NoiseOptResult", "shell_ratio", "chi2_regularizer", "norm_regularizer", "optimize_prompt",
            "PromptOptConfig", "PromptOptResult", "rewrite_candidates", "LMRewriter", "attend_and_excite",
            "AttendExciteConfig", "AttendExciteResult", "attention_store", "subject_token_indices", "make_reward",
-           "WeightedReward", "EvalCounter", "count_evaluations", "decode_with_grad", "draw_noise", "sample_chain",
+           "EvalCounter", "count_evaluations", "decode_with_grad", "draw_noise", "sample_chain",
            "sample_images", "seeded_generators", "shapes_surrogate", "METHODS", "DEFAULT_BUDGETS", "MethodOutput",
            "run_method"]

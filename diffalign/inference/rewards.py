@@ -1,4 +1,5 @@
-"""Rewards for inference-time methods: one callable from a name, a callable, or several weighted.
+"""Rewards for inference-time methods: one callable from a name, a callable, or several weighted
+(``diffalign.rewards.combine.WeightedSum``).
 
 A reward is ``(decoded, prompts) -> Tensor[B]`` as everywhere in diffalign. Best-of-N and rejection
 sampling only rank samples, so any reward works; noise optimisation needs one that is differentiable
@@ -12,29 +13,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["make_reward", "WeightedReward", "RewardSpec"]
+__all__ = ["make_reward", "RewardSpec"]
 
 RewardFn = Callable[[Any, Sequence[str]], torch.Tensor]
 RewardSpec = Union[str, RewardFn, Mapping[str, Any], Sequence[Any]]
-
-
-class WeightedReward:
-    """sum_k w_k r_k(samples, prompts): several rewards ranked as one (no normalisation here; the
-    rewards package's weighted sum adds per-reward normalisation where it is installed)."""
-
-    def __init__(self, rewards: Sequence[RewardFn], weights: Sequence[float]):
-        if len(rewards) != len(weights) or not rewards:
-            raise ValueError(f"a weighted reward needs as many weights as rewards (>= 1), got {len(weights)} "
-                             f"weights for {len(rewards)} rewards")
-        self.rewards, self.weights = list(rewards), [float(w) for w in weights]
-        self.differentiable = all(getattr(r, "differentiable", False) for r in self.rewards)
-
-    def __call__(self, samples, prompts):
-        total = None
-        for fn, w in zip(self.rewards, self.weights):
-            r = torch.as_tensor(fn(samples, list(prompts))).float()
-            total = w * r if total is None else total + w * r.to(total.device)
-        return total
 
 
 def _one(spec, extra: Optional[Mapping[str, RewardFn]]) -> RewardFn:
@@ -53,17 +35,22 @@ def _one(spec, extra: Optional[Mapping[str, RewardFn]]) -> RewardFn:
 
 def make_reward(spec: RewardSpec, adapter=None, differentiable: bool = False) -> RewardFn:
     """One reward callable from ``spec``: a registered name (the adapter's own rewards first, then this
-    package's, e.g. ``shapes_surrogate``, then the registry's), a
-    callable, a mapping ``{name, kwargs}``, or a list of those (mappings may carry ``weight``,
-    default 1) combined as a weighted sum."""
+    package's, e.g. ``shapes_surrogate``, then the registry's), a callable, a mapping ``{name, kwargs}``,
+    or a list of those combined by the rewards package's weighted sum (mappings may carry ``weight``,
+    default 1, and ``normalize`` "none" | "fixed" with ``mean``/``std``). Ranking methods (best-of-N,
+    rejection, prompt_opt) compare scores across batches, so give them "none" or "fixed": "running"
+    and "batch" statistics differ from batch to batch."""
     from diffalign.inference.surrogates import INFERENCE_REWARDS
     extra = dict(INFERENCE_REWARDS)
     if adapter is not None:
         extra.update(adapter.rewards())
     if isinstance(spec, (list, tuple)):
+        from diffalign.rewards.combine import Normalizer, WeightedSum
         parts = [_one(s, extra) for s in spec]
-        weights = [float(s.get("weight", 1.0)) if isinstance(s, Mapping) else 1.0 for s in spec]
-        fn: RewardFn = WeightedReward(parts, weights)
+        maps = [s if isinstance(s, Mapping) else {} for s in spec]
+        norms = [Normalizer(m.get("normalize", "none"), m.get("mean"), m.get("std")) for m in maps]
+        names = [m.get("name", getattr(p, "__name__", f"r{i}")) for i, (m, p) in enumerate(zip(maps, parts))]
+        fn: RewardFn = WeightedSum(parts, [float(m.get("weight", 1.0)) for m in maps], norms, names)
     else:
         fn = _one(spec, extra)
     if differentiable and getattr(fn, "differentiable", None) is False:

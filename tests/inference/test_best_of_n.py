@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffalign.inference import WeightedReward, best_of_n, make_reward, rejection_sample, sample_images
+from diffalign.inference import best_of_n, make_reward, rejection_sample, sample_images
 from diffalign.inference.best_of_n import candidate_seed
 
 from .conftest import mean_red, toy_reward
@@ -41,9 +41,12 @@ def test_rejection_sampling_stops_at_the_threshold(toy):
 
 def test_best_of_n_on_images_and_a_weighted_reward(image):
     prompts, seeds = ["a cat", "a dog"], [7, 8]
-    reward = make_reward([{"name": "brightness", "weight": 2.0}, mean_red], image.adapter)
+    reward = make_reward([{"name": "brightness", "weight": 2.0}, mean_red,
+                          {"name": "brightness", "weight": 0.5, "normalize": "fixed", "mean": 0.5, "std": 0.1}],
+                         image.adapter)
     plain = sample_images(image, prompts, seeds)
-    expected = 2 * plain.decoded.mean(dim=(1, 2, 3)) + mean_red(plain.decoded, prompts)
+    bright = plain.decoded.mean(dim=(1, 2, 3))
+    expected = 2 * bright + mean_red(plain.decoded, prompts) + 0.5 * (bright - 0.5) / 0.1
     assert torch.allclose(reward(plain.decoded, prompts), expected, atol=1e-6)
     res = best_of_n(image, prompts, seeds, reward, n=4, progress=False)
     assert (res.rewards >= res.plain_rewards).all() and res.rewards.sum() > res.plain_rewards.sum()
@@ -54,7 +57,5 @@ def test_bad_inputs_name_the_problem(toy):
         best_of_n(toy, PROMPTS, SEEDS, toy_reward, n=0)
     with pytest.raises(ValueError, match="seeds"):
         best_of_n(toy, PROMPTS, SEEDS[:2], toy_reward, n=2)
-    with pytest.raises(ValueError, match="weights"):
-        WeightedReward([toy_reward], [1.0, 2.0])
     with pytest.raises(ValueError, match="unknown"):
         make_reward("no_such_reward")
