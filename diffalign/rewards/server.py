@@ -19,10 +19,12 @@ No failed sample is ever scored 0 or dropped: a call returns one finite score pe
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
+import sys
 import traceback
 import weakref
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence
@@ -83,6 +85,24 @@ def _serve(conn, name, kwargs, modality, device) -> None:
             conn.send(("ok", batch_id, r))
         except Exception:
             conn.send(("error", batch_id, traceback.format_exc()))
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Spawn re-imports the caller's ``__main__`` script in the child, which re-runs a training script
+    that lacks an ``if __name__ == "__main__"`` guard (or fails at once). The worker needs nothing from it
+    (the reward is found by name), so hide the script from multiprocessing while the child starts."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__spec__", "__file__") if main is not None and hasattr(main, k)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 # ---- the client --------------------------------------------------------------------------------------
@@ -149,7 +169,8 @@ class RewardServer:
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_serve, args=(child, self.name, self.kwargs, self.modality, self.device),
                            daemon=True, name=f"diffalign-reward-{self.name}")
-        proc.start()
+        with _main_not_reimported():
+            proc.start()
         child.close()  # so the parent sees EOF when the worker dies
         self._proc, self._conn = proc, parent
         if not parent.poll(self.startup_timeout_s):
@@ -290,9 +311,11 @@ class RewardServer:
                                         f"({len(head.prompts)} samples):\n{payload}")
             if payload.shape != (len(head.prompts),) or not torch.isfinite(payload).all():
                 self._outstanding.clear()
-                raise RewardServerError(f"reward server {self.name!r}: batch {got} got scores of shape "
-                                        f"{tuple(payload.shape)} ({payload.tolist()}), expected "
-                                        f"{len(head.prompts)} finite values")
+                line = (f"reward server {self.name!r}: batch {got} got scores of shape {tuple(payload.shape)} "
+                        f"({payload.tolist()}), expected {len(head.prompts)} finite values")
+                self.faults.append(line)
+                logger.error("%s", line)
+                raise RewardServerError(line)
             self._done[got] = payload
         return self._done.pop(batch_id)
 
