@@ -338,6 +338,13 @@ def test_shipped_tiny_config_reaches_high_held_out_accuracy(tmp_path):
     assert len(lines) == cfg.epochs and lines[-1]["eval_accuracy"] == summary["held_out_accuracy"]
     assert lines[0]["eval_accuracy"] < summary["held_out_accuracy"]
     assert os.path.isfile(tmp_path / "run" / "reward" / "diffalign_reward.json")
+    # frozen: the saved backbone is the seeded random init, bit for bit
+    from safetensors.torch import load_file
+    from diffalign.rewards.training.model import build_model
+    saved = load_file(str(tmp_path / "run" / "reward" / "model.safetensors"))
+    for k, v in build_model("tiny", seed=cfg.seed).backbone.state_dict().items():
+        if not k.endswith("position_ids"):
+            assert torch.equal(saved["backbone." + k], v), k
 
 
 def test_training_is_seed_deterministic_and_pl_multihead_ties_train(tmp_path):
@@ -385,10 +392,18 @@ def test_reward_train_cli(tmp_path, capsys):
     from diffalign.cli import main
     out = tmp_path / "cli"
     with pytest.raises(SystemExit) as exc:
-        main(["reward", "train", "reward_bt_tiny", f"output_dir={out}", "epochs=2", "logging.progress_bar=false",
-              "logging.tensorboard=false", "data.synthetic={num_groups: 40, image_size: 16}"])
+        main(["reward", "train", "reward_bt_tiny", f"output_dir={out}", "epochs=2", "model.backbone_mode=full",
+              "data.synthetic={num_groups: 40, image_size: 16}"])
     assert exc.value.code == 0
     assert os.path.isfile(out / "reward" / "model.safetensors") and "saved the reward model" in capsys.readouterr().out
+    assert os.listdir(out / "tensorboard") and json.load(open(out / "summary.json"))["backbone_mode"] == "full"
+    # full tuning moved the backbone away from its seeded random init
+    from safetensors.torch import load_file
+    from diffalign.rewards.training.model import build_model
+    trained = load_file(str(out / "reward" / "model.safetensors"))
+    init = build_model("tiny", seed=0).backbone.state_dict()
+    key = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained["backbone." + key], init[key])
     with pytest.raises(SystemExit) as exc:
         main(["reward", "train", "reward_bt_tiny", f"output_dir={out}", "loss.tie_policy=coin"])
     assert exc.value.code == 2 and "loss.tie_policy" in capsys.readouterr().err
