@@ -1,5 +1,12 @@
-import pytest
-import torch
+import os
+
+# Tests never reach a hub: without this, a hub id that is not cached (a reward's default tokenizer, say)
+# makes huggingface_hub retry for minutes on a machine without network before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_configure(config):
