@@ -86,10 +86,11 @@ def test_label_ties_are_counted_and_excluded(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def jpg(path):
-        return open(path, "rb").read()
-    table = pa.table({"caption": ["x", "y", "z"], "jpg_0": [jpg(tmp_path / "s0.png"), jpg(tmp_path / "n0.png"), jpg(tmp_path / "s1.png")],
-                      "jpg_1": [jpg(tmp_path / "n1.png"), jpg(tmp_path / "s2.png"), jpg(tmp_path / "n2.png")],
+    def encoded(name):  # Pick-a-Pic stores encoded image bytes (PNG here; the reader decodes any format)
+        return (tmp_path / name).read_bytes()
+    table = pa.table({"caption": ["x", "y", "z"],
+                      "jpg_0": [encoded("s0.png"), encoded("n0.png"), encoded("s1.png")],
+                      "jpg_1": [encoded("n1.png"), encoded("s2.png"), encoded("n2.png")],
                       "label_0": [1.0, 0.0, 0.5], "label_1": [0.0, 1.0, 0.5]})
     pq.write_table(table, tmp_path / "pick.parquet")
     with pytest.warns(UserWarning, match="ties"):

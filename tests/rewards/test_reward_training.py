@@ -125,7 +125,8 @@ def test_plackett_luce_matches_eq5_in_float64():
 def test_plackett_luce_reduces_to_bradley_terry_for_pairs_and_has_finite_gradients():
     s = torch.tensor([[0.3, 1.1], [2.0, -0.5]], dtype=torch.float64)
     r = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
-    bt = bradley_terry_loss(torch.tensor([0.3, -0.5], dtype=torch.float64), torch.tensor([1.1, 2.0], dtype=torch.float64))
+    bt = bradley_terry_loss(torch.tensor([0.3, -0.5], dtype=torch.float64),
+                            torch.tensor([1.1, 2.0], dtype=torch.float64))
     assert plackett_luce_loss(s, r).item() == pytest.approx(bt.item(), rel=1e-12)
     # a padded slot and a group with a single labelled item: no loss there, no NaN gradient
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
@@ -170,7 +171,8 @@ def test_ranked_reader_groups_aspects_ties_and_errors(tmp_path):
     assert ranks[2, :2, 1].tolist() == [1, 1]
     # errors name the file, the line and the field
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "x", "images": ["0.png", "1.png"], "ranks": [1]}) + "\n")
+    short = {"prompt": "x", "images": ["0.png", "1.png"], "ranks": [1]}
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps(short) + "\n")
     with pytest.raises(PreferenceDataError, match=r"bad.jsonl line 2: field 'ranks'"):
         read_comparisons(str(bad))
     bad.write_text(json.dumps({"images": ["0.png", "1.png"], "ranks": [1, "x"], "prompt": "p"}) + "\n")
@@ -180,7 +182,8 @@ def test_ranked_reader_groups_aspects_ties_and_errors(tmp_path):
     with pytest.raises(PreferenceDataError, match="field 'prompt'"):
         read_comparisons(str(bad))
     # a missing image skips the group and is counted
-    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "d", "images": ["0.png", "nope.png"], "ranks": [1, 2]}) + "\n")
+    missing = {"prompt": "d", "images": ["0.png", "nope.png"], "ranks": [1, 2]}
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(missing) + "\n")
     groups, report = read_comparisons(str(path))
     assert len(groups) == 1 and report.undecodable == 1
 

@@ -74,7 +74,8 @@ def _is_ranked_row(row: Any) -> bool:
 
 def _rank_list(value: Any, n: int, where: str, field: str) -> List[float]:
     if not isinstance(value, list) or len(value) != n:
-        raise PreferenceDataError(f"{where}: field {field!r} must be a list of {n} ranks (one per image), got {value!r}")
+        raise PreferenceDataError(f"{where}: field {field!r} must be a list of {n} ranks (one per image), "
+                                  f"got {value!r}")
     out = []
     for v in value:
         if v is None:
@@ -95,7 +96,8 @@ def _parse_ranked(row: Dict[str, Any], where: str) -> Comparison:
             raise PreferenceDataError(f"{where}: a row with 'tie' needs fields 'chosen' and 'rejected'")
         if not isinstance(row["tie"], bool):
             raise PreferenceDataError(f"{where}: field 'tie' must be true or false, got {row['tie']!r}")
-        return Comparison(prompt.strip(), [row["chosen"], row["rejected"]], {None: [1.0, 1.0] if row["tie"] else [1.0, 2.0]})
+        ranks = [1.0, 1.0] if row["tie"] else [1.0, 2.0]
+        return Comparison(prompt.strip(), [row["chosen"], row["rejected"]], {None: ranks})
     images = row.get("images", row.get("image_path"))
     field = "images" if "images" in row else "image_path"
     if not isinstance(images, list) or len(images) < 2:
@@ -134,7 +136,8 @@ def _read_records(path: str) -> List[Tuple[int, Any]]:
     return records
 
 
-def read_ranked(path: str, verify_images: bool = True, max_records: Optional[int] = None) -> Tuple[List[Comparison], LoadReport]:
+def read_ranked(path: str, verify_images: bool = True,
+                max_records: Optional[int] = None) -> Tuple[List[Comparison], LoadReport]:
     """The ranked layout (module docstring). Groups with an image that does not decode are skipped and counted."""
     records = _read_records(path)
     if max_records is not None:
@@ -216,7 +219,8 @@ def rank_tensor(groups: Sequence[Comparison], aspects: Sequence[str], primary: s
     return out
 
 
-def split_groups(groups: Sequence[Comparison], eval_fraction: float, seed: int) -> Tuple[List[Comparison], List[Comparison]]:
+def split_groups(groups: Sequence[Comparison], eval_fraction: float,
+                 seed: int) -> Tuple[List[Comparison], List[Comparison]]:
     """A seeded random (train, held-out) split of whole groups, so no image is in both."""
     if not 0 <= eval_fraction < 1:
         raise ValueError(f"data.eval_fraction must lie in [0, 1), got {eval_fraction}")

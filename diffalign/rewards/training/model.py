@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +86,8 @@ class PreferenceRewardModel(Reward):
         self.tokenizer_kind = tokenizer_kind
         self.image_size = int(image_size or backbone.config.vision_config.image_size)
         self.max_length = int(max_length or backbone.config.text_config.max_position_embeddings)
-        self.register_buffer("image_mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(list(image_std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+            self.register_buffer(name, torch.tensor(list(value), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         dim = backbone.config.projection_dim
         self.heads = nn.ModuleDict({a: _head(3 * dim, self.head_hidden) for a in aspects})
 
@@ -110,7 +110,8 @@ class PreferenceRewardModel(Reward):
     def tokenize(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
         if self.tokenizer_kind == "char":
             ids = self.tokenizer(list(prompts))
-            return {"input_ids": ids.to(self.device), "attention_mask": (ids != self.tokenizer.pad).long().to(self.device)}
+            mask = (ids != self.tokenizer.pad).long()
+            return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         enc = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}

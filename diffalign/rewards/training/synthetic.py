@@ -23,7 +23,8 @@ SYNTHETIC_ASPECTS = ("brightness", "redness", "smoothness", "overall")
 PROMPTS = ("a photo", "a painting", "a sketch", "a render")
 
 
-def synthetic_image(brightness: float, redness: float, smoothness: float, size: int, g: torch.Generator) -> torch.Tensor:
+def synthetic_image(brightness: float, redness: float, smoothness: float, size: int,
+                    g: torch.Generator) -> torch.Tensor:
     """(3, size, size) in [0, 1] with the given properties (plus random, property-free variation)."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     angle = torch.rand((), generator=g) * 6.2832

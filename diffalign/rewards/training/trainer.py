@@ -31,7 +31,7 @@ import yaml
 from diffalign.config import ConfigError, apply_overrides, from_dict, parse_overrides
 from diffalign.rewards.training.data import Comparison, rank_tensor, read_comparisons, split_groups
 from diffalign.rewards.training.losses import TIE_POLICIES, plackett_luce_loss, ranked_pairwise_loss
-from diffalign.rewards.training.metrics import TIE_POLICY, PairwiseAccuracy, pairwise_accuracy
+from diffalign.rewards.training.metrics import TIE_POLICY, pairwise_accuracy
 from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardModel, build_model
 
 SYNTHETIC_PATH = "synthetic:images"
@@ -108,7 +108,8 @@ def validate(cfg: RewardTrainConfig) -> None:
         raise ConfigError("config key 'output_dir' is required (a directory for metrics and the trained reward)")
     for key, value in (("epochs", cfg.epochs), ("train.batch_size", cfg.train.batch_size),
                        ("train.eval_batch_size", cfg.train.eval_batch_size),
-                       ("train.learning_rate", cfg.train.learning_rate), ("train.max_grad_norm", cfg.train.max_grad_norm),
+                       ("train.learning_rate", cfg.train.learning_rate),
+                       ("train.max_grad_norm", cfg.train.max_grad_norm),
                        ("model.lora_rank", cfg.model.lora_rank)):
         if value <= 0:
             raise ConfigError(f"config key {key!r} must be > 0, got {value!r}")
@@ -116,7 +117,8 @@ def validate(cfg: RewardTrainConfig) -> None:
         raise ConfigError("config keys 'train.weight_decay', 'model.head_hidden' and 'loss.tie_nu' must be >= 0, got "
                           f"{cfg.train.weight_decay!r}, {cfg.model.head_hidden!r}, {cfg.loss.tie_nu!r}")
     if cfg.model.backbone_mode not in BACKBONE_MODES:
-        raise ConfigError(f"config key 'model.backbone_mode' must be one of {BACKBONE_MODES}, got {cfg.model.backbone_mode!r}")
+        raise ConfigError(f"config key 'model.backbone_mode' must be one of {BACKBONE_MODES}, "
+                          f"got {cfg.model.backbone_mode!r}")
     aspects = cfg.model.aspects
     if not aspects or len(set(aspects)) != len(aspects):
         raise ConfigError(f"config key 'model.aspects' must be a non-empty list of distinct names, got {aspects!r}")
@@ -136,7 +138,8 @@ def validate(cfg: RewardTrainConfig) -> None:
     if cfg.data.path is None:
         raise ConfigError(f"config key 'data.path' is required (preference data, or {SYNTHETIC_PATH!r})")
     if cfg.data.path.startswith("synthetic:") and cfg.data.path != SYNTHETIC_PATH:
-        raise ConfigError(f"config key 'data.path': the only synthetic set is {SYNTHETIC_PATH!r}, got {cfg.data.path!r}")
+        raise ConfigError(f"config key 'data.path': the only synthetic set is {SYNTHETIC_PATH!r}, "
+                          f"got {cfg.data.path!r}")
     if cfg.data.path != SYNTHETIC_PATH:
         from diffalign.data.readers import looks_like_hub_id
         if not os.path.exists(cfg.data.path) and not looks_like_hub_id(cfg.data.path):
@@ -383,4 +386,4 @@ def train_reward_model(cfg: RewardTrainConfig) -> Dict[str, Any]:
     return RewardTrainer(cfg).train()
 
 
-__all__ = ["RewardTrainConfig", "load_reward_train_config", "train_reward_model", "RewardTrainer", "PairwiseAccuracy"]
+__all__ = ["RewardTrainConfig", "load_reward_train_config", "train_reward_model", "RewardTrainer"]
