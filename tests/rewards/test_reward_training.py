@@ -387,6 +387,8 @@ def test_config_errors_name_the_key(tmp_path):
         _config(tmp_path, **{"loss.aspect_weights": "{detail: 1}"})
     with pytest.raises(ConfigError, match="unknown config key 'train.lr'"):
         _config(tmp_path, **{"train.lr": 1})
+    with pytest.raises(ConfigError, match="data.format"):
+        _config(tmp_path, **{"data.format": "csv"})
     with pytest.raises(ConfigError, match="data.synthetic"):
         _config(tmp_path, **{"data.synthetic": "{num_pairs: 3}"})
 

@@ -133,6 +133,11 @@ def validate(cfg: RewardTrainConfig) -> None:
             raise ConfigError(f"config key 'loss.aspect_weights.{k}': {k!r} is not one of model.aspects {aspects}")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise ConfigError(f"config key 'loss.aspect_weights.{k}' must be a number >= 0, got {w!r}")
+    from diffalign.data import FORMATS
+    from diffalign.rewards.training.data import RANKED_FORMAT
+    if cfg.data.format is not None and cfg.data.format not in FORMATS + (RANKED_FORMAT,):
+        raise ConfigError(f"config key 'data.format' must be one of {FORMATS + (RANKED_FORMAT,)}, "
+                          f"got {cfg.data.format!r}")
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
     if cfg.data.path is None:
@@ -260,7 +265,7 @@ class RewardTrainer:
         model.eval()
         with torch.no_grad():
             scores = self._scores(model, held, held_emb, range(len(held)))
-            out = {"eval_loss": float(self.loss(scores, held_ranks))}
+            out = {"eval_loss": float(self.loss(scores, held_ranks.to(scores.device)))}
         for ai, aspect in enumerate(model.aspects):
             acc = pairwise_accuracy(scores[..., ai], held_ranks[..., ai])
             if acc.n_pairs:
