@@ -137,6 +137,27 @@ def test_plackett_luce_reduces_to_bradley_terry_for_pairs_and_has_finite_gradien
     assert loss.item() == pytest.approx(_pl_reference(x[0].tolist(), [1.0, 2.0, NAN]), rel=1e-12)
 
 
+def test_multi_aspect_loss_averages_labelled_aspects():
+    from diffalign.rewards.training.losses import multi_aspect_loss
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 2, 3, generator=g, dtype=torch.float64)
+    ranks = torch.full((3, 2, 3), NAN, dtype=torch.float64)
+    ranks[0, :, 0] = torch.tensor([1.0, 2.0])          # aspect 0 labelled in groups 0 and 1
+    ranks[1, :, 0] = torch.tensor([2.0, 1.0])
+    ranks[2, :, 1] = torch.tensor([1.0, 1.0])          # aspect 1: one tie; aspect 2: never labelled
+    l0 = -(_log_sigmoid(float(scores[0, 0, 0] - scores[0, 1, 0]))
+           + _log_sigmoid(float(scores[1, 1, 0] - scores[1, 0, 0]))) / 2
+    d1 = float(scores[2, 0, 1] - scores[2, 1, 1])
+    l1 = -0.5 * (_log_sigmoid(d1) + _log_sigmoid(-d1))
+    got = multi_aspect_loss(scores, ranks, "bt", weights=[1.0, 3.0, 5.0]).item()
+    assert got == pytest.approx((l0 + 3 * l1) / 4, rel=1e-12)
+    pl = multi_aspect_loss(scores, ranks, "pl").item()
+    assert pl == pytest.approx((l0 + 2 * l1) / 2, rel=1e-12)  # Breslow tie of two = twice the half-target loss
+    assert multi_aspect_loss(scores, torch.full_like(ranks, NAN)).item() == 0.0
+    with pytest.raises(ValueError, match="aspect weights"):
+        multi_aspect_loss(scores, ranks, weights=[1.0])
+
+
 def test_pairwise_accuracy_tie_policy():
     scores = torch.tensor([[2.0, 1.0, 1.0], [0.0, 0.0, 3.0]])
     ranks = torch.tensor([[1.0, 2.0, 2.0], [1.0, 2.0, NAN]])

@@ -21,7 +21,7 @@ exactly, and for K = 2 it is Eq. 3.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +114,33 @@ def plackett_luce_loss(scores: torch.Tensor, ranks: torch.Tensor, reduction: str
     losses = -terms.sum(dim=1)
     weight = (valid.sum(dim=1) >= 2).to(scores)
     return _reduce(losses, weight, reduction)
+
+
+def multi_aspect_loss(scores: torch.Tensor, ranks: torch.Tensor, loss: str = "bt",
+                      weights: Optional[Sequence[float]] = None, tie_policy: str = "half",
+                      tie_nu: float = 1.0) -> torch.Tensor:
+    """One head per aspect (MHP-style multi-dimensional preferences): scores, ranks (G, K, A).
+
+    Each aspect's loss ("bt": :func:`ranked_pairwise_loss`; "pl": :func:`plackett_luce_loss`) uses only
+    that aspect's labels; the result is the ``weights``-weighted mean over the aspects that have at
+    least one labelled pair in the batch (an aspect nobody judged adds nothing, not a zero).
+    """
+    if scores.shape != ranks.shape or scores.ndim != 3:
+        raise ValueError(f"scores and ranks must both be (G, K, A), got {tuple(scores.shape)} and {tuple(ranks.shape)}")
+    if loss not in ("bt", "pl"):
+        raise ValueError(f"loss must be 'bt' or 'pl', got {loss!r}")
+    n_aspects = scores.shape[-1]
+    weights = [1.0] * n_aspects if weights is None else [float(w) for w in weights]
+    if len(weights) != n_aspects:
+        raise ValueError(f"{len(weights)} aspect weights for {n_aspects} aspects")
+    total, weight = scores.new_zeros(()), 0.0
+    for a, w in enumerate(weights):
+        r = ranks[..., a]
+        if w == 0 or not (~torch.isnan(r)).sum(dim=1).ge(2).any():
+            continue
+        if loss == "pl":
+            la = plackett_luce_loss(scores[..., a], r)
+        else:
+            la = ranked_pairwise_loss(scores[..., a], r, tie_policy, tie_nu)
+        total, weight = total + w * la, weight + w
+    return total / weight if weight > 0 else total

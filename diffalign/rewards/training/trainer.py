@@ -30,7 +30,7 @@ import yaml
 
 from diffalign.config import ConfigError, apply_overrides, from_dict, parse_overrides
 from diffalign.rewards.training.data import Comparison, rank_tensor, read_comparisons, split_groups
-from diffalign.rewards.training.losses import TIE_POLICIES, plackett_luce_loss, ranked_pairwise_loss
+from diffalign.rewards.training.losses import TIE_POLICIES, multi_aspect_loss
 from diffalign.rewards.training.metrics import TIE_POLICY, pairwise_accuracy
 from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardModel, build_model
 
@@ -245,18 +245,8 @@ class RewardTrainer:
     def loss(self, scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         """scores, ranks: (G, K, A) -> the aspect-weighted loss over aspects labelled in this batch."""
         lc = self.cfg.loss
-        total, weight = scores.new_zeros(()), 0.0
-        for ai, aspect in enumerate(self.cfg.model.aspects):
-            w = float(lc.aspect_weights.get(aspect, 1.0))
-            r = ranks[..., ai]
-            if w == 0 or not (~torch.isnan(r)).sum(dim=1).ge(2).any():
-                continue
-            if lc.name == "pl":
-                la = plackett_luce_loss(scores[..., ai], r)
-            else:
-                la = ranked_pairwise_loss(scores[..., ai], r, lc.tie_policy, lc.tie_nu)
-            total, weight = total + w * la, weight + w
-        return total / weight if weight > 0 else total
+        weights = [float(lc.aspect_weights.get(a, 1.0)) for a in self.cfg.model.aspects]
+        return multi_aspect_loss(scores, ranks, lc.name, weights, lc.tie_policy, lc.tie_nu)
 
     def evaluate(self, model, held, held_emb, held_ranks) -> Dict[str, Any]:
         """Held-out loss and pairwise accuracy per aspect (the primary one also as eval_accuracy)."""
