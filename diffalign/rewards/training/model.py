@@ -87,7 +87,8 @@ class PreferenceRewardModel(Reward):
         self.image_size = int(image_size or backbone.config.vision_config.image_size)
         self.max_length = int(max_length or backbone.config.text_config.max_position_embeddings)
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
-            self.register_buffer(name, torch.tensor(list(value), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+            buf = torch.tensor(list(value), dtype=torch.float32).view(1, 3, 1, 1)
+            self.register_buffer(name, buf, persistent=False)
         dim = backbone.config.projection_dim
         self.heads = nn.ModuleDict({a: _head(3 * dim, self.head_hidden) for a in aspects})
 
