@@ -105,7 +105,8 @@ def sample(cfg, args) -> dict:
               "reward_mean": float(rewards.mean()), "seconds": round(seconds, 3), "output": out_dir, "samples": rows}
     if args.baseline:
         base = run_method(policy, "plain", all_prompts, seeds, batch_size=cfg.sampling.batch_size, progress=False)
-        report["plain_reward_mean"] = float(call_reward(reward_fn, base.decoded, all_prompts, torch.device("cpu")).mean())
+        plain = call_reward(reward_fn, base.decoded, all_prompts, torch.device("cpu"))
+        report["plain_reward_mean"] = float(plain.mean())
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     return report

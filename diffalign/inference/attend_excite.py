@@ -81,7 +81,8 @@ class StoringCrossAttnProcessor:
     def __init__(self, store: AttentionStore):
         self.store = store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -163,7 +164,8 @@ def subject_token_indices(adapter, prompt: str, word: str) -> Tuple[List[int], i
     """(positions of ``word``'s tokens in the encoded prompt, number of tokens before padding).
 
     A word may be several tokens (the tiny preset's tokenizer is per character; BPE splits rare words):
-    its map is then the mean of theirs. The first occurrence is taken. ValueError if the word is not in the prompt's tokens.
+    its map is then the mean of theirs. The first occurrence is taken. ValueError if the word is not
+    in the prompt's tokens.
     """
     tok = _tokenizer(adapter)
     ids = _ids(tok, prompt, True)

@@ -101,7 +101,8 @@ def best_of_n(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Sequence[i
 
 
 def rejection_sample(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Sequence[int], reward_fn,
-                     threshold: float, max_samples: int, batch_size: int = 16, progress: bool = True) -> SelectionResult:
+                     threshold: float, max_samples: int, batch_size: int = 16,
+                     progress: bool = True) -> SelectionResult:
     """For each prompt draw candidates until one scores ``>= threshold`` (accepted) or ``max_samples``
     were drawn; an unaccepted prompt returns its best candidate (``accepted`` says which)."""
     return _select(policy, prompts, seeds, reward_fn, max_samples, float(threshold), batch_size, progress)

@@ -32,7 +32,8 @@ from typing import List, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from diffalign.inference.sampler import (EvalCounter, count_evaluations, decode_with_grad, draw_noise, sample_chain)
+from diffalign.inference.sampler import (EvalCounter, concat_decoded, count_evaluations, decode_with_grad, draw_noise,
+                                         sample_chain)
 from diffalign.mdp import DiffusionPolicy
 
 __all__ = ["NoiseOptConfig", "NoiseOptResult", "optimize_noise", "shell_ratio", "chi2_regularizer",
@@ -123,15 +124,13 @@ def optimize_noise(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Seque
             parts.append(_optimize_batch(policy, prompts[start:start + config.batch_size],
                                          seeds[start:start + config.batch_size], reward_fn, config, bar))
     bar.close()
-    cat = lambda i: torch.cat([p[i] for p in parts], dim=0)  # noqa: E731
-    cat1 = lambda i: torch.cat([p[i] for p in parts], dim=1)  # noqa: E731
-    decoded = [p[2] for p in parts]
-    decoded = torch.cat(decoded) if all(isinstance(d, torch.Tensor) for d in decoded) else sum(map(list, decoded), [])
-    x_T = cat(0)
+    x_T, x0, decoded, rewards, history, objective = zip(*parts)  # per batch -> per field
+    x_T = torch.cat(x_T)
+    history = torch.cat(history, dim=1)
     reg = REGULARIZERS[config.regularizer](x_T) if config.regularizer != "none" else chi2_or_zero(x_T)
-    history = cat1(4)
-    return NoiseOptResult(x_T, cat(1), decoded, prompts, seeds, cat(3), history[0].clone(), history, cat1(5),
-                          shell_ratio(x_T), reg, counter.evaluations, counter.grad_evaluations)
+    return NoiseOptResult(x_T, torch.cat(x0), concat_decoded(decoded), prompts, seeds, torch.cat(rewards),
+                          history[0].clone(), history, torch.cat(objective, dim=1), shell_ratio(x_T), reg,
+                          counter.evaluations, counter.grad_evaluations)
 
 
 def chi2_or_zero(x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ from diffalign.mdp import DiffusionPolicy
 __all__ = ["PromptOptConfig", "PromptOptResult", "rewrite_candidates", "LMRewriter", "optimize_prompt",
            "DEFAULT_TEMPLATES"]
 
-DEFAULT_TEMPLATES = ("{prompt} {prompt}", "{prompt}, {prompt}", "{prompt}.", "an image of {prompt}", "{prompt}, clear, simple")
+DEFAULT_TEMPLATES = ("{prompt} {prompt}", "{prompt}, {prompt}", "{prompt}.", "an image of {prompt}",
+                     "{prompt}, clear, simple")
 # words that carry no attribute of their own: never emphasised
 _FUNCTION_WORDS = frozenset("a an the of and with in on at to two three four five one left right above below "
                             "is are".split())
@@ -142,7 +143,8 @@ class PromptOptResult:
 
 
 def optimize_prompt(policy: DiffusionPolicy, prompt: str, reward_fn, seeds: Sequence[int],
-                    config: PromptOptConfig = PromptOptConfig(), rewriter=None, progress: bool = True) -> PromptOptResult:
+                    config: PromptOptConfig = PromptOptConfig(), rewriter=None,
+                    progress: bool = True) -> PromptOptResult:
     """Score rewrites of ``prompt`` and return the best (ties keep the earlier candidate)."""
     from diffalign.rewards import call_reward
     seeds = [int(s) for s in seeds][:config.samples_per_prompt]

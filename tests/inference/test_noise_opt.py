@@ -15,7 +15,8 @@ SEEDS = [10, 11, 12, 13]
 
 def test_chi2_regularizer_is_the_shifted_chi2_negative_log_likelihood():
     d = 40
-    x = torch.randn(5, 4, 10, dtype=torch.float64) * torch.tensor([0.5, 0.9, 1.0, 1.3, 2.0], dtype=torch.float64)[:, None, None]
+    scales = torch.tensor([0.5, 0.9, 1.0, 1.3, 2.0], dtype=torch.float64)[:, None, None]
+    x = torch.randn(5, 4, 10, dtype=torch.float64) * scales
     r2 = x.reshape(5, -1).pow(2).sum(1).numpy()
     expected = -stats.chi2.logpdf(r2, d) + stats.chi2.logpdf(d - 2, d)  # 0 at the mode d - 2
     assert torch.allclose(chi2_regularizer(x), torch.from_numpy(expected), rtol=1e-9, atol=1e-9)
