@@ -1,0 +1,211 @@
+"""Peak memory and time per update of direct reward fine-tuning: DRaFT-K (K = 1, 5, all steps) and AlignProp
+(K ~ U{1..T}), each with and without gradient checkpointing through the sampling chain.
+
+One update = sample B chains (``sample_chain``: the first T - K steps without gradient, the last K with
+their graph, each step under torch.utils.checkpoint when checkpointing), a differentiable reward of the
+final latents, backward, clip_grad_norm_ and an AdamW step on the LoRA weights.
+
+Memory:
+  CPU   each setting runs in its own subprocess; peak = ru_maxrss after the updates minus ru_maxrss after
+        building the model (the high-water mark of the resident set the updates added). tracemalloc does
+        not see torch's allocations, hence a process per setting.
+  CUDA  in process: torch.cuda.max_memory_allocated() over the updates minus the memory allocated before
+        them (reset_peak_memory_stats between settings).
+Time: median wall-clock seconds per update over ``--repeats`` updates after ``--warmup``.
+
+The reward is -mean((x0 - 0.5)^2) over the latents, so the numbers are the chain's own (a reward model and
+the VAE decoder add their activations on top, the same for every setting). AlignProp's row is the mean over
+its random truncations; its peak is that of the deepest truncation drawn.
+
+Models:
+  tiny  the image modality's tiny preset (~0.8M-parameter UNet, 16x16x4 latents), LoRA rank 4, fp32 (CPU)
+  sd15  an SD1.5-size UNet2DConditionModel with random weights (64x64x4 latents, 77x768 text states),
+        LoRA on its attention projections, bf16 base weights under bf16 autocast (CUDA only)
+
+    python benchmarks/memory.py                          # CPU: tiny
+    python benchmarks/memory.py --device cuda            # CUDA: tiny and sd15
+    python benchmarks/memory.py --json benchmarks/results/memory_cpu_2core_DATE.json
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from diffalign.algorithms.direct_reward import AlignProp, AlignPropConfig, DRaFT, DRaFTConfig, SamplingBatch
+from diffalign.mdp import DiffusionPolicy, make_step_rule
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _e2e():
+    """The model builders of benchmarks/e2e.py (one definition of the tiny and SD1.5-size models)."""
+    spec = importlib.util.spec_from_file_location("bench_e2e_models", HERE / "e2e.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# model -> (default steps, default batch, dtype)
+MODELS = {"tiny": (10, 4, "float32"), "sd15": (20, 1, "bfloat16")}
+
+
+def settings(steps: int):
+    """(method, K) rows: DRaFT with K = 1, 5, all and AlignProp; each with and without checkpointing."""
+    out = []
+    for ckpt in (False, True):
+        for k in sorted({1, min(5, steps), steps}):
+            out.append({"method": "draft", "K": k, "checkpointing": ckpt})
+        out.append({"method": "alignprop", "K": "random", "checkpointing": ckpt})
+    return out
+
+
+def _latent_reward(x0):
+    return -((x0.float() - 0.5) ** 2).flatten(1).mean(1)
+
+
+def run_setting(model: str, device: str, steps: int, batch: int, repeats: int, warmup: int, setting: dict,
+                lora_rank: int = 4, guidance: float = 4.0) -> dict:
+    """Build the model, run warmup + repeats updates of one setting, return its row."""
+    dev = torch.device(device)
+    e2e = _e2e()
+    build = {"tiny": e2e.build_tiny, "sd15": e2e.build_sd15}[model]
+    dtype = MODELS[model][2]
+    adapter, cond2 = build(dev, lora_rank, dtype)
+    cond = {k: v[torch.arange(batch) % v.shape[0]] for k, v in cond2.items()}
+    policy = DiffusionPolicy(adapter, make_step_rule("ddim", adapter.scheduler, steps, eta=1.0), guidance)
+    if setting["method"] == "draft":
+        algo = DRaFT(DRaFTConfig(truncation=setting["K"], checkpointing=setting["checkpointing"]))
+    else:
+        algo = AlignProp(AlignPropConfig(min_truncation=1, checkpointing=setting["checkpointing"]))
+    params = adapter.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" and dtype == "bfloat16" \
+        else contextlib.nullcontext()
+    g = torch.Generator().manual_seed(0)
+    latent_shape = adapter.initial_noise(cond).shape[1:]
+
+    def update(i):
+        x_T = torch.randn((batch,) + tuple(latent_shape), generator=g).to(dev)
+        noise = torch.randn((batch, steps) + tuple(latent_shape), generator=g).to(dev)
+        b = SamplingBatch(cond, ["p"] * batch, x_T, noise, _latent_reward, torch.Generator().manual_seed(i))
+        with autocast:
+            loss, metrics = algo.loss(b, policy, None)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(metrics["truncation"])
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times, ks = [], []
+    error = None
+    try:
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            ks.append(update(i))
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    except torch.cuda.OutOfMemoryError as exc:  # the point of checkpointing: record it, do not crash
+        error = f"out of memory ({str(exc).splitlines()[0][:80]})"
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    row = {"model": model, "device": dev.type, "dtype": dtype, "batch": batch, "steps": steps, **setting,
+           "mean_K": statistics.fmean(ks) if ks else None, "peak_mib": peak / 2 ** 20,
+           "s_per_update": statistics.median(times) if times else None, "repeats": len(times)}
+    if error:
+        row["error"] = error
+    return row
+
+
+def _run_child(args_list) -> dict:
+    """One setting in a fresh process (CPU peak memory must not see the other settings' high-water mark)."""
+    out = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--child", json.dumps(args_list)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows):
+    header = f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'peak MiB':>9} {'s/update':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        k = r["K"] if r["K"] != "random" else f"~{r['mean_K']:.1f}" if r["mean_K"] else "random"
+        t = f"{r['s_per_update']:.3f}" if r["s_per_update"] is not None else r.get("error", "")[:20]
+        print(f"{r['model']:5} {r['device']:4} {r['batch']:>2} {r['steps']:>3} {r['method']:9} {k:>6} "
+              f"{'yes' if r['checkpointing'] else 'no':>5} {r['peak_mib']:>9.1f} {t:>9}")
+
+
+def machine_facts(device):
+    import platform
+    facts = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
+                 threads=torch.get_num_threads(), cpus=os.cpu_count())
+    if device == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", default=None, help="comma-separated subset of tiny,sd15 (default: tiny on CPU, both on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps T (default: 10 tiny, 20 sd15)")
+    p.add_argument("--batch", type=int, default=None, help="samples per update (default: 4 tiny, 1 sd15)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(run_setting(*json.loads(args.child))))
+        return None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    models = args.models.split(",") if args.models else (["tiny", "sd15"] if args.device == "cuda" else ["tiny"])
+    rows = []
+    for name in models:
+        if name not in MODELS:
+            p.error(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+        if name == "sd15" and args.device != "cuda":
+            print("skipping sd15: it runs on CUDA only (bf16, SD1.5-size UNet)", file=sys.stderr)
+            continue
+        steps, batch = args.steps or MODELS[name][0], args.batch or MODELS[name][1]
+        for s in settings(steps):
+            call = [name, args.device, steps, batch, args.repeats, args.warmup, s]
+            row = _run_child(call) if args.device == "cpu" else run_setting(*call)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_facts(args.device), "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
