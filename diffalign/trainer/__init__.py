@@ -3,9 +3,11 @@ from diffalign.algorithms.base import DataPath
 from diffalign.trainer.differentiable import DifferentiableTrainer
 from diffalign.trainer.offline import OfflineTrainer
 from diffalign.trainer.online import OnlineTrainer
+from diffalign.trainer.step_pairs import StepPairTrainer
 
 LOOPS = {DataPath.ONLINE_ROLLOUT: OnlineTrainer, DataPath.OFFLINE_PAIRS: OfflineTrainer,
-         DataPath.OFFLINE_LABELS: OfflineTrainer, DataPath.DIFFERENTIABLE_SAMPLING: DifferentiableTrainer}
+         DataPath.OFFLINE_LABELS: OfflineTrainer, DataPath.DIFFERENTIABLE_SAMPLING: DifferentiableTrainer,
+         DataPath.STEP_PAIRS: StepPairTrainer}
 
 
 def make_trainer(cfg, accelerator=None):
@@ -15,4 +17,4 @@ def make_trainer(cfg, accelerator=None):
     return LOOPS[path](cfg, accelerator)
 
 
-__all__ = ["OnlineTrainer", "OfflineTrainer", "DifferentiableTrainer", "make_trainer", "LOOPS"]
+__all__ = ["OnlineTrainer", "OfflineTrainer", "DifferentiableTrainer", "StepPairTrainer", "make_trainer", "LOOPS"]
