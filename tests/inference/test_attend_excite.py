@@ -76,3 +76,10 @@ def test_attend_and_excite_lowers_its_loss_against_plain_sampling_at_the_same_se
 def test_attend_and_excite_needs_a_cross_attention_unet(toy):
     with pytest.raises(ValueError, match="cross-attention"):
         attend_and_excite(toy, ["cat"], [["cat"]], [0], progress=False)
+
+
+def test_attend_and_excite_on_an_sdxl_unet():
+    policy = image_policy(steps=4, architecture="sdxl")  # pooled text embeddings and time ids go through denoise
+    runs = [attend_and_excite(policy, ["a red cat"], [["cat"]], [0], AttendExciteConfig(scale_factor=s),
+                              progress=False) for s in (0.0, 100.0)]
+    assert runs[1].final_losses[0] < runs[0].final_losses[0]
