@@ -351,3 +351,28 @@ def _timed(fn):
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- real samples of the demo model
+
+def test_generated_samples_colour_blobs_match_hand_counts():
+    # 16 held-out samples (prompts("heldout", 16, seed=5), seeds 20000 + i, the demo's evaluation sampler) of the
+    # demo model trained by `scripts/train_demo_model.py --seed 0` (800 steps): soft, blobby, off-palette shapes.
+    # The expected blobs per colour were counted by eye on the PNGs; two touching yellow blobs count as one (#1).
+    data = np.load(__file__.rsplit("/", 1)[0] + "/data/demo_model_samples.npz")
+    images, prompts = data["images"], [str(p) for p in data["prompts"]]
+    expected = [{"yellow": 1}, {"yellow": 3}, {"blue": 1, "red": 1}, {"yellow": 1, "green": 1}, {"blue": 3},
+                {"blue": 1, "yellow": 1}, {"green": 3}, {"blue": 2}, {"green": 2}, {"red": 1, "green": 1},
+                {"green": 2}, {"red": 1}, {"blue": 2}, {"yellow": 2, "blue": 1}, {"blue": 2}, {"blue": 1, "green": 1}]
+    dets = C.detect_batch(images)
+    for i, (d, want) in enumerate(zip(dets, expected)):
+        got = {}
+        for x in d:
+            got[x.color] = got.get(x.color, 0) + 1
+        assert got == want, (i, prompts[i], d)
+    # the clear-cut shapes: three round green blobs, a small red triangle, a blue triangle
+    assert [x.shape for x in dets[6]] == ["circle"] * 3
+    assert [x.shape for x in dets[9] if x.color == "red"] == ["triangle"]
+    assert "triangle" in [x.shape for x in dets[14]]
+    res = C.score_batch(images, prompts)
+    assert res[6].correct and not res[1].correct  # "three green circles" right; "two yellow circles" drew three
