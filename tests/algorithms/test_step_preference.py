@@ -1,6 +1,5 @@
 """D3PO and SPO: the per-step clipped log-ratio loss and temporal discounting against float64 closed forms; pair
 collection (shared prefixes, step-aware winners); the human label file; the reference stays frozen."""
-import json
 import math
 
 import pytest
