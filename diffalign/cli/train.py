@@ -42,5 +42,5 @@ def run(args) -> int:
     return 0
 
 
-HELP = ("align a diffusion model online (RWR, DDPO, DPOK, GRPO) or offline from preferences "
-        "(DPO, IPO, ORPO, SimPO, KTO, E2PO)")
+HELP = ("align a diffusion model: online RL (RWR, DDPO, DPOK, GRPO), direct reward fine-tuning (ReFL, DRaFT, "
+        "AlignProp), online per-step preferences (D3PO, SPO) or offline preferences (DPO, IPO, ORPO, SimPO, KTO, E2PO)")
