@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="diffalign/assets/demo_model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1200, help="optimiser steps (the cosine schedule ends here)")
+    p.add_argument("--steps", type=int, default=800, help="optimiser steps (the cosine schedule ends here)")
     p.add_argument("--max-minutes", type=float, default=90.0, help="safety stop (then not reproducible: recorded in the metadata)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=20000, help="training images rendered up front")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts scored at the end (default all)")
-    p.add_argument("--eval-seeds", type=int, default=2, help="samples per held-out prompt at the end")
+    p.add_argument("--eval-seeds", type=int, default=3, help="samples per held-out prompt at the end")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--eval-only", action="store_true",
                    help="only (re-)measure the saved model in --output and update its metadata")

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "feedback": "feedback",
     "eval": "eval",
     "reward": "reward",
+    "demo": "demo",
     "sample": "sample",
 }
 

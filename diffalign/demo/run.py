@@ -1,0 +1,274 @@
+"""``diffalign demo``: measure the shipped model, align it against the compositional reward, measure again.
+
+Stages (each with a progress bar):
+
+1. before: sample the held-out prompts (:func:`diffalign.demo.shapes.prompts`, ``"heldout"``) with fixed
+   seeds from the base model and score them with :func:`diffalign.rewards.compositional.compositional_report`;
+2. after: an *after stage* (:data:`AfterStage`) turns the base model and the reward into a sampler
+   ``(prompts, seeds) -> images``. The built-in one trains with a shipped ``diffalign/configs/demo_<algo>.yaml``:
+   online algorithms roll out on the training prompts and learn from the reward directly; offline ones
+   first sample pairs from the base model, label them with the reward (AI feedback,
+   :mod:`diffalign.data.ai_feedback`) and train on them. Training-free methods (best-of-N, noise or
+   prompt optimisation) plug in here too: anything that returns an :class:`AfterResult`;
+3. the same prompts and seeds are sampled and scored again; everything is written to the output folder:
+   ``report.json``, ``report.md``, ``grid.png`` (before/after with prompts), ``reward_curve.png`` and every
+   sample as ``samples/{before,after}/NNNN.png`` with ``samples/prompts.json`` (file -> prompt, seed).
+
+Scores are computed on the saved 8-bit images, so re-scoring the PNGs reproduces the report exactly.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEFAULT_ALGO = "ddpo"
+# the evaluation sampler (also what scripts/train_demo_model.py measures the base model with); every
+# shipped demo config samples with these, so the trained policy is scored as it was trained
+EVAL_DEFAULTS = {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "batch_size": 32}
+SEED_BASE = 10_000  # evaluation seeds: SEED_BASE + sample index (training rollouts use other streams)
+# --quick: a few prompts and a couple of small training epochs (CI); numbers are then not meaningful
+QUICK = {"eval_prompts": 4, "samples_per_prompt": 1, "overrides": {
+    "epochs": 2, "sampling.batch_size": 4, "train.batch_size": 2, "train.gradient_accumulation_steps": 2,
+    "sampling.num_steps": 4, "data.eval_samples": 4}}
+
+Sampler = Callable[[Sequence[str], Sequence[int]], torch.Tensor]  # -> images (B, 3, H, W) in [0, 1]
+
+
+@dataclasses.dataclass
+class DemoContext:
+    """What an after stage gets: the base model, the reward, where to write, and the budget."""
+    model: str                       # "demo" (the shipped folder) or a demo model folder
+    reward: Callable                 # (images, prompts) -> Tensor[B]
+    train_prompts: List[str]
+    output: str
+    minutes: float                   # wall-clock budget of the stage (excluding set-up)
+    quick: bool = False
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class AfterResult:
+    sampler: Sampler
+    # one dict per epoch / iteration; plotted: "reward" against "seconds" (other keys kept in report.json)
+    curve: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+    info: Dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. epochs, model_evaluations
+
+
+AfterStage = Callable[[DemoContext], AfterResult]
+
+
+# ---- algorithms ----------------------------------------------------------------------------------------
+def available_algos() -> List[str]:
+    """Algorithms with a shipped demo config (diffalign/configs/demo_<algo>.yaml)."""
+    return sorted(os.path.basename(p)[len("demo_"):-len(".yaml")] for p in glob.glob(os.path.join(CONFIG_DIR, "demo_*.yaml")))
+
+
+def demo_config_path(algo: str) -> str:
+    algos = available_algos()
+    if algo not in algos:
+        raise ValueError(f"unknown demo algorithm {algo!r}; choose one of {algos}")
+    return os.path.join(CONFIG_DIR, f"demo_{algo}.yaml")
+
+
+def load_demo_config(algo: str, output: str, train_prompts: Sequence[str], model: str = "demo",
+                     overrides: Optional[Dict[str, Any]] = None, data_path: Optional[str] = None):
+    """The shipped demo config of ``algo`` with the run's prompts, model, output folder and overrides."""
+    import yaml
+
+    from diffalign.config import load_config
+    with open(demo_config_path(algo), encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    data["output_dir"] = output
+    data["prompts"] = {"list": list(train_prompts)}
+    data.setdefault("modality", {}).setdefault("options", {})["model"] = model
+    if data_path is not None:
+        data.setdefault("data", {})["path"] = data_path
+    items = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
+    return load_config(data=data, overrides=items)
+
+
+# ---- sampling and scoring -----------------------------------------------------------------------------
+def eval_seeds(prompts: Sequence[str], per_prompt: int) -> Tuple[List[str], List[int]]:
+    """Each prompt ``per_prompt`` times (consecutive), with seeds SEED_BASE + sample index."""
+    rep = [p for p in prompts for _ in range(per_prompt)]
+    return rep, [SEED_BASE + i for i in range(len(rep))]
+
+
+def policy_sampler(policy, batch_size: int = 32, desc: str = "sample") -> Sampler:
+    """A sampler over a DiffusionPolicy: one generator per sample seeded by its seed, so an image depends
+    only on (model, prompt, seed), not on the batch it was drawn in."""
+    adapter = policy.adapter
+
+    @torch.no_grad()
+    def sample(prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        from tqdm.auto import tqdm
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        adapter.denoiser.eval()
+        out = []
+        for lo in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            chunk = list(prompts[lo:lo + batch_size])
+            cond = adapter.encode_conditions(chunk)
+            gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[lo:lo + batch_size]]
+            traj = policy.sample(cond, generator=gens)
+            out.append(adapter.decode(traj.x0, cond).float().cpu())
+        return torch.cat(out)
+    return sample
+
+
+def base_sampler(model: str = "demo", sampling: Optional[Dict[str, Any]] = None) -> Sampler:
+    """The base (shipped) model's sampler with the evaluation settings (EVAL_DEFAULTS, or ``sampling``)."""
+    from diffalign.mdp.steps import make_step_rule
+    from diffalign.mdp.trajectory import DiffusionPolicy
+    from diffalign.modalities.image import ImageAdapter
+    from diffalign.modalities.image.options import ImageOptions
+    s = dict(EVAL_DEFAULTS, **(sampling or {}))
+    adapter = ImageAdapter.from_options(ImageOptions(model=model, lora_rank=0), device="cpu")
+    rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
+    return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc="sample base")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3): exactly what the PNGs hold."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def evaluate(sampler: Sampler, prompts: Sequence[str], seeds: Sequence[int]) -> Tuple[torch.Tensor, dict]:
+    """Sample and score: (uint8 images (B, H, W, 3), accuracies dict of compositional_report)."""
+    from diffalign.rewards.compositional import compositional_report
+    images = to_uint8(sampler(prompts, seeds))
+    report = compositional_report(images.float().permute(0, 3, 1, 2) / 255, list(prompts))
+    return images, report["accuracies"]
+
+
+def _reward_fn():
+    from diffalign.rewards.compositional import compositional_reward
+    return compositional_reward
+
+
+# ---- the training after stage -------------------------------------------------------------------------
+def _is_offline(cfg) -> bool:
+    from diffalign.trainer import make_trainer  # noqa: F401  (keeps the import path the CLI uses)
+    from diffalign.trainer.builders import build_algorithm
+    from diffalign.algorithms.base import DataPath
+    return build_algorithm(cfg).data_path in (DataPath.OFFLINE_PAIRS, DataPath.OFFLINE_LABELS)
+
+
+def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterStage:
+    """The after stage that aligns with ``diffalign/configs/demo_<algo>.yaml`` through the trainer."""
+    demo_config_path(algo)  # fail on an unknown name before anything runs
+
+    def stage(ctx: DemoContext) -> AfterResult:
+        from tqdm.auto import tqdm
+        extra = dict(QUICK["overrides"]) if ctx.quick else {}
+        extra.update(overrides or {})
+        extra["seed"] = ctx.seed
+        out_dir = os.path.join(ctx.output, "train")
+        cfg = load_demo_config(algo, out_dir, ctx.train_prompts, ctx.model, extra)
+        info: Dict[str, Any] = {"config": demo_config_path(algo), "overrides": extra}
+        start = time.perf_counter()
+        if _is_offline(cfg):
+            # AI feedback: FEEDBACK["samples_per_prompt"] base samples for each of a fixed subset of the
+            # training prompts, same-prompt pairs labelled by the reward; the budget includes this
+            from diffalign.data.ai_feedback import generate_feedback
+            from diffalign.trainer.offline import OfflineTrainer
+            n = 2 if ctx.quick else FEEDBACK["prompts"]
+            picks = torch.randperm(len(ctx.train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
+            fb_prompts = [ctx.train_prompts[i] for i in sorted(picks.tolist())]
+            fb_cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra)
+            fb = generate_feedback(fb_cfg, os.path.join(ctx.output, "feedback"),
+                                   samples_per_prompt=FEEDBACK["samples_per_prompt"],
+                                   # --quick: keep ties too, so a handful of samples always gives pairs
+                                   threshold=-1.0 if ctx.quick else FEEDBACK["threshold"])
+            info["feedback"] = {k: v for k, v in dataclasses.asdict(fb).items()} \
+                if dataclasses.is_dataclass(fb) else str(fb)
+            cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb.path)
+            trainer = OfflineTrainer(cfg)
+            info["feedback_seconds"] = time.perf_counter() - start
+        else:
+            from diffalign.trainer.online import OnlineTrainer
+            trainer = OnlineTrainer(cfg)
+        curve: List[Dict[str, float]] = []
+        budget = ctx.minutes * 60
+        bar = tqdm(range(cfg.epochs), desc=f"align ({algo})")
+        for epoch in bar:
+            metrics = trainer.run_epoch(epoch)
+            reward = metrics.get("reward_mean", metrics.get("eval_reward"))
+            row = {"epoch": epoch, "seconds": time.perf_counter() - start,
+                   **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
+            if reward is not None:
+                row["reward"] = float(reward)
+                bar.set_postfix(reward=f"{reward:.3f}")
+            curve.append(row)
+            if time.perf_counter() - start > budget:
+                info["stopped_by_budget"] = True
+                break
+        info["epochs"] = len(curve)
+        info["train_seconds"] = time.perf_counter() - start
+        trainer.adapter.save_pretrained(os.path.join(out_dir, "final"))
+        s = cfg.sampling
+        sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
+        return AfterResult(sampler, curve, info)
+    return stage
+
+
+# offline algorithms' AI feedback: base samples per prompt, training prompts sampled, minimum reward gap
+FEEDBACK = {"samples_per_prompt": 4, "prompts": 96, "threshold": 0.0}
+
+
+# ---- the demo --------------------------------------------------------------------------------------------
+def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str = "demo", quick: bool = False,
+             minutes: float = 10.0, eval_prompts: Optional[int] = None, samples_per_prompt: int = 3,
+             seed: int = 0, sampling: Optional[Dict[str, Any]] = None) -> dict:
+    """Before -> after -> report in ``output``; returns the report dict. ``label`` names the after stage
+    in the report (e.g. ``{"algo": "ddpo"}`` or ``{"method": "best_of_n", "budget": 8}``)."""
+    from diffalign.demo import shapes
+    t_total = time.perf_counter()
+    if quick:
+        eval_prompts, samples_per_prompt = QUICK["eval_prompts"], QUICK["samples_per_prompt"]
+        sampling = dict(sampling or {}, num_steps=QUICK["overrides"]["sampling.num_steps"], batch_size=8)
+    os.makedirs(output, exist_ok=True)
+    prompts, seeds = eval_seeds(shapes.prompts("heldout", eval_prompts), samples_per_prompt)
+    seconds: Dict[str, float] = {}
+
+    t = time.perf_counter()
+    before_images, before = evaluate(base_sampler(model, sampling), prompts, seeds)
+    seconds["before_eval"] = time.perf_counter() - t
+
+    ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.prompts("train"), output=output,
+                      minutes=minutes, quick=quick, seed=seed)
+    t = time.perf_counter()
+    result = after(ctx)
+    seconds["after_stage"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    after_images, after_acc = evaluate(result.sampler, prompts, seeds)
+    seconds["after_eval"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_total
+
+    from diffalign.demo.report import write_outputs
+    report = {
+        **label,
+        "model": model,
+        "before": before,
+        "after": after_acc,
+        "delta": {k: after_acc[k] - before[k] for k in before if k in after_acc and k != "n"},
+        "seconds": seconds,
+        "curve": result.curve,
+        "info": result.info,
+        "eval": {"prompts": len(set(prompts)), "samples": len(prompts), "samples_per_prompt": samples_per_prompt,
+                 "seeds": [seeds[0], seeds[-1]], "sampling": dict(EVAL_DEFAULTS, **(sampling or {})),
+                 "split": "heldout"},
+        "quick": quick,
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_outputs(output, report, prompts, seeds, before_images, after_images)
+    return report
