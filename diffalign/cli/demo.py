@@ -1,4 +1,6 @@
-"""``diffalign demo [--output DIR] [--algo NAME] [--quick]``: align the shipped tiny model on a CPU, measured."""
+"""``diffalign demo [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the shipped tiny
+model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
+diffalign/inference; the report adds the model evaluations the method spent)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="'demo' (the shipped model) or a folder saved by "
                                                   "scripts/train_demo_model.py")
     p.add_argument("--seed", type=int, default=0, help="training seed (evaluation seeds are fixed)")
+    from diffalign.inference.methods import METHODS
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="instead of training, a training-free method on the base model (diffalign/inference)")
+    p.add_argument("--budget", type=int, default=None, help="--method's budget: best_of_n N, rejection most samples, "
+                   "noise_opt gradient steps, prompt_opt candidates, attend_excite refinement iterations")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config, "
                                                 "e.g. train.learning_rate=1e-4 epochs=20")
 
@@ -37,6 +44,12 @@ def _check(args) -> str:
         return f"--prompts must be >= 1, got {args.prompts}"
     if args.samples_per_prompt < 1:
         return f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}"
+    if args.budget is not None and args.method is None:
+        return "--budget applies to --method (a training-free method); give --method too"
+    if args.method is not None and args.budget is not None and args.budget < 1 and args.method != "plain":
+        return f"--budget must be >= 1, got {args.budget}"
+    if args.method is not None and args.overrides:
+        return "config overrides apply to --algo training runs, not to --method"
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         return f"overrides must be dotted.key=value, got {bad}"
@@ -53,11 +66,18 @@ def run(args) -> int:
     from diffalign.demo.run import run_demo, train_stage
     import yaml
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    report = run_demo(args.output, train_stage(args.algo, overrides), {"algo": args.algo}, model=args.model,
+    stage, label = train_stage(args.algo, overrides), {"algo": args.algo}
+    if args.method is not None:
+        from diffalign.inference.demo import inference_stage
+        from diffalign.inference.methods import DEFAULT_BUDGETS
+        budget = DEFAULT_BUDGETS[args.method] if args.budget is None else args.budget
+        stage, label = inference_stage(args.method, budget), {"method": args.method, "budget": budget}
+    report = run_demo(args.output, stage, label, model=args.model,
                       quick=args.quick,
                       minutes=args.minutes, eval_prompts=args.prompts, samples_per_prompt=args.samples_per_prompt,
                       seed=args.seed)
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
-    print(f"diffalign demo ({args.algo}): held-out compositional accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
-          f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
+    spent = f", {report['model_evaluations']} model evaluations" if "model_evaluations" in report else ""
+    print(f"diffalign demo ({args.method or args.algo}): held-out compositional accuracy {100 * b:.1f}% -> "
+          f"{100 * a:.1f}% ({100 * (a - b):+.1f} points{spent}); report in {args.output}/report.md")
     return 0

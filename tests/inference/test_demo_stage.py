@@ -39,3 +39,30 @@ def test_inference_stage_samples_the_base_model_and_counts_evaluations(demo_fold
         inference_stage("dpo")
     with pytest.raises(ValueError, match="budget"):
         inference_stage("noise_opt", 0)
+
+
+def _demo(argv):
+    from diffalign.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["demo"] + argv)
+    return exc.value.code
+
+
+def test_demo_cli_with_a_method_reports_its_model_evaluations(tmp_path, capsys):
+    import json
+    pytest.importorskip("diffalign.demo.run")
+    out = tmp_path / "demo"
+    assert _demo(["--quick", "--method", "best_of_n", "--budget", "2", "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["method"], report["budget"]) == ("best_of_n", 2) and "algo" not in report
+    samples = report["eval"]["samples"]
+    steps = report["eval"]["sampling"]["num_steps"]
+    assert report["plain_model_evaluations"] == samples * steps * 2
+    assert report["model_evaluations"] == 2 * report["plain_model_evaluations"]
+    assert report["after"]["reward"] >= report["before"]["reward"]  # best-of-2 ranked by this very reward
+    assert (out / "samples" / "after").is_dir() and (out / "report.md").is_file()
+    assert "model evaluations" in capsys.readouterr().out
+    assert _demo(["--budget", "3"]) == 2
+    assert "--method" in capsys.readouterr().err
+    assert _demo(["--method", "noise_opt", "--budget", "0"]) == 2
+    assert _demo(["--method", "best_of_n", "epochs=3"]) == 2
