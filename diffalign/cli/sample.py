@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-path", default=None, help="prompt_opt: a local causal LM folder used as a rewriter")
     p.add_argument("--baseline", action="store_true", help="also sample plainly at the same seeds and report it")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config (before the --options)")
 
 
 def _save(decoded, out_dir: str, index: int) -> str:
