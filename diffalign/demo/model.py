@@ -104,8 +104,10 @@ def build_demo_model(words: Sequence[str], seed: int = 0):
                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
     # cosine betas suit small pixel-space images (Nichol & Dhariwal 2021); v-prediction samples cleanly in
     # few DDIM steps, which keeps rollouts cheap for the online algorithms
+    # steps_offset 1 (as SD's): with 0 the last DDIM step runs at t = 0 where alpha_prev = alpha_t, so its
+    # stochastic step has std exactly 0 and per-step log-probs / KLs (DDPO, GRPO, DPOK) are undefined
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=0, prediction_type="v_prediction")
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
     return unet, text_encoder, tokenizer, scheduler
 
 

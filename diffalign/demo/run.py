@@ -180,14 +180,12 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
             # training prompts, same-prompt pairs labelled by the reward; the budget includes this
             from diffalign.data.ai_feedback import generate_feedback
             from diffalign.trainer.offline import OfflineTrainer
-            n = 2 if ctx.quick else FEEDBACK["prompts"]
+            n = 4 if ctx.quick else FEEDBACK["prompts"]
             picks = torch.randperm(len(ctx.train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
             fb_prompts = [ctx.train_prompts[i] for i in sorted(picks.tolist())]
             fb_cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra)
             fb = generate_feedback(fb_cfg, os.path.join(ctx.output, "feedback"),
-                                   samples_per_prompt=FEEDBACK["samples_per_prompt"],
-                                   # --quick: keep ties too, so a handful of samples always gives pairs
-                                   threshold=-1.0 if ctx.quick else FEEDBACK["threshold"])
+                                   samples_per_prompt=FEEDBACK["samples_per_prompt"], threshold=FEEDBACK["threshold"])
             info["feedback"] = {k: v for k, v in dataclasses.asdict(fb).items()} \
                 if dataclasses.is_dataclass(fb) else str(fb)
             cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb.path)

@@ -1,0 +1,119 @@
+"""``diffalign demo`` end to end (--quick), its outputs, the pluggable after stage, the CLI's errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffalign.cli import main
+from diffalign.demo import run as demo_run
+from diffalign.rewards.compositional import compositional_report, compositional_reward
+
+ONLINE, OFFLINE = ("ddpo", "grpo", "dpok", "rwr"), ("dpo", "kto")
+
+
+def _cli(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def _load_stage(out, stage, index):
+    names = sorted(n for n in index if n.startswith(stage + "/"))
+    images = np.stack([np.asarray(Image.open(os.path.join(out, "samples", n)).convert("RGB")) for n in names])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, [index[n]["prompt"] for n in names]
+
+
+def _check_outputs(out, report):
+    for name in ("report.json", "report.md", "grid.png", "reward_curve.png", "samples/prompts.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    for key in ("before", "after", "seconds", "curve", "eval"):
+        assert key in report, key
+    with open(os.path.join(out, "samples", "prompts.json")) as f:
+        index = json.load(f)
+    n = report["eval"]["samples"]
+    assert len(index) == 2 * n
+    for stage in ("before", "after"):
+        images, prompts = _load_stage(out, stage, index)
+        assert images.shape == (n, 3, 32, 32)
+        # the report is measured on exactly these files: re-scoring them reproduces it
+        rescored = compositional_report(images, prompts)["accuracies"]
+        for k, v in report[stage].items():
+            assert rescored[k] == pytest.approx(v, abs=1e-9), (stage, k)
+        assert 0.0 <= report[stage]["accuracy"] <= 1.0
+    seeds = [index[f"before/{i:04d}.png"]["seed"] for i in range(n)]
+    assert seeds == [index[f"after/{i:04d}.png"]["seed"] for i in range(n)] and len(set(seeds)) == n
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    assert f"{100 * report['before']['accuracy']:.1f}%" in md and "grid.png" in md
+
+
+def test_quick_demo_cli_end_to_end(tmp_path):
+    out = str(tmp_path / "demo")
+    assert _cli(["demo", "--quick", "--output", out]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["algo"] == demo_run.DEFAULT_ALGO and report["quick"] is True
+    _check_outputs(out, report)
+    assert len(report["curve"]) == demo_run.QUICK["overrides"]["epochs"]
+    assert all(0.0 <= c["reward"] <= 1.0 for c in report["curve"])
+    assert report["seconds"]["after_stage"] > 0
+    assert os.path.isfile(os.path.join(out, "train", "final", "diffusion_pytorch_model.safetensors"))
+
+
+def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
+    out = str(tmp_path / "demo")
+    report = demo_run.run_demo(out, demo_run.train_stage("kto"), {"algo": "kto"}, quick=True)
+    _check_outputs(out, report)
+    assert report["info"]["feedback"]["kept"] > 0
+    with open(os.path.join(out, "feedback", "pairs.jsonl")) as f:
+        pairs = [json.loads(line) for line in f]
+    assert all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)
+
+
+def test_after_stage_is_pluggable_and_evaluation_deterministic(tmp_path):
+    calls = []
+
+    def identity(ctx):
+        calls.append(ctx)
+        return demo_run.AfterResult(demo_run.base_sampler(ctx.model, {"num_steps": 4}),
+                                    [{"seconds": 0.0, "reward": 0.5}], {"model_evaluations": 0})
+    out = str(tmp_path / "same")
+    report = demo_run.run_demo(out, identity, {"method": "identity", "budget": 0}, quick=True)
+    assert report["method"] == "identity" and report["info"] == {"model_evaluations": 0}
+    assert calls[0].train_prompts and calls[0].reward is compositional_reward
+    assert report["after"] == report["before"]  # the same model and seeds give the same images
+    _check_outputs(out, report)
+
+
+def test_every_demo_config_loads_and_samples_like_the_evaluation():
+    algos = demo_run.available_algos()
+    assert set(ONLINE + OFFLINE) <= set(algos) and demo_run.DEFAULT_ALGO in algos
+    for algo in algos:
+        cfg = demo_run.load_demo_config(algo, "/tmp/unused", ["a red circle"])
+        s = cfg.sampling
+        assert (s.num_steps, s.eta, s.guidance_scale) == tuple(demo_run.EVAL_DEFAULTS[k] for k in
+                                                               ("num_steps", "eta", "guidance_scale")), algo
+        assert cfg.modality.options["model"] == "demo"
+
+
+def test_cli_rejects_unknown_algo_listing_choices(tmp_path, capsys):
+    assert _cli(["demo", "--algo", "nope", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and all(a in err for a in ONLINE + OFFLINE)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("argv,needle", [(["--minutes", "0"], "--minutes"), (["--prompts", "0"], "--prompts"),
+                                         (["--samples-per-prompt", "0"], "--samples-per-prompt"),
+                                         (["--model", "/nonexistent/x"], "/nonexistent/x")])
+def test_cli_rejects_bad_values(argv, needle, tmp_path, capsys):
+    assert _cli(["demo", "--output", str(tmp_path)] + argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_unknown_algo_in_api_names_choices():
+    with pytest.raises(ValueError, match="ddpo"):
+        demo_run.train_stage("nope")
