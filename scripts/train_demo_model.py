@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="diffalign/assets/demo_model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=800, help="optimiser steps (the cosine schedule ends here)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (the cosine schedule ends here)")
     p.add_argument("--max-minutes", type=float, default=90.0, help="safety stop (then not reproducible: recorded in the metadata)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
