@@ -93,3 +93,16 @@ def build_algorithm(cfg) -> Algorithm:
     section = dict(cfg.algorithm)
     cls = ALGORITHMS[section.pop("name")]
     return cls(from_dict(cls.config_class, section, "algorithm"))
+
+
+def build_optimizer(train, params):
+    """AdamW over ``params`` with the config's ``train`` hyper-parameters and a linear warm-up of
+    ``train.warmup_steps`` optimiser steps (constant after): one definition for every training loop."""
+    params = list(params)
+    if not params:
+        raise ValueError("the modality has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2),
+                                  weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
+    warmup = train.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return optimizer, scheduler

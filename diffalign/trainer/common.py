@@ -19,7 +19,7 @@ from diffalign.modalities.base import index_conditions, unwrap
 from diffalign.rewards import bind_reward_kwargs, call_reward, load_prompts, resolve_reward
 from diffalign.rewards.differentiable import DIFFERENTIABLE_REWARDS
 from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import MODALITIES, build_adapter, build_algorithm, build_policy
+from diffalign.trainer.builders import MODALITIES, build_adapter, build_algorithm, build_optimizer, build_policy
 from diffalign.trainer.distributed import generator, make_accelerator
 from diffalign.trainer.logging import MetricsLogger
 
@@ -85,13 +85,7 @@ class SampledTrainer(ckpt.CheckpointedTrainer):
                                                                              **self.adapter.rewards()}),
                                             cfg.reward.name, cfg.reward.kwargs)
         t = cfg.train
-        params = self.adapter.trainable_parameters()
-        if not params:
-            raise ValueError("the modality has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
-        warmup = t.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        optimizer, scheduler = build_optimizer(t, self.adapter.trainable_parameters())
         self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
             self.adapter.denoiser, optimizer, scheduler)
         self.start_epoch = 0

@@ -38,7 +38,7 @@ from diffalign.data.synthetic import SYNTHETIC, toy_preference_pairs
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
 from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import build_adapter, build_algorithm, build_policy
+from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
 from diffalign.trainer.logging import MetricsLogger
 
@@ -111,13 +111,7 @@ class OfflineTrainer(ckpt.CheckpointedTrainer):
             self.reward_fn = bind_reward_kwargs(resolve_reward(cfg.reward.name, self.adapter.rewards()),
                                                 cfg.reward.name, cfg.reward.kwargs)
         t = cfg.train
-        params = self.adapter.trainable_parameters()
-        if not params:
-            raise ValueError("the modality has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
-        warmup = t.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        optimizer, scheduler = build_optimizer(t, self.adapter.trainable_parameters())
         self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
             self.adapter.denoiser, optimizer, scheduler)
         self._cache: Dict[int, torch.Tensor] = {}

@@ -20,7 +20,7 @@ from diffalign.modalities.base import cat_conditions
 from diffalign.rewards import load_prompts
 from diffalign.rewards.server import RewardServer, close_reward_fn, make_reward_fn, submit_reward
 from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import build_adapter, build_algorithm, build_policy
+from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
 from diffalign.trainer.logging import MetricsLogger
 
@@ -44,13 +44,7 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
         # in process, or a warm reward process when reward.server.enabled
         self.reward_fn = make_reward_fn(cfg.reward, cfg.modality.name, self.adapter.rewards(), self.acc.device)
         t = cfg.train
-        params = self.adapter.trainable_parameters()
-        if not params:
-            raise ValueError("the modality has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
-        warmup = t.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        optimizer, scheduler = build_optimizer(t, self.adapter.trainable_parameters())
         self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
             self.adapter.denoiser, optimizer, scheduler)
         self.start_epoch = 0
