@@ -28,7 +28,7 @@ std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
     // simd reduction: lets the compiler vectorise the float sums (a fixed lane order, so results
     // still do not depend on the thread count)
 #pragma omp simd reduction(+ : acc[:NN])
-    for (int64_t idx = i0; idx < i1; ++idx) f.elem(row, b, idx, acc);
+    for (int64_t idx = i0; idx < i1; ++idx) elem(f, row, b, idx, acc);
     for (int k = 0; k < N; ++k) partial[size_t(k) * tasks + t] = acc[k];
   }
   std::vector<A> sums(size_t(N > 0 ? N : 1) * B, A(0));
@@ -88,8 +88,8 @@ template <class T> void kl_impl(const KlArgs& a) {
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
-  auto f = make_functor<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  auto sums = kl_backward_generic(a) ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
+                                     : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D);
   store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
   if (!same) store_std_grad<A>(sums.data() + a.B, a.B, a.s2.layout, a.gs2);
 }

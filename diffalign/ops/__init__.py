@@ -54,6 +54,11 @@ def _acc(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """t in dtype; skips the call when it already is (each .to() costs about a microsecond of host time)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _use_extension() -> bool:
     return extension_available()
 
@@ -83,8 +88,9 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, red
     """
     code = _choice("reduction", reduction, _REDUCTIONS)
     if _use_extension():
-        _checks.accelerator_value_checks(std=std)
-        return torch.ops.diffalign.gaussian_logprob(x, mean, std.to(_acc(x)), code)
+        if _checks.value_checks_on_accelerator():
+            _checks.accelerator_value_checks(std=std)
+        return torch.ops.diffalign.gaussian_logprob.default(x, mean, _cast(std, _acc(x)), code)
     _checks.check_tensor("x", x)
     _checks.check_same("mean", mean, "x", x)
     _checks.check_std("std", std, x, "x")
@@ -99,10 +105,10 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, r
     """
     code = _choice("reduction", reduction, _REDUCTIONS)
     if _use_extension():
-        _checks.accelerator_value_checks(std=std, ref_std=ref_std)
+        if _checks.value_checks_on_accelerator():
+            _checks.accelerator_value_checks(std=std, ref_std=ref_std)
         acc = _acc(mean)
-        return torch.ops.diffalign.gaussian_kl(mean, ref_mean, std.to(acc), None if ref_std is None else ref_std.to(acc),
-                                               code)
+        return torch.ops.diffalign.gaussian_kl.default(mean, ref_mean, _cast(std, acc), _cast(ref_std, acc), code)
     _checks.check_tensor("mean", mean)
     _checks.check_same("ref_mean", ref_mean, "mean", mean)
     _checks.check_std("std", std, mean, "mean")
@@ -123,7 +129,8 @@ def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     red_code = _choice("reduction", reduction, _DPO_REDUCTIONS)
     beta = _positive("beta", beta)
     if _use_extension():
-        loss, margin = torch.ops.diffalign.diffusion_dpo_loss(model_pred, ref_pred, target, beta, loss_code, red_code)
+        loss, margin = torch.ops.diffalign.diffusion_dpo_loss.default(model_pred, ref_pred, target, beta, loss_code,
+                                                                      red_code)
     else:
         _checks.check_tensor("model_pred", model_pred)
         _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
@@ -143,9 +150,9 @@ def diffusion_kto_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     beta = _positive("beta", beta)
     if _use_extension():
         ref_point = None if kl_ref is None else kl_ref.detach().to(_acc(model_pred))
-        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta,
-                                                            float(lambda_desirable), float(lambda_undesirable),
-                                                            ref_point)
+        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss.default(model_pred, ref_pred, target, desirable, beta,
+                                                                    float(lambda_desirable), float(lambda_undesirable),
+                                                                    ref_point)
     else:
         _checks.check_tensor("model_pred", model_pred)
         _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
@@ -169,10 +176,10 @@ def _step_inputs(model_output, sample, prev_sample, noise, generator):
                 _checks.check_same(name, t, "sample", sample, same_dtype=False)
     dtype = sample.dtype
     if prev_sample is not None:
-        return model_output.to(dtype), prev_sample.to(dtype), None
+        return _cast(model_output, dtype), _cast(prev_sample, dtype), None
     if noise is None:
         noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=dtype)
-    return model_output.to(dtype), None, noise.to(dtype)
+    return _cast(model_output, dtype), None, _cast(noise, dtype)
 
 
 def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor,
@@ -189,11 +196,12 @@ def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alp
     eta = _non_negative("eta", eta)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
     if _use_extension():
-        _checks.accelerator_value_checks(alpha_prod_t=alpha_prod_t, alpha_prod_prev=alpha_prod_prev)
+        if _checks.value_checks_on_accelerator():
+            _checks.accelerator_value_checks(alpha_prod_t=alpha_prod_t, alpha_prod_prev=alpha_prod_prev)
         acc = _acc(sample)
-        out = torch.ops.diffalign.ddim_step_with_logprob(model_output, sample, alpha_prod_t.to(acc),
-                                                         alpha_prod_prev.to(acc), eta, prev_sample, noise, code)
-        return StepOutput(prev_sample if prev_sample is not None else out[0], *out[1:])
+        out = torch.ops.diffalign.ddim_step_with_logprob.default(
+            model_output, sample, _cast(alpha_prod_t, acc), _cast(alpha_prod_prev, acc), eta, prev_sample, noise, code)
+        return StepOutput(prev_sample if prev_sample is not None else out[0], out[1], out[2], out[3])
     _checks.check_schedule("alpha_prod_t", alpha_prod_t, "alpha_prod_prev", alpha_prod_prev, sample)
     return StepOutput(*reference.ddim_step_with_logprob(model_output, sample, alpha_prod_t, alpha_prod_prev, eta,
                                                         prev_sample, noise, prediction_type))
@@ -211,11 +219,12 @@ def flow_sde_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor,
     noise_level = _non_negative("noise_level", noise_level)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
     if _use_extension():
-        _checks.accelerator_value_checks(sigma=sigma, sigma_next=sigma_next)
+        if _checks.value_checks_on_accelerator():
+            _checks.accelerator_value_checks(sigma=sigma, sigma_next=sigma_next)
         acc = _acc(sample)
-        out = torch.ops.diffalign.flow_sde_step_with_logprob(model_output, sample, sigma.to(acc), sigma_next.to(acc),
-                                                             noise_level, prev_sample, noise)
-        return StepOutput(prev_sample if prev_sample is not None else out[0], *out[1:])
+        out = torch.ops.diffalign.flow_sde_step_with_logprob.default(
+            model_output, sample, _cast(sigma, acc), _cast(sigma_next, acc), noise_level, prev_sample, noise)
+        return StepOutput(prev_sample if prev_sample is not None else out[0], out[1], out[2], out[3])
     _checks.check_schedule("sigma", sigma, "sigma_next", sigma_next, sample)
     return StepOutput(*reference.flow_sde_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level,
                                                             prev_sample, noise))

@@ -19,6 +19,11 @@ def set_value_checks(enabled: bool) -> None:
     _VALUE_CHECKS_ON_ACCELERATOR = bool(enabled)
 
 
+def value_checks_on_accelerator() -> bool:
+    """Whether set_value_checks(True) is in force (the wrappers skip the check call otherwise)."""
+    return _VALUE_CHECKS_ON_ACCELERATOR
+
+
 def _want_value_check(t: torch.Tensor) -> bool:
     if t.device.type == "meta" or isinstance(t, torch._subclasses.FakeTensor):
         return False

@@ -8,8 +8,10 @@
 
 #if defined(__CUDACC__)
 #define DA_HD __host__ __device__ __forceinline__
+#define DA_UNROLL _Pragma("unroll")
 #else
 #define DA_HD inline
+#define DA_UNROLL
 #endif
 
 namespace diffalign {

@@ -29,7 +29,12 @@ template <class T, class A = typename AccOf<T>::type> KlFwd<T, A> make_functor(c
           same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
 }
 
-template <class T, class A = typename AccOf<T>::type> KlBwd<T, A> make_functor(const KlBwdArgs& a) {
+// Whether the KL backward needs its per-element std instantiation (some std has the full layout).
+inline bool kl_backward_generic(const KlBwdArgs& a) {
+  const bool same = a.s2.p == nullptr;
+  return a.s1.layout == kFull || (!same && a.s2.layout == kFull);
+}
+template <class T, bool G, class A = typename AccOf<T>::type> KlBwd<T, A, G> make_kl_backward(const KlBwdArgs& a) {
   const bool same = a.s2.p == nullptr;
   return {static_cast<const A*>(a.grad), a.grad_stride, reduction_scale<A>(a.reduction, a.D),
           static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),

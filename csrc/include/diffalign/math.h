@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "diffalign/dtypes.h"
 
@@ -129,13 +130,48 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 }
 
 // ====================================================================================
-// Functors. Each has row(b) -> per-row context (computed once per row chunk) and
-// elem(row, b, idx, acc) for one element; NOUT values are summed per row into acc, and
-// reduces() says whether those sums are wanted in this call (the loops skip them otherwise).
+// Functors. Each one describes an element-wise pass over B rows of D elements:
+//   row(b)          per-row context, computed once per row chunk;
+//   in(i), out(i)   its NI element-data inputs and NO outputs (dtype T; nullptr: absent, read as 0 /
+//                   not written), so a backend may load and store them one element or one 16-byte
+//                   vector at a time (csrc/cuda vectorises 16-bit and 32-bit data this way);
+//   compute(r, b, idx, v, o, acc)
+//                   the math of one element from its loaded inputs v[NI] into o[NO]; NOUT values are
+//                   summed per row into acc, and reduces() says whether those sums are wanted.
+// elem() (below) is the scalar load -> compute -> store that the CPU loops and the CUDA tails use.
 // ====================================================================================
 
 template <class T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
+
+// One element, scalar loads and stores. Only the inputs / outputs a functor marks optional (bits of
+// kOptIn / kOptOut) are tested for nullptr, at compile time per index: a test of a required pointer
+// inside the element loop kept the CPU loops from vectorising.
+template <int I, class F, class A> DA_HD A load_in(const F& f, int64_t idx) {
+  const typename F::Elem* p = f.in(I);
+  if constexpr ((F::kOptIn >> I) & 1u) return p ? to_acc<A>(p[idx]) : A(0);
+  else return to_acc<A>(p[idx]);
+}
+template <int I, class F, class A> DA_HD void store_out(const F& f, int64_t idx, A v) {
+  typename F::Elem* p = f.out(I);
+  if constexpr ((F::kOptOut >> I) & 1u) { if (p) p[idx] = from_acc<typename F::Elem>(v); }
+  else p[idx] = from_acc<typename F::Elem>(v);
+}
+template <class F, class A, int... I> DA_HD void load_all(const F& f, int64_t idx, A* v, std::integer_sequence<int, I...>) {
+  ((v[I] = load_in<I, F, A>(f, idx)), ...);
+}
+template <class F, class A, int... I> DA_HD void store_all(const F& f, int64_t idx, const A* o,
+                                                           std::integer_sequence<int, I...>) {
+  (store_out<I, F, A>(f, idx, o[I]), ...);
+}
+template <class F, class A>
+DA_HD void elem(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A* acc) {
+  A v[F::NI > 0 ? F::NI : 1];
+  A o[F::NO > 0 ? F::NO : 1];
+  load_all(f, idx, v, std::make_integer_sequence<int, F::NI>{});
+  f.compute(r, b, idx, v, o, acc);
+  store_all(f, idx, o, std::make_integer_sequence<int, F::NO>{});
+}
 
 // Row contexts precompute what depends on the row only (1/std^2, log std): with a scalar or per-row
 // std the per-element work is a few multiply-adds, no division and no log.
@@ -156,15 +192,18 @@ template <class A> DA_HD StdRow<A> std_row(const StdArg<A>& std, int64_t b) {
 }
 
 template <class T, class A> struct LogprobFwd {
-  static constexpr int NOUT = 1;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 1, NI = 2, NO = 0;
   DA_HD bool reduces() const { return true; }
   const T* x; const T* mean; StdArg<A> std;
+  DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
+  DA_HD T* out(int) const { return nullptr; }
   using Row = StdRow<A>;
   DA_HD Row row(int64_t b) const { return std_row<A>(std, b); }
-  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
-    A xv = to_acc<A>(x[idx]), mv = to_acc<A>(mean[idx]);
-    if (r.full) { acc[0] += gaussian_logprob_elem<A>(xv, mv, std.at(b, idx)); return; }
-    A d = xv - mv;
+  DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
+    if (r.full) { acc[0] += gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx)); return; }
+    A d = v[0] - v[1];
     acc[0] += -d * d * r.half_inv_var - r.log_norm;
   }
 };
@@ -172,19 +211,23 @@ template <class T, class A> struct LogprobFwd {
 // Gradients of the reduced log-prob; gx, gm may be null; std gradient goes to gstd_full (full
 // layout) or is summed per row into acc[0] (scalar / per-row layouts).
 template <class T, class A> struct LogprobBwd {
-  static constexpr int NOUT = 1;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 3u;  // optional (nullable) in / out
+  static constexpr int NOUT = 1, NI = 2, NO = 2;
   const A* grad; int64_t grad_stride; A scale; const T* x; const T* mean; StdArg<A> std;
   T* gx; T* gm; A* gstd_full; bool want_std;
+  DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
+  DA_HD T* out(int i) const { return i == 0 ? gx : gm; }
   struct Row { StdRow<A> s; A g; };
   DA_HD bool reduces() const { return want_std && !gstd_full; }
   DA_HD Row row(int64_t b) const { return {std_row<A>(std, b), grad[b * grad_stride] * scale}; }
-  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
+  DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A* o, A* acc) const {
     A s = r.s.full ? std.at(b, idx) : r.s.s;
     A inv_s2 = r.s.full ? A(1) / (s * s) : r.s.inv_var;
-    A d = to_acc<A>(x[idx]) - to_acc<A>(mean[idx]);
+    A d = v[0] - v[1];
     A gdx = -d * inv_s2 * r.g;
-    if (gx) gx[idx] = from_acc<T>(gdx);
-    if (gm) gm[idx] = from_acc<T>(-gdx);
+    o[0] = gdx;
+    o[1] = -gdx;
     if (want_std) {
       A gs = (d * d * inv_s2 - A(1)) / s * r.g;
       if (gstd_full) gstd_full[idx] = gs; else acc[0] += gs;
@@ -193,9 +236,13 @@ template <class T, class A> struct LogprobBwd {
 };
 
 template <class T, class A> struct KlFwd {
-  static constexpr int NOUT = 1;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 1, NI = 2, NO = 0;
   DA_HD bool reduces() const { return true; }
   const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
+  DA_HD const T* in(int i) const { return i == 0 ? m1 : m2; }
+  DA_HD T* out(int) const { return nullptr; }
   // with per-row stds, KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2
   struct Row { bool generic; A c0, half_inv_var2; };
   DA_HD Row row(int64_t b) const {
@@ -208,61 +255,76 @@ template <class T, class A> struct KlFwd {
     }
     return r;
   }
-  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
-    A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
+  DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
+    A d = v[0] - v[1];
     if (!r.generic) { acc[0] += r.c0 + d * d * r.half_inv_var2; return; }
     A a = s1.at(b, idx);
     if (same_std) acc[0] += d * d / (A(2) * a * a);
-    else acc[0] += gaussian_kl_elem<A>(to_acc<A>(m1[idx]), to_acc<A>(m2[idx]), a, s2.at(b, idx));
+    else acc[0] += gaussian_kl_elem<A>(v[0], v[1], a, s2.at(b, idx));
   }
 };
 
-// acc[0] sums the s1 gradient, acc[1] the s2 gradient (scalar / per-row layouts).
-template <class T, class A> struct KlBwd {
-  static constexpr int NOUT = 2;
+// acc[0] sums the s1 gradient, acc[1] the s2 gradient (scalar / per-row layouts). G: some std has
+// the full layout (read per element); otherwise everything but d is per-row and the std gradients are
+// affine in d^2 (g1 = k1 + q1 d^2, g2 = k2 + q2 d^2), so the element loop only multiplies. G is a
+// template parameter so that the common per-row instantiation holds no per-element std code at all
+// (with both paths in one loop the CPU compiler vectorised neither).
+template <class T, class A, bool G> struct KlBwd {
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 3u;  // optional (nullable) in / out
+  static constexpr int NOUT = 2, NI = 2, NO = 2;
   const A* grad; int64_t grad_stride; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2;
   bool same_std; T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
-  // with per-row stds, 1/s2^2 and 1/s1 are computed once per row
-  struct Row { A g; bool generic; A a, c, inv_c2; };
+  DA_HD const T* in(int i) const { return i == 0 ? m1 : m2; }
+  DA_HD T* out(int i) const { return i == 0 ? gm1 : gm2; }
+  struct Row { A g, inv_c2, k1, q1, k2, q2; };
   DA_HD bool reduces() const { return (want_s1 && !gs1_full) || (want_s2 && !gs2_full); }
   DA_HD Row row(int64_t b) const {
-    Row r{grad[b * grad_stride] * scale, s1.layout == kFull || (!same_std && s2.layout == kFull), A(0), A(0), A(0)};
-    if (!r.generic) {
-      r.a = s1.at(b, 0);
-      r.c = same_std ? r.a : s2.at(b, 0);
-      r.inv_c2 = A(1) / (r.c * r.c);
+    Row r{grad[b * grad_stride] * scale, A(0), A(0), A(0), A(0), A(0)};
+    if constexpr (!G) {
+      const A a = s1.at(b, 0), c = same_std ? a : s2.at(b, 0);
+      r.inv_c2 = A(1) / (c * c);
+      if (same_std) { r.k1 = A(0); r.q1 = -r.inv_c2 / a * r.g; }
+      else { r.k1 = (-A(1) / a + a * r.inv_c2) * r.g; r.q1 = A(0); }
+      r.k2 = (A(1) / c - a * a * r.inv_c2 / c) * r.g;
+      r.q2 = -r.inv_c2 / c * r.g;
     }
     return r;
   }
-  DA_HD void elem(const Row& r, int64_t b, int64_t idx, A* acc) const {
-    A a = r.generic ? s1.at(b, idx) : r.a;
-    A c = r.generic ? (same_std ? a : s2.at(b, idx)) : r.c;
-    A d = to_acc<A>(m1[idx]) - to_acc<A>(m2[idx]);
-    A inv_c2 = r.generic ? A(1) / (c * c) : r.inv_c2;
-    A gd = d * inv_c2 * r.g;
-    if (gm1) gm1[idx] = from_acc<T>(gd);
-    if (gm2) gm2[idx] = from_acc<T>(-gd);
-    if (want_s1) {
-      A g1 = same_std ? -d * d * inv_c2 / a * r.g : (-A(1) / a + a * inv_c2) * r.g;
-      if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1;
+  DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A* o, A* acc) const {
+    const A d = v[0] - v[1];
+    A inv_c2, g1, g2;
+    if constexpr (!G) {
+      inv_c2 = r.inv_c2;
+      g1 = r.k1 + r.q1 * d * d;
+      g2 = r.k2 + r.q2 * d * d;
+    } else {
+      const A a = s1.at(b, idx), c = same_std ? a : s2.at(b, idx);
+      inv_c2 = A(1) / (c * c);
+      g1 = same_std ? -d * d * inv_c2 / a * r.g : (-A(1) / a + a * inv_c2) * r.g;
+      g2 = (A(1) / c - (a * a + d * d) * inv_c2 / c) * r.g;
     }
-    if (want_s2) {
-      A g2 = (A(1) / c - (a * a + d * d) * inv_c2 / c) * r.g;
-      if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2;
-    }
+    const A gd = d * inv_c2 * r.g;
+    o[0] = gd;
+    o[1] = -gd;
+    if (want_s1) { if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1; }
+    if (want_s2) { if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2; }
   }
 };
 
 // Sum of squared errors of model and reference against the target: acc[0], acc[1].
 template <class T, class A> struct PairSqErr {
-  static constexpr int NOUT = 2;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 2, NI = 3, NO = 0;
   DA_HD bool reduces() const { return true; }
   const T* model; const T* ref; const T* target;
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? ref : target); }
+  DA_HD T* out(int) const { return nullptr; }
   struct Row {};
   DA_HD Row row(int64_t) const { return {}; }
-  DA_HD void elem(const Row&, int64_t, int64_t idx, A* acc) const {
-    A t = to_acc<A>(target[idx]);
-    A dm = to_acc<A>(model[idx]) - t, dr = to_acc<A>(ref[idx]) - t;
+  DA_HD void compute(const Row&, int64_t, int64_t, const A* v, A*, A* acc) const {
+    A dm = v[0] - v[2], dr = v[1] - v[2];
     acc[0] += dm * dm;
     acc[1] += dr * dr;
   }
@@ -270,10 +332,14 @@ template <class T, class A> struct PairSqErr {
 
 // grad model_pred = coef[b] * 2 (model - target) / D, coef from the pair's margin.
 template <class T, class A> struct DpoBwd {
-  static constexpr int NOUT = 0;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 0, NI = 2, NO = 1;
   DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* margin; A beta; int loss_type; int reduction; int64_t pairs; A inv_d;
   const T* model; const T* target; T* gmodel;
+  DA_HD const T* in(int i) const { return i == 0 ? model : target; }
+  DA_HD T* out(int) const { return gmodel; }
   struct Row { A coef; };
   DA_HD Row row(int64_t b) const {
     int64_t p = b < pairs ? b : b - pairs;
@@ -281,12 +347,9 @@ template <class T, class A> struct DpoBwd {
     A dh_de = b < pairs ? A(-0.5) : A(0.5);  // h = -((e_w - e_l)_model - ...)/2
     return {g * dpo_pair_dloss_dh<A>(margin[p], beta, loss_type) * dh_de * A(2) * inv_d};
   }
-  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
-    gmodel[idx] = from_acc<T>(r.coef * (to_acc<A>(model[idx]) - to_acc<A>(target[idx])));
-  }
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const { o[0] = r.coef * (v[0] - v[1]); }
 };
 
-template <class A> struct KtoRow { A coef; };
 template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, A lu, A grad_over_b) {
   A sgn = desirable ? A(1) : A(-1);
   A lam = desirable ? ld : lu;
@@ -294,28 +357,34 @@ template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, 
   return -lam * s * (A(1) - s) * sgn * beta * grad_over_b;
 }
 template <class T, class A> struct KtoBwd {
-  static constexpr int NOUT = 0;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 0, NI = 2, NO = 1;
   DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* g; const A* z; const bool* desirable; A beta, ld, lu; int64_t rows; A inv_d;
   const T* model; const T* target; T* gmodel;
+  DA_HD const T* in(int i) const { return i == 0 ? model : target; }
+  DA_HD T* out(int) const { return gmodel; }
   struct Row { A coef; };
   DA_HD Row row(int64_t b) const {
     A dldg = kto_dloss_dg<A>(g[b], z[0], desirable[b], beta, ld, lu, grad_loss[0] / A(rows));
     return {-dldg * A(2) * inv_d};  // g = e_ref - e_model, de_model/dpred = 2 (pred - target) / D
   }
-  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
-    gmodel[idx] = from_acc<T>(r.coef * (to_acc<A>(model[idx]) - to_acc<A>(target[idx])));
-  }
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const { o[0] = r.coef * (v[0] - v[1]); }
 };
 
 // One step x_t -> x_{t-1}: writes mean (and prev_sample unless scoring a given one), sums the log-prob.
 // The log-prob is taken at the prev_sample as stored (rounded to T), so rescoring it later gives
-// exactly the same value.
+// exactly the same value. Inputs: model, sample, prev_in (scoring) or noise (drawing).
 template <class T, class A> struct StepFwd {
-  static constexpr int NOUT = 1;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0b1100u, kOptOut = 0b01u;  // optional (nullable) in / out
+  static constexpr int NOUT = 1, NI = 4, NO = 2;
   DA_HD bool reduces() const { return true; }
   int mode; const A* p0; const A* p1; int per_sample; A param;
   const T* model; const T* sample; const T* prev_in; const T* noise; T* prev_out; T* mean_out;
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? sample : (i == 2 ? prev_in : noise)); }
+  DA_HD T* out(int i) const { return i == 0 ? prev_out : mean_out; }
   struct Row { StepCoef<A> c; A half_inv_var, log_norm; };
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
@@ -326,17 +395,12 @@ template <class T, class A> struct StepFwd {
     }
     return r;
   }
-  DA_HD void elem(const Row& r, int64_t, int64_t idx, A* acc) const {
-    A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
-    mean_out[idx] = from_acc<T>(mu);
-    A prev;
-    if (prev_in) {
-      prev = to_acc<A>(prev_in[idx]);
-    } else {
-      T stored = from_acc<T>(mu + r.c.std * to_acc<A>(noise[idx]));
-      prev_out[idx] = stored;
-      prev = to_acc<A>(stored);
-    }
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A* acc) const {
+    A mu = r.c.cx * v[1] + r.c.cm * v[0];
+    o[1] = mu;
+    // rounding the drawn sample to T here (and storing that exact value) keeps rescoring exact
+    A prev = prev_in ? v[2] : to_acc<A>(from_acc<T>(mu + r.c.std * v[3]));
+    o[0] = prev;
     A d = prev - mu;
     acc[0] += -d * d * r.half_inv_var - r.log_norm;  // both 0 when std = 0: the log-prob is defined as 0
   }
@@ -344,13 +408,20 @@ template <class T, class A> struct StepFwd {
 
 // Backward of a step. With a drawn sample, prev - mean = std * noise does not depend on the inputs,
 // so the log-prob has no gradient and prev_sample's gradient flows straight to the mean.
+// Inputs: grad_prev, grad_mean, model, sample, prev_in; outputs: gmodel, gsample, gprev_in.
 template <class T, class A> struct StepBwd {
-  static constexpr int NOUT = 0;
+  using Elem = T;
+  static constexpr unsigned kOptIn = 0b10011u, kOptOut = 0b111u;  // optional (nullable) in / out
+  static constexpr int NOUT = 0, NI = 5, NO = 3;
   DA_HD bool reduces() const { return false; }
   int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
   const T* grad_prev; const A* grad_lp; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
   T* gmodel; T* gsample; T* gprev_in;
+  DA_HD const T* in(int i) const {
+    return i == 0 ? grad_prev : (i == 1 ? grad_mean : (i == 2 ? model : (i == 3 ? sample : prev_in)));
+  }
+  DA_HD T* out(int i) const { return i == 0 ? gmodel : (i == 1 ? gsample : gprev_in); }
   struct Row { StepCoef<A> c; A glp_over_var; };  // d lp / d prev = -(prev - mu) / var * glp
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
@@ -358,18 +429,19 @@ template <class T, class A> struct StepBwd {
     if (grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b] * inv_d / (r.c.std * r.c.std);
     return r;
   }
-  DA_HD void elem(const Row& r, int64_t, int64_t idx, A*) const {
-    A gmu = grad_mean ? to_acc<A>(grad_mean[idx]) : A(0);
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
+    A gmu = v[1];  // grad_mean (0 when absent)
+    o[2] = A(0);
     if (prev_in) {
-      A mu = r.c.cx * to_acc<A>(sample[idx]) + r.c.cm * to_acc<A>(model[idx]);
-      A gp = -(to_acc<A>(prev_in[idx]) - mu) * r.glp_over_var;  // d lp / d prev
+      A mu = r.c.cx * v[3] + r.c.cm * v[2];
+      A gp = -(v[4] - mu) * r.glp_over_var;  // d lp / d prev
       gmu -= gp;
-      if (gprev_in) gprev_in[idx] = from_acc<T>(gp);
-    } else if (grad_prev) {
-      gmu += to_acc<A>(grad_prev[idx]);
+      o[2] = gp;
+    } else {
+      gmu += v[0];  // grad_prev (0 when absent)
     }
-    if (gmodel) gmodel[idx] = from_acc<T>(r.c.cm * gmu);
-    if (gsample) gsample[idx] = from_acc<T>(r.c.cx * gmu);
+    o[0] = r.c.cm * gmu;
+    o[1] = r.c.cx * gmu;
   }
 };
 

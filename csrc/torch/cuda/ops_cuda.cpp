@@ -10,12 +10,22 @@
 namespace diffalign {
 namespace {
 
+// Whether a launch sums anything per row (and so needs the workspace for its partial sums): the
+// element-wise backward passes usually do not, and skipping the allocation saves host time per call.
+template <class Args> bool needs_workspace(const Args&) { return true; }
+inline bool needs_workspace(const LogprobBwdArgs& a) { return a.gstd != nullptr; }
+inline bool needs_workspace(const KlBwdArgs& a) { return a.gs1 != nullptr || a.gs2 != nullptr; }
+inline bool needs_workspace(const DpoBwdArgs&) { return false; }
+inline bool needs_workspace(const KtoBwdArgs&) { return false; }
+inline bool needs_workspace(const StepBwdArgs&) { return false; }
+
 struct CudaBackend {
   template <class Args, class Fn> static void run(const Args& a, const at::Tensor& like, Fn fn) {
     c10::cuda::CUDAGuard guard(like.device());
-    const size_t bytes = cuda::workspace_bytes(a.dtype, a.B, a.D);
-    auto ws = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
-    fn(a, ws.data_ptr(), at::cuda::getCurrentCUDAStream(like.device().index()).stream());
+    at::Tensor ws;
+    if (needs_workspace(a))
+      ws = at::empty({int64_t(cuda::workspace_bytes(a.dtype, a.B, a.D))}, like.options().dtype(at::kByte));
+    fn(a, ws.defined() ? ws.data_ptr() : nullptr, at::cuda::getCurrentCUDAStream(like.device().index()).stream());
   }
   static void launch(const LogprobArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_logprob); }
   static void launch(const LogprobBwdArgs& a, const at::Tensor& t) { run(a, t, cuda::gaussian_logprob_backward); }
