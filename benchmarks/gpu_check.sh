@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (python3 with a CUDA torch, nvcc, ninja, no internet):
-# build the extension there, run the op tests on the GPU, run the kernel benchmark, print the table.
-# Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
+# build the extension there, run the op tests on the GPU, run the kernel and end-to-end benchmarks,
+# print the tables. Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
 #   bash benchmarks/gpu_check.sh [extra args for benchmarks/kernels.py]
+# Environment: SKIP_E2E=1 skips benchmarks/e2e.py; KERNELS_TIMEOUT / E2E_TIMEOUT (s) bound the two benchmarks; a carried .gpu_so/_C*.so built there earlier (the
+# build.so this script leaves in $OUT) is reused instead of building again.
 set -uo pipefail
 OUT=${OUT:-/tmp/diffalign-gpu}
 mkdir -p "$OUT"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export DIFFALIGN_EXPECT_EXTENSION=1
-if [ -d .whl ]; then  # wheels carried for packages the machine lacks (see README: GPU check)
+if [ -d .whl ]; then  # wheels carried for packages the machine lacks (diffusers for e2e; see README: GPU check)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
@@ -16,14 +18,28 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
 t0=$(date +%s)
-# build in place (no pip: the machine has no index to fetch build requirements from)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! DIFFALIGN_CUDA=1 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+if ls .gpu_so/_C*.so > /dev/null 2>&1; then
+  cp .gpu_so/_C*.so diffalign/ && echo "reusing the carried extension build"
+# build in place (no pip: the machine has no index to fetch build requirements from)
+elif ! DIFFALIGN_CUDA=1 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+else
+  cp diffalign/_C*.so "$OUT/build.so"
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import diffalign.ops as o; assert o.extension_available() and o.cuda_kernels_built(), o.unavailable_reason(); print('extension with CUDA kernels: ok')" || exit 1
 
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_api.py 2>&1 | tee "$OUT/tests.log" | tail -15
-python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | tee "$OUT/bench.log" | \
+t0=$(date +%s)
+python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_long_rows.py \
+  tests/ops/test_ops_api.py 2>&1 | tee "$OUT/tests.log" | tail -15
+echo "tests: $(( $(date +%s) - t0 )) s"
+t0=$(date +%s)
+timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | tee "$OUT/bench.log" | \
   sed -n '/^op /,$p'
+echo "kernels: $(( $(date +%s) - t0 )) s"
+if [ "${SKIP_E2E:-0}" = "0" ]; then
+  t0=$(date +%s)
+  timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | tee "$OUT/e2e.log" | tail -12
+  echo "e2e: $(( $(date +%s) - t0 )) s"
+fi
