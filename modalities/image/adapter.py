@@ -18,7 +18,7 @@ from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
 from diffalign.modalities.image.options import ImageOptions
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # default of modality.options.lora_targets
 
 
 class ImageAdapter(ModalityAdapter):
@@ -47,8 +47,13 @@ class ImageAdapter(ModalityAdapter):
             # (A is drawn, B is zero) made two runs of one config train differently from the first step
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(options.seed)
+                targets = list(options.lora_targets or _LORA_TARGETS)
+                matched = [n for n, _ in denoiser.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+                if not matched:  # peft's own error does not name the config key
+                    raise ValueError(f"config key 'modality.options.lora_targets': no module of the denoiser matches "
+                                     f"{targets!r}")
                 denoiser.add_adapter(LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha,
-                                                init_lora_weights="gaussian", target_modules=_LORA_TARGETS))
+                                                init_lora_weights="gaussian", target_modules=targets))
             for p in denoiser.parameters():  # train the adapters in fp32 whatever the base dtype
                 if p.requires_grad:
                     p.data = p.data.float()

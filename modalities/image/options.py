@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import List, Optional
 
 ARCHITECTURES = ("sd", "sdxl", "sd3")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -17,6 +17,10 @@ class ImageOptions:
     resolution: int = 32             # image side in pixels
     lora_rank: int = 4               # 0: full fine-tuning
     lora_alpha: float = 4.0
+    # modules that get LoRA adapters, as peft target names (a module matches when its dotted name equals a
+    # name or ends with "." + name); None: the attention projections to_q/k/v/out.0 (what SD LoRAs train).
+    # The demo model has one 8x8 cross-attention block, so its configs also adapt the convolutions.
+    lora_targets: Optional[List[str]] = None
     gradient_checkpointing: bool = False
     dtype: str = "float32"           # weights of the frozen parts (VAE, text encoders, base weights under LoRA)
     negative_prompt: str = ""
@@ -36,6 +40,10 @@ class ImageOptions:
             raise ValueError(f"config key 'modality.options.resolution' must be a multiple of 8, got {self.resolution}")
         if self.lora_rank < 0:
             raise ValueError(f"config key 'modality.options.lora_rank' must be >= 0, got {self.lora_rank}")
+        if self.lora_targets is not None and (not self.lora_targets or not all(
+                isinstance(t, str) and t.strip() for t in self.lora_targets)):
+            raise ValueError("config key 'modality.options.lora_targets' must be a non-empty list of module names "
+                             f"(or null for the attention projections), got {self.lora_targets!r}")
         if self.prediction_type is not None:
             if self.prediction_type not in PREDICTION_TYPES:
                 raise ValueError(f"config key 'modality.options.prediction_type' must be one of {PREDICTION_TYPES}, "

@@ -269,3 +269,40 @@ def test_rwr_pretrain_term_distils_to_the_frozen_base():
     assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="algorithm.pretrain_weight"):
         RWRConfig(pretrain_weight=-1.0)
+
+
+def test_rwr_exclude_final_steps_zeroes_the_least_noise_steps():
+    # steps [0, 1, 2, 5, 6, 7] of T = 8: excluding the last 2 drops the samples at steps 6 and 7
+    policy = make_policy()
+    w = torch.tensor([0.0, 1.0, 2.0, 0.5, 1.5, 1.0])
+    batch = make_batch(policy, w)
+    torch.manual_seed(5)
+    loss, _ = RWR(RWRConfig(exclude_final_steps=2)).loss(batch, policy, None)
+    torch.manual_seed(5)
+    noise = torch.randn_like(batch.x0).double()
+    a = policy.rule.alpha_t[batch.steps].reshape(-1, 1)
+    x_t = a.sqrt() * batch.x0.double() + (1 - a).sqrt() * noise
+    pred = policy.adapter.denoise(x_t.float(), policy.rule.timesteps[batch.steps], batch.cond).double()
+    kept = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    expected = (w.double() * kept * ((pred - noise) ** 2).mean(1)).mean()
+    assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="algorithm.exclude_final_steps"):
+        RWRConfig(exclude_final_steps=-1)
+
+
+def test_rwr_guided_regresses_the_classifier_free_guided_output():
+    policy = make_policy()  # guidance_scale 2.0
+    w = torch.tensor([0.0, 1.0, 2.0, 0.5, 1.5, 1.0])
+    batch = make_batch(policy, w)
+    torch.manual_seed(5)
+    loss, _ = RWR(RWRConfig(guided=True)).loss(batch, policy, None)
+    torch.manual_seed(5)
+    noise = torch.randn_like(batch.x0).double()
+    a = policy.rule.alpha_t[batch.steps].reshape(-1, 1)
+    x_t = (a.sqrt() * batch.x0.double() + (1 - a).sqrt() * noise).float()
+    t = policy.rule.timesteps[batch.steps]
+    text = policy.adapter.denoise(x_t, t, batch.cond).double()
+    uncond = policy.adapter.denoise(x_t, t, policy.adapter.unconditional(batch.cond)).double()
+    pred = uncond + 2.0 * (text - uncond)
+    expected = (w.double() * ((pred - noise) ** 2).mean(1)).mean()
+    assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)

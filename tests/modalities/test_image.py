@@ -112,3 +112,20 @@ def test_lora_init_follows_the_options_seed_not_the_global_rng():
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert any(x.abs().sum() > 0 for x in a)  # lora_A is drawn (lora_B starts at zero)
+
+
+def _lora_modules(adapter):
+    return {n.rsplit(".lora_A", 1)[0] for n, _ in adapter.denoiser.named_parameters() if ".lora_A" in n}
+
+
+def test_lora_targets_option_picks_the_adapted_modules():
+    default = _lora_modules(ImageAdapter.from_options(ImageOptions(lora_rank=4)))
+    assert default and all(n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0") for n in default)
+    assert not any("conv" in n for n in default)
+    wide = _lora_modules(ImageAdapter.from_options(ImageOptions(lora_rank=4, lora_targets=["to_q", "conv1"])))
+    assert any(n.endswith("resnets.0.conv1") for n in wide) and any(n.endswith("attn1.to_q") for n in wide)
+    assert not any(n.endswith(("to_k", "conv2")) for n in wide)
+    with pytest.raises(ValueError, match="modality.options.lora_targets"):
+        ImageOptions(lora_targets=[])
+    with pytest.raises(ValueError, match="modality.options.lora_targets': no module"):
+        ImageAdapter.from_options(ImageOptions(lora_rank=4, lora_targets=["no_such_layer"]))
