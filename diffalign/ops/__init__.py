@@ -5,7 +5,9 @@ Each function calls the compiled op ``torch.ops.diffalign.<name>`` (schemas, CPU
 argument checks and autograd registered in C++, see csrc/) or, when the extension is not built, the
 pure-PyTorch reference in :mod:`diffalign.ops.reference` after the same checks written in Python
 (:mod:`diffalign.ops._checks`): same results, same ValueErrors, one warning. The wrappers stay thin
-because at the sizes of a sampling step host-side overhead, not the kernel, is the cost.
+because at the sizes of a sampling step host-side overhead, not the kernel, is the cost; they run the
+Python checks before the compiled ops too only where an error raised in C++ is unsafe
+(``_checks.PYTHON_CHECKS``: torch < 2.14, or DIFFALIGN_PYTHON_CHECKS=1).
 
 Per-sample outputs (log-probs, KLs, losses) are float32 whatever the input dtype (float64 for float64
 inputs); reductions accumulate in float32. Gradients come back in the inputs' dtypes.
@@ -26,6 +28,7 @@ __all__ = [
     "extension_available", "cuda_kernels_built", "unavailable_reason", "set_value_checks", "reference",
 ]
 
+_OPS = torch.ops.diffalign  # the compiled ops' namespace (filled when diffalign._C is imported)
 _REDUCTIONS = {"mean": 0, "sum": 1}
 _DPO_REDUCTIONS = {"mean": 0, "none": 1}
 _DPO_LOSSES = {name: i for i, name in enumerate(reference.DPO_LOSS_TYPES)}
@@ -63,6 +66,12 @@ def _use_extension() -> bool:
     return extension_available()
 
 
+def _python_checks() -> bool:
+    """Whether the wrapper validates its arguments in Python: always for the reference backend, and for
+    the compiled ops where an error raised in C++ is unsafe (see _checks.PYTHON_CHECKS)."""
+    return _checks.PYTHON_CHECKS or not _use_extension()
+
+
 def _choice(name: str, value: str, codes: dict) -> int:
     if value not in codes:
         raise ValueError(f"{name} must be one of {tuple(codes)}, got {value!r}")
@@ -87,13 +96,14 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, red
     std broadcasts to x: 0-d, (B,), (B,1,..,1) or x's full shape. Differentiable in x, mean and std.
     """
     code = _choice("reduction", reduction, _REDUCTIONS)
+    if _python_checks():
+        _checks.check_tensor("x", x)
+        _checks.check_same("mean", mean, "x", x)
+        _checks.check_std("std", std, x, "x")
     if _use_extension():
         if _checks.value_checks_on_accelerator():
             _checks.accelerator_value_checks(std=std)
-        return torch.ops.diffalign.gaussian_logprob.default(x, mean, _cast(std, _acc(x)), code)
-    _checks.check_tensor("x", x)
-    _checks.check_same("mean", mean, "x", x)
-    _checks.check_std("std", std, x, "x")
+        return _OPS.gaussian_logprob.default(x, mean, _cast(std, _acc(x)), code)
     return reference.gaussian_logprob(x, mean, std, reduction)
 
 
@@ -104,16 +114,17 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, r
     ref_std defaults to std, where the KL is (mean - ref_mean)^2 / (2 std^2) (DPOK, survey Eq. 21-22).
     """
     code = _choice("reduction", reduction, _REDUCTIONS)
+    if _python_checks():
+        _checks.check_tensor("mean", mean)
+        _checks.check_same("ref_mean", ref_mean, "mean", mean)
+        _checks.check_std("std", std, mean, "mean")
+        if ref_std is not None:
+            _checks.check_std("ref_std", ref_std, mean, "mean")
     if _use_extension():
         if _checks.value_checks_on_accelerator():
             _checks.accelerator_value_checks(std=std, ref_std=ref_std)
         acc = _acc(mean)
-        return torch.ops.diffalign.gaussian_kl.default(mean, ref_mean, _cast(std, acc), _cast(ref_std, acc), code)
-    _checks.check_tensor("mean", mean)
-    _checks.check_same("ref_mean", ref_mean, "mean", mean)
-    _checks.check_std("std", std, mean, "mean")
-    if ref_std is not None:
-        _checks.check_std("ref_std", ref_std, mean, "mean")
+        return _OPS.gaussian_kl.default(mean, ref_mean, _cast(std, acc), _cast(ref_std, acc), code)
     return reference.gaussian_kl(mean, ref_mean, std, ref_std, reduction)
 
 
@@ -128,14 +139,14 @@ def diffusion_dpo_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     loss_code = _choice("loss_type", loss_type, _DPO_LOSSES)
     red_code = _choice("reduction", reduction, _DPO_REDUCTIONS)
     beta = _positive("beta", beta)
-    if _use_extension():
-        loss, margin = torch.ops.diffalign.diffusion_dpo_loss.default(model_pred, ref_pred, target, beta, loss_code,
-                                                                      red_code)
-    else:
+    if _python_checks():
         _checks.check_tensor("model_pred", model_pred)
         _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
         _checks.check_same("target", target, "model_pred", model_pred)
         _checks.check_pairs("model_pred", model_pred)
+    if _use_extension():
+        loss, margin = _OPS.diffusion_dpo_loss.default(model_pred, ref_pred, target, beta, loss_code, red_code)
+    else:
         loss, margin = reference.diffusion_dpo_loss(model_pred, ref_pred, target, beta, loss_type, reduction)
     if not return_stats:
         return loss
@@ -148,17 +159,17 @@ def diffusion_kto_loss(model_pred: torch.Tensor, ref_pred: torch.Tensor, target:
     """Diffusion-KTO loss (survey Eq. 26): g = e_ref - e_model per sample, z = max(0, mean g) detached
     (or ``kl_ref``, e.g. an all-reduced value), loss = mean of lambda_y (1 - sigmoid(s_y beta (g - z)))."""
     beta = _positive("beta", beta)
-    if _use_extension():
-        ref_point = None if kl_ref is None else kl_ref.detach().to(_acc(model_pred))
-        loss, z, _ = torch.ops.diffalign.diffusion_kto_loss.default(model_pred, ref_pred, target, desirable, beta,
-                                                                    float(lambda_desirable), float(lambda_undesirable),
-                                                                    ref_point)
-    else:
+    if _python_checks():
         _checks.check_tensor("model_pred", model_pred)
         _checks.check_same("ref_pred", ref_pred, "model_pred", model_pred)
         _checks.check_same("target", target, "model_pred", model_pred)
         _checks.check_desirable(desirable, model_pred)
         _checks.check_kl_ref(kl_ref, model_pred)
+    if _use_extension():
+        ref_point = None if kl_ref is None else kl_ref.detach().to(_acc(model_pred))
+        loss, z, _ = _OPS.diffusion_kto_loss.default(model_pred, ref_pred, target, desirable, beta,
+                                                     float(lambda_desirable), float(lambda_undesirable), ref_point)
+    else:
         loss, z = reference.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta, lambda_desirable,
                                                lambda_undesirable, kl_ref)
     return KTOOutput(loss, z) if return_stats else loss
@@ -168,7 +179,7 @@ def _step_inputs(model_output, sample, prev_sample, noise, generator):
     """Cast to the sample's dtype and draw the noise when neither prev_sample nor noise is given."""
     if prev_sample is not None and noise is not None:
         raise ValueError("give prev_sample (to score it) or noise (to draw it), not both")
-    if not _use_extension():
+    if _python_checks():
         _checks.check_tensor("sample", sample)
         _checks.check_same("model_output", model_output, "sample", sample, same_dtype=False)
         for name, t in (("prev_sample", prev_sample), ("noise", noise)):
@@ -195,14 +206,15 @@ def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alp
     code = _choice("prediction_type", prediction_type, _PREDICTION_TYPES)
     eta = _non_negative("eta", eta)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
+    if _python_checks():
+        _checks.check_schedule("alpha_prod_t", alpha_prod_t, "alpha_prod_prev", alpha_prod_prev, sample)
     if _use_extension():
         if _checks.value_checks_on_accelerator():
             _checks.accelerator_value_checks(alpha_prod_t=alpha_prod_t, alpha_prod_prev=alpha_prod_prev)
         acc = _acc(sample)
-        out = torch.ops.diffalign.ddim_step_with_logprob.default(
+        out = _OPS.ddim_step_with_logprob.default(
             model_output, sample, _cast(alpha_prod_t, acc), _cast(alpha_prod_prev, acc), eta, prev_sample, noise, code)
         return StepOutput(prev_sample if prev_sample is not None else out[0], out[1], out[2], out[3])
-    _checks.check_schedule("alpha_prod_t", alpha_prod_t, "alpha_prod_prev", alpha_prod_prev, sample)
     return StepOutput(*reference.ddim_step_with_logprob(model_output, sample, alpha_prod_t, alpha_prod_prev, eta,
                                                         prev_sample, noise, prediction_type))
 
@@ -218,13 +230,14 @@ def flow_sde_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor,
     """
     noise_level = _non_negative("noise_level", noise_level)
     model_output, prev_sample, noise = _step_inputs(model_output, sample, prev_sample, noise, generator)
+    if _python_checks():
+        _checks.check_schedule("sigma", sigma, "sigma_next", sigma_next, sample)
     if _use_extension():
         if _checks.value_checks_on_accelerator():
             _checks.accelerator_value_checks(sigma=sigma, sigma_next=sigma_next)
         acc = _acc(sample)
-        out = torch.ops.diffalign.flow_sde_step_with_logprob.default(
+        out = _OPS.flow_sde_step_with_logprob.default(
             model_output, sample, _cast(sigma, acc), _cast(sigma_next, acc), noise_level, prev_sample, noise)
         return StepOutput(prev_sample if prev_sample is not None else out[0], out[1], out[2], out[3])
-    _checks.check_schedule("sigma", sigma, "sigma_next", sigma_next, sample)
     return StepOutput(*reference.flow_sde_step_with_logprob(model_output, sample, sigma, sigma_next, noise_level,
                                                             prev_sample, noise))

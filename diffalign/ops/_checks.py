@@ -8,9 +8,28 @@ force a host sync on every call and break CUDA-graph capture, so there they run 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 _VALUE_CHECKS_ON_ACCELERATOR = False
+
+
+def _python_checks_default() -> bool:
+    """On the GPU image's torch 2.11 (two lent H100/H200 runs), a ValueError raised inside the compiled
+    ops' C++ crashed the process with a segmentation fault instead of reaching Python; torch 2.14 raises
+    it normally. Cause not found (no device time was left to debug it), so before 2.14 the wrappers check
+    their arguments in Python first, where a bad argument never reaches C++. DIFFALIGN_PYTHON_CHECKS=1
+    or 0 forces either way."""
+    forced = os.environ.get("DIFFALIGN_PYTHON_CHECKS")
+    if forced not in (None, ""):
+        return forced != "0"
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) < (2, 14)
+
+
+# whether the wrappers of the compiled ops also check their arguments in Python (see above)
+PYTHON_CHECKS = _python_checks_default()
 
 
 def set_value_checks(enabled: bool) -> None:

@@ -234,14 +234,35 @@ def test_extension_is_in_use_when_built():
     (lambda: ops.flow_sde_step_with_logprob(torch.randn(2, 4), torch.randn(2, 5), torch.tensor(.5), torch.tensor(.4)), "model_output has shape"),
     (lambda: ops.flow_sde_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor(1.2), torch.tensor(.4)), "sigma must lie in"),
 ])
-@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("backend", ["compiled", "reference", "compiled-python-checks"])
 def test_bad_input_raises_value_error_naming_the_argument(call, message, backend, monkeypatch):
-    if backend == "compiled" and not ops.extension_available():
+    if backend.startswith("compiled") and not ops.extension_available():
         pytest.skip("extension not built")
     if backend == "reference":  # the fallback's Python checks must say the same as the C++ ones
         monkeypatch.setattr(ops, "_use_extension", lambda: False)
+    if backend == "compiled-python-checks":
+        # where a C++ error is unsafe (_checks.PYTHON_CHECKS) the wrappers must stop every bad argument
+        # before the compiled op is reached at all
+        class Unreachable:
+            def __getattr__(self, name):
+                raise AssertionError(f"bad input reached the compiled op {name}")
+        monkeypatch.setattr(ops._checks, "PYTHON_CHECKS", True)
+        monkeypatch.setattr(ops, "_OPS", Unreachable())
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_python_checks_default_follows_torch_version_and_env(monkeypatch):
+    monkeypatch.delenv("DIFFALIGN_PYTHON_CHECKS", raising=False)
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    assert ops._checks._python_checks_default()
+    monkeypatch.setattr(torch, "__version__", "2.14.1")
+    assert not ops._checks._python_checks_default()
+    monkeypatch.setenv("DIFFALIGN_PYTHON_CHECKS", "1")
+    assert ops._checks._python_checks_default()
+    monkeypatch.setenv("DIFFALIGN_PYTHON_CHECKS", "0")
+    monkeypatch.setattr(torch, "__version__", "2.11.0")
+    assert not ops._checks._python_checks_default()
 
 
 @requires_ext
