@@ -19,6 +19,8 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 t0=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# without pip install, diffalign.modalities (setup.py maps it to the top-level modalities/) needs a link
+[ -e diffalign/modalities ] || ln -s ../modalities diffalign/modalities
 if ls .gpu_so/_C*.so > /dev/null 2>&1; then
   cp .gpu_so/_C*.so diffalign/ && echo "reusing the carried extension build"
 # build in place (no pip: the machine has no index to fetch build requirements from)
