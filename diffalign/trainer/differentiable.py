@@ -58,19 +58,10 @@ class DifferentiableTrainer(SampledTrainer):
                 last = minibatch % t.gradient_accumulation_steps == 0
                 with self.acc.autocast():
                     loss, metrics = self.algorithm.loss(batch, self.policy, reference)
-                scaled = loss / t.gradient_accumulation_steps
-                if last:
-                    self.acc.backward(scaled)
-                else:
-                    with self.acc.no_sync(self.adapter.denoiser):
-                        self.acc.backward(scaled)
-                metrics["loss"] = loss.detach()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                self.accumulate(loss, metrics, sums, 1.0 / t.gradient_accumulation_steps, sync=last)
                 count += 1
                 if last:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.step_optimizer() * t.gradient_accumulation_steps
+                    self.step_optimizer(sums, weight=t.gradient_accumulation_steps)
         out = {"epoch": epoch, "eval_reward": eval_reward, **self.reduce_metrics(sums, count),
-               "train_s": time.perf_counter() - start, "lr": float(self.lr_scheduler.get_last_lr()[0]),
-               "num_processes": self.world}
+               "train_s": time.perf_counter() - start, **self.run_info()}
         return out

@@ -37,10 +37,9 @@ from diffalign.data.readers import FORMATS, looks_like_hub_id
 from diffalign.data.synthetic import SYNTHETIC, toy_preference_pairs
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
-from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
+from diffalign.trainer.base import Trainer
+from diffalign.trainer.builders import build_algorithm
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
-from diffalign.trainer.logging import MetricsLogger
 
 
 def validate_data(cfg) -> None:
@@ -79,52 +78,43 @@ def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> Preferenc
     return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records, d.streaming)
 
 
-class OfflineTrainer(ckpt.CheckpointedTrainer):
+class OfflineTrainer(Trainer):
     """Trains ``cfg`` (a validated TrainConfig whose algorithm has an offline data path)."""
 
     def __init__(self, cfg, accelerator=None):
         from diffalign.rewards import load_prompts
-        self.cfg = cfg
-        self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.algorithm = build_algorithm(cfg)
+        acc = accelerator or make_accelerator(cfg.train.mixed_precision)
+        algorithm = build_algorithm(cfg)
         given = None if cfg.prompts.list is None and cfg.prompts.file is None else \
             load_prompts(cfg.prompts.list, cfg.prompts.file)
         self.data = build_preference_data(cfg, given)
-        if self.acc.is_main_process:
+        if acc.is_main_process:
             print(f"diffalign: {self.data.report.summary()}", flush=True)
-        self.labels = self.algorithm.data_path == DataPath.OFFLINE_LABELS
+        self.labels = algorithm.data_path == DataPath.OFFLINE_LABELS
         self.items = self.data.as_labels() if self.labels else self.data.pairs
         if not self.items:
-            raise PreferenceDataError(f"{self.data.report.source} holds binary feedback, but {self.algorithm.name} "
+            raise PreferenceDataError(f"{self.data.report.source} holds binary feedback, but {algorithm.name} "
                                       "learns from pairs")
-        if getattr(self.algorithm, "needs_rewards", False) and not self.data.has_rewards:
-            raise PreferenceDataError(f"{self.algorithm.name} needs a reward for every pair (chosen_reward / "
+        if getattr(algorithm, "needs_rewards", False) and not self.data.has_rewards:
+            raise PreferenceDataError(f"{algorithm.name} needs a reward for every pair (chosen_reward / "
                                       f"rejected_reward), which {self.data.report.source} does not have")
-        self.prompts = given if given is not None else self.data.prompts
-        self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
-        self.policy = build_policy(cfg, self.adapter)  # for sampling / evaluation; training is unguided
-        self.forward = ForwardProcess(self.adapter.scheduler)
-        self.reward_fn = None
-        if cfg.data.eval_samples:
-            from diffalign.rewards import bind_reward_kwargs, resolve_reward
-            self.reward_fn = bind_reward_kwargs(resolve_reward(cfg.reward.name, self.adapter.rewards()),
-                                                cfg.reward.name, cfg.reward.kwargs)
-        t = cfg.train
-        optimizer, scheduler = build_optimizer(t, self.adapter.trainable_parameters())
-        self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
-            self.adapter.denoiser, optimizer, scheduler)
         self._cache: Dict[int, torch.Tensor] = {}
-        self.start_epoch = 0
-        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
-        if resume is not None:
-            self.load(resume)
-        self.logger = None
-        if self.acc.is_main_process:
-            self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch)
+        # the policy serves sampling / evaluation; training is unguided
+        super().__init__(cfg, acc, prompts=given if given is not None else self.data.prompts, algorithm=algorithm)
+        self.forward = ForwardProcess(self.adapter.scheduler)
+        if self.logger is not None:
             with open(os.path.join(cfg.output_dir, "data_report.json"), "w") as f:
                 json.dump(self.data.report.to_dict(), f, indent=1)
 
+    def build_reward_fn(self):
+        if not self.cfg.data.eval_samples:
+            return None
+        from diffalign.rewards import bind_reward_kwargs, resolve_reward
+        return bind_reward_kwargs(resolve_reward(self.cfg.reward.name, self.adapter.rewards()),
+                                  self.cfg.reward.name, self.cfg.reward.kwargs)
+
+    def progress_postfix(self, metrics: Dict[str, float]) -> Dict[str, str]:
+        return {"loss": f"{metrics['loss']:.3g}", "acc": f"{metrics['implicit_acc']:.3f}"}
 
     # ---- data -> batches --------------------------------------------------------------------------------
     def _x0(self, keys: List[int], samples: List, cond) -> torch.Tensor:
@@ -236,49 +226,14 @@ class OfflineTrainer(ckpt.CheckpointedTrainer):
             with self.acc.autocast():
                 loss, metrics = self.algorithm.loss(batch, self.policy, reference)
             last = (m + 1) % accum == 0 or m + 1 == steps_per_epoch
-            if last:
-                self.acc.backward(loss / accum)
-            else:
-                with self.acc.no_sync(self.adapter.denoiser):
-                    self.acc.backward(loss / accum)
-            metrics["loss"] = loss.detach()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            self.accumulate(loss, metrics, sums, 1.0 / accum, sync=last)
             count += 1
             if last:
-                grad_norm = self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), t.max_grad_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * accum
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        keys = sorted(sums)
-        local = torch.tensor([sums[k] / count for k in keys], device=self.acc.device, dtype=torch.float64)
-        mean = self.acc.reduce(local, reduction="mean")
+                self.step_optimizer(sums, weight=accum)
+        metrics = self.reduce_metrics(sums, count)
         train_s = time.perf_counter() - start
         if self.reward_fn is not None:
             initial["eval_reward"] = self.evaluate()
             initial.update(self.evaluate_preferences())
-        out = {"epoch": epoch, **{k: float(v) for k, v in zip(keys, mean.tolist())}, **initial,
-               "num_items": steps_per_epoch * global_bs, "train_s": train_s,
-               "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
-        return out
-
-    def train(self) -> List[Dict[str, float]]:
-        from tqdm.auto import tqdm
-        cfg = self.cfg
-        history = []
-        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
-                   disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
-        for epoch in bar:
-            metrics = self.run_epoch(epoch)
-            history.append(metrics)
-            if self.logger is not None:
-                self.logger.log(metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3g}", acc=f"{metrics['implicit_acc']:.3f}")
-            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
-                self.save(epoch)
-            self.acc.wait_for_everyone()
-        if self.logger is not None:
-            self.logger.close()
-            self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
-        return history
+        return {"epoch": epoch, **metrics, **initial, "num_items": steps_per_epoch * global_bs, "train_s": train_s,
+                **self.run_info()}

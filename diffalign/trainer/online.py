@@ -7,8 +7,6 @@ draws (prompts, initial noise, step noise, trained timesteps).
 """
 from __future__ import annotations
 
-import math
-import os
 import time
 from typing import Dict, List
 
@@ -17,12 +15,9 @@ import torch
 from diffalign.algorithms.base import TransitionBatch
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
-from diffalign.rewards import load_prompts
 from diffalign.rewards.server import RewardServer, close_reward_fn, make_reward_fn, submit_reward
-from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
-from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
-from diffalign.trainer.logging import MetricsLogger
+from diffalign.trainer.base import Trainer
+from diffalign.trainer.distributed import derive_seed, generator
 
 
 def _cat_trajectories(parts: List[Trajectory]) -> Trajectory:
@@ -30,30 +25,18 @@ def _cat_trajectories(parts: List[Trajectory]) -> Trajectory:
                       cat_conditions([p.cond for p in parts]), parts[0].step_indices)
 
 
-class OnlineTrainer(ckpt.CheckpointedTrainer):
+class OnlineTrainer(Trainer):
     """Trains ``cfg`` (a validated TrainConfig). ``train()`` runs the remaining epochs."""
 
-    def __init__(self, cfg, accelerator=None):
-        self.cfg = cfg
-        self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
-        self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        self.prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
-        self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
-        self.policy = build_policy(cfg, self.adapter)
-        self.algorithm = build_algorithm(cfg)
+    def build_reward_fn(self):
         # in process, or a warm reward process when reward.server.enabled
-        self.reward_fn = make_reward_fn(cfg.reward, cfg.modality.name, self.adapter.rewards(), self.acc.device)
-        t = cfg.train
-        optimizer, scheduler = build_optimizer(t, self.adapter.trainable_parameters())
-        self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
-            self.adapter.denoiser, optimizer, scheduler)
-        self.start_epoch = 0
-        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
-        if resume is not None:
-            self.load(resume)
-        self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch) \
-            if self.acc.is_main_process else None
+        return make_reward_fn(self.cfg.reward, self.cfg.modality.name, self.adapter.rewards(), self.acc.device)
 
+    def progress_postfix(self, metrics: Dict[str, float]) -> Dict[str, str]:
+        return {"reward": f"{metrics['reward_mean']:.4g}", "loss": f"{metrics['loss']:.3g}"}
+
+    def close(self) -> None:
+        close_reward_fn(self.reward_fn)
 
     # ---- one epoch -----------------------------------------------------------------------------------
     def _batch_prompts(self, epoch: int, n: int) -> List[str]:
@@ -114,27 +97,11 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
                     last = j == n_train - 1 and (m + 1) % t.gradient_accumulation_steps == 0
                     with self.acc.autocast():
                         loss, metrics = self.algorithm.loss(batch, self.policy, reference)
-                    scale = 1.0 / (n_train * t.gradient_accumulation_steps)
-                    if last:
-                        self.acc.backward(loss * scale)
-                    else:
-                        with self.acc.no_sync(self.adapter.denoiser):
-                            self.acc.backward(loss * scale)
-                    metrics["loss"] = loss.detach()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                    self.accumulate(loss, metrics, sums, 1.0 / (n_train * t.gradient_accumulation_steps), sync=last)
                     count += 1
                 if (m + 1) % t.gradient_accumulation_steps == 0:
-                    grad_norm = self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), t.max_grad_norm)
-                    # weighted by the loss evaluations of this step, so dividing by count gives the mean per step
-                    per_step = n_train * t.gradient_accumulation_steps
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * per_step
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-        local = torch.tensor([sums[k] / count for k in sorted(sums)], device=self.acc.device, dtype=torch.float64)
-        mean = self.acc.reduce(local, reduction="mean")
-        return {k: float(v) for k, v in zip(sorted(sums), mean.tolist())}
+                    self.step_optimizer(sums, weight=n_train * t.gradient_accumulation_steps)
+        return self.reduce_metrics(sums, count)
 
     def run_epoch(self, epoch: int) -> Dict[str, float]:
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, self.rank, "torch"))  # e.g. RWR's re-noising
@@ -148,33 +115,8 @@ class OnlineTrainer(ckpt.CheckpointedTrainer):
         metrics = self.optimise(epoch, traj, mine)
         train_s = time.perf_counter() - train_start
         out = {"epoch": epoch, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
-               **metrics, "samples_per_s": len(prompts) / rollout_s, "train_s": train_s,
-               "lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+               **metrics, "samples_per_s": len(prompts) / rollout_s, "train_s": train_s, **self.run_info()}
         if isinstance(self.reward_fn, RewardServer):
             out["reward_server_restarts"] = self.reward_fn.restarts
         self._last_decoded = decoded
         return out
-
-    def train(self) -> List[Dict[str, float]]:
-        from tqdm.auto import tqdm
-        cfg = self.cfg
-        history = []
-        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
-                   disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
-        for epoch in bar:
-            metrics = self.run_epoch(epoch)
-            history.append(metrics)
-            if self.logger is not None:
-                image = None
-                if cfg.logging.tensorboard and epoch % cfg.logging.image_every == 0:
-                    image = self.adapter.sample_grid(self._last_decoded)
-                self.logger.log(metrics, image)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.4g}", loss=f"{metrics['loss']:.3g}")
-            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
-                self.save(epoch)
-            self.acc.wait_for_everyone()
-        close_reward_fn(self.reward_fn)
-        if self.logger is not None:
-            self.logger.close()
-            self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
-        return history

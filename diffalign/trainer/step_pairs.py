@@ -99,8 +99,7 @@ class StepPairTrainer(SampledTrainer):
         collect_s = time.perf_counter() - start
         metrics = self.optimise(epoch, sets, conds)
         return {"epoch": epoch, "eval_reward": eval_reward, **extra, **metrics, "collect_s": collect_s,
-                "train_s": time.perf_counter() - start - collect_s, "lr": float(self.lr_scheduler.get_last_lr()[0]),
-                "num_processes": self.world}
+                "train_s": time.perf_counter() - start - collect_s, **self.run_info()}
 
     def optimise(self, epoch: int, sets: List[PairSet], conds) -> Dict[str, float]:
         cfg, t = self.cfg, self.cfg.train
@@ -129,17 +128,9 @@ class StepPairTrainer(SampledTrainer):
                                               pairs.steps[col], sub_cond, pairs.valid[rows, cols])
                         with self.acc.autocast():
                             loss, metrics = self.algorithm.loss(batch, self.policy, reference)
-                        scaled = loss / (n_train * t.gradient_accumulation_steps)
-                        if last_mb and j == n_train - 1:
-                            self.acc.backward(scaled)
-                        else:
-                            with self.acc.no_sync(self.adapter.denoiser):
-                                self.acc.backward(scaled)
-                        metrics["loss"] = loss.detach()
-                        for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + float(v)
+                        self.accumulate(loss, metrics, sums, 1.0 / (n_train * t.gradient_accumulation_steps),
+                                        sync=last_mb and j == n_train - 1)
                         count += 1
                     if last_mb:
-                        per_step = n_train * t.gradient_accumulation_steps
-                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.step_optimizer() * per_step
+                        self.step_optimizer(sums, weight=n_train * t.gradient_accumulation_steps)
         return self.reduce_metrics(sums, count)

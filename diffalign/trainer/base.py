@@ -1,0 +1,123 @@
+"""What every training loop shares: set-up, gradient accumulation, metric reduction and the epoch loop.
+
+A loop (online.py, offline.py, differentiable.py, step_pairs.py) subclasses :class:`Trainer` and
+implements ``run_epoch(epoch) -> metrics``; it may override ``build_reward_fn`` (which reward table,
+in process or served), ``progress_postfix`` (what the progress bar shows) and ``close``.
+
+Set-up order: accelerate (which picks its CPU backend itself on GPU-less machines), the algorithm, the
+prompts, the adapter and policy, the reward, AdamW with linear warm-up prepared by accelerate, then a
+resume from ``resume_from`` and the metrics logger (main process only).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from diffalign.rewards import load_prompts
+from diffalign.trainer import checkpoint as ckpt
+from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
+from diffalign.trainer.distributed import make_accelerator
+from diffalign.trainer.logging import MetricsLogger
+
+__all__ = ["Trainer"]
+
+
+class Trainer(ckpt.CheckpointedTrainer):
+    """Shared set-up and epoch loop; ``train()`` runs the remaining epochs and returns their metrics."""
+
+    def __init__(self, cfg, accelerator=None, *, prompts: Optional[Sequence[str]] = None, algorithm=None):
+        self.cfg = cfg
+        self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.algorithm = algorithm if algorithm is not None else build_algorithm(cfg)
+        self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts.list, cfg.prompts.file)
+        self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
+        self.policy = build_policy(cfg, self.adapter)
+        self.reward_fn = self.build_reward_fn()
+        optimizer, scheduler = build_optimizer(cfg.train, self.adapter.trainable_parameters())
+        self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
+            self.adapter.denoiser, optimizer, scheduler)
+        self.start_epoch = 0
+        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
+        if resume is not None:
+            self.load(resume)
+        self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch) \
+            if self.acc.is_main_process else None
+        self._last_decoded = None  # samples of the last epoch, for the tensorboard image grid
+
+    # ---- hooks ----------------------------------------------------------------------------------------
+    def build_reward_fn(self):
+        """The reward callable of this loop (None: the loop scores nothing)."""
+        return None
+
+    def run_epoch(self, epoch: int) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def progress_postfix(self, metrics: Dict[str, float]) -> Dict[str, str]:
+        return {"loss": f"{metrics['loss']:.3g}"}
+
+    def close(self) -> None:
+        """Release what the loop holds (e.g. a reward server) once training ends."""
+
+    # ---- gradient accumulation -----------------------------------------------------------------------
+    def accumulate(self, loss: torch.Tensor, metrics: Dict[str, torch.Tensor], sums: Dict[str, float],
+                   scale: float, sync: bool) -> None:
+        """Backward of ``loss * scale``; gradients are all-reduced only when ``sync`` (the micro-batch that
+        completes an optimiser step), and the loss and metrics are added to ``sums``."""
+        if sync:
+            self.acc.backward(loss * scale)
+        else:
+            with self.acc.no_sync(self.adapter.denoiser):
+                self.acc.backward(loss * scale)
+        metrics["loss"] = loss.detach()
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+
+    def step_optimizer(self, sums: Optional[Dict[str, float]] = None, weight: float = 1.0) -> float:
+        """Clip, step, advance the schedule, clear the gradients; adds grad_norm * weight to ``sums`` (weight:
+        the loss evaluations of this step, so that sums / count is the mean per step)."""
+        grad_norm = float(self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), self.cfg.train.max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if sums is not None:
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * weight
+        return grad_norm
+
+    def reduce_metrics(self, sums: Dict[str, float], count: int) -> Dict[str, float]:
+        """Per-evaluation means of ``sums``, averaged over the processes."""
+        keys = sorted(sums)
+        local = torch.tensor([sums[k] / max(count, 1) for k in keys], device=self.acc.device, dtype=torch.float64)
+        mean = self.acc.reduce(local, reduction="mean")
+        return {k: float(v) for k, v in zip(keys, mean.tolist())}
+
+    def run_info(self) -> Dict[str, float]:
+        """The learning rate and process count every epoch's metrics line carries."""
+        return {"lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+
+    # ---- the epoch loop --------------------------------------------------------------------------------
+    def train(self) -> List[Dict[str, float]]:
+        from tqdm.auto import tqdm
+        cfg = self.cfg
+        history = []
+        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
+                   disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
+        for epoch in bar:
+            metrics = self.run_epoch(epoch)
+            history.append(metrics)
+            if self.logger is not None:
+                image = None
+                if cfg.logging.tensorboard and epoch % cfg.logging.image_every == 0 and self._last_decoded is not None:
+                    image = self.adapter.sample_grid(self._last_decoded)
+                self.logger.log(metrics, image)
+            bar.set_postfix(**self.progress_postfix(metrics))
+            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
+                self.save(epoch)
+            self.acc.wait_for_everyone()
+        self.close()
+        if self.logger is not None:
+            self.logger.close()
+            self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
+        return history
