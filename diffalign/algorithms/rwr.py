@@ -1,7 +1,11 @@
 """Reward-weighted regression (survey Eq. 16), run online as in DDPO's RWR baselines.
 
 Weights: "exp": w = B * softmax(gamma r) over the rollout batch, i.e. exp(gamma r)/Z with Z
-normalising the mean weight to 1; "sparse": w = 1[r >= threshold]. The weighted negative
+normalising the mean weight to 1; "sparse": w = 1[r >= threshold]. "group" (not in Eq. 16: a baseline
+added to it) draws ``group_size`` samples per prompt and weights each by its group-normalised reward
+(r - mean_g) / std_g as GRPO does, so the weights sum to zero within a prompt: the pull toward the
+policy's own samples, common to all of a prompt's samples, cancels, and what is left moves the model
+toward that prompt's better samples and away from its worse ones. The weighted negative
 log-likelihood is approximated by the denoising loss at the trained step: x0 (the rollout's final
 sample) is re-noised to step i with fresh noise and the conditional output regresses the target.
 
@@ -32,7 +36,7 @@ import torch
 
 from diffalign.algorithms.base import Algorithm, TransitionBatch
 
-WEIGHTINGS = ("exp", "sparse")
+WEIGHTINGS = ("exp", "sparse", "group")
 
 
 @dataclasses.dataclass
@@ -43,6 +47,7 @@ class RWRConfig:
     pretrain_weight: float = 0.0  # beta of Eq. 16's pre-training term (a distillation to the frozen base)
     exclude_final_steps: int = 0  # the last k (least-noise) sampling steps get no loss (see the module doc)
     guided: bool = False          # regress the guided output (the sampler's) instead of the conditional one
+    group_size: int = 1           # samples per prompt in every rollout batch ("group" weighting needs >= 2)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
@@ -51,6 +56,10 @@ class RWRConfig:
             raise ValueError(f"algorithm.temperature must be > 0, got {self.temperature}")
         if not self.pretrain_weight >= 0:
             raise ValueError(f"algorithm.pretrain_weight must be >= 0, got {self.pretrain_weight}")
+        if self.weighting == "group" and int(self.group_size) < 2:
+            raise ValueError(f"algorithm.group_size must be >= 2 for weighting 'group', got {self.group_size}")
+        if int(self.group_size) < 1:
+            raise ValueError(f"algorithm.group_size must be >= 1, got {self.group_size}")
         if self.exclude_final_steps < 0:
             raise ValueError(f"algorithm.exclude_final_steps must be >= 0, got {self.exclude_final_steps}")
 
@@ -67,6 +76,9 @@ class RWR(Algorithm):
         r = rewards.double()
         if self.config.weighting == "exp":
             w = torch.softmax(self.config.temperature * r, dim=0) * r.shape[0]
+        elif self.config.weighting == "group":
+            from diffalign.algorithms.advantages import group_normalize
+            w = group_normalize(r, prompts).double()
         else:
             w = (r >= self.config.threshold).double()
         return w.float()

@@ -306,3 +306,17 @@ def test_rwr_guided_regresses_the_classifier_free_guided_output():
     pred = uncond + 2.0 * (text - uncond)
     expected = (w.double() * ((pred - noise) ** 2).mean(1)).mean()
     assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)
+
+
+def test_rwr_group_weights_are_group_normalised_and_sum_to_zero_per_prompt():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.8])
+    prompts = ["a", "a", "b", "b", "c", "c"]
+    w = RWR(RWRConfig(weighting="group", group_size=2)).advantages(r, prompts).double()
+    for i in (0, 2, 4):  # pairs: (r - mean) / (population std + 1e-4)
+        g = r[i:i + 2].double()
+        expected = (g - g.mean()) / ((g - g.mean()).abs().mean() + 1e-4)
+        torch.testing.assert_close(w[i:i + 2], expected, rtol=1e-6, atol=1e-8)
+        assert abs(w[i:i + 2].sum().item()) < 1e-9
+    assert w[2:4].abs().max().item() == 0.0  # a tie carries no signal
+    with pytest.raises(ValueError, match="algorithm.group_size must be >= 2"):
+        RWRConfig(weighting="group")
