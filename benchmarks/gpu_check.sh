@@ -31,6 +31,17 @@ else
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import diffalign.ops as o; assert o.extension_available() and o.cuda_kernels_built(), o.unavailable_reason(); print('extension with CUDA kernels: ok')" || exit 1
+# Diagnosis of the crash seen on this image (torch 2.11, built with /opt/gcc's g++): a ValueError raised in
+# the ops' C++ segfaulted the process. Which compiler built us, and does a C++ error reach Python here?
+echo "compiler: $(command -v g++) $(g++ -dumpfullversion 2>/dev/null)" | tee -a "$OUT/gpu.txt"
+python3 -c "
+import torch, diffalign.ops
+try:
+    torch.ops.diffalign.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 4), torch.ones(()), 0)
+except ValueError as e:
+    print('C++ ValueError reaches Python: ok')
+" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+echo "C++ error probe exit code: ${PIPESTATUS[0]} (139: segfault)" | tee -a "$OUT/gpu.txt"
 
 t0=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_long_rows.py \
