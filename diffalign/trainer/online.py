@@ -110,7 +110,8 @@ class OnlineTrainer(Trainer):
         rollout_s = time.perf_counter() - start
         adv = self.algorithm.advantages(rewards.cpu(), prompts)
         b = self.cfg.sampling.batch_size
-        mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b] for n in range(self.cfg.sampling.num_batches_per_epoch)])
+        mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b]
+                          for n in range(self.cfg.sampling.num_batches_per_epoch)])
         train_start = time.perf_counter()
         metrics = self.optimise(epoch, traj, mine)
         train_s = time.perf_counter() - train_start

@@ -62,10 +62,13 @@ def test_logprob_and_kl_long_rows(device, dtype, shape, misaligned):
     mean = _input(shape, dtype, device, 1, misaligned, requires_grad=True)
     std = (torch.rand(shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5)
     std = std.to(device).requires_grad_()
-    assert_matches_reference(lambda a, b, s: ops.gaussian_logprob(a, b, s), lambda a, b, s: R.gaussian_logprob(a, b, s.view(
-        (-1,) + (1,) * (a.ndim - 1)), "mean"), [x, mean, std], dtype, "logprob")
-    assert_matches_reference(lambda a, b, s: ops.gaussian_kl(b, a, s), lambda a, b, s: R.gaussian_kl(b, a, s.view(
-        (-1,) + (1,) * (a.ndim - 1)), None, "mean"), [x, mean, std], dtype, "kl")
+    per_row = lambda s, like: s.view((-1,) + (1,) * (like.ndim - 1))  # noqa: E731
+    assert_matches_reference(
+        lambda a, b, s: ops.gaussian_logprob(a, b, s),
+        lambda a, b, s: R.gaussian_logprob(a, b, per_row(s, a), "mean"), [x, mean, std], dtype, "logprob")
+    assert_matches_reference(
+        lambda a, b, s: ops.gaussian_kl(b, a, s),
+        lambda a, b, s: R.gaussian_kl(b, a, per_row(s, a), None, "mean"), [x, mean, std], dtype, "kl")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -81,13 +84,15 @@ def test_losses_long_rows(device, dtype, shape, misaligned):
     # h is a difference of per-row mean errors of ~2 each; over 8000+ elements float32 sums carry ~1e-6
     # relative error, which the difference amplifies ~100x
     grad_rtol = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}.get(dtype)
-    assert_matches_reference(lambda m, r, t: ops.diffusion_dpo_loss(m, r, t, beta=beta),
-           lambda m, r, t: R.diffusion_dpo_loss(m, r, t, beta, "sigmoid", "mean")[0], [model, ref, target], dtype,
-           "dpo", grad_rtol)
+    assert_matches_reference(
+        lambda m, r, t: ops.diffusion_dpo_loss(m, r, t, beta=beta),
+        lambda m, r, t: R.diffusion_dpo_loss(m, r, t, beta, "sigmoid", "mean")[0],
+        [model, ref, target], dtype, "dpo", grad_rtol)
     desirable = (torch.arange(shape[0]) % 2 == 0).to(device)
-    assert_matches_reference(lambda m, r, t: ops.diffusion_kto_loss(m, r, t, desirable, beta=beta),
-           lambda m, r, t: R.diffusion_kto_loss(m, r, t, desirable, beta, 1.0, 1.0, None)[0], [model, ref, target],
-           dtype, "kto", grad_rtol)
+    assert_matches_reference(
+        lambda m, r, t: ops.diffusion_kto_loss(m, r, t, desirable, beta=beta),
+        lambda m, r, t: R.diffusion_kto_loss(m, r, t, desirable, beta, 1.0, 1.0, None)[0],
+        [model, ref, target], dtype, "kto", grad_rtol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -102,18 +107,21 @@ def test_steps_long_rows(device, dtype, shape, misaligned):
     a_t = torch.linspace(0.3, 0.6, b, dtype=torch.float64).to(device)
     a_p = torch.linspace(0.5, 0.8, b, dtype=torch.float64).to(device)
     # scoring a given prev_sample: log-prob and mean, gradients to model output, sample and prev_sample
-    assert_matches_reference(lambda m, s, p: ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, prev_sample=p).log_prob,
-           lambda m, s, p: R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, p, None, "epsilon")[1],
-           [model, sample, prev], dtype, "ddim log_prob")
-    assert_matches_reference(lambda m, s: ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, noise=noise).mean,
-           lambda m, s: R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, None, noise.double(), "epsilon")[2],
-           [model, sample], dtype, "ddim mean")
+    assert_matches_reference(
+        lambda m, s, p: ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, prev_sample=p).log_prob,
+        lambda m, s, p: R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, p, None, "epsilon")[1],
+        [model, sample, prev], dtype, "ddim log_prob")
+    assert_matches_reference(
+        lambda m, s: ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, noise=noise).mean,
+        lambda m, s: R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, None, noise.double(), "epsilon")[2],
+        [model, sample], dtype, "ddim mean")
     # drawing: prev_sample = mean + std * noise, stored in the sample's dtype
     out = ops.ddim_step_with_logprob(model, sample, a_t, a_p, 1.0, noise=noise)
     exp = R.ddim_step_with_logprob(model.detach().double(), sample.detach().double(), a_t, a_p, 1.0, None,
                                    noise.double(), "epsilon")
     assert_close(out.prev_sample, exp[0], dtype, "ddim prev_sample")
     sigma = torch.linspace(0.9, 0.4, b, dtype=torch.float64).to(device)
-    assert_matches_reference(lambda m, s, p: ops.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, prev_sample=p).log_prob,
-           lambda m, s, p: R.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, 0.7, p, None)[1],
-           [model, sample, prev], dtype, "flow log_prob")
+    assert_matches_reference(
+        lambda m, s, p: ops.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, prev_sample=p).log_prob,
+        lambda m, s, p: R.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, 0.7, p, None)[1],
+        [model, sample, prev], dtype, "flow log_prob")
