@@ -14,6 +14,9 @@ Three providers, same model object, same batch, same settings, timed in the same
                backward, clipping and AdamW.
 ``unet_only``  the floor: the same guided UNet calls (and, for training, a backward through them) with no
                step, log-prob or surrogate at all. The gap between it and a loop is all a loop can win.
+``compiled``   with ``--compile BACKEND``: the diffalign loop on a copy of the model whose UNet is compiled
+               (``modality.options.compile``; e.g. ``inductor``). At SD sizes the UNet is most of a step,
+               so this, not the step ops, is where a loop can gain on the eager one.
 
 Models:
   tiny   the image modality's tiny preset: a random ~0.8M-parameter UNet over 16x16x4 latents,
@@ -32,6 +35,7 @@ training paths are checked to compute the same log-probs for the same transition
     python benchmarks/e2e.py --device cuda          # CUDA: tiny and sd15
     python benchmarks/e2e.py --json e2e.json --repeats 10
     python benchmarks/e2e.py --dtype bfloat16       # the bf16/autocast path on CPU
+    python benchmarks/e2e.py --device cuda --compile inductor
 """
 from __future__ import annotations
 
@@ -193,16 +197,30 @@ def _quantiles(xs):
 PROVIDERS = ("eager", "diffalign", "unet_only")
 
 
-def bench_model(name, device, batch, steps, guidance, lora_rank, repeats, warmup, dtype_name):
+def compiled_copy(adapter, backend: str):
+    """A shallow copy of the adapter whose denoiser is a compiled deep copy (same weights, own parameters)."""
+    twin = copy.copy(adapter)
+    twin.denoiser = copy.deepcopy(adapter.denoiser)
+    twin.denoiser.compile(backend=backend)
+    return twin
+
+
+def bench_model(name, device, batch, steps, guidance, lora_rank, repeats, warmup, dtype_name, compile_backend=None):
     torch.manual_seed(0)
     adapter, cond2 = MODELS[name][0](device, lora_rank, dtype_name)
     dtype = _DTYPES[dtype_name]
     cond = {k: v[torch.arange(batch) % v.shape[0]] for k, v in cond2.items()}  # batch rows from 2 prompts
     policy = DiffusionPolicy(adapter, make_step_rule("ddim", adapter.scheduler, steps, eta=1.0), guidance)
+    policies = {"diffalign": policy}
+    providers = PROVIDERS
+    if compile_backend:
+        twin = compiled_copy(adapter, compile_backend)
+        policies["compiled"] = DiffusionPolicy(twin, make_step_rule("ddim", twin.scheduler, steps, eta=1.0), guidance)
+        providers = PROVIDERS + ("compiled",)
     eager = EagerLoop(adapter, cond, dtype, steps, guidance)
     algo = DDPO(DDPOConfig(clip_range=CLIP_RANGE, adv_clip_max=ADV_CLIP, per_prompt_stats=False))
-    params = adapter.trainable_parameters()
-    optim = {p: torch.optim.AdamW(params, lr=LR) for p in PROVIDERS}
+    params = {p: (policies[p].adapter if p in policies else adapter).trainable_parameters() for p in providers}
+    optim = {p: torch.optim.AdamW(params[p], lr=LR) for p in providers}
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
 
     # one recorded rollout supplies the training transitions of both providers
@@ -226,7 +244,7 @@ def bench_model(name, device, batch, steps, guidance, lora_rank, repeats, warmup
                 elif provider == "unet_only":
                     eager.unet_only_rollout()
                 else:
-                    policy.sample(cond, generator=[generator(3, "bench", i) for i in range(batch)])
+                    policies[provider].sample(cond, generator=[generator(3, "bench", i) for i in range(batch)])
         return run
 
     def train(provider):
@@ -239,17 +257,19 @@ def bench_model(name, device, batch, steps, guidance, lora_rank, repeats, warmup
                 elif provider == "unet_only":
                     loss = eager.unet_only_loss(tb)
                 else:
-                    loss = algo.loss(tb, policy, None)[0]
+                    loss = algo.loss(tb, policies[provider], None)[0]
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            torch.nn.utils.clip_grad_norm_(params[provider], MAX_GRAD_NORM)
             opt.step()
             opt.zero_grad(set_to_none=True)
         return run
 
     rows = []
+    for p in policies.values():
+        p.adapter.denoiser.train()
     adapter.denoiser.train()
     for loop, make, unit, per_call in (("rollout", rollout, "samples/s", batch), ("train", train, "steps/s", 1)):
-        fns = {p: make(p) for p in PROVIDERS}
+        fns = {p: make(p) for p in providers}
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
@@ -268,10 +288,12 @@ def bench_model(name, device, batch, steps, guidance, lora_rank, repeats, warmup
                              throughput=per_call / med, throughput_p20=per_call / hi, throughput_p80=per_call / lo,
                              median_s=med, repeats=repeats,
                              logprob_max_abs_diff=agreement if loop == "train" and p == "diffalign" else None))
-        eager_row = rows[-3]
-        for row in rows[-2:]:
-            row["speedup_vs_eager"] = row["throughput"] / eager_row["throughput"]
-    del adapter, policy, eager
+        loop_rows = rows[-len(fns):]
+        eager_row = next(r for r in loop_rows if r["provider"] == "eager")
+        for row in loop_rows:
+            if row is not eager_row:
+                row["speedup_vs_eager"] = row["throughput"] / eager_row["throughput"]
+    del adapter, policy, policies, eager
     return rows
 
 
@@ -312,7 +334,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="timed calls per provider (interleaved)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
+    p.add_argument("--compile", default=None, metavar="BACKEND",
+                   help="also time the diffalign loop with its UNet compiled by this torch.compile backend (inductor)")
     args = p.parse_args(argv)
+    if args.compile is not None:
+        import torch._dynamo as dynamo
+        if args.compile not in dynamo.list_backends(exclude_tags=()):
+            p.error(f"--compile {args.compile!r} is not a torch.compile backend")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
@@ -326,7 +354,7 @@ def main(argv=None):
             continue
         _, default_steps, default_dtype = MODELS[name]
         rows += bench_model(name, device, args.batch, args.steps or default_steps, args.guidance, args.lora_rank,
-                            args.repeats, args.warmup, args.dtype or default_dtype)
+                            args.repeats, args.warmup, args.dtype or default_dtype, args.compile)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print_table(rows)

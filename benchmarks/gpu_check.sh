@@ -3,7 +3,7 @@
 # build the extension there, run the op tests on the GPU, run the kernel and end-to-end benchmarks,
 # print the tables. Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
 #   bash benchmarks/gpu_check.sh [extra args for benchmarks/kernels.py]
-# Environment: SKIP_E2E=1 skips benchmarks/e2e.py; KERNELS_TIMEOUT / E2E_TIMEOUT (s) bound the two benchmarks; a carried .gpu_so/_C*.so built there earlier (the
+# Environment: SKIP_E2E=1 skips benchmarks/e2e.py (E2E_COMPILE=0 only its compiled-UNet run); KERNELS_TIMEOUT / E2E_TIMEOUT (s) bound the two benchmarks; a carried .gpu_so/_C*.so built there earlier (the
 # build.so this script leaves in $OUT) is reused instead of building again.
 set -uo pipefail
 OUT=${OUT:-/tmp/diffalign-gpu}
@@ -55,4 +55,11 @@ if [ "${SKIP_E2E:-0}" = "0" ]; then
   t0=$(date +%s)
   timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | tee "$OUT/e2e.log" | tail -12
   echo "e2e: $(( $(date +%s) - t0 )) s"
+  # the same with a compiled copy of the UNet (inductor compiles the SD1.5 UNet forward and backward: minutes)
+  if [ "${E2E_COMPILE:-1}" = "1" ]; then
+    t0=$(date +%s)
+    timeout "${E2E_COMPILE_TIMEOUT:-300}" python3 benchmarks/e2e.py --device cuda --models sd15 --compile inductor \
+      --json "$OUT/e2e_cuda_compiled.json" 2>&1 | tee "$OUT/e2e_compiled.log" | tail -8
+    echo "e2e (compiled UNet): $(( $(date +%s) - t0 )) s"
+  fi
 fi

@@ -62,6 +62,8 @@ class ImageAdapter(ModalityAdapter):
             self._frozen_copy = copy.deepcopy(denoiser).to(self.dtype).requires_grad_(False).eval()
         if options.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
+        if options.compile:  # after LoRA: the compiled graph includes the adapters
+            denoiser.compile(backend=options.compile_backend, mode=options.compile_mode)
         self.denoiser = denoiser
         self._in_reference = False
 

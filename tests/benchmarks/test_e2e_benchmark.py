@@ -62,3 +62,15 @@ def test_eager_step_matches_diffusers_ddim_scheduler():
     expected = sched.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample
     torch.testing.assert_close(prev, expected, rtol=1e-5, atol=1e-5)
     assert log_prob.shape == (2,) and torch.isfinite(log_prob).all()
+
+
+def test_e2e_benchmark_times_a_compiled_copy_of_the_unet(tmp_path):
+    bench = _load()
+    rows = bench.main(["--device", "cpu", "--batch", "2", "--steps", "2", "--repeats", "1", "--warmup", "1",
+                       "--compile", "aot_eager", "--json", str(tmp_path / "e2e.json")])
+    assert [(r["loop"], r["provider"]) for r in rows] == [(loop, p) for loop in ("rollout", "train")
+                                                          for p in ("eager", "diffalign", "unet_only", "compiled")]
+    for r in rows:
+        assert ("speedup_vs_eager" in r) == (r["provider"] != "eager") and r["throughput"] > 0
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--compile", "no_such_backend"])
