@@ -24,7 +24,7 @@ describe the same picture, so they are held out together; the training split nev
 held-out picture under another wording. Every colour, shape and count still occurs in training.
 
 Additions to the shared API: :data:`VOCAB` (every caption word, for an offline tokenizer),
-:func:`caption_kind`, :func:`all_captions`, :func:`split_of`, :func:`layout` / :func:`draw` (the
+:func:`caption_kind`, :func:`all_captions`, :func:`split_of`, :func:`noisy_caption`, :func:`layout` / :func:`draw` (the
 two halves of :func:`render`; ``layout`` returns the placed objects, i.e. the ground truth a detector
 is tested against) and ``sample_scene(rng, split=None)``. ``render(scene, size, rng=None)`` uses
 ``numpy.random.default_rng(0)`` when no generator is given, so it is deterministic either way.
@@ -218,6 +218,27 @@ def split_of(scene_or_caption) -> str:
     """``"train"`` or ``"heldout"``."""
     text = caption(scene_or_caption) if isinstance(scene_or_caption, Scene) else caption(parse_caption(scene_or_caption))
     return _SPLIT_OF[text]
+
+
+def noisy_caption(scene: Scene, rng: np.random.Generator, color_noise: float) -> str:
+    """``scene``'s caption with each object's colour word replaced, with probability ``color_noise``, by another
+    palette colour (one the scene's other object does not have): web-like alt text that is often wrong.
+
+    The demo model is pre-trained on such captions (scripts/train_demo_model.py ``--caption-noise``), so that it
+    follows its prompt's colours only about as often as its captions were right, an error alignment can fix.
+    A noisy caption that falls in the held-out split keeps the true one, so no held-out caption is ever trained.
+    Draws from ``rng`` for every object whatever the outcome, so later draws do not depend on it.
+    """
+    if not 0.0 <= color_noise <= 1.0:
+        raise ValueError(f"noisy_caption: color_noise must be in [0, 1], got {color_noise}")
+    objects = list(scene.objects)
+    for k, o in enumerate(scene.objects):
+        flip, pick = rng.random(), rng.random()
+        if flip < color_noise:
+            others = [c for c in COLORS if c != o.color and all(p.color != c for j, p in enumerate(objects) if j != k)]
+            objects[k] = ObjectSpec(others[int(pick * len(others))], o.shape, o.count)
+    noisy = Scene(tuple(objects), scene.relation)
+    return caption(noisy) if split_of(noisy) == "train" else caption(scene)
 
 
 def _check_split(split: str):

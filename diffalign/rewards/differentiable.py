@@ -15,6 +15,8 @@ from typing import Dict, Sequence
 
 import torch
 
+from diffalign.rewards.compositional_soft import compositional_soft
+
 __all__ = ["differentiable_brightness", "differentiable_color_target", "tiny_cnn", "DIFFERENTIABLE_REWARDS",
            "decode_with_grad", "TinyCNN"]
 
@@ -70,7 +72,9 @@ def tiny_cnn(images: torch.Tensor, prompts: Sequence[str], seed: int = 0) -> tor
 
 
 DIFFERENTIABLE_REWARDS = {"differentiable_brightness": differentiable_brightness,
-                          "differentiable_color_target": differentiable_color_target, "tiny_cnn": tiny_cnn}
+                          "differentiable_color_target": differentiable_color_target, "tiny_cnn": tiny_cnn,
+                          # the shapes demo's compositional reward, relaxed (rewards/compositional_soft.py)
+                          "compositional_soft": compositional_soft}
 
 
 def decode_with_grad(adapter, x0: torch.Tensor, cond) -> torch.Tensor:

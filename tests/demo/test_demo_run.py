@@ -74,6 +74,15 @@ def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
     assert all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)
 
 
+def test_quick_demo_direct_reward_algorithm_backpropagates_the_relaxed_reward(tmp_path):
+    out = str(tmp_path / "demo")
+    report = demo_run.run_demo(out, demo_run.train_stage("draft"), {"algo": "draft"}, quick=True)
+    _check_outputs(out, report)
+    assert len(report["curve"]) == demo_run.QUICK["overrides"]["epochs"]
+    for row in report["curve"]:  # the relaxed reward of its training batches and of its fixed evaluation batch
+        assert 0.0 <= row["reward"] <= 1.0 and 0.0 <= row["eval_reward"] <= 1.0 and row["grad_norm"] > 0
+
+
 def test_after_stage_is_pluggable_and_evaluation_deterministic(tmp_path):
     calls = []
 

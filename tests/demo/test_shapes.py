@@ -144,3 +144,28 @@ def test_dataset_items_deterministic_and_in_split():
         ds[20]
     with pytest.raises(ValueError, match="n must be >= 1"):
         S.ShapesDataset(0)
+
+
+def test_noisy_caption_changes_only_colours_keeps_train_split_and_is_deterministic():
+    captions = S.prompts("train")
+    rng = np.random.default_rng(0)
+    changed = 0
+    for text in captions:
+        scene = S.parse_caption(text)
+        noisy = S.noisy_caption(scene, rng, 0.5)
+        assert S.split_of(noisy) == "train"  # a held-out caption is never trained, not even as noise
+        got = S.parse_caption(noisy)
+        assert got.relation == scene.relation
+        assert [(o.shape, o.count) for o in got.objects] == [(o.shape, o.count) for o in scene.objects]
+        assert len({o.color for o in got.objects}) == len(got.objects)  # relations keep two colours
+        changed += noisy != text
+    # about 1 - 0.5^2 of the (mostly two-object) captions change, fewer where the swap would be held out
+    assert 0.45 < changed / len(captions) < 0.8
+    scene = S.parse_caption(captions[0])
+    a = [S.noisy_caption(scene, np.random.default_rng(7), 0.5) for _ in range(3)]
+    assert a == [S.noisy_caption(scene, np.random.default_rng(7), 0.5) for _ in range(3)]
+    assert S.noisy_caption(scene, np.random.default_rng(1), 0.0) == captions[0]
+    always = [S.noisy_caption(S.parse_caption(c), rng, 1.0) != c for c in captions]
+    assert np.mean(always) > 0.8  # all but the swaps that would be held out
+    with pytest.raises(ValueError, match="color_noise"):
+        S.noisy_caption(scene, rng, 1.5)
