@@ -42,8 +42,11 @@ Scoring a caption (:func:`score`), with ``n`` the stated count:
   than ``position_margin`` px (2 px at 32 px; x grows right, y grows down, so "above" means a smaller
   y). Taking the largest (not any pair) means extra copies drawn on both sides cannot satisfy a
   relation. Where an object's colour is present but not its shape, position uses the colour's
-  detections, so a wrong shape is charged to ``shape`` and not again to ``position``. Relations check
-  no counts: an extra object is not penalised, beyond what it does to the largest-detection choice.
+  detections, so a wrong shape is charged to ``shape`` and not again to ``position``. Then one ``count``
+  constraint: each of the two colours is drawn exactly once ("a red circle ... a blue square" names one
+  object of each). Without it, RL on the demo learned to hedge: 96% of its relation images drew three to
+  six objects, so that some object of each colour had the right shape (held-out accuracy barely moved
+  while the reward rose). Objects of other colours are not penalised.
 
 The reward of an image is the fraction of its constraints satisfied, in [0, 1]. Per-attribute
 accuracies over a batch (:func:`accuracies`): for each attribute, the fraction of the images whose
@@ -426,6 +429,10 @@ def score_detections(scene_or_caption: Union[Scene, str], detections: Sequence[D
         b = max((d for d in candidates[1] if d is not a), key=lambda d: d.area, default=None)
         ok = a is not None and b is not None and _relation_holds(scene.relation, a, b, margin)
         cons.append(Constraint("position", f"the {a_name} {scene.relation} the {b_name}", ok))
+        named = {c: sum(o.color == c for o in scene.objects) for c in dict.fromkeys(o.color for o in scene.objects)}
+        once = all(sum(d.color == c for d in dets) == n for c, n in named.items())
+        colors = " and ".join(f"{n} {c} object{'s' if n > 1 else ''}" for c, n in named.items())
+        cons.append(Constraint("count", f"exactly {colors}", once))
     return ScoreResult(caption(scene), caption_kind(scene), tuple(cons), dets)
 
 

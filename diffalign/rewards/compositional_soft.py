@@ -25,7 +25,8 @@ can backpropagate it through the sampling chain:
 
 Reward = mean over the caption's constraints, as the exact one. Moments of a colour's *whole* mass stand for
 "the object of that colour", which is right when there is one blob per colour (single and relation captions).
-A relation's position term is multiplied by both colours' presence, as the exact one fails without them.
+A relation's position term is multiplied by both colours' presence, as the exact one fails without them; its
+count term (each named colour drawn once) is both colours' presence times the one-object size bound.
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: Det
         exact = score_batch(x.detach().permute(0, 2, 3, 1).cpu().numpy(), prompts, config)
     rewards = []
     for i, scene in enumerate(scenes):
-        terms, present = [], []
+        terms, present, single = [], [], []
         for o in scene.objects:
             mass, _, _, skew, c4 = (t[i] for t in stats[o.color])
             present.append(torch.sigmoid((mass - min_area) / _SOFT_WIDTH["area"]))
@@ -156,14 +157,16 @@ def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: Det
             # frame-filling blobs as "unknown"); without this bound, flooding the image with a colour raised
             # every soft term at once (seen in a DRaFT run)
             sized = torch.sigmoid((max_area - mass) / _SOFT_WIDTH["max_area"])
-            terms.append(present[-1] * sized * shape_scores(skew, c4)[o.shape])
+            single.append(present[-1] * sized)  # about one object's worth of this colour
+            terms.append(single[-1] * shape_scores(skew, c4)[o.shape])
         if scene.relation is None and scene.objects[0].count == 1:
-            terms.append(present[0] * sized)  # "a": exactly one object of that colour and shape
+            terms.append(single[0])  # "a": exactly one object of that colour and shape
         elif scene.relation is not None:
             (a, b) = scene.objects
             _, cxa, cya, _, _ = (t[i] for t in stats[a.color])
             _, cxb, cyb, _, _ = (t[i] for t in stats[b.color])
             off = _relation_offset(scene.relation, cxa, cya, cxb, cyb)
             terms.append(present[0] * present[1] * torch.sigmoid((off - margin) / _SOFT_WIDTH["position"]))
+            terms.append(single[0] * single[1])  # each named colour drawn once
         rewards.append(torch.stack(terms).mean())
     return torch.stack(rewards)

@@ -29,8 +29,9 @@ def test_shipped_files_small_and_metadata_measured():
     base = meta["base_eval"]
     for key in ("accuracy", "reward", "color", "shape", "position"):
         assert 0.0 <= base[key] <= 1.0, key
-    # "draws recognisable shapes but still gets many compositions wrong"
-    assert base["color"] > 0.5 and base["accuracy"] < 0.8
+    # "draws recognisable shapes but still gets many compositions wrong": most constraints hold, most images fail
+    assert base["reward"] > 0.4 and base["accuracy"] < 0.8
+    assert 0.0 <= meta["caption_noise"] <= 1.0
 
 
 def test_load_param_counts_match_metadata():
@@ -113,6 +114,20 @@ def test_training_script_runs_and_saves_loadable_model(tmp_path):
     assert meta["steps"] == 2 and meta["seed"] == 0 and meta["base_eval"]["samples"] == 2
     assert 0.0 <= meta["base_eval"]["accuracy"] <= 1.0
     assert "--steps 2" in meta["command"]
+
+
+def test_training_script_caption_noise_and_second_stage(tmp_path):
+    _train(tmp_path / "n", "--caption-noise", "0.5", "--no-eval")
+    assert dm.load_demo_model(str(tmp_path / "n"))[4]["caption_noise"] == 0.5
+    # --init continues from a saved model: it starts from those weights, not from random ones
+    _train(tmp_path / "s2", "--init", str(tmp_path / "n"), "--no-eval", "--lr", "0")
+    first, second = dm.load_demo_model(str(tmp_path / "n")), dm.load_demo_model(str(tmp_path / "s2"))
+    assert second[4]["init"] == str(tmp_path / "n") and second[4]["init_metadata"]["caption_noise"] == 0.5
+    for (k, v), (_, w) in zip(first[0].state_dict().items(), second[0].state_dict().items()):
+        assert torch.equal(v, w), k  # lr 0: the EMA of unchanged weights is the initial model
+    with pytest.raises(subprocess.CalledProcessError) as exc:
+        _train(tmp_path / "bad", "--caption-noise", "1.5")
+    assert b"--caption-noise" in exc.value.stderr
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def test_every_caption_kind_scores_one_on_its_own_render():
         res = C.score(text, S.render(scene, 32, rng))
         assert res.correct and res.reward == 1.0, (text, oks(res), res.detections)
         assert res.kind == S.caption_kind(scene)
-        attrs = ["color", "shape", "count"] if scene.relation is None else ["color", "shape"] * 2 + ["position"]
+        attrs = ["color", "shape", "count"] if scene.relation is None else ["color", "shape"] * 2 + ["position", "count"]
         assert [c.attribute for c in res.constraints] == attrs
 
 
@@ -72,21 +72,25 @@ def test_detections_match_the_drawn_objects():
     ("three green triangles", [obj("green", "triangle", x, y, 4.5) for x, y in ((7, 7), (25, 7), (16, 25))],
      [("color", True), ("shape", True), ("count", True)]),
     ("a red circle left of a blue square", [obj("blue", "square", 8, 16), obj("red", "circle", 24, 16)],
-     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False)]),
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False), ("count", True)]),
     # a wrong shape is charged to shape only: position falls back to the colour's detections
     ("a red circle left of a blue square", [obj("red", "triangle", 8, 16), obj("blue", "square", 24, 16)],
-     [("color", True), ("shape", False), ("color", True), ("shape", True), ("position", True)]),
+     [("color", True), ("shape", False), ("color", True), ("shape", True), ("position", True), ("count", True)]),
     ("a red circle left of a blue square", [obj("red", "circle", 8, 16)],
-     [("color", True), ("shape", True), ("color", False), ("shape", False), ("position", False)]),
+     [("color", True), ("shape", True), ("color", False), ("shape", False), ("position", False), ("count", False)]),
+    # hedging with extra copies of a named colour fails the count (each named object is drawn once)
+    ("a red circle left of a blue square", [obj("red", "circle", 7, 9, 5), obj("red", "square", 7, 24, 5),
+                                            obj("blue", "square", 24, 16, 5)],
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", True), ("count", False)]),
     ("a green square above a yellow circle", [obj("green", "square", 16, 8), obj("yellow", "circle", 16, 24)],
-     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", True)]),
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", True), ("count", True)]),
     ("a green square below a yellow circle", [obj("green", "square", 16, 8), obj("yellow", "circle", 16, 24)],
-     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False)]),
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False), ("count", True)]),
     # the relation axis only needs the margin (2 px at 32 px): 1 px is not enough
     ("a green square left of a yellow circle", [obj("green", "square", 15, 7), obj("yellow", "circle", 16, 24)],
-     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False)]),
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", False), ("count", True)]),
     ("a green square left of a yellow circle", [obj("green", "square", 12, 7), obj("yellow", "circle", 16, 24)],
-     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", True)]),
+     [("color", True), ("shape", True), ("color", True), ("shape", True), ("position", True), ("count", True)]),
 ])
 def test_wrong_renders_fail_exactly_the_right_constraints(caption, placed, expected):
     res = C.score(caption, S.draw(placed))
@@ -102,7 +106,7 @@ def test_scene_objects_and_same_colour_relations():
     assert not C.score("a red circle below a red square", img).attributes["position"]
     # one red circle cannot stand in relation to itself
     img = S.draw([obj("red", "circle", 16, 16)])
-    assert oks(C.score("a red circle left of a red circle", img))[-1] == ("position", False)
+    assert oks(C.score("a red circle left of a red circle", img))[-2:] == [("position", False), ("count", False)]
 
 
 def test_position_uses_the_largest_detection_of_each_object():
