@@ -32,7 +32,8 @@ def test_tiny_cnn_is_a_fixed_differentiable_function_of_its_seed():
     assert torch.allclose(a, TinyCNN(0)(x))  # the same weights in a fresh process (seeded)
     (g,) = torch.autograd.grad(a.sum(), x)
     assert g.abs().max() > 0
-    assert set(DIFFERENTIABLE_REWARDS) == {"differentiable_brightness", "differentiable_color_target", "tiny_cnn"}
+    assert set(DIFFERENTIABLE_REWARDS) == {"differentiable_brightness", "differentiable_color_target", "tiny_cnn",
+                                           "compositional_soft"}
 
 
 def test_decode_with_grad_keeps_the_graph_that_decode_drops():
