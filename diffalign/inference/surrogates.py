@@ -45,6 +45,7 @@ def shapes_surrogate(images: torch.Tensor, prompts: Sequence[str], tau: float = 
     """Differentiable score (higher is better, 0 at best) of images (B, 3, H, W) in [0, 1] against
     shapes captions (:func:`diffalign.demo.shapes.parse_caption`)."""
     from diffalign.demo.shapes import COLORS, parse_caption
+    from diffalign.rewards.compositional import relation_offset
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"shapes_surrogate wants RGB images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
     x = images.float()
@@ -74,8 +75,7 @@ def shapes_surrogate(images: torch.Tensor, prompts: Sequence[str], tau: float = 
                 score = score - mass[b, k] / _ONE_OBJECT
         if scene.relation is not None:
             ka, kb = names.index(scene.objects[0].color), names.index(scene.objects[1].color)
-            d = {"left of": cx[b, kb] - cx[b, ka], "right of": cx[b, ka] - cx[b, kb],
-                 "above": cy[b, kb] - cy[b, ka], "below": cy[b, ka] - cy[b, kb]}[scene.relation]
+            d = relation_offset(scene.relation, cx[b, kb] - cx[b, ka], cy[b, kb] - cy[b, ka])
             score = score + F.logsigmoid((d - _MARGIN) / 0.1)
         out.append(score)
     return torch.stack(out)

@@ -395,9 +395,14 @@ def detect(image, config: DetectorConfig = DetectorConfig()) -> List[Detection]:
 _parse = functools.lru_cache(maxsize=4096)(parse_caption)  # rollout batches repeat their prompts
 
 
+def relation_offset(rel: str, dx, dy):
+    """How far the relation "A rel B" holds, given B's centroid minus A's (dx right, dy down), in pixels;
+    it holds beyond ``position_margin``. Works on floats and tensors (the soft reward uses it too)."""
+    return {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[rel]
+
+
 def _relation_holds(rel: str, a: Detection, b: Detection, margin: float) -> bool:
-    dx, dy = b.centre[0] - a.centre[0], b.centre[1] - a.centre[1]  # b relative to a
-    return {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[rel] > margin
+    return relation_offset(rel, b.centre[0] - a.centre[0], b.centre[1] - a.centre[1]) > margin
 
 
 def score_detections(scene_or_caption: Union[Scene, str], detections: Sequence[Detection], image_size: int = 32,

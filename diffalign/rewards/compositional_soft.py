@@ -36,7 +36,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from diffalign.demo.shapes import COLORS, Scene, parse_caption
-from diffalign.rewards.compositional import DetectorConfig, score_batch
+from diffalign.rewards.compositional import DetectorConfig, hue_tolerances, relation_offset, score_batch
 
 __all__ = ["compositional_soft", "soft_color_masks", "shape_scores", "SHAPE_FEATURES"]
 
@@ -73,7 +73,6 @@ def soft_color_masks(images: torch.Tensor, config: DetectorConfig = DetectorConf
     (:func:`~diffalign.rewards.compositional.hue_tolerances`), saturation >= ``min_saturation`` and value >=
     ``min_value``, each a sigmoid.
     """
-    from diffalign.rewards.compositional import hue_tolerances
     x = images.permute(0, 2, 3, 1)
     v = x.amax(-1)
     s = (v - x.amin(-1)) / v.clamp_min(1e-6)
@@ -121,11 +120,6 @@ def shape_scores(skew: torch.Tensor, c4: torch.Tensor) -> Dict[str, torch.Tensor
     return {"triangle": tri, "square": (1 - tri) * sq, "circle": (1 - tri) * (1 - sq)}
 
 
-def _relation_offset(rel: str, cxa, cya, cxb, cyb):
-    dx, dy = cxb - cxa, cyb - cya  # b relative to a, as the exact reward
-    return {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[rel]
-
-
 def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: DetectorConfig = DetectorConfig()) -> torch.Tensor:
     """Differentiable compositional reward: float Tensor[B] in [0, 1] with the images' gradient (see module doc)."""
     if images.ndim != 4 or images.shape[1] != 3:
@@ -165,7 +159,7 @@ def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: Det
             (a, b) = scene.objects
             _, cxa, cya, _, _ = (t[i] for t in stats[a.color])
             _, cxb, cyb, _, _ = (t[i] for t in stats[b.color])
-            off = _relation_offset(scene.relation, cxa, cya, cxb, cyb)
+            off = relation_offset(scene.relation, cxb - cxa, cyb - cya)
             terms.append(present[0] * present[1] * torch.sigmoid((off - margin) / _SOFT_WIDTH["position"]))
             terms.append(single[0] * single[1])  # each named colour drawn once
         rewards.append(torch.stack(terms).mean())
