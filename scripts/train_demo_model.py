@@ -54,8 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--caption-noise", type=float, default=0.0,
                    help="probability that each object's colour word is replaced by another colour "
                         "(shapes.noisy_caption): web-like captions, an error alignment can fix")
-    p.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts scored at the end (default all)")
-    p.add_argument("--eval-seeds", type=int, default=3, help="samples per held-out prompt at the end")
+    p.add_argument("--eval-per-kind", type=int, default=None,
+                   help="held-out samples of each caption kind scored at the end (default: the demo's, "
+                        "diffalign.demo.run.SAMPLES_PER_KIND)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
     p.add_argument("--eval-only", action="store_true",
                    help="only (re-)measure the saved model in --output and update its metadata")
@@ -155,18 +156,17 @@ def main(argv=None) -> int:
 
 def evaluate_saved(args) -> int:
     """Sample the held-out prompts with the demo's evaluation sampler; record the scores in the metadata."""
-    from diffalign.demo import shapes
     from diffalign.demo.model import MARKER
-    from diffalign.demo.run import EVAL_DEFAULTS, base_sampler, evaluate, eval_seeds
+    from diffalign.demo.run import EVAL_DEFAULTS, SAMPLES_PER_KIND, base_sampler, eval_set, evaluate
 
-    prompts = shapes.prompts("heldout", args.eval_prompts)
-    prompts, seeds = eval_seeds(prompts, args.eval_seeds)
+    per_kind = SAMPLES_PER_KIND if args.eval_per_kind is None else args.eval_per_kind
+    prompts, seeds = eval_set(per_kind)
     t0 = time.time()
     _, report = evaluate(base_sampler(args.output), prompts, seeds)
     path = os.path.join(args.output, MARKER)
     with open(path) as f:
         metadata = json.load(f)
-    metadata["base_eval"] = dict(report, samples=len(prompts), samples_per_prompt=args.eval_seeds,
+    metadata["base_eval"] = dict(report, samples=len(prompts), samples_per_kind=per_kind,
                                  sampler=dict(EVAL_DEFAULTS), seconds=round(time.time() - t0, 1))
     with open(path, "w") as f:
         json.dump(metadata, f, indent=1)

@@ -10,15 +10,16 @@ HELP = "measure, align and re-measure the shipped tiny text-to-image model again
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from diffalign.demo.run import DEFAULT_ALGO, available_algos
+    from diffalign.demo.run import DEFAULT_ALGO, SAMPLES_PER_KIND, available_algos
     p.add_argument("--output", default="demo_output", help="folder for report.json, report.md, PNGs and samples")
     p.add_argument("--algo", default=DEFAULT_ALGO,
                    help=f"alignment algorithm, one of {', '.join(available_algos())} (a shipped "
                         f"diffalign/configs/demo_<algo>.yaml; default {DEFAULT_ALGO})")
     p.add_argument("--quick", action="store_true", help="a few prompts and training steps (checks the pipeline)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the alignment stage")
-    p.add_argument("--prompts", type=int, default=None, help="held-out prompts to evaluate (default: all)")
-    p.add_argument("--samples-per-prompt", type=int, default=3, help="evaluation samples (seeds) per prompt")
+    p.add_argument("--samples-per-kind", type=int, default=SAMPLES_PER_KIND,
+                   help="evaluation samples of each caption kind (single, count, relation), over the held-out "
+                        f"captions (default {SAMPLES_PER_KIND})")
     p.add_argument("--model", default="demo", help="'demo' (the shipped model) or a folder saved by "
                                                   "scripts/train_demo_model.py")
     p.add_argument("--seed", type=int, default=0, help="training seed (evaluation seeds are fixed)")
@@ -40,10 +41,8 @@ def _check(args) -> str:
         return f"unknown --algo {args.algo!r}; choose one of: {', '.join(algos)}"
     if not args.minutes > 0:
         return f"--minutes must be > 0, got {args.minutes}"
-    if args.prompts is not None and args.prompts < 1:
-        return f"--prompts must be >= 1, got {args.prompts}"
-    if args.samples_per_prompt < 1:
-        return f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}"
+    if args.samples_per_kind < 1:
+        return f"--samples-per-kind must be >= 1, got {args.samples_per_kind}"
     if args.budget is not None and args.method is None:
         return "--budget applies to --method (a training-free method); give --method too"
     if args.method is not None and args.budget is not None and args.budget < 1 and args.method != "plain":
@@ -74,7 +73,7 @@ def run(args) -> int:
         stage, label = inference_stage(args.method, budget), {"method": args.method, "budget": budget}
     report = run_demo(args.output, stage, label, model=args.model,
                       quick=args.quick,
-                      minutes=args.minutes, eval_prompts=args.prompts, samples_per_prompt=args.samples_per_prompt,
+                      minutes=args.minutes, samples_per_kind=args.samples_per_kind,
                       seed=args.seed)
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
     spent = f", {report['model_evaluations']} model evaluations" if "model_evaluations" in report else ""

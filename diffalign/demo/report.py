@@ -113,6 +113,9 @@ def markdown(report: dict) -> str:
              f"Held-out compositional accuracy {_pct(b.get('accuracy'))} -> {_pct(a.get('accuracy'))} "
              f"({report['eval']['samples']} samples of {report['eval']['prompts']} held-out prompts, same seeds "
              f"before and after; after stage {report['seconds']['after_stage']:.0f} s).", "",
+             "Each caption kind (single object, count, relation) has the same number of samples, so accuracy is the "
+             "mean of the three kinds' accuracies, as GenEval's overall score is the mean of its tasks'; "
+             "`accuracy_by_caption` weighs every held-out caption equally instead (relations are most of them).", "",
              "| metric | before | after | change |", "|---|---|---|---|"]
     for k in keys:
         fmt = (lambda v: f"{v:.3f}") if k == "reward" else _pct

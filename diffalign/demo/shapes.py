@@ -24,7 +24,8 @@ describe the same picture, so they are held out together; the training split nev
 held-out picture under another wording. Every colour, shape and count still occurs in training.
 
 Additions to the shared API: :data:`VOCAB` (every caption word, for an offline tokenizer),
-:func:`caption_kind`, :func:`all_captions`, :func:`split_of`, :func:`noisy_caption`, :func:`layout` / :func:`draw` (the
+:func:`caption_kind`, :func:`all_captions`, :func:`split_of`, :func:`noisy_caption`, :func:`balanced_prompts` (the demo's
+evaluation set: each caption kind equally often), :func:`layout` / :func:`draw` (the
 two halves of :func:`render`; ``layout`` returns the placed objects, i.e. the ground truth a detector
 is tested against) and ``sample_scene(rng, split=None)``. ``render(scene, size, rng=None)`` uses
 ``numpy.random.default_rng(0)`` when no generator is given, so it is deterministic either way.
@@ -269,6 +270,25 @@ def prompts(split: str = "heldout", n: Optional[int] = None, seed: int = 0) -> L
             if q:
                 order.append(q.pop(0))
     return [order[i % len(order)] for i in range(n)]
+
+
+def balanced_prompts(split: str = "heldout", per_kind: int = 96) -> List[str]:
+    """``per_kind`` captions of each kind of ``split`` (single, then count, then relation): each kind's captions
+    in their fixed order, cycled until there are ``per_kind``.
+
+    The evaluation set of ``diffalign demo``. Its plain mean accuracy weights the three kinds equally, as
+    GenEval's overall score is the mean of its task scores. Listing every held-out caption once instead would
+    make the score a relation score: relations are 86 of the 93 held-out captions only because two objects
+    have more combinations than one.
+    """
+    _check_split(split)
+    if per_kind < 1:
+        raise ValueError(f"balanced_prompts: per_kind must be >= 1, got {per_kind}")
+    out: List[str] = []
+    for kind in KINDS:
+        group = [c for c in _SPLITS[split] if caption_kind(c) == kind]
+        out += [group[i % len(group)] for i in range(per_kind)]
+    return out
 
 
 def sample_scene(rng: np.random.Generator, split: Optional[str] = None) -> Scene:

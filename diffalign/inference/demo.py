@@ -14,8 +14,9 @@ practice); noise optimisation climbs the differentiable surrogate
 is what the report shows. Attend-and-Excite excites each caption's object nouns.
 
 Measured (shipped demo model after its steps_offset fix, 2 shared CPU cores, 2 threads, 2026-11-26;
-``diffalign demo --method M --budget B --prompts P --samples-per-prompt S``; each row's before/after
-from one run, same seeds; evaluations = model evaluations of the method / of plain sampling):
+``diffalign demo --method M --budget B`` with the evaluation of that time, P held-out prompts x S seeds drawn
+mostly from the relation captions, before the demo weighed the caption kinds equally (``--samples-per-kind``);
+each row's before/after from one run, same seeds; evaluations = model evaluations of the method / of plain sampling):
 
 | method, budget | held-out samples | accuracy before -> after | reward | evaluations |
 | --- | --- | --- | --- | --- |

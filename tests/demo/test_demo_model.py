@@ -104,14 +104,14 @@ def test_load_rejects_non_demo_folder(tmp_path):
 def _train(out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(REPO, "scripts", "train_demo_model.py"), "--output", str(out), "--steps", "2",
-           "--num-images", "16", "--batch-size", "4", "--eval-prompts", "2", "--eval-seeds", "1", *extra]
+           "--num-images", "16", "--batch-size", "4", "--eval-per-kind", "1", *extra]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
 
 
 def test_training_script_runs_and_saves_loadable_model(tmp_path):
     _train(tmp_path / "m")
     unet, text, tok, sched, meta = dm.load_demo_model(str(tmp_path / "m"))
-    assert meta["steps"] == 2 and meta["seed"] == 0 and meta["base_eval"]["samples"] == 2
+    assert meta["steps"] == 2 and meta["seed"] == 0 and meta["base_eval"]["samples"] == 3
     assert 0.0 <= meta["base_eval"]["accuracy"] <= 1.0
     assert "--steps 2" in meta["command"]
 

@@ -39,7 +39,8 @@ def _check_outputs(out, report):
         images, prompts = _load_stage(out, stage, index)
         assert images.shape == (n, 3, 32, 32)
         # the report is measured on exactly these files: re-scoring them reproduces it
-        rescored = compositional_report(images, prompts)["accuracies"]
+        rescored_report = compositional_report(images, prompts)
+        rescored = dict(rescored_report["accuracies"], accuracy_by_caption=demo_run.by_caption_accuracy(rescored_report))
         for k, v in report[stage].items():
             assert rescored[k] == pytest.approx(v, abs=1e-9), (stage, k)
         assert 0.0 <= report[stage]["accuracy"] <= 1.0
@@ -116,8 +117,8 @@ def test_cli_rejects_unknown_algo_listing_choices(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("argv,needle", [(["--minutes", "0"], "--minutes"), (["--prompts", "0"], "--prompts"),
-                                         (["--samples-per-prompt", "0"], "--samples-per-prompt"),
+@pytest.mark.parametrize("argv,needle", [(["--minutes", "0"], "--minutes"),
+                                         (["--samples-per-kind", "0"], "--samples-per-kind"),
                                          (["--model", "/nonexistent/x"], "/nonexistent/x")])
 def test_cli_rejects_bad_values(argv, needle, tmp_path, capsys):
     assert _cli(["demo", "--output", str(tmp_path)] + argv) == 2
@@ -127,3 +128,19 @@ def test_cli_rejects_bad_values(argv, needle, tmp_path, capsys):
 def test_unknown_algo_in_api_names_choices():
     with pytest.raises(ValueError, match="ddpo"):
         demo_run.train_stage("nope")
+
+
+def test_eval_set_weighs_caption_kinds_equally():
+    from diffalign.demo import shapes
+    prompts, seeds = demo_run.eval_set(5)
+    assert [shapes.caption_kind(p) for p in prompts] == ["single"] * 5 + ["count"] * 5 + ["relation"] * 5
+    assert all(shapes.split_of(p) == "heldout" for p in prompts)
+    assert seeds == [demo_run.SEED_BASE + i for i in range(15)]
+
+
+def test_by_caption_accuracy_averages_each_caption_first():
+    # caption A: 1 of 3 images right; caption B: its one image right -> (1/3 + 1) / 2, not 2/4
+    def result(caption, ok):
+        return {"caption": caption, "constraints": [{"ok": True}, {"ok": ok}]}
+    report = {"results": [result("A", True), result("A", False), result("A", False), result("B", True)]}
+    assert demo_run.by_caption_accuracy(report) == pytest.approx((1 / 3 + 1) / 2)

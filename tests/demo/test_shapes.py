@@ -169,3 +169,15 @@ def test_noisy_caption_changes_only_colours_keeps_train_split_and_is_determinist
     assert np.mean(always) > 0.8  # all but the swaps that would be held out
     with pytest.raises(ValueError, match="color_noise"):
         S.noisy_caption(scene, rng, 1.5)
+
+
+def test_balanced_prompts_cycle_each_kinds_captions_in_order():
+    out = S.balanced_prompts("heldout", 7)
+    assert len(out) == 21
+    for k, kind in enumerate(S.KINDS):
+        group = [c for c in S.all_captions("heldout") if S.caption_kind(c) == kind]
+        assert out[7 * k:7 * (k + 1)] == [group[i % len(group)] for i in range(7)]
+    with pytest.raises(ValueError, match="per_kind"):
+        S.balanced_prompts("heldout", 0)
+    with pytest.raises(ValueError, match="split"):
+        S.balanced_prompts("test", 3)
