@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from diffalign.demo import shapes as S
-from diffalign.rewards import call_reward, resolve_reward
+from diffalign.rewards import bind_reward_kwargs, call_reward, resolve_reward
 from diffalign.rewards import compositional as C
 
 P = S.Placed
@@ -329,6 +329,25 @@ def test_compositional_reward_inputs_registry_and_wrong_prompts():
         C.detect(imgs)
     with pytest.raises(ValueError, match="DetectorConfig.min_saturation"):
         C.DetectorConfig(min_saturation=2.0)
+
+
+def test_extra_object_penalty_multiplies_per_object_beyond_the_caption():
+    # "a red circle left of a blue square" drawn right, plus two green triangles the caption does not name
+    right = [obj("red", "circle", 7, 16), obj("blue", "square", 25, 16)]
+    extra = right + [obj("green", "triangle", 16, 5, r=4), obj("green", "triangle", 16, 27, r=4)]
+    cap = "a red circle left of a blue square"
+    imgs = np.stack([S.draw(right), S.draw(extra)])
+    assert C.stated_objects(cap) == 2 and C.stated_objects("three blue squares") == 3
+    assert [len(C.detect(i)) for i in imgs] == [2, 4]
+    plain = C.compositional_reward(imgs, [cap, cap])
+    assert plain.tolist() == [1.0, 1.0]  # colours the caption does not name are not penalised by default
+    shaped = C.compositional_reward(imgs, [cap, cap], extra_object_penalty=0.3)
+    assert shaped.tolist() == pytest.approx([1.0, 0.7 ** 2])
+    bound = call_reward(bind_reward_kwargs(C.compositional_reward, "compositional", {"extra_object_penalty": 0.3}),
+                        imgs, [cap, cap], "cpu")
+    assert torch.equal(bound, shaped)
+    with pytest.raises(ValueError, match="extra_object_penalty"):
+        C.compositional_reward(imgs, [cap, cap], extra_object_penalty=1.5)
 
 
 def test_compositional_report_is_json_and_consistent():
