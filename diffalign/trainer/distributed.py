@@ -27,6 +27,16 @@ def make_accelerator(mixed_precision: str = "no", log_dir: str | None = None):
     cpu = not has_accelerator_device()
     if cpu and mixed_precision == "fp16":
         mixed_precision = "no"  # fp16 autocast is not supported on CPU; bf16 is
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+    # A second trainer in this process with another precision (the demo or a test suite runs several configs):
+    # accelerate keeps the precision in its process-wide AcceleratorState and refuses a change. Reset that
+    # state only; the process group (PartialState) stays. An earlier Accelerator then sees the new precision.
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 

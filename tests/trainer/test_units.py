@@ -35,6 +35,15 @@ def test_accelerator_uses_cpu_backend_without_a_device():
         assert acc.device.type == "cpu"  # test_distributed checks that launched processes then form one group
 
 
+def test_accelerator_precision_can_change_within_one_process():
+    # the demo and the test suite build several trainers in one process; accelerate alone refuses a new precision
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    acc = make_accelerator("no")
+    assert acc.mixed_precision == "no"
+    with acc.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
 def test_metrics_logger_truncates_redone_epochs_on_resume(tmp_path):
     log = MetricsLogger(str(tmp_path), tensorboard=False)
     for e in range(3):
