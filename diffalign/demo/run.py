@@ -124,7 +124,7 @@ def by_caption_accuracy(report: dict) -> float:
     :func:`~diffalign.rewards.compositional.compositional_report`; relations are 86 of the 93 captions."""
     per: Dict[str, List[bool]] = {}
     for r in report["results"]:
-        per.setdefault(r["caption"], []).append(all(c["ok"] for c in r["constraints"]))
+        per.setdefault(r["caption"], []).append(r["correct"])
     return sum(sum(v) / len(v) for v in per.values()) / len(per)
 
 

@@ -141,6 +141,6 @@ def test_eval_set_weighs_caption_kinds_equally():
 def test_by_caption_accuracy_averages_each_caption_first():
     # caption A: 1 of 3 images right; caption B: its one image right -> (1/3 + 1) / 2, not 2/4
     def result(caption, ok):
-        return {"caption": caption, "constraints": [{"ok": True}, {"ok": ok}]}
+        return {"caption": caption, "correct": ok}
     report = {"results": [result("A", True), result("A", False), result("A", False), result("B", True)]}
     assert demo_run.by_caption_accuracy(report) == pytest.approx((1 / 3 + 1) / 2)
