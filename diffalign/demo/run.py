@@ -268,7 +268,8 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
     before_images, before = evaluate(base_sampler(model, sampling), prompts, seeds)
     seconds["before_eval"] = time.perf_counter() - t
 
-    ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.prompts("train"), output=output,
+    ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.balanced_prompts("train", None),
+                      output=output,
                       minutes=minutes, quick=quick, seed=seed)
     t = time.perf_counter()
     result = after(ctx)

@@ -272,16 +272,20 @@ def prompts(split: str = "heldout", n: Optional[int] = None, seed: int = 0) -> L
     return [order[i % len(order)] for i in range(n)]
 
 
-def balanced_prompts(split: str = "heldout", per_kind: int = 96) -> List[str]:
+def balanced_prompts(split: str = "heldout", per_kind: Optional[int] = 96) -> List[str]:
     """``per_kind`` captions of each kind of ``split`` (single, then count, then relation): each kind's captions
-    in their fixed order, cycled until there are ``per_kind``.
+    in their fixed order, cycled until there are ``per_kind``. ``per_kind=None``: the size of the split's largest
+    kind, so that every caption occurs at least once.
 
     The evaluation set of ``diffalign demo``. Its plain mean accuracy weights the three kinds equally, as
     GenEval's overall score is the mean of its task scores. Listing every held-out caption once instead would
     make the score a relation score: relations are 86 of the 93 held-out captions only because two objects
-    have more combinations than one.
+    have more combinations than one. The demo's training prompts are ``balanced_prompts("train", None)`` for
+    the same reason: drawn uniformly from the plain caption list, 92 % of the rollouts would be relations.
     """
     _check_split(split)
+    if per_kind is None:
+        per_kind = max(sum(caption_kind(c) == kind for c in _SPLITS[split]) for kind in KINDS)
     if per_kind < 1:
         raise ValueError(f"balanced_prompts: per_kind must be >= 1, got {per_kind}")
     out: List[str] = []

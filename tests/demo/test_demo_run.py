@@ -1,6 +1,7 @@
 """``diffalign demo`` end to end (--quick), its outputs, the pluggable after stage, the CLI's errors."""
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 
 from diffalign.cli import main
 from diffalign.demo import run as demo_run
+from diffalign.demo import shapes
 from diffalign.rewards.compositional import compositional_report, compositional_reward
 
 ONLINE, OFFLINE = ("ddpo", "grpo", "dpok", "rwr"), ("dpo", "kto")
@@ -94,7 +96,11 @@ def test_after_stage_is_pluggable_and_evaluation_deterministic(tmp_path):
     out = str(tmp_path / "same")
     report = demo_run.run_demo(out, identity, {"method": "identity", "budget": 0}, quick=True)
     assert report["method"] == "identity" and report["info"] == {"model_evaluations": 0}
-    assert calls[0].train_prompts and calls[0].reward is compositional_reward
+    assert calls[0].reward is compositional_reward
+    # training prompts: the training split only, each caption kind a third (as the evaluation weighs them)
+    kinds = Counter(shapes.caption_kind(c) for c in calls[0].train_prompts)
+    assert set(calls[0].train_prompts) == set(shapes.all_captions("train"))
+    assert len(set(kinds.values())) == 1 and set(kinds) == set(shapes.KINDS)
     assert report["after"] == report["before"]  # the same model and seeds give the same images
     _check_outputs(out, report)
 
@@ -131,7 +137,6 @@ def test_unknown_algo_in_api_names_choices():
 
 
 def test_eval_set_weighs_caption_kinds_equally():
-    from diffalign.demo import shapes
     prompts, seeds = demo_run.eval_set(5)
     assert [shapes.caption_kind(p) for p in prompts] == ["single"] * 5 + ["count"] * 5 + ["relation"] * 5
     assert all(shapes.split_of(p) == "heldout" for p in prompts)

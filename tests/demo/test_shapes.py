@@ -180,4 +180,14 @@ def test_balanced_prompts_cycle_each_kinds_captions_in_order():
     with pytest.raises(ValueError, match="per_kind"):
         S.balanced_prompts("heldout", 0)
     with pytest.raises(ValueError, match="split"):
+        S.balanced_prompts("test", None)
+
+
+def test_balanced_prompts_without_per_kind_list_every_caption_and_each_kind_equally_often():
+    train = S.all_captions("train")
+    sizes = {kind: sum(S.caption_kind(c) == kind for c in train) for kind in S.KINDS}
+    out = S.balanced_prompts("train", None)
+    assert set(out) == set(train)  # nothing dropped
+    assert all(sum(S.caption_kind(c) == kind for c in out) == max(sizes.values()) for kind in S.KINDS)
+    with pytest.raises(ValueError, match="split"):
         S.balanced_prompts("test", 3)
