@@ -86,6 +86,9 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     warmup_steps: int = 0               # linear learning-rate warm-up (optimiser steps)
     mixed_precision: str = "no"         # "no" | "fp16" | "bf16"
+    ema_decay: float = 0.0              # > 0: also keep an exponential moving average of the trainable weights
+                                        # (diffusers' EMAModel, its (1 + n) / (10 + n) warm-up capped at this);
+                                        # rollouts use the live weights, the saved `final` weights the average
 
 
 @dataclasses.dataclass
@@ -261,6 +264,8 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     _positive("sampling.guidance_scale", cfg.sampling.guidance_scale, allow_zero=True)
     if not 0 < cfg.train.timestep_fraction <= 1:
         raise ConfigError(f"config key 'train.timestep_fraction' must lie in (0, 1], got {cfg.train.timestep_fraction!r}")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1) (0: no average), got {cfg.train.ema_decay!r}")
     if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
         raise ConfigError(f"config key 'train.mixed_precision' must be 'no', 'fp16' or 'bf16', "
                           f"got {cfg.train.mixed_precision!r}")

@@ -238,6 +238,7 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
                 break
         info["epochs"] = len(curve)
         info["train_seconds"] = time.perf_counter() - start
+        trainer.use_average()  # train.ema_decay > 0: the moving average of the weights is the result
         trainer.adapter.save_pretrained(os.path.join(out_dir, "final"))
         s = cfg.sampling
         sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")

@@ -6,7 +6,8 @@ in process or served), ``progress_postfix`` (what the progress bar shows) and ``
 
 Set-up order: accelerate (which picks its CPU backend itself on GPU-less machines), the algorithm, the
 prompts, the adapter and policy, the reward, AdamW with linear warm-up prepared by accelerate, then a
-resume from ``resume_from`` and the metrics logger (main process only).
+resume from ``resume_from`` and the metrics logger (main process only). With ``train.ema_decay`` > 0 it also
+keeps a moving average of the trainable weights, which the run's ``final`` weights are.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from diffalign.rewards import load_prompts
 from diffalign.trainer import checkpoint as ckpt
-from diffalign.trainer.builders import build_adapter, build_algorithm, build_optimizer, build_policy
+from diffalign.trainer.builders import build_adapter, build_algorithm, build_ema, build_optimizer, build_policy
 from diffalign.trainer.distributed import make_accelerator
 from diffalign.trainer.logging import MetricsLogger
 
@@ -39,6 +40,7 @@ class Trainer(ckpt.CheckpointedTrainer):
         optimizer, scheduler = build_optimizer(cfg.train, self.adapter.trainable_parameters())
         self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
             self.adapter.denoiser, optimizer, scheduler)
+        self.ema = build_ema(cfg.train, self.adapter.trainable_parameters())
         self.start_epoch = 0
         resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
         if resume is not None:
@@ -82,6 +84,8 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.adapter.trainable_parameters())
         if sums is not None:
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * weight
         return grad_norm
@@ -96,6 +100,12 @@ class Trainer(ckpt.CheckpointedTrainer):
     def run_info(self) -> Dict[str, float]:
         """The learning rate and process count every epoch's metrics line carries."""
         return {"lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+
+    def use_average(self) -> None:
+        """Replace the trainable weights by their moving average (``train.ema_decay`` > 0; else nothing), for
+        the weights a run ends with. Training on afterwards would go on from the average."""
+        if self.ema is not None:
+            self.ema.copy_to(self.adapter.trainable_parameters())
 
     # ---- the epoch loop --------------------------------------------------------------------------------
     def train(self) -> List[Dict[str, float]]:
@@ -117,6 +127,7 @@ class Trainer(ckpt.CheckpointedTrainer):
                 self.save(epoch)
             self.acc.wait_for_everyone()
         self.close()
+        self.use_average()
         if self.logger is not None:
             self.logger.close()
             self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))

@@ -106,3 +106,14 @@ def build_optimizer(train, params):
     warmup = train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     return optimizer, scheduler
+
+
+def build_ema(train, params):
+    """An exponential moving average of ``params`` (diffusers' EMAModel) when ``train.ema_decay`` > 0, else None.
+
+    EMAModel's default schedule min((1 + n) / (10 + n), decay) lets the early average follow the weights closely
+    instead of holding on to the initial ones."""
+    if not train.ema_decay:
+        return None
+    from diffusers.training_utils import EMAModel
+    return EMAModel(list(params), decay=train.ema_decay)

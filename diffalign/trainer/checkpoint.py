@@ -1,8 +1,8 @@
 """Checkpoints that survive SIGKILL: written to a temporary folder, then renamed into place.
 
 OUTPUT_DIR/checkpoints/epoch_000007/ holds the trainable weights (safetensors), the optimiser, the
-learning-rate scheduler and the algorithm's statistics (state.pt). A folder only gets its final
-name once complete, so ``latest`` never points at a half-written checkpoint.
+learning-rate scheduler, the algorithm's statistics and the weights' moving average if any (state.pt).
+A folder only gets its final name once complete, so ``latest`` never points at a half-written checkpoint.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def resolve_resume(output_dir: str, resume_from: Optional[str]) -> Optional[str]
 class CheckpointedTrainer:
     """Save/load of everything exact resume needs, shared by the online and offline trainers.
 
-    The host class provides cfg, acc (the Accelerator), adapter, optimizer, lr_scheduler and algorithm.
+    The host class provides cfg, acc (the Accelerator), adapter, optimizer, lr_scheduler, algorithm and ema.
     """
 
     def load(self, path: str) -> None:
@@ -75,6 +75,11 @@ class CheckpointedTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.algorithm.load_state_dict(state["algorithm"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"checkpoint {path!r} has no moving average of the weights, but train.ema_decay is "
+                                 f"{self.cfg.train.ema_decay}: resume with the config it was written with")
+            self.ema.load_state_dict(state["ema"])
         self.start_epoch = state["epoch"] + 1
 
     def save(self, epoch: int) -> None:
@@ -83,5 +88,7 @@ class CheckpointedTrainer:
         state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(),
                  "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
                  "config": self.cfg.to_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         save_checkpoint(self.cfg.output_dir, epoch, self.adapter.trainable_state_dict(), state,
                         self.cfg.checkpoint.keep_last)

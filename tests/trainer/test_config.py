@@ -34,6 +34,7 @@ def test_valid_config_loads_with_types_and_overrides(tiny_config):
     (["modality.name=audio"], r"'modality.name' must be one of .*'audio'"),
     (["sampling.step_rule=heun"], r"'sampling.step_rule' must be one of .*'heun'"),
     (["train.timestep_fraction=1.5"], r"'train.timestep_fraction' must lie in \(0, 1\], got 1.5"),
+    (["train.ema_decay=1.0"], r"'train.ema_decay' must lie in \[0, 1\) \(0: no average\), got 1.0"),
     (["resume_from=/no/such/ckpt"], r"'resume_from': checkpoint '/no/such/ckpt' does not exist"),
     (["output_dir=''"], r"'output_dir' is required"),
     (["output_dir="], r"'output_dir': expected a string, got None"),
