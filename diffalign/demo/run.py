@@ -31,8 +31,8 @@ import torch
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # RWR with zero-sum group weights and a distillation to the base (configs/demo_rwr.yaml): measured on 2 CPU cores
-# in 10 minutes, held-out accuracy 28.1% -> 41.3 / 35.8 / 45.8 / 39.6 / 42.0% with training seeds 0-4 (issue 7's
-# +10 points in 4 of 5; single and count captions gain, relations do not).
+# in 10 minutes, held-out accuracy 28.1% -> 48.6 / 45.1 / 43.4 / 37.2 / 47.2% with training seeds 0-4 (issue 7's
+# +10 points in 4 of 5, mean +16.2; single and count captions gain, relations do not).
 # Every measured run: benchmarks/results/demo_rwr_cpu_2core_2026-11-26.json and the configs' comments
 DEFAULT_ALGO = "rwr"
 # the evaluation sampler (also what scripts/train_demo_model.py measures the base model with); every
