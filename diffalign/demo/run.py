@@ -270,8 +270,7 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
     seconds["before_eval"] = time.perf_counter() - t
 
     ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.balanced_prompts("train", None),
-                      output=output,
-                      minutes=minutes, quick=quick, seed=seed)
+                      output=output, minutes=minutes, quick=quick, seed=seed)
     t = time.perf_counter()
     result = after(ctx)
     seconds["after_stage"] = time.perf_counter() - t
