@@ -314,6 +314,11 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     if group is not None and (s.batch_size * num_processes) % group:
         raise ConfigError(f"config key 'algorithm.group_size' = {group} does not divide the rollout batch of "
                           f"{s.batch_size * num_processes} samples (sampling.batch_size x {num_processes} processes)")
+    together = getattr(algo_cfg, "common_noise", False) and group
+    if together and (s.batch_size % group or t.batch_size % group):
+        raise ConfigError(f"config key 'algorithm.common_noise' keeps prompt groups of algorithm.group_size = {group} "
+                          f"together: it must divide sampling.batch_size ({s.batch_size}) and train.batch_size "
+                          f"({t.batch_size})")
     # the modality's own options
     MODALITIES[cfg.modality.name].validate_options(cfg.modality.options)
     # the reward, where the run calls one (online rollouts; offline evaluation samples): name and kwargs

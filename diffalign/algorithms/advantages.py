@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import collections
-from typing import Dict, List, Sequence
+from typing import Dict, Hashable, List, Sequence
 
 import torch
 
@@ -13,8 +13,8 @@ def batch_normalize(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return ((r - r.mean()) / (r.std(unbiased=False) + eps)).float()
 
 
-def group_normalize(rewards: torch.Tensor, prompts: Sequence[str], eps: float = 1e-4) -> torch.Tensor:
-    """GRPO: (r - mean_g) / (std_g + eps) within each group of samples sharing a prompt."""
+def group_normalize(rewards: torch.Tensor, prompts: Sequence[Hashable], eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: (r - mean_g) / (std_g + eps) within each group of samples sharing a prompt (or any group key)."""
     r = rewards.double()
     out = torch.empty_like(r)
     groups: Dict[str, List[int]] = collections.defaultdict(list)

@@ -59,6 +59,12 @@ class Algorithm(abc.ABC):
         """Whether loss() reads the reference policy (the trainer skips its forward otherwise)."""
         return False
 
+    @property
+    def minibatch_group_size(self) -> int:
+        """Samples per prompt group that the online trainer keeps together: each minibatch then holds whole
+        groups (consecutive in the batch) trained at the same steps. 1: samples are shuffled one by one."""
+        return 1
+
     @abc.abstractmethod
     def advantages(self, rewards: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Per-sample advantages (B,) from the rewards of the WHOLE rollout batch (all processes)."""

@@ -22,6 +22,13 @@ shipped demo model's last DDIM step), the noise (or v) target cannot be told apa
 error stays ~1 where the other steps' is ~0.02, so that one step's gradient drove the whole update and the
 demo model fell apart (held-out accuracy 21.9% -> 1% with sparse weights at lr 1e-4).
 
+``common_noise`` (with "group" weighting) trains a prompt's group at the same steps with the same re-noising
+noise: common random numbers, as Diffusion-DPO re-noises a pair's two images with one noise and one timestep.
+With zero-sum weights, the part of the samples' denoising losses that comes from the noise draw alone then
+cancels within the group instead of adding variance to the update; what is left is the difference between
+the group's images. Each rollout group is then normalised on its own (a prompt drawn twice is two groups,
+each zero-sum), and the trainer puts whole groups into each minibatch (``minibatch_group_size``).
+
 ``guided`` trains the classifier-free-guided output (the rollouts' own predictor) instead of the plain
 conditional one. Rollouts sampled with guidance w are then fitted by the model that drew them; fitting
 them with the conditional branch alone moves that branch toward the guided samples, and sampling with
@@ -48,6 +55,7 @@ class RWRConfig:
     exclude_final_steps: int = 0  # the last k (least-noise) sampling steps get no loss (see the module doc)
     guided: bool = False          # regress the guided output (the sampler's) instead of the conditional one
     group_size: int = 1           # samples per prompt in every rollout batch ("group" weighting needs >= 2)
+    common_noise: bool = False    # a group shares its trained steps and re-noising noise (see the module doc)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
@@ -60,6 +68,9 @@ class RWRConfig:
             raise ValueError(f"algorithm.group_size must be >= 2 for weighting 'group', got {self.group_size}")
         if int(self.group_size) < 1:
             raise ValueError(f"algorithm.group_size must be >= 1, got {self.group_size}")
+        if self.common_noise and self.weighting != "group":
+            raise ValueError(f"algorithm.common_noise needs weighting 'group' (its groups share the noise), "
+                             f"got weighting {self.weighting!r}")
         if self.exclude_final_steps < 0:
             raise ValueError(f"algorithm.exclude_final_steps must be >= 0, got {self.exclude_final_steps}")
 
@@ -72,19 +83,26 @@ class RWR(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.pretrain_weight > 0
 
+    @property
+    def minibatch_group_size(self) -> int:
+        return int(self.config.group_size) if self.config.common_noise else 1
+
     def advantages(self, rewards: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         r = rewards.double()
         if self.config.weighting == "exp":
             w = torch.softmax(self.config.temperature * r, dim=0) * r.shape[0]
         elif self.config.weighting == "group":
             from diffalign.algorithms.advantages import group_normalize
-            w = group_normalize(r, prompts).double()
+            # common_noise: each rollout group (group_size consecutive samples) on its own, so that every
+            # group's weights sum to zero where it shares its noise (a prompt drawn twice is two groups)
+            g = int(self.config.group_size)
+            w = group_normalize(r, [i // g for i in range(len(r))] if self.config.common_noise else prompts).double()
         else:
             w = (r >= self.config.threshold).double()
         return w.float()
 
     def loss(self, batch: TransitionBatch, policy, reference):
-        noise = torch.randn_like(batch.x0)
+        noise = self._noise(batch)
         x_t = policy.rule.add_noise(batch.x0, noise, batch.steps)
         pred = policy.predict(x_t, batch.steps, batch.cond, guided=self.config.guided)
         target = policy.rule.training_target(batch.x0, noise, x_t, batch.steps)
@@ -101,3 +119,17 @@ class RWR(Algorithm):
             loss = loss + self.config.pretrain_weight * pretrain
             metrics["pretrain_loss"] = pretrain.detach()
         return loss, metrics
+
+    def _noise(self, batch: TransitionBatch) -> torch.Tensor:
+        """Fresh re-noising noise per sample, or with ``common_noise`` one per group of ``group_size``
+        consecutive samples (the trainer's minibatches hold whole groups, each at one step)."""
+        if not self.config.common_noise:
+            return torch.randn_like(batch.x0)
+        g, b = int(self.config.group_size), batch.x0.shape[0]
+        steps = batch.steps.reshape(-1)
+        if b % g or not bool((steps.reshape(-1, g) == steps.reshape(-1, g)[:, :1]).all()):
+            raise ValueError(f"rwr common_noise: the batch of {b} samples is not whole groups of {g} consecutive "
+                             f"samples at one step each (steps {steps.tolist()}); the online trainer builds such "
+                             f"batches from minibatch_group_size")
+        noise = torch.randn((b // g,) + tuple(batch.x0.shape[1:]), dtype=batch.x0.dtype, device=batch.x0.device)
+        return noise.repeat_interleave(g, dim=0)

@@ -82,10 +82,13 @@ class OnlineTrainer(Trainer):
         self.adapter.denoiser.train()
         reference = self.policy.reference() if self.algorithm.needs_reference else None
         self.optimizer.zero_grad(set_to_none=True)  # whatever built the model may have left gradients
+        # k > 1: minibatches of whole prompt groups (k consecutive samples), each group at the same steps
+        k = self.algorithm.minibatch_group_size
         for inner in range(t.inner_epochs):
-            order = torch.randperm(B, generator=generator(cfg.seed, epoch, inner, self.rank, "shuffle"))
+            groups = torch.randperm(B // k, generator=generator(cfg.seed, epoch, inner, self.rank, "shuffle"))
+            order = (groups[:, None] * k + torch.arange(k)).reshape(-1)
             step_order = torch.stack([torch.randperm(T, generator=generator(cfg.seed, epoch, inner, g, "steps"))
-                                      for g in gidx])[:, :n_train]
+                                      for g in gidx[::k]])[:, :n_train].repeat_interleave(k, dim=0)
             minibatches = order.split(t.batch_size)
             for m, idx in enumerate(minibatches):
                 sub = traj.select(idx.to(traj.latents.device))

@@ -320,3 +320,46 @@ def test_rwr_group_weights_are_group_normalised_and_sum_to_zero_per_prompt():
     assert w[2:4].abs().max().item() == 0.0  # a tie carries no signal
     with pytest.raises(ValueError, match="algorithm.group_size must be >= 2"):
         RWRConfig(weighting="group")
+
+
+def test_rwr_common_noise_renoises_each_group_with_one_noise():
+    # groups of 2 consecutive samples, each group at one step: one noise draw per group, repeated
+    policy = make_policy()
+    w = torch.tensor([1.0, -1.0, 0.5, -0.5, -2.0, 2.0])
+    steps = torch.tensor([0, 0, 3, 3, 6, 6])
+    batch = make_batch(policy, w, steps=steps)
+    algo = RWR(RWRConfig(weighting="group", group_size=2, common_noise=True))
+    assert algo.minibatch_group_size == 2 and RWR(RWRConfig(weighting="group", group_size=2)).minibatch_group_size == 1
+    torch.manual_seed(5)
+    loss, _ = algo.loss(batch, policy, None)
+    torch.manual_seed(5)
+    noise = torch.randn(3, batch.x0.shape[1]).double().repeat_interleave(2, dim=0)
+    a = policy.rule.alpha_t[steps].reshape(-1, 1)
+    x_t = a.sqrt() * batch.x0.double() + (1 - a).sqrt() * noise
+    pred = policy.adapter.denoise(x_t.float(), policy.rule.timesteps[steps], batch.cond).double()
+    expected = (w.double() * ((pred - noise) ** 2).mean(1)).mean()
+    assert_same_loss_and_grads(policy, loss, expected, rtol=1e-5)
+    # the shared draw is the point: two identical samples with opposite weights cancel exactly
+    same = TransitionBatch(batch.x_t, batch.x_prev, steps, batch.old_log_prob, w, batch.cond,
+                           batch.x0[[0, 0, 2, 2, 4, 4]], batch.num_steps)
+    same.cond = {"prompt_id": batch.cond["prompt_id"][[0, 0, 2, 2, 4, 4]]}
+    zero, _ = algo.loss(same, policy, None)
+    assert abs(zero.item()) < 1e-7
+    plain, _ = RWR(RWRConfig(weighting="group", group_size=2)).loss(same, policy, None)
+    assert abs(plain.item()) > 1e-4
+    with pytest.raises(ValueError, match="not whole groups of 2 consecutive samples at one step"):
+        algo.loss(make_batch(policy, w), policy, None)  # steps [0, 1, 2, 5, 6, 7]
+    with pytest.raises(ValueError, match="algorithm.common_noise needs weighting 'group'"):
+        RWRConfig(common_noise=True)
+
+
+def test_rwr_common_noise_normalises_each_rollout_group_on_its_own():
+    # prompt "a" drawn twice (two groups of 2): with common_noise each group is zero-sum by itself
+    r = torch.tensor([1.0, 0.0, 0.9, 0.7, 0.2, 0.8])
+    prompts = ["a", "a", "a", "a", "c", "c"]
+    w = RWR(RWRConfig(weighting="group", group_size=2, common_noise=True)).advantages(r, prompts).double()
+    for i in (0, 2, 4):
+        g = r[i:i + 2].double()
+        torch.testing.assert_close(w[i:i + 2], (g - g.mean()) / ((g - g.mean()).abs().mean() + 1e-4), rtol=1e-6, atol=1e-8)
+    merged = RWR(RWRConfig(weighting="group", group_size=2)).advantages(r, prompts).double()
+    assert abs(merged[2:4].sum().item()) > 0.1  # by prompt, the second pair is not zero-sum on its own
