@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, help="--method's budget: best_of_n N, rejection most samples, "
                    "noise_opt gradient steps, prompt_opt candidates, attend_excite refinement iterations")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config, "
-                                                "e.g. train.learning_rate=1e-4 epochs=20")
+                                                "e.g. train.learning_rate=1e-4 epochs=20; the demo's own "
+                                                "demo.train_kinds=[single,count,relation] (caption kinds trained on)")
 
 
 def _check(args) -> str:

@@ -30,9 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-# RWR with zero-sum group weights and a distillation to the base (configs/demo_rwr.yaml): measured on 2 CPU cores
-# in 10 minutes, held-out accuracy 28.1% -> 48.6 / 45.1 / 43.4 / 37.2 / 47.2% with training seeds 0-4 (issue 7's
-# +10 points in 4 of 5, mean +16.2; single and count captions gain, relations do not).
+# RWR with zero-sum group weights and a distillation to the base, on the single and count training captions
+# (configs/demo_rwr.yaml): measured on 2 CPU cores in 10 minutes, held-out accuracy 28.1% -> 41.0 / 43.4 / 47.6 /
+# 44.8 / 44.4% with training seeds 0-4 (issue 7's +10 points in 5 of 5, mean +16.1; relations do not improve).
 # Every measured run: benchmarks/results/demo_rwr_cpu_2core_2026-11-26.json and the configs' comments
 DEFAULT_ALGO = "rwr"
 # the evaluation sampler (also what scripts/train_demo_model.py measures the base model with); every
@@ -72,6 +72,45 @@ class AfterResult:
 AfterStage = Callable[[DemoContext], AfterResult]
 
 
+# ---- training prompts ----------------------------------------------------------------------------------
+# a demo config's optional ``demo:`` section (not a trainer key; overridable as ``demo.<key>=...``)
+DEMO_OPTIONS = {"train_kinds": "caption kinds the training prompts are drawn from (default: all three)"}
+
+
+def training_prompts(kinds: Optional[Sequence[str]] = None) -> List[str]:
+    """The training split's captions of ``kinds``, each kind equally often and, within a kind, every caption
+    equally often (each kind repeated to the least common multiple of the kinds' caption counts: 190 for single
+    and count). ``None`` (all three kinds): ``balanced_prompts("train", None)``, every kind as often as the
+    largest (relations, 346 captions; the 10 single and 19 count captions cycled, so some occur once more than
+    others), the list that the runs before 2026-11-27 trained on (an exact balance would need 32870 per kind)."""
+    import math
+
+    from diffalign.demo import shapes
+    if kinds is None or sorted(kinds) == sorted(shapes.KINDS):
+        return shapes.balanced_prompts("train", None)
+    sizes = [sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in kinds
+             if k in shapes.KINDS]
+    return shapes.balanced_prompts("train", math.lcm(*sizes) if sizes else 1, kinds)
+
+
+def demo_options(algo: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``demo:`` section of ``demo_<algo>.yaml`` with the ``demo.<key>`` overrides (removed from
+    ``overrides``) applied; unknown keys are errors naming the file or the override."""
+    import yaml
+    path = demo_config_path(algo)
+    with open(path, encoding="utf-8") as f:
+        opts = dict(yaml.safe_load(f).get("demo") or {})
+    bad = sorted(set(opts) - set(DEMO_OPTIONS))
+    if bad:
+        raise ValueError(f"{path}: unknown key(s) {bad} in its demo: section; known: {sorted(DEMO_OPTIONS)}")
+    for key in [k for k in overrides if k.startswith("demo.")]:
+        name = key[len("demo."):]
+        if name not in DEMO_OPTIONS:
+            raise ValueError(f"unknown override {key!r}; demo options: {sorted(DEMO_OPTIONS)}")
+        opts[name] = overrides.pop(key)
+    return opts
+
+
 # ---- algorithms ----------------------------------------------------------------------------------------
 def available_algos() -> List[str]:
     """Algorithms with a shipped demo config (diffalign/configs/demo_<algo>.yaml)."""
@@ -93,6 +132,7 @@ def load_demo_config(algo: str, output: str, train_prompts: Sequence[str], model
     from diffalign.config import load_config
     with open(demo_config_path(algo), encoding="utf-8") as f:
         data = yaml.safe_load(f)
+    data.pop("demo", None)  # the demo's own options (demo_options), not the trainer's
     data["output_dir"] = output
     data["prompts"] = {"list": list(train_prompts)}
     data.setdefault("modality", {}).setdefault("options", {})["model"] = model
@@ -198,9 +238,14 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         extra = dict(QUICK["overrides"]) if ctx.quick else {}
         extra.update(overrides or {})
         extra["seed"] = ctx.seed
+        opts = demo_options(algo, extra)
+        train_prompts = ctx.train_prompts
+        if opts.get("train_kinds") is not None:
+            train_prompts = training_prompts(_kinds(opts["train_kinds"]))
         out_dir = os.path.join(ctx.output, "train")
-        cfg = load_demo_config(algo, out_dir, ctx.train_prompts, ctx.model, extra)
-        info: Dict[str, Any] = {"config": demo_config_path(algo), "overrides": extra}
+        cfg = load_demo_config(algo, out_dir, train_prompts, ctx.model, extra)
+        info: Dict[str, Any] = {"config": demo_config_path(algo), "overrides": extra, "demo_options": opts,
+                                "train_prompts": len(train_prompts)}
         start = time.perf_counter()
         if _is_offline(cfg):
             # AI feedback: FEEDBACK["samples_per_prompt"] base samples for each of a fixed subset of the
@@ -208,8 +253,8 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
             from diffalign.data.ai_feedback import generate_feedback
             from diffalign.trainer.offline import OfflineTrainer
             n = 4 if ctx.quick else FEEDBACK["prompts"]
-            picks = torch.randperm(len(ctx.train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
-            fb_prompts = [ctx.train_prompts[i] for i in sorted(picks.tolist())]
+            picks = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
+            fb_prompts = [train_prompts[i] for i in sorted(picks.tolist())]
             fb_cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra)
             fb = generate_feedback(fb_cfg, os.path.join(ctx.output, "feedback"),
                                    samples_per_prompt=FEEDBACK["samples_per_prompt"], threshold=FEEDBACK["threshold"])
@@ -244,6 +289,15 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
         return AfterResult(sampler, curve, info)
     return stage
+
+
+def _kinds(value) -> List[str]:
+    """``demo.train_kinds`` as a list: a YAML list or a comma-separated string; checked against the kinds."""
+    from diffalign.demo import shapes
+    kinds = [k.strip() for k in value.split(",")] if isinstance(value, str) else list(value)
+    if not kinds or any(k not in shapes.KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"demo.train_kinds must be distinct caption kinds of {list(shapes.KINDS)}, got {value!r}")
+    return kinds
 
 
 # offline algorithms' AI feedback: base samples per prompt, training prompts sampled, minimum reward gap

@@ -272,10 +272,11 @@ def prompts(split: str = "heldout", n: Optional[int] = None, seed: int = 0) -> L
     return [order[i % len(order)] for i in range(n)]
 
 
-def balanced_prompts(split: str = "heldout", per_kind: Optional[int] = 96) -> List[str]:
-    """``per_kind`` captions of each kind of ``split`` (single, then count, then relation): each kind's captions
-    in their fixed order, cycled until there are ``per_kind``. ``per_kind=None``: the size of the split's largest
-    kind, so that every caption occurs at least once.
+def balanced_prompts(split: str = "heldout", per_kind: Optional[int] = 96,
+                     kinds: Sequence[str] = KINDS) -> List[str]:
+    """``per_kind`` captions of each of ``kinds`` of ``split`` (in KINDS order: single, count, relation): each
+    kind's captions in their fixed order, cycled until there are ``per_kind``. ``per_kind=None``: the size of the
+    largest of those kinds, so that every caption occurs at least once.
 
     The evaluation set of ``diffalign demo``. Its plain mean accuracy weights the three kinds equally, as
     GenEval's overall score is the mean of its task scores. Listing every held-out caption once instead would
@@ -284,12 +285,16 @@ def balanced_prompts(split: str = "heldout", per_kind: Optional[int] = 96) -> Li
     the same reason: drawn uniformly from the plain caption list, 92 % of the rollouts would be relations.
     """
     _check_split(split)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f"balanced_prompts: kinds must be distinct caption kinds of {list(KINDS)}, got {list(kinds)}")
+    chosen = [k for k in KINDS if k in kinds]
     if per_kind is None:
-        per_kind = max(sum(caption_kind(c) == kind for c in _SPLITS[split]) for kind in KINDS)
+        per_kind = max(sum(caption_kind(c) == kind for c in _SPLITS[split]) for kind in chosen)
     if per_kind < 1:
         raise ValueError(f"balanced_prompts: per_kind must be >= 1, got {per_kind}")
     out: List[str] = []
-    for kind in KINDS:
+    for kind in chosen:
         group = [c for c in _SPLITS[split] if caption_kind(c) == kind]
         out += [group[i % len(group)] for i in range(per_kind)]
     return out

@@ -69,12 +69,16 @@ def test_quick_demo_cli_end_to_end(tmp_path):
 
 def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
     out = str(tmp_path / "demo")
-    report = demo_run.run_demo(out, demo_run.train_stage("kto"), {"algo": "kto"}, quick=True)
+    # demo.train_kinds: the feedback prompts come from the single and count captions only
+    stage = demo_run.train_stage("kto", {"demo.train_kinds": "single,count"})
+    report = demo_run.run_demo(out, stage, {"algo": "kto"}, quick=True)
     _check_outputs(out, report)
     assert report["info"]["feedback"]["kept"] > 0
+    assert report["info"]["train_prompts"] == 380 and report["info"]["demo_options"] == {"train_kinds": "single,count"}
     with open(os.path.join(out, "feedback", "pairs.jsonl")) as f:
         pairs = [json.loads(line) for line in f]
     assert all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)
+    assert {shapes.caption_kind(p["prompt"]) for p in pairs} <= {"single", "count"}
 
 
 def test_quick_demo_direct_reward_algorithm_backpropagates_the_relaxed_reward(tmp_path):
@@ -149,3 +153,38 @@ def test_by_caption_accuracy_averages_each_caption_first():
         return {"caption": caption, "correct": ok}
     report = {"results": [result("A", True), result("A", False), result("A", False), result("B", True)]}
     assert demo_run.by_caption_accuracy(report) == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_training_prompts_weigh_kinds_and_captions_equally():
+    from collections import Counter as C
+    out = demo_run.training_prompts(["single", "count"])
+    per_caption = C(out)
+    kinds = C(shapes.caption_kind(c) for c in out)
+    sizes = {k: sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in ("single", "count")}
+    assert kinds == {"single": 190, "count": 190} and sizes == {"single": 10, "count": 19}
+    assert set(per_caption) == {c for c in shapes.all_captions("train") if shapes.caption_kind(c) != "relation"}
+    assert all(n == 190 // sizes[shapes.caption_kind(c)] for c, n in per_caption.items())
+    assert demo_run.training_prompts() == demo_run.training_prompts(list(shapes.KINDS)) == \
+        shapes.balanced_prompts("train", None)
+
+
+def test_demo_options_from_the_config_and_overrides(tmp_path, monkeypatch):
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    shipped = open(demo_run.demo_config_path("rwr")).read()
+    (cfg_dir / "demo_rwr.yaml").write_text(shipped)
+    without = "\n".join(line for line in shipped.splitlines() if not line.startswith("demo:"))
+    (cfg_dir / "demo_bad.yaml").write_text(without + "\ndemo: {colours: 3}\n")
+    monkeypatch.setattr(demo_run, "CONFIG_DIR", str(cfg_dir))
+    extra = {"seed": 1, "demo.train_kinds": "single,relation"}
+    opts = demo_run.demo_options("rwr", extra)
+    assert opts["train_kinds"] == "single,relation" and extra == {"seed": 1}  # the override replaced the file's
+    assert demo_run._kinds(opts["train_kinds"]) == ["single", "relation"]
+    with pytest.raises(ValueError, match="demo.train_kinds must be distinct caption kinds"):
+        demo_run._kinds("single,colour")
+    with pytest.raises(ValueError, match=r"unknown override 'demo.colours'"):
+        demo_run.demo_options("rwr", {"demo.colours": 3})
+    with pytest.raises(ValueError, match=r"demo_bad.yaml: unknown key\(s\) \['colours'\] in its demo: section"):
+        demo_run.demo_options("bad", {})
+    # the trainer never sees the section
+    assert demo_run.load_demo_config("rwr", str(tmp_path / "out"), ["a red circle"]).prompts.list == ["a red circle"]

@@ -191,3 +191,14 @@ def test_balanced_prompts_without_per_kind_list_every_caption_and_each_kind_equa
     assert all(sum(S.caption_kind(c) == kind for c in out) == max(sizes.values()) for kind in S.KINDS)
     with pytest.raises(ValueError, match="split"):
         S.balanced_prompts("test", 3)
+
+
+def test_balanced_prompts_of_chosen_kinds():
+    out = S.balanced_prompts("train", 5, kinds=("count", "single"))  # listed in KINDS order whatever was asked
+    assert [S.caption_kind(c) for c in out] == ["single"] * 5 + ["count"] * 5
+    assert out == S.balanced_prompts("train", 5)[:10]
+    counts = [c for c in S.all_captions("train") if S.caption_kind(c) == "count"]
+    assert len(S.balanced_prompts("train", None, kinds=("count",))) == len(counts)
+    for bad in ((), ("single", "single"), ("colour",)):
+        with pytest.raises(ValueError, match="kinds must be distinct caption kinds"):
+            S.balanced_prompts("train", 3, kinds=bad)
