@@ -127,7 +127,7 @@ class RWR(Algorithm):
             return torch.randn_like(batch.x0)
         g, b = int(self.config.group_size), batch.x0.shape[0]
         steps = batch.steps.reshape(-1)
-        if b % g or not bool((steps.reshape(-1, g) == steps.reshape(-1, g)[:, :1]).all()):
+        if b % g or not bool((steps.reshape(-1, g) == steps[::g, None]).all()):
             raise ValueError(f"rwr common_noise: the batch of {b} samples is not whole groups of {g} consecutive "
                              f"samples at one step each (steps {steps.tolist()}); the online trainer builds such "
                              f"batches from minibatch_group_size")

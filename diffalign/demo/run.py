@@ -89,9 +89,8 @@ def training_prompts(kinds: Optional[Sequence[str]] = None) -> List[str]:
     from diffalign.demo import shapes
     if kinds is None or sorted(kinds) == sorted(shapes.KINDS):
         return shapes.balanced_prompts("train", None)
-    sizes = [sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in kinds
-             if k in shapes.KINDS]
-    return shapes.balanced_prompts("train", math.lcm(*sizes) if sizes else 1, kinds)
+    sizes = [sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in kinds]
+    return shapes.balanced_prompts("train", math.lcm(*sizes), kinds)  # it rejects unknown kinds
 
 
 def demo_options(algo: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
