@@ -43,17 +43,25 @@ inline void check_device(const at::Tensor& t, const char* name, const at::Tensor
 
 // Value checks read the data, so they run on CPU tensors only: on a GPU they would cost a host sync
 // per call and break CUDA-graph capture (diffalign.ops.set_value_checks adds them from Python there).
-template <class Pred> bool all_values(const at::Tensor& t, Pred pred, double* lo, double* hi) {
-  at::Tensor d = t.to(at::kDouble).contiguous();
-  const double* p = d.data_ptr<double>();
+template <class V, class Pred> bool all_values_in(const V* p, int64_t n, Pred pred, double* lo, double* hi) {
   bool ok = true;
-  *lo = p[0], *hi = p[0];
-  for (int64_t i = 0; i < d.numel(); ++i) {
-    ok = ok && pred(p[i]);
-    *lo = std::min(*lo, p[i]);
-    *hi = std::max(*hi, p[i]);
+  *lo = double(p[0]), *hi = double(p[0]);
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = double(p[i]);
+    ok = ok && pred(v);
+    *lo = std::min(*lo, v);
+    *hi = std::max(*hi, v);
   }
   return ok;
+}
+// float32 / float64 data is read in place: a conversion to double costs a copy (a few us per call).
+template <class Pred> bool all_values(const at::Tensor& t, Pred pred, double* lo, double* hi) {
+  if (t.is_contiguous() && t.scalar_type() == at::kFloat)
+    return all_values_in(t.const_data_ptr<float>(), t.numel(), pred, lo, hi);
+  if (t.is_contiguous() && t.scalar_type() == at::kDouble)
+    return all_values_in(t.const_data_ptr<double>(), t.numel(), pred, lo, hi);
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  return all_values_in(d.const_data_ptr<double>(), d.numel(), pred, lo, hi);
 }
 inline void check_positive(const at::Tensor& t, const char* name) {
   double lo, hi;
@@ -323,6 +331,14 @@ inline int per_sample(const at::Tensor& p0, const at::Tensor& p1, int64_t B) {
   return (p0.numel() == B && B > 1) || (p1.numel() == B && B > 1) ? 1 : 0;
 }
 
+// A schedule value as the kernels read it: ps ? (B,) : one element, contiguous, in acc dtype. The
+// common case (already so) is passed through: the expand / to / contiguous calls cost host time
+// on every step, and the step ops are host-bound at the shapes of a sampling loop.
+inline at::Tensor schedule_arg(const at::Tensor& p, int ps, int64_t B, at::ScalarType acc) {
+  if (p.scalar_type() == acc && p.is_contiguous() && p.numel() == (ps ? B : 1)) return p;
+  return (ps ? p.expand({B}) : p.reshape({1})).to(acc).contiguous();
+}
+
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
     const at::Tensor& model_, const at::Tensor& sample_, const at::Tensor& p0_, const at::Tensor& p1_, double param,
@@ -333,8 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_), noise = contiguous_opt(noise_);
   const int ps = per_sample(p0_, p1_, B);
-  auto p0 = (ps ? p0_.expand({B}) : p0_.reshape({1})).to(acc_type(sample)).contiguous();
-  auto p1 = (ps ? p1_.expand({B}) : p1_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto p0 = schedule_arg(p0_, ps, B, acc_type(sample)), p1 = schedule_arg(p1_, ps, B, acc_type(sample));
   auto prev_out = prev ? at::empty({0}, sample.options()) : at::empty_like(sample, at::MemoryFormat::Contiguous);
   auto mean = at::empty_like(sample, at::MemoryFormat::Contiguous);
   auto opts = sample.options().dtype(acc_type(sample));
@@ -359,16 +374,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_);
   auto grad_prev = contiguous_opt(grad_prev_), grad_mean = contiguous_opt(grad_mean_);
-  std::optional<at::Tensor> grad_lp;
-  if (grad_lp_.has_value() && grad_lp_->defined()) grad_lp = grad_lp_->to(acc_type(sample)).contiguous();
+  at::Tensor grad_lp;  // read in place, strided (the gradient of .sum() is a stride-0 expand)
+  int64_t grad_lp_stride = 0;
+  if (grad_lp_.has_value() && grad_lp_->defined()) std::tie(grad_lp, grad_lp_stride) = per_sample_grad(*grad_lp_, sample);
   const int ps = per_sample(p0_, p1_, B);
-  auto p0 = (ps ? p0_.expand({B}) : p0_.reshape({1})).to(acc_type(sample)).contiguous();
-  auto p1 = (ps ? p1_.expand({B}) : p1_.reshape({1})).to(acc_type(sample)).contiguous();
+  auto p0 = schedule_arg(p0_, ps, B, acc_type(sample)), p1 = schedule_arg(p1_, ps, B, acc_type(sample));
   auto gmodel = empty_like_masked(mask[0], sample), gsample = empty_like_masked(mask[1], sample);
   auto gprev = empty_like_masked(mask[2] && prev.has_value(), sample);
   StepBwdArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param,
-                ptr_or_null(grad_prev), ptr_or_null(grad_lp), ptr_or_null(grad_mean), model.data_ptr(),
-                sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel), ptr_or_null(gsample), ptr_or_null(gprev)};
+                ptr_or_null(grad_prev), grad_lp.defined() ? grad_lp.data_ptr() : nullptr, grad_lp_stride,
+                ptr_or_null(grad_mean), model.data_ptr(), sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel),
+                ptr_or_null(gsample), ptr_or_null(gprev)};
   Backend::launch(a, sample);
   return {gmodel, gsample, gprev};
 }

@@ -44,11 +44,36 @@ def value_checks_on_accelerator() -> bool:
 
 
 def _want_value_check(t: torch.Tensor) -> bool:
-    if t.device.type == "meta" or isinstance(t, torch._subclasses.FakeTensor):
-        return False
     if torch.compiler.is_compiling():
         return False
-    return t.device.type == "cpu" or _VALUE_CHECKS_ON_ACCELERATOR
+    device = t.device.type
+    if device != "cpu" and (not _VALUE_CHECKS_ON_ACCELERATOR or device == "meta"):
+        return False
+    return not isinstance(t, torch._subclasses.FakeTensor)
+
+
+# Up to this many values, a CPU tensor's values are checked as a Python list: one tolist() costs less
+# than the two or three tensor comparisons and the all() of the tensor path (schedule values and
+# per-sample stds are (B,), and these checks run on every sampling step).
+_LIST_CHECK_MAX = 64
+
+
+def _all_values(t: torch.Tensor, ok) -> bool:
+    """Whether ok(v) holds for every value of t; ok takes floats or tensors (NaN fails comparisons)."""
+    if t.device.type == "cpu" and t.numel() <= _LIST_CHECK_MAX:
+        values = t.tolist() if t.dim() <= 1 else t.reshape(-1).tolist()
+        return all(map(ok, values)) if t.dim() else bool(ok(values))
+    return bool(ok(t).all())
+
+
+def _positive(v):
+    return v > 0
+
+
+_UNIT_TESTS = {  # (closed_low, closed_high) -> membership test of the unit interval, for floats or tensors
+    (True, True): lambda v: (v >= 0) & (v <= 1), (True, False): lambda v: (v >= 0) & (v < 1),
+    (False, True): lambda v: (v > 0) & (v <= 1), (False, False): lambda v: (v > 0) & (v < 1),
+}
 
 
 def check_tensor(name: str, t, *, batch_dim: bool = True) -> None:
@@ -88,7 +113,7 @@ def check_std(name: str, std, like: torch.Tensor, like_name: str) -> None:
         raise ValueError(
             f"{name} has shape {shape}; expected a 0-d tensor, ({b},), {per_row} or {tuple(like.shape)} "
             f"to broadcast against {like_name}")
-    if _want_value_check(std) and not bool((std > 0).all()):
+    if _want_value_check(std) and not _all_values(std, _positive):
         raise ValueError(f"{name} must be strictly positive (min {float(std.min()):.3g})")
 
 
@@ -117,9 +142,7 @@ def check_per_sample(name: str, a, like: torch.Tensor, like_name: str) -> None:
 def check_in_unit_interval(name: str, a: torch.Tensor, *, closed_low: bool, closed_high: bool) -> None:
     if not _want_value_check(a):
         return
-    low_ok = (a >= 0) if closed_low else (a > 0)
-    high_ok = (a <= 1) if closed_high else (a < 1)
-    if not bool((low_ok & high_ok).all()):
+    if not _all_values(a, _UNIT_TESTS[closed_low, closed_high]):
         lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
         raise ValueError(f"{name} must lie in {lo}0, 1{hi}; got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
 
@@ -162,5 +185,5 @@ def accelerator_value_checks(**tensors) -> None:
         if name in _UNIT_INTERVALS:
             low, high = _UNIT_INTERVALS[name]
             check_in_unit_interval(name, t, closed_low=low, closed_high=high)
-        elif _want_value_check(t) and not bool((t > 0).all()):
+        elif _want_value_check(t) and not _all_values(t, _positive):
             raise ValueError(f"{name} must be strictly positive (min {float(t.min()):.3g})")

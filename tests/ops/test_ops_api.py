@@ -213,6 +213,11 @@ def test_extension_is_in_use_when_built():
     (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 4), torch.tensor(1.0)), "mean has shape"),
     (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 3), torch.ones(3)), "std has shape"),
     (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([1.0, 0.0])), "std must be strictly positive"),
+    (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([1.0, float("nan")])), "std must be strictly positive"),
+    (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([[1.0], [0.0]])), "std must be strictly positive"),
+    (lambda: ops.gaussian_logprob(torch.randn(2, 50), torch.randn(2, 50), torch.ones(2, 50).index_put_((torch.tensor(1), torch.tensor(7)), torch.tensor(0.0))),
+     "std must be strictly positive"),  # 100 values: checked as a tensor, not as a list
+    (lambda: ops.flow_sde_step_with_logprob(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([.5, float("nan")]), torch.tensor(.4)), "sigma must lie in"),
     (lambda: ops.gaussian_logprob(torch.randn(0, 3), torch.randn(0, 3), torch.tensor(1.0)), "empty batch"),
     (lambda: ops.gaussian_logprob(torch.randn(2, 3), torch.randn(2, 3), torch.tensor(1.0), "max"), "reduction"),
     (lambda: ops.gaussian_kl(torch.randn(2, 3), torch.randn(2, 3), torch.tensor(1.0), torch.tensor(-1.0)), "ref_std must be strictly positive"),
@@ -279,6 +284,10 @@ def test_direct_op_calls_check_arguments_in_cpp(tmp_path):
         "  ('desirable must be', lambda: d.diffusion_kto_loss(torch.randn(2, 2), torch.randn(2, 2), torch.randn(2, 2), torch.ones(2), 1.0, 1.0, 1.0, None)),\n"
         "  ('exactly one of prev_sample', lambda: d.ddim_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor(.5), torch.tensor(.6), 1.0, None, None, 0)),\n"
         "  ('sigma has shape', lambda: d.flow_sde_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.ones(3), torch.ones(3), 0.7, None, torch.randn(2, 2))),\n"
+        # value checks read float32/float64 data in place and convert other dtypes and strided views
+        "  ('std must be strictly positive', lambda: d.gaussian_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([1.0, 0.0], dtype=torch.float16), 0)),\n"
+        "  ('std must be strictly positive', lambda: d.gaussian_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([[1.0, 5.0], [-1.0, 5.0]])[:, 0], 0)),\n"
+        "  ('alpha_prod_t must lie in', lambda: d.ddim_step_with_logprob(torch.randn(2, 2), torch.randn(2, 2), torch.tensor([.5, 1.5], dtype=torch.float64), torch.tensor(.6), 1.0, None, torch.randn(2, 2), 0)),\n"
         "]\n"
         "for msg, call in cases:\n"
         "    try:\n"

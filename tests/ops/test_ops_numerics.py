@@ -242,6 +242,57 @@ def test_flow_step_matches_reference(device, dtype):
         assert_close(g, e, dtype, "grad")
 
 
+def _schedule(layout, b, device):
+    """alpha_prod_t / alpha_prod_prev in the layouts a caller may pass: the op passes the first two through
+    as they are and copies the others into its (B,) float32 form."""
+    a_t = torch.linspace(0.2, 0.7, b, dtype=torch.float64, device=device)
+    if layout == "per_sample":
+        return a_t.float(), (a_t + 0.25).float()
+    if layout == "scalar":
+        return torch.tensor(0.4, device=device), torch.tensor(0.6, device=device)
+    if layout == "mixed":  # one per sample, one shared: the shared one is expanded
+        return a_t.float(), torch.tensor(0.95, device=device)
+    if layout == "strided":  # a (B,) view with stride 2
+        both = torch.stack([a_t, a_t + 0.25], dim=1).float()
+        assert not both[:, 0].is_contiguous()
+        return both[:, 0], both[:, 1]
+    return a_t, a_t + 0.25  # float64 with float32 data: cast
+
+
+@requires_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["per_sample", "scalar", "mixed", "strided", "float64"])
+@pytest.mark.parametrize("grad_layout", ["contiguous", "expanded", "strided"])
+def test_step_schedule_and_gradient_layouts(device, layout, grad_layout):
+    """Every schedule-value layout, and every layout of the log-prob's incoming gradient (the gradient of
+    .sum() arrives as a stride-0 expand, read in place), gives the reference's values and gradients."""
+    b, shape = 3, (3, 4, 5)
+    eps = make(shape, torch.float32, device, requires_grad=True)
+    x = make(shape, torch.float32, device, seed=1, requires_grad=True)
+    a_t, a_prev = _schedule(layout, b, device)
+    drawn = R.ddim_step_with_logprob(eps, x, a_t, a_prev, 1.0, None, make(shape, torch.float32, device, seed=2),
+                                     "epsilon")[0]
+    prev = drawn.detach().clone().requires_grad_()
+    grad = {"contiguous": torch.tensor([0.5, -2.0, 1.5], device=device),
+            "expanded": torch.tensor(0.7, device=device).expand(b),
+            "strided": torch.tensor([0.5, 9.0, -2.0, 9.0, 1.5, 9.0], device=device)[::2]}[grad_layout]
+    got = ops.ddim_step_with_logprob(eps, x, a_t, a_prev, 1.0, prev_sample=prev)
+    exp = R.ddim_step_with_logprob(eps, x, a_t, a_prev, 1.0, prev, None, "epsilon")
+    assert_close(got.log_prob, exp[1], torch.float32, "log-prob")
+    assert_close(got.std, exp[3], torch.float32, "std")
+    got_g = torch.autograd.grad(got.log_prob, [eps, x, prev], grad_outputs=grad)
+    exp_g = torch.autograd.grad(exp[1], [eps, x, prev], grad_outputs=grad.to(exp[1].dtype), retain_graph=True)
+    for name, g, e in zip(("model_output", "sample", "prev_sample"), got_g, exp_g):
+        assert_close(g, e, torch.float32, f"grad of {name}")
+    # the .sum() path itself, as a training loop calls it
+    for t in (eps, x, prev):
+        t.grad = None
+    ops.ddim_step_with_logprob(eps, x, a_t, a_prev, 1.0, prev_sample=prev).log_prob.sum().backward()
+    exp_sum = torch.autograd.grad(exp[1].sum(), [eps, x, prev])
+    for t, e in zip((eps, x, prev), exp_sum):
+        assert_close(t.grad, e, torch.float32, "grad of .sum()")
+
+
 @requires_ext
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [1, 3, 8])

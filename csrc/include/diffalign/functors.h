@@ -69,7 +69,8 @@ template <class T, class A = typename AccOf<T>::type> StepFwd<T, A> make_functor
 
 template <class T, class A = typename AccOf<T>::type> StepBwd<T, A> make_functor(const StepBwdArgs& a) {
   return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param), A(1) / A(a.D),
-          static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp), static_cast<const T*>(a.grad_mean),
+          static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp), a.grad_lp_stride,
+          static_cast<const T*>(a.grad_mean),
           static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
           static_cast<T*>(a.gmodel), static_cast<T*>(a.gsample), static_cast<T*>(a.gprev_in)};
 }

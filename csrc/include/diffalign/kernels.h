@@ -53,7 +53,7 @@ struct StepArgs {
 };
 struct StepBwdArgs {
   DType dtype; int64_t B, D; int mode; const void* p0; const void* p1; int per_sample; double param;
-  const void* grad_prev; const void* grad_lp; const void* grad_mean;
+  const void* grad_prev; const void* grad_lp; int64_t grad_lp_stride; const void* grad_mean;
   const void* model; const void* sample; const void* prev_in;
   void* gmodel; void* gsample; void* gprev_in;
 };

@@ -415,7 +415,7 @@ template <class T, class A> struct StepBwd {
   static constexpr int NOUT = 0, NI = 5, NO = 3;
   DA_HD bool reduces() const { return false; }
   int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
-  const T* grad_prev; const A* grad_lp; const T* grad_mean;
+  const T* grad_prev; const A* grad_lp; int64_t grad_lp_stride; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
   T* gmodel; T* gsample; T* gprev_in;
   DA_HD const T* in(int i) const {
@@ -426,7 +426,7 @@ template <class T, class A> struct StepBwd {
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
     Row r{step_coefficients<A>(mode, p0[j], p1[j], param), A(0)};
-    if (grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b] * inv_d / (r.c.std * r.c.std);
+    if (grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b * grad_lp_stride] * inv_d / (r.c.std * r.c.std);
     return r;
   }
   DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
