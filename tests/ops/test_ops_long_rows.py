@@ -1,6 +1,7 @@
 """The fused ops on rows long enough for the kernels' full-chunk paths (4096 elements a block on CUDA,
-16384 a task on CPU), including the CUDA 16-byte pack path and its fall-backs: a row length that is
-not a multiple of the pack, and data that is not 16-byte aligned. Compared with the float64 reference."""
+8192 for the 16-bit log-prob, KL and loss passes; 16384 a task on CPU), including the CUDA 16-byte pack
+path and its fall-backs: a row length that is not a multiple of the pack, and data that is not 16-byte
+aligned. Compared with the float64 reference."""
 import pytest
 import torch
 
@@ -10,9 +11,11 @@ from ops_testing import DEVICES, assert_close, make, requires_ext
 
 pytestmark = requires_ext
 
-# (shape, misaligned): two full CUDA chunks plus a tail of 8; exact chunks; a row length that is not a
-# multiple of any pack size (scalar path); and a view starting one element into its buffer (unaligned)
-CASES = [((3, 2 * 4096 + 8), False), ((2, 4, 64, 64), False), ((2, 3, 4099), False), ((2, 4, 32, 32), True)]
+# (shape, misaligned): two full CUDA chunks plus a tail of 8 (float32 / float64, then 16-bit); exact
+# chunks; a row length that is not a multiple of any pack size (scalar path); and a view starting one
+# element into its buffer (unaligned; one full 16-bit chunk, two of float32)
+CASES = [((3, 2 * 4096 + 8), False), ((2, 2 * 8192 + 8), False), ((2, 4, 64, 64), False), ((2, 3, 4099), False),
+         ((2, 8, 32, 32), True)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
