@@ -3,8 +3,16 @@
 # build the extension there, run the op tests on the GPU, run the kernel and end-to-end benchmarks,
 # print the tables. Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
 #   bash benchmarks/gpu_check.sh [extra args for benchmarks/kernels.py]
-# Environment: SKIP_E2E=1 skips benchmarks/e2e.py (E2E_COMPILE=0 only its compiled-UNet run); KERNELS_TIMEOUT / E2E_TIMEOUT (s) bound the two benchmarks; a carried .gpu_so/_C*.so built there earlier (the
-# build.so this script leaves in $OUT) is reused instead of building again.
+# Environment:
+#   STAGES            comma-separated subset of tests,kernels,e2e (default: all three, in that order);
+#                     the build always runs first, unless a carried build is reused
+#   E2E_COMPILE=1     (default) e2e runs once, sd15 only, with the UNet also compiled by inductor: that run
+#                     times eager, diffalign, the UNet-only floor and the compiled loop side by side, so a
+#                     separate uncompiled run would repeat three of its four rows. E2E_COMPILE=0: tiny and
+#                     sd15 without the compiled loop.
+#   KERNELS_TIMEOUT / E2E_TIMEOUT (s) bound the two benchmarks.
+# A carried .gpu_so/_C*.so built there earlier (the build.so this script leaves in $OUT) is reused
+# instead of building again.
 set -uo pipefail
 OUT=${OUT:-/tmp/diffalign-gpu}
 mkdir -p "$OUT"
@@ -43,23 +51,29 @@ except ValueError as e:
 " 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 echo "C++ error probe exit code: ${PIPESTATUS[0]} (139: segfault)" | tee -a "$OUT/gpu.txt"
 
-t0=$(date +%s)
-python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_long_rows.py \
-  tests/ops/test_ops_api.py 2>&1 | tee "$OUT/tests.log" | tail -15
-echo "tests: $(( $(date +%s) - t0 )) s"
-t0=$(date +%s)
-timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | tee "$OUT/bench.log" | \
-  sed -n '/^op /,$p'
-echo "kernels: $(( $(date +%s) - t0 )) s"
-if [ "${SKIP_E2E:-0}" = "0" ]; then
+stage() { [[ ",${STAGES:-tests,kernels,e2e}," == *",$1,"* ]]; }
+
+if stage tests; then
   t0=$(date +%s)
-  timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | tee "$OUT/e2e.log" | tail -12
-  echo "e2e: $(( $(date +%s) - t0 )) s"
-  # the same with a compiled copy of the UNet (inductor compiles the SD1.5 UNet forward and backward: minutes)
+  python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_long_rows.py \
+    tests/ops/test_ops_api.py 2>&1 | tee "$OUT/tests.log" | tail -15
+  echo "tests: $(( $(date +%s) - t0 )) s"
+fi
+if stage kernels; then
+  t0=$(date +%s)
+  timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | \
+    tee "$OUT/bench.log" | sed -n '/^op /,$p'
+  echo "kernels: $(( $(date +%s) - t0 )) s"
+fi
+if stage e2e; then
+  t0=$(date +%s)
   if [ "${E2E_COMPILE:-1}" = "1" ]; then
-    t0=$(date +%s)
-    timeout "${E2E_COMPILE_TIMEOUT:-300}" python3 benchmarks/e2e.py --device cuda --models sd15 --compile inductor \
-      --json "$OUT/e2e_cuda_compiled.json" 2>&1 | tee "$OUT/e2e_compiled.log" | tail -8
-    echo "e2e (compiled UNet): $(( $(date +%s) - t0 )) s"
+    # inductor compiles the SD1.5 UNet forward and backward first: minutes
+    timeout "${E2E_TIMEOUT:-300}" python3 benchmarks/e2e.py --device cuda --models sd15 --compile inductor \
+      --json "$OUT/e2e_cuda_compiled.json" 2>&1 | tee "$OUT/e2e_compiled.log" | tail -12
+  else
+    timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | \
+      tee "$OUT/e2e.log" | tail -12
   fi
+  echo "e2e: $(( $(date +%s) - t0 )) s"
 fi
