@@ -40,8 +40,9 @@ constexpr int kThreads = 256;
 // XL while float32 reached 1.03-1.06x. The steps (4-5 inputs) already move enough and keep 16 (doubling
 // theirs doubles their registers to ~125 a thread).
 constexpr int kMinItems = 16;
-template <class F> constexpr int items_of() { return sizeof(typename F::Elem) == 2 && F::NI <= 3 ? 32 : kMinItems; }
-template <class F> constexpr int64_t chunk_of() { return int64_t(kThreads) * items_of<F>(); }  // elements per block
+// (variable templates, not constexpr functions: device code may read these without --expt-relaxed-constexpr)
+template <class F> constexpr int kItemsOf = sizeof(typename F::Elem) == 2 && F::NI <= 3 ? 32 : kMinItems;
+template <class F> constexpr int64_t kChunkOf = int64_t(kThreads) * kItemsOf<F>;  // elements per block
 constexpr int kEpiThreads = 1024;                 // the single-block epilogue
 
 inline void check(cudaError_t e, const char* what) {
@@ -95,8 +96,8 @@ template <class A, class F> __device__ __forceinline__ void write_partials(const
 // Scalar version: any D and alignment (element i0 + k * kThreads + threadIdx.x per item).
 template <class A, class F>
 __global__ void __launch_bounds__(kThreads) chunk_kernel(F f, int64_t D, int64_t nchunks, int64_t tasks, A* partial) {
-  constexpr int N = F::NOUT, kItems = items_of<F>();
-  constexpr int64_t kChunk = chunk_of<F>();
+  constexpr int N = F::NOUT, kItems = kItemsOf<F>;
+  constexpr int64_t kChunk = kChunkOf<F>;
   const int64_t t = blockIdx.x;
   const int64_t b = t / nchunks, c = t % nchunks;
   const auto row = f.row(b);
@@ -118,8 +119,8 @@ template <class A, class F>
 __global__ void __launch_bounds__(kThreads) chunk_kernel_vec(F f, int64_t D, int64_t nchunks, int64_t tasks,
                                                              A* partial) {
   using T = typename F::Elem;
-  constexpr int N = F::NOUT, kItems = items_of<F>(), V = Pack<T>::V, P = kItems / V;
-  constexpr int64_t kChunk = chunk_of<F>();
+  constexpr int N = F::NOUT, kItems = kItemsOf<F>, V = Pack<T>::V, P = kItems / V;
+  constexpr int64_t kChunk = kChunkOf<F>;
   constexpr int NI = F::NI > 0 ? F::NI : 1, NO = F::NO > 0 ? F::NO : 1;
   static_assert(kItems % V == 0, "kItems must be a multiple of the pack size");
   const int64_t t = blockIdx.x;
@@ -283,7 +284,7 @@ struct Work {  // carve the caller's workspace: partials [4][tasks], then row su
 
 // Launches f over B rows of D elements; returns the chunks per row, which the epilogue sums.
 template <class A, class F> int64_t launch_chunks(const F& f, int64_t B, int64_t D, void* ws, cudaStream_t s) {
-  const int64_t nchunks = num_chunks(D, chunk_of<F>()), tasks = B * nchunks;
+  const int64_t nchunks = num_chunks(D, kChunkOf<F>), tasks = B * nchunks;
   if (tasks > 0x7fffffffLL) throw std::runtime_error("diffalign CUDA: tensor too large for one launch");
   if (vectorizable(f, D))
     chunk_kernel_vec<A, F><<<dim3(unsigned(tasks)), kThreads, 0, s>>>(f, D, nchunks, tasks, Work::partial<A>(ws));
