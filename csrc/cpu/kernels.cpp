@@ -78,8 +78,8 @@ template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
 
 template <class T> void kl_impl(const KlArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  auto sums = kl_generic(a) ? run_rows<A>(make_kl_forward<T, true>(a), a.B, a.D)
+                            : run_rows<A>(make_kl_forward<T, false>(a), a.B, a.D);
   const A scale = reduction_scale<A>(a.reduction, a.D);
   A* out = static_cast<A*>(a.out);
   for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
@@ -88,8 +88,8 @@ template <class T> void kl_impl(const KlArgs& a) {
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
-  auto sums = kl_backward_generic(a) ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
-                                     : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D);
+  auto sums = kl_generic(a) ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
+                            : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D);
   store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
   if (!same) store_std_grad<A>(sums.data() + a.B, a.B, a.s2.layout, a.gs2);
 }

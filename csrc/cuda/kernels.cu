@@ -326,8 +326,8 @@ template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cuda
 
 template <class T> void kl_impl(const KlArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = kl_generic(a) ? launch_chunks<A>(make_kl_forward<T, true>(a), a.B, a.D, ws, s)
+                                        : launch_chunks<A>(make_kl_forward<T, false>(a), a.B, a.D, ws, s);
   scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
                                                    Work::rows<A>(ws, a.B * nchunks),
                                                    reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
@@ -338,8 +338,8 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr;
   const bool w1 = a.gs1 != nullptr, w2 = a.gs2 != nullptr && !same;
-  const int64_t nchunks = kl_backward_generic(a) ? launch_chunks<A>(make_kl_backward<T, true>(a), a.B, a.D, ws, s)
-                                                 : launch_chunks<A>(make_kl_backward<T, false>(a), a.B, a.D, ws, s);
+  const int64_t nchunks = kl_generic(a) ? launch_chunks<A>(make_kl_backward<T, true>(a), a.B, a.D, ws, s)
+                                        : launch_chunks<A>(make_kl_backward<T, false>(a), a.B, a.D, ws, s);
   const bool r1 = w1 && a.s1.layout != kFull, r2 = w2 && a.s2.layout != kFull;
   if (r1 || r2) {
     std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),

@@ -23,16 +23,17 @@ template <class T, class A = typename AccOf<T>::type> LogprobBwd<T, A> make_func
           want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
 }
 
-template <class T, class A = typename AccOf<T>::type> KlFwd<T, A> make_functor(const KlArgs& a) {
+// Whether a KL pass (KlArgs or KlBwdArgs) needs its per-element std instantiation (some std has the
+// full layout); the backends pick make_kl_forward / make_kl_backward<T, G> by it.
+template <class Args> bool kl_generic(const Args& a) {
   const bool same = a.s2.p == nullptr;  // no ref_std: both distributions share std
-  return {static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
-          same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
+  return a.s1.layout == kFull || (!same && a.s2.layout == kFull);
 }
 
-// Whether the KL backward needs its per-element std instantiation (some std has the full layout).
-inline bool kl_backward_generic(const KlBwdArgs& a) {
+template <class T, bool G, class A = typename AccOf<T>::type> KlFwd<T, A, G> make_kl_forward(const KlArgs& a) {
   const bool same = a.s2.p == nullptr;
-  return a.s1.layout == kFull || (!same && a.s2.layout == kFull);
+  return {static_cast<const T*>(a.m1), static_cast<const T*>(a.m2), std_arg<A>(a.s1),
+          same ? std_arg<A>(a.s1) : std_arg<A>(a.s2), same};
 }
 template <class T, bool G, class A = typename AccOf<T>::type> KlBwd<T, A, G> make_kl_backward(const KlBwdArgs& a) {
   const bool same = a.s2.p == nullptr;

@@ -235,7 +235,11 @@ template <class T, class A> struct LogprobBwd {
   }
 };
 
-template <class T, class A> struct KlFwd {
+// G: some std has the full layout (read per element). Otherwise, with per-row stds,
+// KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2, and the element loop is a multiply-add.
+// G is a template parameter, as in KlBwd: with both paths in one loop the CPU compiler vectorised
+// neither (this forward was 10% slower than the log-prob's on 2 CPU cores; now they match).
+template <class T, class A, bool G> struct KlFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = 1, NI = 2, NO = 0;
@@ -243,12 +247,10 @@ template <class T, class A> struct KlFwd {
   const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
   DA_HD const T* in(int i) const { return i == 0 ? m1 : m2; }
   DA_HD T* out(int) const { return nullptr; }
-  // with per-row stds, KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2
-  struct Row { bool generic; A c0, half_inv_var2; };
+  struct Row { A c0, half_inv_var2; };
   DA_HD Row row(int64_t b) const {
-    Row r{};
-    r.generic = s1.layout == kFull || (!same_std && s2.layout == kFull);
-    if (!r.generic) {
+    Row r{A(0), A(0)};
+    if constexpr (!G) {
       A a = s1.at(b, 0), c = same_std ? a : s2.at(b, 0);
       r.half_inv_var2 = A(0.5) / (c * c);
       r.c0 = same_std ? A(0) : dlog(c / a) + a * a * r.half_inv_var2 - A(0.5);
@@ -257,10 +259,13 @@ template <class T, class A> struct KlFwd {
   }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
     A d = v[0] - v[1];
-    if (!r.generic) { acc[0] += r.c0 + d * d * r.half_inv_var2; return; }
-    A a = s1.at(b, idx);
-    if (same_std) acc[0] += d * d / (A(2) * a * a);
-    else acc[0] += gaussian_kl_elem<A>(v[0], v[1], a, s2.at(b, idx));
+    if constexpr (!G) {
+      acc[0] += r.c0 + d * d * r.half_inv_var2;
+    } else {
+      A a = s1.at(b, idx);
+      if (same_std) acc[0] += d * d / (A(2) * a * a);
+      else acc[0] += gaussian_kl_elem<A>(v[0], v[1], a, s2.at(b, idx));
+    }
   }
 };
 
