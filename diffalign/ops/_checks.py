@@ -61,8 +61,8 @@ _LIST_CHECK_MAX = 64
 def _all_values(t: torch.Tensor, ok) -> bool:
     """Whether ok(v) holds for every value of t; ok takes floats or tensors (NaN fails comparisons)."""
     if t.device.type == "cpu" and t.numel() <= _LIST_CHECK_MAX:
-        values = t.tolist() if t.dim() <= 1 else t.reshape(-1).tolist()
-        return all(map(ok, values)) if t.dim() else bool(ok(values))
+        values = t.reshape(-1).tolist() if t.dim() > 1 else t.tolist()
+        return all(map(ok, values if t.dim() else [values]))
     return bool(ok(t).all())
 
 
@@ -70,10 +70,9 @@ def _positive(v):
     return v > 0
 
 
-_UNIT_TESTS = {  # (closed_low, closed_high) -> membership test of the unit interval, for floats or tensors
-    (True, True): lambda v: (v >= 0) & (v <= 1), (True, False): lambda v: (v >= 0) & (v < 1),
-    (False, True): lambda v: (v > 0) & (v <= 1), (False, False): lambda v: (v > 0) & (v < 1),
-}
+def _in_unit_interval(v, closed_low: bool, closed_high: bool):
+    """Membership of the unit interval, for a float or elementwise for a tensor."""
+    return ((v >= 0) if closed_low else (v > 0)) & ((v <= 1) if closed_high else (v < 1))
 
 
 def check_tensor(name: str, t, *, batch_dim: bool = True) -> None:
@@ -142,7 +141,7 @@ def check_per_sample(name: str, a, like: torch.Tensor, like_name: str) -> None:
 def check_in_unit_interval(name: str, a: torch.Tensor, *, closed_low: bool, closed_high: bool) -> None:
     if not _want_value_check(a):
         return
-    if not _all_values(a, _UNIT_TESTS[closed_low, closed_high]):
+    if not _all_values(a, lambda v: _in_unit_interval(v, closed_low, closed_high)):
         lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
         raise ValueError(f"{name} must lie in {lo}0, 1{hi}; got min {float(a.min()):.4g}, max {float(a.max()):.4g}")
 
