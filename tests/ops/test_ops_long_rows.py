@@ -128,3 +128,31 @@ def test_steps_long_rows(device, dtype, shape, misaligned):
         lambda m, s, p: ops.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, prev_sample=p).log_prob,
         lambda m, s, p: R.flow_sde_step_with_logprob(m, s, sigma, sigma - 0.05, 0.7, p, None)[1],
         [model, sample, prev], dtype, "flow log_prob")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_results_do_not_depend_on_thread_count(dtype):
+    """The CPU kernels sum each row in fixed chunks and fixed lanes, then combine in a fixed order: one
+    thread and two give bit-identical values and gradients (rows long enough for several tasks)."""
+    shape = (4, 3 * 16384 + 37)
+    x = _input(shape, dtype, "cpu", 10, False)
+    mean = _input(shape, dtype, "cpu", 11, False, requires_grad=True)
+    std = torch.linspace(0.5, 1.5, shape[0], dtype=torch.float64).requires_grad_()
+    target = _input(shape, dtype, "cpu", 12, False)
+
+    def run():
+        outs = [ops.gaussian_logprob(x, mean, std), ops.gaussian_kl(mean, x, std),
+                ops.diffusion_dpo_loss(mean, x, target, beta=50.0)]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [mean, std])
+        return [o.detach() for o in outs] + list(grads)
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
