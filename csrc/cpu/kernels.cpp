@@ -13,12 +13,20 @@ namespace {
 constexpr int64_t kChunk = 1 << 14;  // elements per task: big enough to amortise, small to balance
 constexpr int kLanes = 16;          // partial sums per accumulator (run_range)
 
+template <class A> A sum_lanes(const A (&lane)[kLanes]) {
+  A s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
 // Runs f over elements [i0, i1) of row b; returns the sums of its NOUT (at most two) accumulators.
 // Each accumulator is kept as kLanes partial sums, element idx going to lane (idx - i0) % kLanes, and
 // the lanes are added in a fixed order, so the result depends on neither the thread count nor the
 // machine. One running sum per accumulator was a chain of dependent adds (one add latency, ~4 cycles,
 // per element); `omp simd reduction` did not help: GCC privatises the functor's accumulator array per
-// simd lane and then leaves the loop scalar. This plain lane loop GCC vectorises.
+// simd lane and then leaves the loop scalar. This plain lane loop GCC vectorises. (What else keeps a
+// loop here scalar: a per-element branch on a runtime flag or on a nullable pointer. So the functors
+// take such choices as template parameters: G for a full std layout, S for scoring a step.)
 template <class A, class F>
 std::pair<A, A> run_range(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
   static_assert(F::NOUT <= 2, "run_rows sums at most two accumulators");
@@ -43,12 +51,7 @@ std::pair<A, A> run_range(const F& f, const typename F::Row& row, int64_t b, int
       lane0[l] += one[0];
       lane1[l] += one[1];
     }
-    A s0 = 0, s1 = 0;
-    for (int l = 0; l < kLanes; ++l) {
-      s0 += lane0[l];
-      s1 += lane1[l];
-    }
-    return {s0, s1};
+    return {sum_lanes(lane0), sum_lanes(lane1)};
   }
 }
 
@@ -98,8 +101,8 @@ template <class A> void store_std_grad(const A* row_sums, int64_t B, int layout,
 
 template <class T> void logprob_impl(const LogprobArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  auto sums = logprob_generic(a) ? run_rows<A>(make_logprob_forward<T, true>(a), a.B, a.D)
+                                  : run_rows<A>(make_logprob_forward<T, false>(a), a.B, a.D);
   const A scale = reduction_scale<A>(a.reduction, a.D);
   A* out = static_cast<A*>(a.out);
   for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
@@ -107,8 +110,8 @@ template <class T> void logprob_impl(const LogprobArgs& a) {
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  auto sums = logprob_generic(a) ? run_rows<A>(make_logprob_backward<T, true>(a), a.B, a.D)
+                                  : run_rows<A>(make_logprob_backward<T, false>(a), a.B, a.D);
   store_std_grad<A>(sums.data(), a.B, a.std.layout, a.gstd);
 }
 
@@ -183,12 +186,14 @@ template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
 
 template <class T> void step_impl(const StepArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  auto sums = step_scoring(a) ? run_rows<A>(make_step_forward<T, true>(a), a.B, a.D)
+                              : run_rows<A>(make_step_forward<T, false>(a), a.B, a.D);
   A* lp = static_cast<A*>(a.log_prob);
   A* std_out = static_cast<A*>(a.std_out);
   for (int64_t b = 0; b < a.B; ++b) {
-    const A s = f.row(b).c.std;
+    const int64_t j = a.per_sample ? b : 0;
+    const A s = step_coefficients<A>(a.mode, static_cast<const A*>(a.p0)[j], static_cast<const A*>(a.p1)[j],
+                                     A(a.param)).std;
     std_out[b] = s;
     lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
   }
@@ -196,8 +201,8 @@ template <class T> void step_impl(const StepArgs& a) {
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  run_rows<A>(f, a.B, a.D);
+  if (step_scoring(a)) run_rows<A>(make_step_backward<T, true>(a), a.B, a.D);
+  else run_rows<A>(make_step_backward<T, false>(a), a.B, a.D);
 }
 
 }  // namespace

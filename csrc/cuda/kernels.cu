@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "diffalign/dtypes.h"
 
@@ -37,11 +38,15 @@ constexpr int kThreads = 256;
 // element inputs take 32 instead of 16, so that a block moves about as many bytes as in float32: with 16
 // items their blocks moved half the bytes for the same fixed cost (row set-up, block reduction, partial
 // write), and on an H100 the bfloat16 log-prob and KL passes sat at 1.3-1.7x of the memory roofline at
-// XL while float32 reached 1.03-1.06x. The steps (4-5 inputs) already move enough and keep 16 (doubling
-// theirs doubles their registers to ~125 a thread).
+// XL while float32 reached 1.03-1.06x. The steps (3-4 inputs, up to 3 outputs) already move enough and
+// keep 16 (doubling theirs doubled their registers to ~125 a thread).
 constexpr int kMinItems = 16;
 // (variable templates, not constexpr functions: device code may read these without --expt-relaxed-constexpr)
-template <class F> constexpr int kItemsOf = sizeof(typename F::Elem) == 2 && F::NI <= 3 ? 32 : kMinItems;
+template <class F> struct IsStep : std::false_type {};
+template <class T, class A, bool S> struct IsStep<StepFwd<T, A, S>> : std::true_type {};
+template <class T, class A, bool S> struct IsStep<StepBwd<T, A, S>> : std::true_type {};
+template <class F>
+constexpr int kItemsOf = sizeof(typename F::Elem) == 2 && F::NI <= 3 && !IsStep<F>::value ? 32 : kMinItems;
 template <class F> constexpr int64_t kChunkOf = int64_t(kThreads) * kItemsOf<F>;  // elements per block
 constexpr int kEpiThreads = 1024;                 // the single-block epilogue
 
@@ -304,8 +309,8 @@ template <class A, class F> int64_t launch_chunks(const F& f, int64_t B, int64_t
 
 template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = logprob_generic(a) ? launch_chunks<A>(make_logprob_forward<T, true>(a), a.B, a.D, ws, s)
+                                             : launch_chunks<A>(make_logprob_forward<T, false>(a), a.B, a.D, ws, s);
   scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
                                                    Work::rows<A>(ws, a.B * nchunks),
                                                    reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
@@ -314,9 +319,9 @@ template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
   const bool want_std = a.gstd != nullptr;
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = logprob_generic(a) ? launch_chunks<A>(make_logprob_backward<T, true>(a), a.B, a.D, ws, s)
+                                             : launch_chunks<A>(make_logprob_backward<T, false>(a), a.B, a.D, ws, s);
   if (want_std && a.std.layout != kFull) {
     std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                                    a.std.layout, static_cast<A*>(a.gstd), kFull, nullptr);
@@ -384,8 +389,8 @@ template <class T> void kto_bwd_impl(const KtoBwdArgs& a, void* ws, cudaStream_t
 
 template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const int64_t nchunks = step_scoring(a) ? launch_chunks<A>(make_step_forward<T, true>(a), a.B, a.D, ws, s)
+                                          : launch_chunks<A>(make_step_forward<T, false>(a), a.B, a.D, ws, s);
   step_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                              a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1),
                                              a.per_sample, A(a.param), A(1) / A(a.D), static_cast<A*>(a.log_prob),
@@ -395,8 +400,8 @@ template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  launch_chunks<A>(f, a.B, a.D, ws, s);
+  if (step_scoring(a)) launch_chunks<A>(make_step_backward<T, true>(a), a.B, a.D, ws, s);
+  else launch_chunks<A>(make_step_backward<T, false>(a), a.B, a.D, ws, s);
 }
 
 }  // namespace

@@ -11,16 +11,21 @@ namespace diffalign {
 template <class A> StdArg<A> std_arg(StdView v) { return {static_cast<const A*>(v.p), v.layout}; }
 template <class A> A reduction_scale(int reduction, int64_t D) { return reduction == kMean ? A(1) / A(D) : A(1); }
 
-template <class T, class A = typename AccOf<T>::type> LogprobFwd<T, A> make_functor(const LogprobArgs& a) {
+// Whether a log-prob pass reads its std per element; the backends pick make_logprob_forward /
+// make_logprob_backward<T, G> by it.
+template <class Args> bool logprob_generic(const Args& a) { return a.std.layout == kFull; }
+
+template <class T, bool G, class A = typename AccOf<T>::type>
+LogprobFwd<T, A, G> make_logprob_forward(const LogprobArgs& a) {
   return {static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std)};
 }
 
-template <class T, class A = typename AccOf<T>::type> LogprobBwd<T, A> make_functor(const LogprobBwdArgs& a) {
-  const bool want_std = a.gstd != nullptr;
+template <class T, bool G, class A = typename AccOf<T>::type>
+LogprobBwd<T, A, G> make_logprob_backward(const LogprobBwdArgs& a) {
   return {static_cast<const A*>(a.grad), a.grad_stride, reduction_scale<A>(a.reduction, a.D),
           static_cast<const T*>(a.x), static_cast<const T*>(a.mean), std_arg<A>(a.std),
-          static_cast<T*>(a.gx), static_cast<T*>(a.gm),
-          want_std && a.std.layout == kFull ? static_cast<A*>(a.gstd) : nullptr, want_std};
+          static_cast<T*>(a.gx), static_cast<T*>(a.gm), G ? static_cast<A*>(a.gstd) : nullptr,
+          a.gstd != nullptr};
 }
 
 // Whether a KL pass (KlArgs or KlBwdArgs) needs its per-element std instantiation (some std has the
@@ -62,13 +67,18 @@ template <class T, class A = typename AccOf<T>::type> KtoBwd<T, A> make_functor(
           static_cast<const T*>(a.target), static_cast<T*>(a.gmodel)};
 }
 
-template <class T, class A = typename AccOf<T>::type> StepFwd<T, A> make_functor(const StepArgs& a) {
+// Whether a step pass scores a given prev_sample (rather than drawing one); the backends pick
+// make_step_forward / make_step_backward<T, S> by it.
+inline bool step_scoring(const StepArgs& a) { return a.prev_in != nullptr; }
+inline bool step_scoring(const StepBwdArgs& a) { return a.prev_in != nullptr; }
+
+template <class T, bool S, class A = typename AccOf<T>::type> StepFwd<T, A, S> make_step_forward(const StepArgs& a) {
   return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),
-          static_cast<const T*>(a.model), static_cast<const T*>(a.sample), static_cast<const T*>(a.prev_in),
-          static_cast<const T*>(a.noise), static_cast<T*>(a.prev_out), static_cast<T*>(a.mean_out)};
+          static_cast<const T*>(a.model), static_cast<const T*>(a.sample),
+          static_cast<const T*>(S ? a.prev_in : a.noise), static_cast<T*>(a.mean_out), static_cast<T*>(a.prev_out)};
 }
 
-template <class T, class A = typename AccOf<T>::type> StepBwd<T, A> make_functor(const StepBwdArgs& a) {
+template <class T, bool S, class A = typename AccOf<T>::type> StepBwd<T, A, S> make_step_backward(const StepBwdArgs& a) {
   return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param), A(1) / A(a.D),
           static_cast<const T*>(a.grad_prev), static_cast<const A*>(a.grad_lp), a.grad_lp_stride,
           static_cast<const T*>(a.grad_mean),

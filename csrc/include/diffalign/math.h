@@ -160,8 +160,8 @@ template <int I, class F, class A> DA_HD void store_out(const F& f, int64_t idx,
 template <class F, class A, int... I> DA_HD void load_all(const F& f, int64_t idx, A* v, std::integer_sequence<int, I...>) {
   ((v[I] = load_in<I, F, A>(f, idx)), ...);
 }
-template <class F, class A, int... I> DA_HD void store_all(const F& f, int64_t idx, const A* o,
-                                                           std::integer_sequence<int, I...>) {
+template <class F, class A, int... I> DA_HD void store_all(const F& f, [[maybe_unused]] int64_t idx,
+                                                           [[maybe_unused]] const A* o, std::integer_sequence<int, I...>) {
   (store_out<I, F, A>(f, idx, o[I]), ...);
 }
 template <class F, class A>
@@ -191,7 +191,10 @@ template <class A> DA_HD StdRow<A> std_row(const StdArg<A>& std, int64_t b) {
   return r;
 }
 
-template <class T, class A> struct LogprobFwd {
+// G: the std has the full layout (read per element); otherwise the per-element work is a multiply-add
+// with row constants. G is a template parameter (as in KlFwd / KlBwd) so that the common instantiation
+// holds no per-element std code: with both paths in one loop the CPU compiler vectorised neither.
+template <class T, class A, bool G> struct LogprobFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = 1, NI = 2, NO = 0;
@@ -202,15 +205,19 @@ template <class T, class A> struct LogprobFwd {
   using Row = StdRow<A>;
   DA_HD Row row(int64_t b) const { return std_row<A>(std, b); }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
-    if (r.full) { acc[0] += gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx)); return; }
-    A d = v[0] - v[1];
-    acc[0] += -d * d * r.half_inv_var - r.log_norm;
+    if constexpr (G) {
+      acc[0] += gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx));
+    } else {
+      A d = v[0] - v[1];
+      acc[0] += -d * d * r.half_inv_var - r.log_norm;
+    }
   }
 };
 
-// Gradients of the reduced log-prob; gx, gm may be null; std gradient goes to gstd_full (full
-// layout) or is summed per row into acc[0] (scalar / per-row layouts).
-template <class T, class A> struct LogprobBwd {
+// Gradients of the reduced log-prob; gx, gm may be null. G: full std layout, its gradient written per
+// element to gstd_full; otherwise the std gradient is summed per row into acc[0] (affine in d^2 there:
+// gs = k + q d^2, so the element loop only multiplies).
+template <class T, class A, bool G> struct LogprobBwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 3u;  // optional (nullable) in / out
   static constexpr int NOUT = 1, NI = 2, NO = 2;
@@ -218,19 +225,31 @@ template <class T, class A> struct LogprobBwd {
   T* gx; T* gm; A* gstd_full; bool want_std;
   DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
   DA_HD T* out(int i) const { return i == 0 ? gx : gm; }
-  struct Row { StdRow<A> s; A g; };
-  DA_HD bool reduces() const { return want_std && !gstd_full; }
-  DA_HD Row row(int64_t b) const { return {std_row<A>(std, b), grad[b * grad_stride] * scale}; }
+  struct Row { A g, inv_var, k, q; };
+  DA_HD bool reduces() const { return want_std && !G; }
+  DA_HD Row row(int64_t b) const {
+    Row r{grad[b * grad_stride] * scale, A(0), A(0), A(0)};
+    if constexpr (!G) {
+      const A s = std.at(b, 0);
+      r.inv_var = A(1) / (s * s);
+      r.k = want_std ? -r.g / s : A(0);               // d/ds of -log s
+      r.q = want_std ? r.g * r.inv_var / s : A(0);     // d/ds of -d^2 / (2 s^2)
+    }
+    return r;
+  }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A* o, A* acc) const {
-    A s = r.s.full ? std.at(b, idx) : r.s.s;
-    A inv_s2 = r.s.full ? A(1) / (s * s) : r.s.inv_var;
-    A d = v[0] - v[1];
-    A gdx = -d * inv_s2 * r.g;
-    o[0] = gdx;
-    o[1] = -gdx;
-    if (want_std) {
-      A gs = (d * d * inv_s2 - A(1)) / s * r.g;
-      if (gstd_full) gstd_full[idx] = gs; else acc[0] += gs;
+    const A d = v[0] - v[1];
+    if constexpr (G) {
+      const A s = std.at(b, idx), inv_s2 = A(1) / (s * s);
+      const A gdx = -d * inv_s2 * r.g;
+      o[0] = gdx;
+      o[1] = -gdx;
+      if (gstd_full) gstd_full[idx] = (d * d * inv_s2 - A(1)) / s * r.g;
+    } else {
+      const A gdx = -d * r.inv_var * r.g;
+      o[0] = gdx;
+      o[1] = -gdx;
+      acc[0] += r.k + r.q * d * d;
     }
   }
 };
@@ -312,8 +331,13 @@ template <class T, class A, bool G> struct KlBwd {
     const A gd = d * inv_c2 * r.g;
     o[0] = gd;
     o[1] = -gd;
-    if (want_s1) { if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1; }
-    if (want_s2) { if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2; }
+    if constexpr (G) {
+      if (want_s1) { if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1; }
+      if (want_s2) { if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2; }
+    } else {  // no full layout: both sums, unconditionally (branch-free; unwanted ones are not read)
+      acc[0] += g1;
+      acc[1] += g2;
+    }
   }
 };
 
@@ -380,16 +404,18 @@ template <class T, class A> struct KtoBwd {
 
 // One step x_t -> x_{t-1}: writes mean (and prev_sample unless scoring a given one), sums the log-prob.
 // The log-prob is taken at the prev_sample as stored (rounded to T), so rescoring it later gives
-// exactly the same value. Inputs: model, sample, prev_in (scoring) or noise (drawing).
-template <class T, class A> struct StepFwd {
+// exactly the same value. S (scoring): inputs model, sample, prev_in; output mean. Otherwise
+// (drawing): inputs model, sample, noise; outputs prev_sample, mean. The two cases are separate
+// instantiations with nothing optional, so neither backend tests a pointer per element.
+template <class T, class A, bool S> struct StepFwd {
   using Elem = T;
-  static constexpr unsigned kOptIn = 0b1100u, kOptOut = 0b01u;  // optional (nullable) in / out
-  static constexpr int NOUT = 1, NI = 4, NO = 2;
+  static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
+  static constexpr int NOUT = 1, NI = 3, NO = S ? 1 : 2;
   DA_HD bool reduces() const { return true; }
   int mode; const A* p0; const A* p1; int per_sample; A param;
-  const T* model; const T* sample; const T* prev_in; const T* noise; T* prev_out; T* mean_out;
-  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? sample : (i == 2 ? prev_in : noise)); }
-  DA_HD T* out(int i) const { return i == 0 ? prev_out : mean_out; }
+  const T* model; const T* sample; const T* prev_or_noise; T* mean_out; T* prev_out;
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? sample : prev_or_noise); }
+  DA_HD T* out(int i) const { return i == 0 ? mean_out : prev_out; }
   struct Row { StepCoef<A> c; A half_inv_var, log_norm; };
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
@@ -401,49 +427,55 @@ template <class T, class A> struct StepFwd {
     return r;
   }
   DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A* acc) const {
-    A mu = r.c.cx * v[1] + r.c.cm * v[0];
-    o[1] = mu;
-    // rounding the drawn sample to T here (and storing that exact value) keeps rescoring exact
-    A prev = prev_in ? v[2] : to_acc<A>(from_acc<T>(mu + r.c.std * v[3]));
-    o[0] = prev;
-    A d = prev - mu;
+    const A mu = r.c.cx * v[1] + r.c.cm * v[0];
+    o[0] = mu;
+    A prev;
+    if constexpr (S) {
+      prev = v[2];
+    } else {  // rounding the drawn sample to T here (and storing that exact value) keeps rescoring exact
+      prev = to_acc<A>(from_acc<T>(mu + r.c.std * v[2]));
+      o[NO - 1] = prev;
+    }
+    const A d = prev - mu;
     acc[0] += -d * d * r.half_inv_var - r.log_norm;  // both 0 when std = 0: the log-prob is defined as 0
   }
 };
 
-// Backward of a step. With a drawn sample, prev - mean = std * noise does not depend on the inputs,
-// so the log-prob has no gradient and prev_sample's gradient flows straight to the mean.
-// Inputs: grad_prev, grad_mean, model, sample, prev_in; outputs: gmodel, gsample, gprev_in.
-template <class T, class A> struct StepBwd {
+// Backward of a step. S (scoring a given prev_sample): the log-prob's gradient reaches model output,
+// sample and prev_sample; inputs grad_mean (optional), model, sample, prev_in; outputs gmodel, gsample,
+// gprev_in. Drawing: prev - mean = std * noise does not depend on the inputs, so the log-prob has no
+// gradient and prev_sample's flows straight to the mean; inputs grad_prev, grad_mean (both optional:
+// absent reads as 0); outputs gmodel, gsample. Outputs are optional (not wanted: null).
+template <class T, class A, bool S> struct StepBwd {
   using Elem = T;
-  static constexpr unsigned kOptIn = 0b10011u, kOptOut = 0b111u;  // optional (nullable) in / out
-  static constexpr int NOUT = 0, NI = 5, NO = 3;
+  static constexpr unsigned kOptIn = S ? 0b0001u : 0b11u, kOptOut = S ? 0b111u : 0b11u;
+  static constexpr int NOUT = 0, NI = S ? 4 : 2, NO = S ? 3 : 2;
   DA_HD bool reduces() const { return false; }
   int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
   const T* grad_prev; const A* grad_lp; int64_t grad_lp_stride; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
   T* gmodel; T* gsample; T* gprev_in;
   DA_HD const T* in(int i) const {
-    return i == 0 ? grad_prev : (i == 1 ? grad_mean : (i == 2 ? model : (i == 3 ? sample : prev_in)));
+    if constexpr (S) return i == 0 ? grad_mean : (i == 1 ? model : (i == 2 ? sample : prev_in));
+    else return i == 0 ? grad_prev : grad_mean;
   }
   DA_HD T* out(int i) const { return i == 0 ? gmodel : (i == 1 ? gsample : gprev_in); }
   struct Row { StepCoef<A> c; A glp_over_var; };  // d lp / d prev = -(prev - mu) / var * glp
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
     Row r{step_coefficients<A>(mode, p0[j], p1[j], param), A(0)};
-    if (grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b * grad_lp_stride] * inv_d / (r.c.std * r.c.std);
+    if (S && grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b * grad_lp_stride] * inv_d / (r.c.std * r.c.std);
     return r;
   }
   DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
-    A gmu = v[1];  // grad_mean (0 when absent)
-    o[2] = A(0);
-    if (prev_in) {
-      A mu = r.c.cx * v[3] + r.c.cm * v[2];
-      A gp = -(v[4] - mu) * r.glp_over_var;  // d lp / d prev
-      gmu -= gp;
+    A gmu;  // gradient reaching the mean
+    if constexpr (S) {
+      const A mu = r.c.cx * v[2] + r.c.cm * v[1];
+      const A gp = -(v[3] - mu) * r.glp_over_var;  // d lp / d prev
+      gmu = v[0] - gp;
       o[2] = gp;
     } else {
-      gmu += v[0];  // grad_prev (0 when absent)
+      gmu = v[0] + v[1];
     }
     o[0] = r.c.cm * gmu;
     o[1] = r.c.cx * gmu;
