@@ -156,3 +156,40 @@ def test_cpu_results_do_not_depend_on_thread_count(dtype):
         torch.set_num_threads(n)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("wanted", [(True, False), (False, True), (True, True)])
+def test_gradients_for_each_subset_of_inputs(device, dtype, wanted):
+    """Each op's backward writes only the gradients asked for (a nullable output each); the CPU backend
+    compiles one loop per combination of present outputs (and of present incoming gradients for the
+    steps). Every combination must match the float64 reference, on rows of several chunks plus a tail."""
+    shape = (2, 16384 + 40)
+    a = _input(shape, dtype, device, 20, False, requires_grad=wanted[0])
+    b = _input(shape, dtype, device, 21, False, requires_grad=wanted[1])
+    std = torch.tensor([0.7, 1.3], dtype=torch.float64, device=device)
+    per_row = std.view(2, 1)
+    assert_matches_reference(lambda x, m: ops.gaussian_logprob(x, m, std),
+                             lambda x, m: R.gaussian_logprob(x, m, per_row, "mean"), [a, b], dtype, "logprob")
+    assert_matches_reference(lambda x, m: ops.gaussian_kl(x, m, std),
+                             lambda x, m: R.gaussian_kl(x, m, per_row, None, "mean"), [a, b], dtype, "kl")
+    a_t = torch.tensor([0.4, 0.5], dtype=torch.float64, device=device)
+    a_p = torch.tensor([0.6, 0.7], dtype=torch.float64, device=device)
+    prev = _input(shape, dtype, device, 22, False, requires_grad=wanted[0])
+    # scoring: gradients of the log-prob (and of the mean when wanted[1]) to model output, sample, prev
+    assert_matches_reference(
+        lambda m, s, p: (lambda o: o.log_prob + (o.mean.double().mean(dim=1) if wanted[1] else 0))(
+            ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, prev_sample=p)),
+        lambda m, s, p: (lambda o: o[1] + (o[2].mean(dim=1) if wanted[1] else 0))(
+            R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, p, None, "epsilon")),
+        [a, b, prev], dtype, "ddim scoring")
+    # drawing: gradients through prev_sample and / or the mean to model output and sample
+    noise = _input(shape, dtype, device, 23, False)
+    assert_matches_reference(
+        lambda m, s: (lambda o: (o.prev_sample.double().mean(dim=1) if wanted[0] else 0)
+                      + (o.mean.double().mean(dim=1) if wanted[1] else 0))(
+            ops.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, noise=noise)),
+        lambda m, s: (lambda o: (o[0].mean(dim=1) if wanted[0] else 0) + (o[2].mean(dim=1) if wanted[1] else 0))(
+            R.ddim_step_with_logprob(m, s, a_t, a_p, 1.0, None, noise.double(), "epsilon")),
+        [a, b], dtype, "ddim drawing")

@@ -26,10 +26,11 @@ inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); ret
 
 inline float bf16_to_float(bf16_t v) { return bits_to_float(uint32_t(v.bits) << 16); }
 inline bf16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet
-  uint32_t u = float_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{uint16_t((u >> 16) | 0x40)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16_t{uint16_t(u >> 16)};
+  const uint32_t u = float_to_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  // a select, not an early return: the CPU loops that store bfloat16 vectorise only without the branch
+  return bf16_t{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
 }
 
 inline float half_to_float(half_t v) {

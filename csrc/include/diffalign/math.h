@@ -144,18 +144,36 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 template <class T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 
+// Which optional inputs / outputs a functor type is known, at compile time, to have (bit i: in(i) or
+// out(i) is not null). A backend that has looked at the pointers may wrap the functor in KnownPresence,
+// so that its element loop holds no null test (the CPU loops vectorise only without them).
+template <class F> struct PresenceKnown {
+  static constexpr bool value = false;
+  static constexpr unsigned in = 0u, out = 0u;
+};
+template <class F, unsigned In, unsigned Out> struct KnownPresence : F {
+  DA_HD explicit KnownPresence(const F& f) : F(f) {}
+};
+template <class F, unsigned In, unsigned Out> struct PresenceKnown<KnownPresence<F, In, Out>> {
+  static constexpr bool value = true;
+  static constexpr unsigned in = In, out = Out;
+};
+
 // One element, scalar loads and stores. Only the inputs / outputs a functor marks optional (bits of
-// kOptIn / kOptOut) are tested for nullptr, at compile time per index: a test of a required pointer
-// inside the element loop kept the CPU loops from vectorising.
+// kOptIn / kOptOut) are tested for nullptr, at compile time per index (unless their presence is known):
+// a test of a required pointer inside the element loop kept the CPU loops from vectorising.
 template <int I, class F, class A> DA_HD A load_in(const F& f, int64_t idx) {
   const typename F::Elem* p = f.in(I);
-  if constexpr ((F::kOptIn >> I) & 1u) return p ? to_acc<A>(p[idx]) : A(0);
-  else return to_acc<A>(p[idx]);
+  if constexpr (!((F::kOptIn >> I) & 1u)) return to_acc<A>(p[idx]);
+  else if constexpr (!PresenceKnown<F>::value) return p ? to_acc<A>(p[idx]) : A(0);
+  else if constexpr ((PresenceKnown<F>::in >> I) & 1u) return to_acc<A>(p[idx]);
+  else return A(0);
 }
 template <int I, class F, class A> DA_HD void store_out(const F& f, int64_t idx, A v) {
   typename F::Elem* p = f.out(I);
-  if constexpr ((F::kOptOut >> I) & 1u) { if (p) p[idx] = from_acc<typename F::Elem>(v); }
-  else p[idx] = from_acc<typename F::Elem>(v);
+  if constexpr (!((F::kOptOut >> I) & 1u)) p[idx] = from_acc<typename F::Elem>(v);
+  else if constexpr (!PresenceKnown<F>::value) { if (p) p[idx] = from_acc<typename F::Elem>(v); }
+  else if constexpr ((PresenceKnown<F>::out >> I) & 1u) p[idx] = from_acc<typename F::Elem>(v);
 }
 template <class F, class A, int... I> DA_HD void load_all(const F& f, int64_t idx, A* v, std::integer_sequence<int, I...>) {
   ((v[I] = load_in<I, F, A>(f, idx)), ...);
