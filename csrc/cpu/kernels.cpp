@@ -13,7 +13,8 @@ namespace {
 // The element loops are compiled twice, for AVX2 and for the baseline x86-64 (SSE2), and picked at load
 // time by the CPU (GCC function multiversioning): a source build for the build machine's -march would
 // not run on an older cluster node, and on SSE2 alone the 16-bit conversions cost up to 3x. No "fma" in
-// the target: both versions do the same float operations, so results are the same bits on any CPU.
+// the target: both versions do the same float operations in the same order, so they give the same bits
+// (the per-row log / exp come from libm, which picks its own variant by CPU).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define DA_CPU_CLONES __attribute__((target_clones("avx2", "default"), noinline))
 #else
