@@ -69,7 +69,8 @@ DA_CPU_CLONES std::pair<A, A> run_range(const F& f, const typename F::Row& row, 
   }
 }
 
-// Bit i: optional input i present; bit NI + k: optional output k present.
+// Bit i: optional input i; bit NI + k: optional output k. presence_mask: those present in f.
+template <class F> constexpr unsigned kOptionalMask = F::kOptIn | (F::kOptOut << F::NI);
 template <class F> unsigned presence_mask(const F& f) {
   unsigned m = 0u;
   for (int i = 0; i < F::NI; ++i)
@@ -84,8 +85,7 @@ template <class F> unsigned presence_mask(const F& f) {
 // test only for small loop bodies, and the 16-bit loops stayed scalar.
 template <class A, class F, unsigned M>
 std::pair<A, A> run_known(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, unsigned mask) {
-  constexpr unsigned kValid = F::kOptIn | (F::kOptOut << F::NI);
-  if constexpr ((M & ~kValid) == 0u) {
+  if constexpr ((M & ~kOptionalMask<F>) == 0u) {
     if (mask == M)
       return run_range<A>(KnownPresence<F, M & ((1u << F::NI) - 1u), (M >> F::NI)>(f), row, b, i0, i1);
   }
@@ -95,9 +95,8 @@ std::pair<A, A> run_known(const F& f, const typename F::Row& row, int64_t b, int
 
 template <class A, class F>
 std::pair<A, A> run_range_dispatch(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
-  constexpr unsigned kValid = F::kOptIn | (F::kOptOut << F::NI);
-  if constexpr (kValid == 0u) return run_range<A>(f, row, b, i0, i1);
-  else return run_known<A, F, kValid>(f, row, b, i0, i1, presence_mask(f));
+  if constexpr (kOptionalMask<F> == 0u) return run_range<A>(f, row, b, i0, i1);
+  else return run_known<A, F, kOptionalMask<F>>(f, row, b, i0, i1, presence_mask(f));
 }
 
 // Runs f over every element; returns the per-row sums of its NOUT accumulators as sums[k * B + b].
@@ -231,17 +230,18 @@ template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
 
 template <class T> void step_impl(const StepArgs& a) {
   using A = typename AccOf<T>::type;
-  auto sums = step_scoring(a) ? run_rows<A>(make_step_forward<T, true>(a), a.B, a.D)
-                              : run_rows<A>(make_step_forward<T, false>(a), a.B, a.D);
-  A* lp = static_cast<A*>(a.log_prob);
-  A* std_out = static_cast<A*>(a.std_out);
-  for (int64_t b = 0; b < a.B; ++b) {
-    const int64_t j = a.per_sample ? b : 0;
-    const A s = step_coefficients<A>(a.mode, static_cast<const A*>(a.p0)[j], static_cast<const A*>(a.p1)[j],
-                                     A(a.param)).std;
-    std_out[b] = s;
-    lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
-  }
+  auto run = [&](const auto& f) {
+    auto sums = run_rows<A>(f, a.B, a.D);
+    A* lp = static_cast<A*>(a.log_prob);
+    A* std_out = static_cast<A*>(a.std_out);
+    for (int64_t b = 0; b < a.B; ++b) {
+      const A s = f.row(b).c.std;
+      std_out[b] = s;
+      lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
+    }
+  };
+  if (step_scoring(a)) run(make_step_forward<T, true>(a));
+  else run(make_step_forward<T, false>(a));
 }
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a) {

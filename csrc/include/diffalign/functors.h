@@ -69,8 +69,7 @@ template <class T, class A = typename AccOf<T>::type> KtoBwd<T, A> make_functor(
 
 // Whether a step pass scores a given prev_sample (rather than drawing one); the backends pick
 // make_step_forward / make_step_backward<T, S> by it.
-inline bool step_scoring(const StepArgs& a) { return a.prev_in != nullptr; }
-inline bool step_scoring(const StepBwdArgs& a) { return a.prev_in != nullptr; }
+template <class Args> bool step_scoring(const Args& a) { return a.prev_in != nullptr; }
 
 template <class T, bool S, class A = typename AccOf<T>::type> StepFwd<T, A, S> make_step_forward(const StepArgs& a) {
   return {a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1), a.per_sample, A(a.param),

@@ -191,24 +191,6 @@ DA_HD void elem(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A*
   store_all(f, idx, o, std::make_integer_sequence<int, F::NO>{});
 }
 
-// Row contexts precompute what depends on the row only (1/std^2, log std): with a scalar or per-row
-// std the per-element work is a few multiply-adds, no division and no log.
-template <class A> struct StdRow {
-  A s, inv_var, half_inv_var, log_norm;  // log_norm = log(s) + log(sqrt(2 pi))
-  bool full;
-};
-template <class A> DA_HD StdRow<A> std_row(const StdArg<A>& std, int64_t b) {
-  StdRow<A> r{};
-  r.full = std.layout == kFull;
-  if (!r.full) {
-    r.s = std.at(b, 0);
-    r.inv_var = A(1) / (r.s * r.s);
-    r.half_inv_var = A(0.5) * r.inv_var;
-    r.log_norm = dlog(r.s) + A(kLogSqrt2Pi);
-  }
-  return r;
-}
-
 // G: the std has the full layout (read per element); otherwise the per-element work is a multiply-add
 // with row constants. G is a template parameter (as in KlFwd / KlBwd) so that the common instantiation
 // holds no per-element std code: with both paths in one loop the CPU compiler vectorised neither.
@@ -220,8 +202,17 @@ template <class T, class A, bool G> struct LogprobFwd {
   const T* x; const T* mean; StdArg<A> std;
   DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
   DA_HD T* out(int) const { return nullptr; }
-  using Row = StdRow<A>;
-  DA_HD Row row(int64_t b) const { return std_row<A>(std, b); }
+  // with a scalar or per-row std: no division and no log per element
+  struct Row { A half_inv_var, log_norm; };  // log_norm = log(s) + log(sqrt(2 pi))
+  DA_HD Row row(int64_t b) const {
+    Row r{A(0), A(0)};
+    if constexpr (!G) {
+      const A s = std.at(b, 0);
+      r.half_inv_var = A(0.5) / (s * s);
+      r.log_norm = dlog(s) + A(kLogSqrt2Pi);
+    }
+    return r;
+  }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
     if constexpr (G) {
       acc[0] += gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx));
