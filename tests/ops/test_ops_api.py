@@ -1,5 +1,5 @@
 """Registration-level checks of the compiled ops: gradcheck in float64, torch.library.opcheck,
-torch.compile(fullgraph=True), CUDA-graph capture, the reference fallback, and bad-input errors."""
+torch.compile(fullgraph=True), compiled autograd, CUDA-graph capture, the reference fallback, and bad-input errors."""
 import os
 import subprocess
 import sys
@@ -109,6 +109,30 @@ def test_torch_compile_fullgraph_without_graph_breaks(case):
     expected_grads = torch.autograd.grad(fn(*inputs).sum(), inputs)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e)
+
+
+@requires_ext
+@pytest.mark.parametrize("case", range(10))
+def test_compiled_autograd_traces_the_backward_ops(case):
+    """The backward under compiled autograd (torch._dynamo.config.compiled_autograd, as FSDP2 training
+    uses it) gives eager's gradients: each op's autograd node supports being captured."""
+    from torch._dynamo.utils import counters
+
+    name, fn, inputs = _cases()[case]
+    expected = torch.autograd.grad(fn(*inputs).sum(), inputs)
+
+    def train():
+        fn(*inputs).sum().backward()
+
+    torch._dynamo.reset()
+    counters.clear()
+    for t in inputs:
+        t.grad = None
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(train, backend="aot_eager")()
+    assert counters["compiled_autograd"]["captures"] >= 1, name
+    for t, e in zip(inputs, expected):
+        torch.testing.assert_close(t.grad, e)
 
 
 @requires_ext
