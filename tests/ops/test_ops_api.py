@@ -126,8 +126,6 @@ def test_compiled_autograd_traces_the_backward_ops(case):
 
     torch._dynamo.reset()
     counters.clear()
-    for t in inputs:
-        t.grad = None
     with torch._dynamo.config.patch(compiled_autograd=True):
         torch.compile(train, backend="aot_eager")()
     assert counters["compiled_autograd"]["captures"] >= 1, name
