@@ -2,7 +2,7 @@
 # The one prepared check for a lent GPU machine (python3 with a CUDA torch, nvcc, ninja, no internet):
 # build the extension there, run the op tests on the GPU, run the kernel and end-to-end benchmarks,
 # print the tables. Results land in $OUT (the device tool brings that folder back) or /tmp/diffalign-gpu.
-#   bash benchmarks/gpu_check.sh [extra args for benchmarks/kernels.py]
+#   bash benchmarks/gpu_check.sh [extra args for benchmarks/bench_ops.py]
 # Environment:
 #   STAGES            comma-separated subset of tests,kernels,e2e (default: all three, in that order);
 #                     the build always runs first, unless a carried build is reused
@@ -61,7 +61,7 @@ if stage tests; then
 fi
 if stage kernels; then
   t0=$(date +%s)
-  timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/kernels.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | \
+  timeout "${KERNELS_TIMEOUT:-300}" python3 benchmarks/bench_ops.py --device cuda --json "$OUT/kernels_cuda.json" "$@" 2>&1 | \
     tee "$OUT/bench.log" | sed -n '/^op /,$p'
   echo "kernels: $(( $(date +%s) - t0 )) s"
 fi
@@ -69,10 +69,10 @@ if stage e2e; then
   t0=$(date +%s)
   if [ "${E2E_COMPILE:-1}" = "1" ]; then
     # inductor compiles the SD1.5 UNet forward and backward first: minutes
-    timeout "${E2E_TIMEOUT:-300}" python3 benchmarks/e2e.py --device cuda --models sd15 --compile inductor \
+    timeout "${E2E_TIMEOUT:-300}" python3 benchmarks/bench_e2e.py --device cuda --models sd15 --compile inductor \
       --json "$OUT/e2e_cuda_compiled.json" 2>&1 | tee "$OUT/e2e_compiled.log" | tail -12
   else
-    timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | \
+    timeout "${E2E_TIMEOUT:-240}" python3 benchmarks/bench_e2e.py --device cuda --json "$OUT/e2e_cuda.json" 2>&1 | \
       tee "$OUT/e2e.log" | tail -12
   fi
   echo "e2e: $(( $(date +%s) - t0 )) s"

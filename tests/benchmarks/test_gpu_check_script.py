@@ -42,18 +42,18 @@ def test_default_runs_tests_kernels_and_one_compiled_e2e(tmp_path):
     assert (repo / "diffalign" / "_C.cpython-312-x86_64-linux-gnu.so").read_bytes() == b"carried build"
     assert (repo / "diffalign" / "modalities").is_symlink()
     tests = [c for c in calls if "-m pytest" in c]
-    kernels = [c for c in calls if "benchmarks/kernels.py" in c]
-    e2e = [c for c in calls if "benchmarks/e2e.py" in c]
+    kernels = [c for c in calls if "benchmarks/bench_ops.py" in c]
+    e2e = [c for c in calls if "benchmarks/bench_e2e.py" in c]
     assert len(tests) == 1 and "tests/ops/test_ops_long_rows.py" in tests[0]
     assert len(kernels) == 1 and "--device cuda" in kernels[0] and kernels[0].endswith("--shapes S,XL")
     # one e2e run: sd15 with the compiled UNet, which also times eager, diffalign and the UNet-only floor
     assert len(e2e) == 1 and "--models sd15 --compile inductor" in e2e[0]
-    order = [next(i for i, c in enumerate(calls) if key in c) for key in ("-m pytest", "kernels.py", "e2e.py")]
+    order = [next(i for i, c in enumerate(calls) if key in c) for key in ("-m pytest", "bench_ops.py", "bench_e2e.py")]
     assert order == sorted(order)
 
 
 def test_stages_and_uncompiled_e2e(tmp_path):
     _, _, calls = _run(tmp_path, STAGES="e2e", E2E_COMPILE="0")
-    assert not any("-m pytest" in c or "kernels.py" in c for c in calls)
-    e2e = [c for c in calls if "benchmarks/e2e.py" in c]
+    assert not any("-m pytest" in c or "bench_ops.py" in c for c in calls)
+    e2e = [c for c in calls if "benchmarks/bench_e2e.py" in c]
     assert len(e2e) == 1 and "--compile" not in e2e[0] and "--models" not in e2e[0]

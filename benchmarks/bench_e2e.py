@@ -31,11 +31,11 @@ as 2B rows); a training step is one transition batch of ``--batch`` samples at p
 timesteps through the loss, backward, clip_grad_norm_ and optimizer step. Before timing, the two
 training paths are checked to compute the same log-probs for the same transitions.
 
-    python benchmarks/e2e.py                        # CPU: tiny
-    python benchmarks/e2e.py --device cuda          # CUDA: tiny and sd15
-    python benchmarks/e2e.py --json e2e.json --repeats 10
-    python benchmarks/e2e.py --dtype bfloat16       # the bf16/autocast path on CPU
-    python benchmarks/e2e.py --device cuda --compile inductor
+    python benchmarks/bench_e2e.py                        # CPU: tiny
+    python benchmarks/bench_e2e.py --device cuda          # CUDA: tiny and sd15
+    python benchmarks/bench_e2e.py --json e2e.json --repeats 10
+    python benchmarks/bench_e2e.py --dtype bfloat16       # the bf16/autocast path on CPU
+    python benchmarks/bench_e2e.py --device cuda --compile inductor
 """
 from __future__ import annotations
 

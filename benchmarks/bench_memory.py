@@ -22,9 +22,9 @@ Models:
   sd15  an SD1.5-size UNet2DConditionModel with random weights (64x64x4 latents, 77x768 text states),
         LoRA on its attention projections, bf16 base weights under bf16 autocast (CUDA only)
 
-    python benchmarks/memory.py                          # CPU: tiny
-    python benchmarks/memory.py --device cuda            # CUDA: tiny and sd15
-    python benchmarks/memory.py --json benchmarks/results/memory_cpu_2core_DATE.json
+    python benchmarks/bench_memory.py                          # CPU: tiny
+    python benchmarks/bench_memory.py --device cuda            # CUDA: tiny and sd15
+    python benchmarks/bench_memory.py --json benchmarks/results/memory_cpu_2core_DATE.json
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _e2e():
-    """The model builders of benchmarks/e2e.py (one definition of the tiny and SD1.5-size models)."""
-    spec = importlib.util.spec_from_file_location("bench_e2e_models", HERE / "e2e.py")
+    """The model builders of benchmarks/bench_e2e.py (one definition of the tiny and SD1.5-size models)."""
+    spec = importlib.util.spec_from_file_location("bench_e2e_models", HERE / "bench_e2e.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,9 +9,9 @@ copy bandwidth and the bare-autograd floor ``(m*2).sum().backward()`` and prints
 Two timings per case: the median (and p20/p80) of ``triton.testing.do_bench`` on CUDA (a per-call
 timer on CPU), and the wall time per call in a tight loop with one sync at the end.
 
-    python benchmarks/kernels.py                    # CPU shapes, fp32
-    python benchmarks/kernels.py --device cuda      # S/M/L/XL shapes in fp32 and bf16
-    python benchmarks/kernels.py --json out.json --ops logprob,dpo --shapes S,M
+    python benchmarks/bench_ops.py                    # CPU shapes, fp32
+    python benchmarks/bench_ops.py --device cuda      # S/M/L/XL shapes in fp32 and bf16
+    python benchmarks/bench_ops.py --json out.json --ops logprob,dpo --shapes S,M
 """
 from __future__ import annotations
 
