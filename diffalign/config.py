@@ -85,7 +85,10 @@ class OptimConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     warmup_steps: int = 0               # linear learning-rate warm-up (optimiser steps)
-    mixed_precision: str = "no"         # "no" | "fp16" | "bf16"
+    mixed_precision: str = "auto"       # "auto" (fits the machine, see trainer/precision.py) | "no" | "fp16" | "bf16"
+    max_minutes: Optional[float] = None  # wall-clock budget of train(): checked between rollout batches and
+                                        # optimiser steps; the epoch ends its current unit of work, then the run
+                                        # saves a checkpoint and its final weights as at its last epoch
     ema_decay: float = 0.0              # > 0: also keep an exponential moving average of the trainable weights
                                         # (diffusers' EMAModel, its (1 + n) / (10 + n) warm-up capped at this);
                                         # rollouts use the live weights, the saved `final` weights the average
@@ -141,6 +144,9 @@ class TrainConfig:
 
 
 # ---- typed loading ---------------------------------------------------------------------------------
+_NO_WORDS = {"train.mixed_precision"}  # string keys whose value "no" YAML turns into false
+
+
 def _check_type(key: str, value: Any, tp) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Union:
@@ -170,6 +176,8 @@ def _check_type(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if value is False and key in _NO_WORDS:  # YAML 1.1 reads a bare `no` as false
+            return "no"
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
         return value
@@ -264,10 +272,12 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     _positive("sampling.guidance_scale", cfg.sampling.guidance_scale, allow_zero=True)
     if not 0 < cfg.train.timestep_fraction <= 1:
         raise ConfigError(f"config key 'train.timestep_fraction' must lie in (0, 1], got {cfg.train.timestep_fraction!r}")
+    if cfg.train.max_minutes is not None:
+        _positive("train.max_minutes", cfg.train.max_minutes)
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1) (0: no average), got {cfg.train.ema_decay!r}")
-    if cfg.train.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"config key 'train.mixed_precision' must be 'no', 'fp16' or 'bf16', "
+    if cfg.train.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+        raise ConfigError(f"config key 'train.mixed_precision' must be 'auto', 'no', 'fp16' or 'bf16', "
                           f"got {cfg.train.mixed_precision!r}")
     if cfg.sampling.logprob_reduction not in LOGPROB_REDUCTIONS:
         raise ConfigError(f"config key 'sampling.logprob_reduction' must be one of {LOGPROB_REDUCTIONS}, "

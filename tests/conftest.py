@@ -4,6 +4,9 @@ import os
 # makes huggingface_hub retry for minutes on a machine without network before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# train.mixed_precision "auto" (the default) means float32 in the tests on every CPU, so their numbers do not
+# depend on whether this machine has bf16 units (tests/trainer/test_precision.py checks the rule itself)
+os.environ.setdefault("DIFFALIGN_AUTO_PRECISION", "no")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

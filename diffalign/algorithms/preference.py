@@ -18,7 +18,7 @@ Every loss reports ``implicit_acc`` (the share of pairs whose implicit reward pr
   regresses the margin to a finite target instead of pushing it to infinity; beta is IPO's tau.
 - ``e2po``: E2PO (AliDiff), Diffusion-DPO with a soft label p = sigmoid(beta_r (r_w - r_l)) from the
   pair's stored rewards: -p log sigmoid(-beta D) - (1 - p) log sigmoid(beta D),
-  D = (e_theta^w - e_ref^w) - (e_theta^l - e_ref^l) (DESIGN.md's formula, no factor 1/2).
+  D = (e_theta^w - e_ref^w) - (e_theta^l - e_ref^l) (docs/design.md, "Formulas", E2PO: no factor 1/2).
 """
 from __future__ import annotations
 
@@ -64,6 +64,8 @@ def denoiser_outputs(batch: OfflineBatch, policy, reference) -> Tuple[torch.Tens
     if reference is not None:
         with torch.no_grad(), adapter.reference_mode():
             ref_pred = adapter.denoise(batch.x_t, batch.timesteps, batch.cond).detach()
+        # under autocast a frozen copy returns bf16 while the accelerate-wrapped policy returns float32
+        ref_pred = ref_pred.to(model_pred.dtype)
     return model_pred, ref_pred
 
 

@@ -8,10 +8,16 @@ Set-up order: accelerate (which picks its CPU backend itself on GPU-less machine
 prompts, the adapter and policy, the reward, AdamW with linear warm-up prepared by accelerate, then a
 resume from ``resume_from`` and the metrics logger (main process only). With ``train.ema_decay`` > 0 it also
 keeps a moving average of the trainable weights, which the run's ``final`` weights are.
+
+``train.max_minutes`` bounds ``train()``'s wall time: the loops ask :meth:`Trainer.out_of_time` between their
+units of work (a rollout batch, an optimiser step), finish the unit they are in, and end the epoch early; the
+run then checkpoints and saves its final weights as after its last epoch. An epoch's wall time is no unit: on a
+slow machine (bf16 autocast without bf16 hardware took 8 minutes an epoch of the demo) the budget still holds.
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -48,6 +54,8 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch) \
             if self.acc.is_main_process else None
         self._last_decoded = None  # samples of the last epoch, for the tensorboard image grid
+        self._deadline: Optional[float] = None  # time.monotonic() at which train.max_minutes runs out
+        self._out_of_time = False
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def build_reward_fn(self):
@@ -98,8 +106,29 @@ class Trainer(ckpt.CheckpointedTrainer):
         return {k: float(v) for k, v in zip(keys, mean.tolist())}
 
     def run_info(self) -> Dict[str, float]:
-        """The learning rate and process count every epoch's metrics line carries."""
-        return {"lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world}
+        """What every epoch's metrics line carries besides the loop's own: learning rate, processes, threads and
+        the precision the run trains in (``train.mixed_precision`` resolved for this machine)."""
+        return {"lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world,
+                "threads": torch.get_num_threads(), "precision": str(self.acc.mixed_precision)}
+
+    # ---- the time budget (train.max_minutes) ----------------------------------------------------------
+    def start_budget(self) -> None:
+        """Start ``train.max_minutes``' clock (``train()`` does; a caller running epochs itself may too)."""
+        minutes = self.cfg.train.max_minutes
+        self._deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+        self._out_of_time = False
+
+    def out_of_time(self) -> bool:
+        """True once the budget has run out; every process gets the same answer (a rank that stopped alone
+        would leave the others waiting in a collective), and once True it stays True."""
+        if self._deadline is None or self._out_of_time:
+            return self._out_of_time
+        late = time.monotonic() > self._deadline
+        if self.world > 1:
+            flag = torch.tensor([1.0 if late else 0.0], device=self.acc.device)
+            late = bool(self.acc.reduce(flag, reduction="sum").item() > 0)
+        self._out_of_time = late
+        return late
 
     def use_average(self) -> None:
         """Replace the trainable weights by their moving average (``train.ema_decay`` > 0; else nothing), for
@@ -109,13 +138,25 @@ class Trainer(ckpt.CheckpointedTrainer):
 
     # ---- the epoch loop --------------------------------------------------------------------------------
     def train(self) -> List[Dict[str, float]]:
+        """Run the remaining epochs (or until ``train.max_minutes``), log and checkpoint each, save ``final``;
+        returns the epochs' metrics. Each line has ``elapsed_s`` (seconds since train() began); the line of an
+        epoch that the budget ended has ``stopped_by_budget`` = 1; the first line also has ``hardware``."""
         from tqdm.auto import tqdm
+        from diffalign.trainer.precision import cpu_info
         cfg = self.cfg
         history = []
+        self.start_budget()
+        start = time.perf_counter()
         bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
                    disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
         for epoch in bar:
             metrics = self.run_epoch(epoch)
+            stopped = self.out_of_time()
+            metrics["elapsed_s"] = time.perf_counter() - start
+            if stopped:
+                metrics["stopped_by_budget"] = 1
+            if not history:
+                metrics["hardware"] = cpu_info()
             history.append(metrics)
             if self.logger is not None:
                 image = None
@@ -123,9 +164,14 @@ class Trainer(ckpt.CheckpointedTrainer):
                     image = self.adapter.sample_grid(self._last_decoded)
                 self.logger.log(metrics, image)
             bar.set_postfix(**self.progress_postfix(metrics))
-            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs:
+            if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == cfg.epochs or stopped:
                 self.save(epoch)
             self.acc.wait_for_everyone()
+            if stopped:
+                if self.acc.is_main_process:
+                    bar.write(f"diffalign: train.max_minutes = {cfg.train.max_minutes:g} reached during epoch {epoch}; "
+                              f"stopped after {metrics['elapsed_s']:.0f} s")
+                break
         self.close()
         self.use_average()
         if self.logger is not None:

@@ -62,6 +62,10 @@ class DifferentiableTrainer(SampledTrainer):
                 count += 1
                 if last:
                     self.step_optimizer(sums, weight=t.gradient_accumulation_steps)
+                    if self.out_of_time():  # train.max_minutes: end the epoch after this optimiser step
+                        break
+            if self.out_of_time():
+                break
         out = {"epoch": epoch, "eval_reward": eval_reward, **self.reduce_metrics(sums, count),
                "train_s": time.perf_counter() - start, **self.run_info()}
         return out

@@ -8,25 +8,57 @@ accelerator device is present we ask for the CPU backend ourselves; no flag or v
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 
 
-def has_accelerator_device() -> bool:
+def accelerator_device_type() -> str:
+    """The device type training will run on: "cuda", "xpu", "mps" or "cpu"."""
     if torch.cuda.is_available():
-        return True
+        return "cuda"
     xpu = getattr(torch, "xpu", None)
     if xpu is not None and xpu.is_available():
-        return True
+        return "xpu"
     mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
+    return "mps" if mps is not None and mps.is_available() else "cpu"
 
 
-def make_accelerator(mixed_precision: str = "no", log_dir: str | None = None):
-    from accelerate import Accelerator
+def has_accelerator_device() -> bool:
+    return accelerator_device_type() != "cpu"
+
+
+def _shared_precision_choice(mixed_precision: str, cpu: bool):
+    """resolve_precision on the main process, the same choice on every rank: ``auto`` on a CPU rests on a
+    timing probe, and ranks that measured differently must not train under different precisions."""
+    from diffalign.trainer.precision import resolve_precision
+    device = accelerator_device_type()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return resolve_precision(mixed_precision, device)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    state = PartialState(cpu=cpu)  # the process group Accelerator(cpu=cpu) joins below
+    if state.num_processes <= 1:
+        return resolve_precision(mixed_precision, device)
+    payload = [resolve_precision(mixed_precision, device) if state.is_main_process else None]
+    broadcast_object_list(payload, from_process=0)
+    return payload[0]
+
+
+def make_accelerator(mixed_precision: str = "auto", log_dir: str | None = None):
+    """An Accelerator with ``mixed_precision`` resolved for this machine (diffalign.trainer.precision: "auto"
+    measures; fp16 on a CPU becomes float32). The PrecisionChoice rides along as ``acc.diffalign_precision``."""
+    from diffalign.trainer.precision import log_choice
     cpu = not has_accelerator_device()
-    if cpu and mixed_precision == "fp16":
-        mixed_precision = "no"  # fp16 autocast is not supported on CPU; bf16 is
+    choice = _shared_precision_choice(mixed_precision, cpu)
+    log_choice(choice)
+    acc = _accelerator(cpu, choice.precision)
+    acc.diffalign_precision = choice
+    return acc
+
+
+def _accelerator(cpu: bool, mixed_precision: str):
+    from accelerate import Accelerator
     try:
         return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
     except ValueError as exc:

@@ -230,6 +230,8 @@ class OfflineTrainer(Trainer):
             count += 1
             if last:
                 self.step_optimizer(sums, weight=accum)
+                if self.out_of_time():  # train.max_minutes
+                    break
         metrics = self.reduce_metrics(sums, count)
         train_s = time.perf_counter() - start
         if self.reward_fn is not None:

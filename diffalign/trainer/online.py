@@ -65,6 +65,8 @@ class OnlineTrainer(Trainer):
             pending.append(submit_reward(self.reward_fn, decoded, mine, self.acc.device))
             trajs.append(traj)
             prompts.extend(global_prompts)
+            if self.out_of_time():  # train.max_minutes: the epoch trains on the batches it has
+                break
         rewards = [self.acc.gather(p.result()) for p in pending]  # (global B,) in rank order = global sample order
         return _cat_trajectories(trajs), torch.cat(rewards), prompts, decoded_first
 
@@ -74,9 +76,10 @@ class OnlineTrainer(Trainer):
         n_train = max(1, int(T * t.timestep_fraction))
         B = traj.batch_size
         s = cfg.sampling
-        # global index of each local sample (batch n of this rank holds global slots n*Bg + rank*b ...)
+        # global index of each local sample (batch n of this rank holds global slots n*Bg + rank*b ...); fewer
+        # than num_batches_per_epoch batches when train.max_minutes ended the rollout
         gidx = [n * s.batch_size * self.world + self.rank * s.batch_size + i
-                for n in range(s.num_batches_per_epoch) for i in range(s.batch_size)]
+                for n in range(B // s.batch_size) for i in range(s.batch_size)]
         sums: Dict[str, float] = {}
         count = 0
         self.adapter.denoiser.train()
@@ -93,17 +96,22 @@ class OnlineTrainer(Trainer):
             for m, idx in enumerate(minibatches):
                 sub = traj.select(idx.to(traj.latents.device))
                 adv = advantages[idx].to(self.acc.device)
+                # the optimiser steps every gradient_accumulation_steps minibatches, and after the last one
+                # (a rollout shortened by the time budget may not fill the last accumulation)
+                steps_now = (m + 1) % t.gradient_accumulation_steps == 0 or m + 1 == len(minibatches)
                 for j in range(n_train):
                     steps = step_order[idx, j]
                     x_t, x_prev, old = sub.states_at(steps)
                     batch = TransitionBatch(x_t, x_prev, steps, old, adv, sub.cond, sub.x0, T)
-                    last = j == n_train - 1 and (m + 1) % t.gradient_accumulation_steps == 0
+                    last = j == n_train - 1 and steps_now
                     with self.acc.autocast():
                         loss, metrics = self.algorithm.loss(batch, self.policy, reference)
                     self.accumulate(loss, metrics, sums, 1.0 / (n_train * t.gradient_accumulation_steps), sync=last)
                     count += 1
-                if (m + 1) % t.gradient_accumulation_steps == 0:
+                if steps_now:
                     self.step_optimizer(sums, weight=n_train * t.gradient_accumulation_steps)
+                    if self.out_of_time():
+                        return self.reduce_metrics(sums, count)
         return self.reduce_metrics(sums, count)
 
     def run_epoch(self, epoch: int) -> Dict[str, float]:
@@ -113,8 +121,7 @@ class OnlineTrainer(Trainer):
         rollout_s = time.perf_counter() - start
         adv = self.algorithm.advantages(rewards.cpu(), prompts)
         b = self.cfg.sampling.batch_size
-        mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b]
-                          for n in range(self.cfg.sampling.num_batches_per_epoch)])
+        mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b] for n in range(traj.batch_size // b)])
         train_start = time.perf_counter()
         metrics = self.optimise(epoch, traj, mine)
         train_s = time.perf_counter() - train_start

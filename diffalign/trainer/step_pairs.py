@@ -95,7 +95,10 @@ class StepPairTrainer(SampledTrainer):
             sets.append(pairs)
             conds.append(self.adapter.encode_conditions(mine))
             for k, v in metrics.items():
-                extra[k] = extra.get(k, 0.0) + v / s.num_batches_per_epoch
+                extra[k] = extra.get(k, 0.0) + v
+            if self.out_of_time():  # train.max_minutes: train on the batches collected so far
+                break
+        extra = {k: v / len(sets) for k, v in extra.items()}
         collect_s = time.perf_counter() - start
         metrics = self.optimise(epoch, sets, conds)
         return {"epoch": epoch, "eval_reward": eval_reward, **extra, **metrics, "collect_s": collect_s,
@@ -133,4 +136,6 @@ class StepPairTrainer(SampledTrainer):
                         count += 1
                     if last_mb:
                         self.step_optimizer(sums, weight=n_train * t.gradient_accumulation_steps)
+                        if self.out_of_time():
+                            return self.reduce_metrics(sums, count)
         return self.reduce_metrics(sums, count)

@@ -13,7 +13,13 @@ TINY = {
 }
 
 # wall-clock fields differ between any two runs; everything else must match exactly
-TIMING = {"samples_per_s", "train_s"}
+# (and the machine, on the first line each train() call logs)
+TIMING = {"samples_per_s", "train_s", "collect_s", "elapsed_s", "hardware"}
+
+
+def same_run(line: dict) -> dict:
+    """A metrics line without what differs between two runs of the same training (wall clock, machine)."""
+    return {k: v for k, v in line.items() if k not in TIMING}
 
 
 @pytest.fixture

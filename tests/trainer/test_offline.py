@@ -10,6 +10,7 @@ from PIL import Image
 from diffalign.config import ConfigError, load_config
 from diffalign.trainer import OfflineTrainer, make_trainer
 from diffalign.trainer.logging import read_metrics
+from tests.trainer.conftest import same_run
 
 TOY = {
     "seed": 1, "epochs": 2,
@@ -62,8 +63,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     full = make_trainer(config(tmp_path / "full", "epochs=3")).train()
     make_trainer(config(tmp_path / "part", "epochs=2")).train()
     resumed = make_trainer(config(tmp_path / "part", "epochs=3", "resume_from=latest")).train()
-    strip = lambda m: {k: v for k, v in m.items() if k != "train_s"}  # noqa: E731
-    assert [strip(m) for m in resumed] == [strip(full[2])]
+    assert [same_run(m) for m in resumed] == [same_run(full[2])]
 
 
 def test_kto_on_binary_feedback_file(tmp_path):
