@@ -63,10 +63,13 @@ def run(args) -> int:
     if error:
         print(f"diffalign demo: {error}", file=sys.stderr)
         return 2
-    from diffalign.demo.run import run_demo, train_stage
+    from diffalign.demo.run import demo_precision, run_demo, train_stage
     import yaml
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    if overrides.get("train.mixed_precision") is False:  # YAML reads a bare `no` as false
+        overrides["train.mixed_precision"] = "no"
     stage, label = train_stage(args.algo, overrides), {"algo": args.algo}
+    precision = demo_precision(args.algo, overrides) if args.method is None else "auto"
     if args.method is not None:
         from diffalign.inference.demo import inference_stage
         from diffalign.inference.methods import DEFAULT_BUDGETS
@@ -75,7 +78,7 @@ def run(args) -> int:
     report = run_demo(args.output, stage, label, model=args.model,
                       quick=args.quick,
                       minutes=args.minutes, samples_per_kind=args.samples_per_kind,
-                      seed=args.seed)
+                      seed=args.seed, precision=precision)
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
     spent = f", {report['model_evaluations']} model evaluations" if "model_evaluations" in report else ""
     print(f"diffalign demo ({args.method or args.algo}): held-out compositional accuracy {100 * b:.1f}% -> "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ LABEL_KEYS = ("algo", "method", "budget")
 
 
 def save_samples(output: str, prompts: Sequence[str], seeds: Sequence[int], before: torch.Tensor,
-                 after: torch.Tensor) -> Dict[str, dict]:
-    """samples/{before,after}/NNNN.png (uint8 (B, H, W, 3) as given) and samples/prompts.json."""
+                 after: torch.Tensor, correct: Optional[Dict[str, Sequence[bool]]] = None) -> Dict[str, dict]:
+    """samples/{before,after}/NNNN.png (uint8 (B, H, W, 3) as given) and samples/prompts.json (file -> prompt,
+    seed, and with ``correct`` ({"before": [...], "after": [...]}) the reward's verdict on it)."""
     from PIL import Image
     index: Dict[str, dict] = {}
     for stage, images in (("before", before), ("after", after)):
@@ -28,6 +29,8 @@ def save_samples(output: str, prompts: Sequence[str], seeds: Sequence[int], befo
             name = f"{stage}/{i:04d}.png"
             Image.fromarray(image).save(os.path.join(output, "samples", name))
             index[name] = {"prompt": prompt, "seed": int(seed)}
+            if correct is not None:
+                index[name]["correct"] = bool(correct[stage][i])
     with open(os.path.join(output, "samples", "prompts.json"), "w") as f:
         json.dump(index, f, indent=1)
     return index
@@ -117,25 +120,42 @@ def markdown(report: dict) -> str:
              "mean of the three kinds' accuracies, as GenEval's overall score is the mean of its tasks'; "
              "`accuracy_by_caption` weighs every held-out caption equally instead (relations are most of them).", "",
              "| metric | before | after | change |", "|---|---|---|---|"]
+    paired = report.get("paired", {})
+    if "all" in paired:
+        p = paired["all"]
+        lo, hi = p["ci95"]
+        lines[4:4] = [f"Change {100 * p['delta']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}]; "
+                      f"{p['fixed']} samples fixed, {p['broken']} broken; McNemar exact p = {p['mcnemar_p']:.2g}. "
+                      "Per kind: " + ", ".join(
+                          f"{k} {100 * v['delta']:+.1f} [{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] "
+                          f"(p = {v['mcnemar_p']:.2g})" for k, v in paired.items() if k != "all") + ".", ""]
     for k in keys:
         fmt = (lambda v: f"{v:.3f}") if k == "reward" else _pct
         change = a.get(k, 0) - b[k] if k in a else None
         lines.append(f"| {k} | {fmt(b[k])} | {fmt(a.get(k))} | "
                      f"{'-' if change is None else ('%+.3f' % change if k == 'reward' else '%+.1f pts' % (100 * change))} |")
     lines += ["", "![before/after](grid.png)", "", "![reward curve](reward_curve.png)", "",
-              "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), "",
-              "Every sample is in `samples/before` and `samples/after`; `samples/prompts.json` maps each file to "
-              "its prompt and seed, so the images can be judged with any other detector."]
+              "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), ""]
+    hw, prec = report.get("hardware"), report.get("precision")
+    if hw and prec:
+        lines += [f"Machine: {hw.get('model')} ({', '.join(hw.get('flags', [])) or 'no listed flags'}), "
+                  f"{report.get('torch_threads')} torch threads; precision {prec['chosen']} "
+                  f"(requested {prec['requested']}: {prec['reason']})", ""]
+    lines += ["Every sample is in `samples/before` and `samples/after`; `samples/prompts.json` maps each file to "
+              "its prompt, seed and verdict, so the images can be judged with any other detector."]
     if report.get("quick"):
         lines += ["", "**--quick run**: a few prompts and training steps; the numbers only check the pipeline."]
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(output: str, report: dict, prompts: Sequence[str], seeds: Sequence[int], before: torch.Tensor,
-                  after: torch.Tensor) -> None:
-    """Everything the demo writes, from the measured report and the uint8 images."""
+                  after: torch.Tensor, before_correct: Optional[Sequence[bool]] = None,
+                  after_correct: Optional[Sequence[bool]] = None) -> None:
+    """Everything the demo writes, from the measured report and the uint8 images (and per-sample verdicts)."""
     from diffalign.rewards.compositional import compositional_reward
-    save_samples(output, prompts, seeds, before, after)
+    correct = None if before_correct is None or after_correct is None else \
+        {"before": before_correct, "after": after_correct}
+    save_samples(output, prompts, seeds, before, after, correct)
     scores = {}
     for stage, images in (("before", before), ("after", after)):
         scores[stage] = compositional_reward(images.float().permute(0, 3, 1, 2) / 255, list(prompts)).tolist()

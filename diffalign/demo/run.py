@@ -124,6 +124,16 @@ def demo_config_path(algo: str) -> str:
     return os.path.join(CONFIG_DIR, f"demo_{algo}.yaml")
 
 
+def demo_precision(algo: str, overrides: Optional[Dict[str, Any]] = None) -> str:
+    """``train.mixed_precision`` of ``demo_<algo>.yaml`` with the overrides ("auto" when the file sets none)."""
+    import yaml
+    if overrides and "train.mixed_precision" in overrides:
+        return str(overrides["train.mixed_precision"])
+    with open(demo_config_path(algo), encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    return str((data.get("train") or {}).get("mixed_precision", "auto"))
+
+
 def load_demo_config(algo: str, output: str, train_prompts: Sequence[str], model: str = "demo",
                      overrides: Optional[Dict[str, Any]] = None, data_path: Optional[str] = None):
     """The shipped demo config of ``algo`` with the run's prompts, model, output folder and overrides."""
@@ -210,10 +220,42 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def evaluate(sampler: Sampler, prompts: Sequence[str], seeds: Sequence[int]) -> Tuple[torch.Tensor, dict]:
     """Sample and score: (uint8 images (B, H, W, 3), accuracies dict of compositional_report plus
     ``accuracy_by_caption``, :func:`by_caption_accuracy`)."""
+    images, accuracies, _ = evaluate_samples(sampler, prompts, seeds)
+    return images, accuracies
+
+
+def evaluate_samples(sampler: Sampler, prompts: Sequence[str], seeds: Sequence[int]
+                     ) -> Tuple[torch.Tensor, dict, List[bool]]:
+    """:func:`evaluate` plus whether each sample is correct (every constraint of its caption holds)."""
     from diffalign.rewards.compositional import compositional_report
     images = to_uint8(sampler(prompts, seeds))
     report = compositional_report(images.float().permute(0, 3, 1, 2) / 255, list(prompts))
-    return images, dict(report["accuracies"], accuracy_by_caption=by_caption_accuracy(report))
+    correct = [bool(r["correct"]) for r in report["results"]]
+    return images, dict(report["accuracies"], accuracy_by_caption=by_caption_accuracy(report)), correct
+
+
+def in_precision(sampler: Sampler, precision: str) -> Sampler:
+    """``sampler`` under CPU bf16 autocast when ``precision`` is "bf16" (the rule training follows), else as is."""
+    if precision != "bf16":
+        return sampler
+
+    def sample(prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return sampler(prompts, seeds)
+    return sample
+
+
+def paired_report(prompts: Sequence[str], before: Sequence[bool], after: Sequence[bool]) -> Dict[str, Any]:
+    """The headline's significance: :func:`diffalign.eval.paired.paired_change` over every sample and per
+    caption kind (the same prompts and seeds before and after)."""
+    from diffalign.demo import shapes
+    from diffalign.eval.paired import paired_change
+    out: Dict[str, Any] = {"all": paired_change(before, after)}
+    for kind in shapes.KINDS:
+        idx = [i for i, p in enumerate(prompts) if shapes.caption_kind(p) == kind]
+        if idx:
+            out[kind] = paired_change([before[i] for i in idx], [after[i] for i in idx])
+    return out
 
 
 def _reward_fn():
@@ -234,7 +276,6 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
     demo_config_path(algo)  # fail on an unknown name before anything runs
 
     def stage(ctx: DemoContext) -> AfterResult:
-        from tqdm.auto import tqdm
         extra = dict(QUICK["overrides"]) if ctx.quick else {}
         extra.update(overrides or {})
         extra["seed"] = ctx.seed
@@ -247,11 +288,11 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         info: Dict[str, Any] = {"config": demo_config_path(algo), "overrides": extra, "demo_options": opts,
                                 "train_prompts": len(train_prompts)}
         start = time.perf_counter()
+        budget = ctx.minutes
         if _is_offline(cfg):
             # AI feedback: FEEDBACK["samples_per_prompt"] base samples for each of a fixed subset of the
             # training prompts, same-prompt pairs labelled by the reward; the budget includes this
             from diffalign.data.ai_feedback import generate_feedback
-            from diffalign.trainer.offline import OfflineTrainer
             n = 4 if ctx.quick else FEEDBACK["prompts"]
             picks = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
             fb_prompts = [train_prompts[i] for i in sorted(picks.tolist())]
@@ -260,31 +301,29 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
                                    samples_per_prompt=FEEDBACK["samples_per_prompt"], threshold=FEEDBACK["threshold"])
             info["feedback"] = {k: v for k, v in dataclasses.asdict(fb).items()} \
                 if dataclasses.is_dataclass(fb) else str(fb)
-            cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb.path)
-            trainer = OfflineTrainer(cfg)
             info["feedback_seconds"] = time.perf_counter() - start
-        else:  # online RL, or direct reward fine-tuning (DRaFT, AlignProp) on the relaxed reward
-            from diffalign.trainer import make_trainer
-            trainer = make_trainer(cfg)
+            budget = max(ctx.minutes - info["feedback_seconds"] / 60, 0.05)
+            cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb.path)
+        # the trainer holds the budget (train.max_minutes): it stops between rollout batches and optimiser steps
+        cfg.train.max_minutes = budget
+        from diffalign.trainer import make_trainer
+        trainer = make_trainer(cfg)
+        offset = time.perf_counter() - start  # feedback and set-up, before the trainer's clock starts
+        history = trainer.train()  # logs metrics.jsonl (+ tensorboard), checkpoints, saves final/, closes the reward
         curve: List[Dict[str, float]] = []
-        budget = ctx.minutes * 60
-        bar = tqdm(range(cfg.epochs), desc=f"align ({algo})")
-        for epoch in bar:
-            metrics = trainer.run_epoch(epoch)
+        for metrics in history:
             reward = metrics.get("reward_mean", metrics.get("eval_reward"))
-            row = {"epoch": epoch, "seconds": time.perf_counter() - start,
-                   **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
+            row = {"seconds": offset + metrics["elapsed_s"],
+                   **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "elapsed_s"}}
             if reward is not None:
                 row["reward"] = float(reward)
-                bar.set_postfix(reward=f"{reward:.3f}")
             curve.append(row)
-            if time.perf_counter() - start > budget:
-                info["stopped_by_budget"] = True
-                break
         info["epochs"] = len(curve)
+        info["stopped_by_budget"] = bool(history and history[-1].get("stopped_by_budget"))
         info["train_seconds"] = time.perf_counter() - start
-        trainer.use_average()  # train.ema_decay > 0: the moving average of the weights is the result
-        trainer.adapter.save_pretrained(os.path.join(out_dir, "final"))
+        info["precision"] = str(trainer.acc.mixed_precision)
+        info["metrics"] = os.path.join(out_dir, "metrics.jsonl")
+        info["final"] = os.path.join(out_dir, "final")
         s = cfg.sampling
         sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
         return AfterResult(sampler, curve, info)
@@ -307,11 +346,16 @@ FEEDBACK = {"samples_per_prompt": 4, "prompts": 96, "threshold": 0.0}
 # ---- the demo --------------------------------------------------------------------------------------------
 def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str = "demo", quick: bool = False,
              minutes: float = 10.0, samples_per_kind: int = SAMPLES_PER_KIND,
-             seed: int = 0, sampling: Optional[Dict[str, Any]] = None) -> dict:
+             seed: int = 0, sampling: Optional[Dict[str, Any]] = None, precision: str = "auto") -> dict:
     """Before -> after -> report in ``output``; returns the report dict. ``label`` names the after stage
-    in the report (e.g. ``{"algo": "ddpo"}`` or ``{"method": "best_of_n", "budget": 8}``)."""
+    in the report (e.g. ``{"algo": "ddpo"}`` or ``{"method": "best_of_n", "budget": 8}``). ``precision`` is the
+    run's ``train.mixed_precision``; both evaluations sample in what it resolves to on this machine, as training
+    does."""
     from diffalign.demo import shapes
+    from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     t_total = time.perf_counter()
+    choice = resolve_precision(precision, "cpu")
+    log_choice(choice)
     if quick:
         samples_per_kind = QUICK["samples_per_kind"]
         sampling = dict(sampling or {}, num_steps=QUICK["overrides"]["sampling.num_steps"], batch_size=8)
@@ -320,7 +364,8 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
     seconds: Dict[str, float] = {}
 
     t = time.perf_counter()
-    before_images, before = evaluate(base_sampler(model, sampling), prompts, seeds)
+    before_images, before, before_ok = evaluate_samples(in_precision(base_sampler(model, sampling), choice.precision),
+                                                        prompts, seeds)
     seconds["before_eval"] = time.perf_counter() - t
 
     ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.balanced_prompts("train", None),
@@ -330,7 +375,7 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
     seconds["after_stage"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    after_images, after_acc = evaluate(result.sampler, prompts, seeds)
+    after_images, after_acc, after_ok = evaluate_samples(in_precision(result.sampler, choice.precision), prompts, seeds)
     seconds["after_eval"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_total
 
@@ -341,6 +386,7 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
         "before": before,
         "after": after_acc,
         "delta": {k: after_acc[k] - before[k] for k in before if k in after_acc and k != "n"},
+        "paired": paired_report(prompts, before_ok, after_ok),
         "seconds": seconds,
         "curve": result.curve,
         "info": result.info,
@@ -351,6 +397,9 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
                  "split": "heldout"},
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
+        "hardware": cpu_info(),
+        "precision": {"requested": choice.requested, "chosen": choice.precision, "reason": choice.reason,
+                      "bf16_speedup_probe": choice.probe_speedup},
     }
-    write_outputs(output, report, prompts, seeds, before_images, after_images)
+    write_outputs(output, report, prompts, seeds, before_images, after_images, before_ok, after_ok)
     return report

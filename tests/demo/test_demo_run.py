@@ -1,5 +1,6 @@
 """``diffalign demo`` end to end (--quick), its outputs, the pluggable after stage, the CLI's errors."""
 import json
+import math
 import os
 from collections import Counter
 
@@ -12,6 +13,8 @@ from diffalign.cli import main
 from diffalign.demo import run as demo_run
 from diffalign.demo import shapes
 from diffalign.rewards.compositional import compositional_report, compositional_reward
+from diffalign.trainer.checkpoint import latest_checkpoint, load_checkpoint
+from diffalign.trainer.logging import read_metrics
 
 ONLINE, OFFLINE = ("ddpo", "grpo", "dpok", "rwr"), ("dpo", "kto")
 
@@ -46,6 +49,14 @@ def _check_outputs(out, report):
         for k, v in report[stage].items():
             assert rescored[k] == pytest.approx(v, abs=1e-9), (stage, k)
         assert 0.0 <= report[stage]["accuracy"] <= 1.0
+    # the paired statistics are those of the saved per-sample verdicts
+    verdicts = {stage: [index[f"{stage}/{i:04d}.png"]["correct"] for i in range(n)] for stage in ("before", "after")}
+    paired = report["paired"]["all"]
+    assert paired["fixed"] == sum(1 for b, a in zip(verdicts["before"], verdicts["after"]) if a and not b)
+    assert paired["broken"] == sum(1 for b, a in zip(verdicts["before"], verdicts["after"]) if b and not a)
+    assert paired["delta"] == pytest.approx(report["after"]["accuracy"] - report["before"]["accuracy"], abs=1e-12)
+    assert paired["ci95"][0] <= paired["delta"] <= paired["ci95"][1] and 0 <= paired["mcnemar_p"] <= 1
+    assert set(report["paired"]) == {"all", *shapes.KINDS}
     seeds = [index[f"before/{i:04d}.png"]["seed"] for i in range(n)]
     assert seeds == [index[f"after/{i:04d}.png"]["seed"] for i in range(n)] and len(set(seeds)) == n
     with open(os.path.join(out, "report.md")) as f:
@@ -65,6 +76,27 @@ def test_quick_demo_cli_end_to_end(tmp_path):
     assert report["seconds"]["after_stage"] > 0
     final = os.listdir(os.path.join(out, "train", "final"))  # LoRA (diffusers format) or the full UNet
     assert any(name.endswith(".safetensors") for name in final), final
+    # the demo trains through the trainer: its metrics, tensorboard logs and the last epoch's checkpoint
+    lines = read_metrics(os.path.join(out, "train", "metrics.jsonl"))
+    assert [line["epoch"] for line in lines] == [c["epoch"] for c in report["curve"]]
+    assert [line["reward_mean"] for line in lines] == [c["reward"] for c in report["curve"]]
+    assert lines[0]["hardware"] == report["hardware"] and lines[0]["precision"] == report["precision"]["chosen"]
+    assert os.listdir(os.path.join(out, "train", "tensorboard"))
+    assert load_checkpoint(latest_checkpoint(os.path.join(out, "train")))[1]["epoch"] == len(lines) - 1
+    # the tests fix "auto" to float32 (tests/conftest.py); the report says so
+    assert report["precision"]["requested"] == "auto" and report["precision"]["chosen"] == "no"
+    assert "DIFFALIGN_AUTO_PRECISION" in report["precision"]["reason"]
+    assert report["hardware"]["model"] and isinstance(report["hardware"]["flags"], list)
+
+
+def test_demo_budget_is_held_by_the_trainer(tmp_path):
+    out = str(tmp_path / "demo")
+    # far less than one epoch: the trainer stops after one rollout batch and one optimiser step
+    report = demo_run.run_demo(out, demo_run.train_stage("rwr", {"epochs": 50}), {"algo": "rwr"}, quick=True,
+                               minutes=1e-6)
+    assert report["info"]["stopped_by_budget"] is True and report["info"]["epochs"] == 1
+    assert report["curve"][0]["stopped_by_budget"] == 1
+    _check_outputs(out, report)
 
 
 def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
@@ -74,7 +106,9 @@ def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
     report = demo_run.run_demo(out, stage, {"algo": "kto"}, quick=True)
     _check_outputs(out, report)
     assert report["info"]["feedback"]["kept"] > 0
-    assert report["info"]["train_prompts"] == 380 and report["info"]["demo_options"] == {"train_kinds": "single,count"}
+    sizes = [sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in ("single", "count")]
+    assert report["info"]["train_prompts"] == 2 * math.lcm(*sizes)
+    assert report["info"]["demo_options"] == {"train_kinds": "single,count"}
     with open(os.path.join(out, "feedback", "pairs.jsonl")) as f:
         pairs = [json.loads(line) for line in f]
     assert all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)
@@ -161,9 +195,9 @@ def test_training_prompts_weigh_kinds_and_captions_equally():
     per_caption = C(out)
     kinds = C(shapes.caption_kind(c) for c in out)
     sizes = {k: sum(shapes.caption_kind(c) == k for c in shapes.all_captions("train")) for k in ("single", "count")}
-    assert kinds == {"single": 190, "count": 190} and sizes == {"single": 10, "count": 19}
+    assert kinds == {"single": 16, "count": 16} and sizes == {"single": 4, "count": 16}  # lcm(4, 16) of each
     assert set(per_caption) == {c for c in shapes.all_captions("train") if shapes.caption_kind(c) != "relation"}
-    assert all(n == 190 // sizes[shapes.caption_kind(c)] for c, n in per_caption.items())
+    assert all(n == 16 // sizes[shapes.caption_kind(c)] for c, n in per_caption.items())
     assert demo_run.training_prompts() == demo_run.training_prompts(list(shapes.KINDS)) == \
         shapes.balanced_prompts("train", None)
 
