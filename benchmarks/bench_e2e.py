@@ -8,7 +8,7 @@ Three providers, same model object, same batch, same settings, timed in the same
                prev_sample, then an eager Gaussian log-prob averaged over the non-batch dims; the
                training step calls that same function with the stored prev_sample, then the PPO
                clipped surrogate, backward, gradient clipping and AdamW. (Written here from the
-               formulas in DESIGN.md; no code copied.)
+               formulas in docs/design.md; no code copied.)
 ``diffalign``  ``DiffusionPolicy.sample`` (per-sample generators, as the trainer calls it) and one
                ``DDPO.loss`` on a ``TransitionBatch`` (the fused step-with-log-prob op), then the same
                backward, clipping and AdamW.

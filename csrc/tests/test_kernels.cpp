@@ -147,7 +147,7 @@ static void test_ddim_step_closed_form() {
   cpu::gaussian_step({DType::kFloat64, B, D, kDdimEpsilon, at.data(), ap.data(), 1, eta, eps.data(), x.data(),
                       nullptr, noise.data(), prev.data(), mean.data(), lp.data(), sd.data()});
   for (int64_t b = 0; b < B; ++b) {
-    // DESIGN.md: x0 = (x - sqrt(1-a) eps)/sqrt(a); sigma = eta sqrt((1-a')/(1-a)) sqrt(1 - a/a');
+    // docs/design.md, "Formulas": x0 = (x - sqrt(1-a) eps)/sqrt(a); sigma = eta sqrt((1-a')/(1-a)) sqrt(1 - a/a');
     // mu = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps
     double a = at[b], a2 = ap[b];
     double sigma = eta * std::sqrt((1 - a2) / (1 - a)) * std::sqrt(1 - a / a2);
@@ -174,7 +174,7 @@ static void test_flow_step_is_finite_at_sigma_one() {
   StepCoef<double> c = step_coefficients<double>(kFlowSde, 1.0, 0.9, 0.7);
   EXPECT_NEAR(c.std, 0.7 * std::sqrt(1.0 / 0.1) * std::sqrt(0.1), 1e-12);
   EXPECT_NEAR(std::isfinite(c.cx) && std::isfinite(c.cm) ? 1.0 : 0.0, 1.0, 0);
-  // away from 1 it matches DESIGN.md's formula with the divisions by s written out
+  // away from 1 it matches the flow SDE formula of docs/design.md ("Formulas") with the divisions by s written out
   double s = 0.6, sn = 0.4, a = 0.7, dt = sn - s, st = a * std::sqrt(s / (1 - s));
   c = step_coefficients<double>(kFlowSde, s, sn, a);
   EXPECT_NEAR(c.cx, 1 + st * st / (2 * s) * dt, 1e-12);

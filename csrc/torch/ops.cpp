@@ -1,6 +1,6 @@
 // torch.library registration of the diffalign ops: schemas, CPU kernels, and the Autograd-key
 // kernels holding each backward (registered here in C++ rather than from Python, which measured
-// 200-280 us of extra host overhead per call on an H200; see DESIGN.md). Fake (meta) impls for
+// 200-280 us of extra host overhead per call on an H200; see docs/design.md, section 5). Fake (meta) impls for
 // torch.compile live in diffalign/ops/_fake.py; CUDA kernels register in cuda/ops_cuda.cpp.
 #include <torch/autograd.h>
 #include <torch/extension.h>

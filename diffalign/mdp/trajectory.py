@@ -7,7 +7,7 @@ rollout's log-prob (tests/mdp/test_trajectory.py checks this at batch sizes 1, 3
 
 Layout choice: trajectories are batch-first, ``latents`` is (B, T+1, ...) and ``log_probs`` (B, T),
 so that selecting samples (minibatches, gathering across processes, groups) is one indexing op on
-every field; DESIGN.md's suggested time-first layout would need a transpose at each of those.
+every field; a time-first layout would need a transpose at each of those (docs/design.md, section 3).
 """
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def ddim_step_with_logprob(model_output: torch.Tensor, sample: torch.Tensor, alp
                            alpha_prod_prev: torch.Tensor, eta: float = 1.0, prev_sample: Optional[torch.Tensor] = None,
                            noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                            prediction_type: str = "epsilon") -> StepOutput:
-    """One DDIM(eta) step x_t -> x_{t-1} with its log-prob, fused (formula in DESIGN.md, as in DDPO).
+    """One DDIM(eta) step x_t -> x_{t-1} with its log-prob, fused (formula in docs/design.md, "Formulas", as in DDPO).
 
     alpha_prod_t / alpha_prod_prev: alphas_cumprod at t and at the previous timestep, 0-d or (B,).
     Draws prev_sample = mean + std * noise unless prev_sample is given, in which case it is scored.

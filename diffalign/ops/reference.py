@@ -118,7 +118,7 @@ def _as_batch(a: torch.Tensor, like: torch.Tensor, dt) -> torch.Tensor:
 
 
 def ddim_coefficients(alpha_t, alpha_prev, eta, prediction_type):
-    """(c_sample, c_model, std) with mean = c_sample * x_t + c_model * model_output (DESIGN.md)."""
+    """(c_sample, c_model, std) with mean = c_sample * x_t + c_model * model_output (docs/design.md, "Formulas")."""
     sigma = eta * torch.sqrt((1 - alpha_prev) / (1 - alpha_t)) * torch.sqrt((1 - alpha_t / alpha_prev).clamp_min(0))
     k = torch.sqrt((1 - alpha_prev - sigma**2).clamp_min(0))
     sa, s1a, sap = torch.sqrt(alpha_t), torch.sqrt(1 - alpha_t), torch.sqrt(alpha_prev)

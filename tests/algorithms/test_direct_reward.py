@@ -34,7 +34,7 @@ def make_batch(policy, seed=0):
     return SamplingBatch(cond, PROMPTS, x_T, noise, reward, torch.Generator().manual_seed(seed + 100))
 
 
-# ---- an independent float64 chain: DDIM(eta) from DESIGN.md, the toy MLP called directly ------------------------
+# ---- an independent float64 chain: DDIM(eta) from docs/design.md, the toy MLP called directly -------------------
 def ref_model(policy, x, i, cond):
     t = policy.rule.timesteps[i].expand(x.shape[0])
     out = policy.adapter.denoiser(x, t, cond["prompt_id"])

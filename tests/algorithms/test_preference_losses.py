@@ -1,4 +1,4 @@
-"""Offline preference losses against float64 formulas written here from the papers / DESIGN.md."""
+"""Offline preference losses against float64 formulas written here from the papers / docs/design.md ("Formulas")."""
 import math
 
 import pytest

@@ -85,7 +85,7 @@ def test_step_pair_loss_matches_float64_with_discounting(reduction, clip):
     l_w, l_l = ratio(batch.x_t_w, batch.x_prev_w), ratio(batch.x_t_l, batch.x_prev_l)
     w = batch.valid.double() * 0.8 ** batch.steps.double()
     expected = (-w * torch.log(torch.sigmoid(3.0 * (l_w - l_l)))).mean()
-    # the fused step op returns float32 log-probs (DESIGN.md: accumulate in fp32), hence the tolerances
+    # the fused step op returns float32 log-probs (docs/design.md, section 5: accumulate in fp32), hence the tolerances
     assert abs(float(loss.detach()) - float(expected.detach())) < 1e-6
     params = policy.adapter.trainable_parameters()
     for u, v in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):

@@ -86,7 +86,7 @@ def test_reference_ddim_step_matches_diffusers(prediction_type):
 
 
 def test_reference_flow_step_matches_design_formula():
-    # DESIGN.md as written: sigma_t = a sqrt(s/(1-s)),
+    # docs/design.md's flow SDE formula as written: sigma_t = a sqrt(s/(1-s)),
     # mu = x + [v (1 + sigma_t^2 (1-s)/(2s)) + x sigma_t^2/(2s)] dt, std = sigma_t sqrt(-dt)
     s, sn, a = torch.tensor([0.8, 0.3]).double(), torch.tensor([0.6, 0.1]).double(), 0.7
     x, v, noise = (make((2, 5), torch.float64, "cpu", seed=k) for k in range(3))

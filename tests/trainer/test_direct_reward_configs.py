@@ -2,7 +2,7 @@
 (shortened: fewer epochs, every other setting as shipped); LoRA scaling at evaluation.
 
 The target is eval_reward: the reward of fixed-seed samples logged before each epoch's update, so the numbers
-are the same on every run. Margins are about half the measured rises recorded in each config's comments.
+are the same on every run. Margins are about half the measured rises recorded in docs/experiments.md.
 """
 import os
 

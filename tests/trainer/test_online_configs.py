@@ -1,8 +1,8 @@
 """Each shipped tiny online config raises its reward (shortened: fewer epochs, every other setting as shipped).
 
 The runs are seeded (model and LoRA init from modality.options.seed; rollouts per (seed, epoch, sample)), so
-the numbers are the same on every run; the margins are about half the measured rises (in each config's
-comments) and several times the noise of a 3-epoch mean (per-sample reward std 0.004-0.011 over 32 samples
+the numbers are the same on every run; the margins are about half the measured rises (docs/experiments.md)
+and several times the noise of a 3-epoch mean (per-sample reward std 0.004-0.011 over 32 samples
 per epoch).
 """
 import os

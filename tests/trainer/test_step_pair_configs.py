@@ -2,7 +2,7 @@
 fewer epochs, every other setting as shipped); D3PO from a human label file.
 
 The target is eval_reward (fixed-seed samples before each epoch's update), the same on every run; margins are
-about half the measured rises (recorded in each config's comments).
+about half the measured rises (recorded in docs/experiments.md).
 """
 import json
 import os

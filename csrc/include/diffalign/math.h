@@ -65,7 +65,7 @@ template <class A> DA_HD A gaussian_kl_elem(A m1, A m2, A s1, A s2) {
 }
 
 // ---- per-row coefficients of the linear-Gaussian step rules ----
-// mean = cx * x_t + cm * model_output, std: see DESIGN.md (DDIM with eta as in DDPO; Flow-GRPO SDE).
+// mean = cx * x_t + cm * model_output, std: see docs/design.md, "Formulas" (DDIM with eta as in DDPO; Flow-GRPO SDE).
 template <class A> struct StepCoef { A cx, cm, std; };
 
 template <class A> DA_HD StepCoef<A> step_coefficients(int mode, A p0, A p1, A param) {
