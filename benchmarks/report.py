@@ -672,9 +672,10 @@ def render_results(results: Path = RESULTS) -> str:
 # ---- README's headline block -------------------------------------------------------------------------------
 def headline_from_default(name: str, data: dict) -> List[str]:
     header, rows = demo_default_rows(data)
-    keep = [0, 1, 3, 4, 5, 9]  # seed, epochs, before -> after, change (CI), McNemar p, precision
+    keep = [0, 1, 2, 3, 4, 5, 9]  # seed, epochs, minutes, before -> after, change (CI), McNemar p, precision
     deltas = [(r["after"]["accuracy"] - r["before"]["accuracy"]) * 100 for r in data["runs"]]
-    lines = [f"Measured on {demo_default_machine(data)}, `{data.get('command', 'diffalign demo')}`, one run per "
+    command = data.get("command", "diffalign demo").strip() + " --seed SEED"
+    lines = [f"Measured on {demo_default_machine(data)}, `{command}`, one run per "
              f"training seed ([`{name}`](benchmarks/results/{name})); held-out accuracy, caption kinds weighted "
              "equally:", ""]
     lines += table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])

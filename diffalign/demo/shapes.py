@@ -17,11 +17,14 @@ upright triangles, and at least ``2 * size / 32`` px of black between any two ob
 boxes, so no two objects touch. A relation holds between bounding-box centres by at least
 ``size / 4`` px along its axis, and that axis dominates (``|dx| > |dy|`` for left/right).
 
-Held-out prompts (:func:`prompts` with ``split="heldout"``) are a fixed set of captions, about 20 %
-of every caption kind, chosen by a SHA-256 hash of the caption (not by an RNG, so the set cannot
-drift between numpy versions). A relation and its mirror (``A left of B`` / ``B right of A``)
-describe the same picture, so they are held out together; the training split never contains a
-held-out picture under another wording. Every colour, shape and count still occurs in training.
+Held-out prompts (:func:`prompts` with ``split="heldout"``) are a fixed set of captions, 20 % of every
+caption kind but at least :data:`HELDOUT_MIN_PER_KIND` pictures of each (8 of the 12 single-object
+captions, 8 of the 24 count captions, 20 % of the relation pictures), chosen by a SHA-256 hash of the caption (not by an RNG, so the set cannot
+drift between numpy versions), in hash order but skipping any picture whose loss would leave a colour,
+shape or count without a training caption of its kind. A relation and its mirror (``A left of B`` /
+``B right of A``) describe the same picture, so they are held out together; the training split never
+contains a held-out picture under another wording. Every colour, shape and count still occurs in training,
+in every kind.
 
 Additions to the shared API: :data:`VOCAB` (every caption word, for an offline tokenizer),
 :func:`caption_kind`, :func:`all_captions`, :func:`split_of`, :func:`noisy_caption`, :func:`balanced_prompts` (the demo's
@@ -54,6 +57,9 @@ RELATIONS: Tuple[str, ...] = ("left of", "right of", "above", "below")
 KINDS: Tuple[str, ...] = ("single", "count", "relation")
 SPLITS: Tuple[str, ...] = ("train", "heldout")
 HELDOUT_FRACTION = 0.2
+# at least this many held-out pictures of every kind: with 20% alone the single-object kind held out 2 captions,
+# and a third of the demo's headline (the kinds weigh equally) rested on them
+HELDOUT_MIN_PER_KIND = 8
 
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 _PLURAL = {s: s + "s" for s in SHAPES}
@@ -190,6 +196,13 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
+def _coverage(keys: Sequence[str]) -> Tuple[frozenset, frozenset, frozenset]:
+    """The colours, shapes and counts the captions ``keys`` (of one kind) name."""
+    objects = [o for k in keys for o in parse_caption(k).objects]
+    return (frozenset(o.color for o in objects), frozenset(o.shape for o in objects),
+            frozenset(o.count for o in objects))
+
+
 def _build_splits() -> Dict[str, Tuple[str, ...]]:
     by_kind: Dict[str, Dict[str, List[str]]] = {k: {} for k in KINDS}
     for scene in _all_scenes():
@@ -197,8 +210,15 @@ def _build_splits() -> Dict[str, Tuple[str, ...]]:
     held: set = set()
     for kind, groups in by_kind.items():
         keys = sorted(groups, key=lambda k: (_hash("diffalign-heldout:" + k), k))
-        for key in keys[:max(1, round(HELDOUT_FRACTION * len(keys)))]:
-            held.update(groups[key])
+        want = max(HELDOUT_MIN_PER_KIND, round(HELDOUT_FRACTION * len(keys)))
+        kept = list(keys)
+        for key in keys:  # in hash order, skipping a picture whose loss would leave an attribute untrained
+            if len(kept) == len(keys) - want:
+                break
+            rest = [k for k in kept if k != key]
+            if _coverage(rest) == _coverage(keys):
+                kept = rest
+                held.update(groups[key])
     everything = [caption(s) for s in _all_scenes()]
     return {"train": tuple(c for c in everything if c not in held), "heldout": tuple(c for c in everything if c in held)}
 
@@ -227,8 +247,10 @@ def noisy_caption(scene: Scene, rng: np.random.Generator, color_noise: float) ->
 
     The demo model is pre-trained on such captions (scripts/train_demo_model.py ``--caption-noise``), so that it
     follows its prompt's colours only about as often as its captions were right, an error alignment can fix.
-    A noisy caption that falls in the held-out split keeps the true one, so no held-out caption is ever trained.
-    Draws from ``rng`` for every object whatever the outcome, so later draws do not depend on it.
+    No held-out caption is ever trained: the replacement colour is drawn among those that keep the caption in the
+    training split (so every kind is about equally noisy, although most single-object captions are held out), and
+    an object with no such colour keeps its own. Draws from ``rng`` for every object whatever the outcome, so later
+    draws do not depend on it.
     """
     if not 0.0 <= color_noise <= 1.0:
         raise ValueError(f"noisy_caption: color_noise must be in [0, 1], got {color_noise}")
@@ -237,7 +259,10 @@ def noisy_caption(scene: Scene, rng: np.random.Generator, color_noise: float) ->
         flip, pick = rng.random(), rng.random()
         if flip < color_noise:
             others = [c for c in COLORS if c != o.color and all(p.color != c for j, p in enumerate(objects) if j != k)]
-            objects[k] = ObjectSpec(others[int(pick * len(others))], o.shape, o.count)
+            trained = [c for c in others if split_of(Scene(tuple(objects[:k]) + (ObjectSpec(c, o.shape, o.count),)
+                                                           + tuple(objects[k + 1:]), scene.relation)) == "train"]
+            if trained:
+                objects[k] = ObjectSpec(trained[int(pick * len(trained))], o.shape, o.count)
     noisy = Scene(tuple(objects), scene.relation)
     return caption(noisy) if split_of(noisy) == "train" else caption(scene)
 

@@ -45,11 +45,10 @@ def test_soft_reward_tracks_the_exact_reward_on_renders():
             j = int(rng.integers(len(words)))
             while words[j] not in swaps:
                 j = (j + 1) % len(words)
-            words[j] = swaps[words[j]][0]
-            try:
-                true = S.caption(S.parse_caption(" ".join(words)))
-            except ValueError:  # e.g. a relation whose two colours became the same
-                pass
+            # the first replacement not already in the caption: a relation keeps two different colours, as every
+            # caption of the task has
+            words[j] = next(w for w in swaps[words[j]] if w not in words)
+            true = S.caption(S.parse_caption(" ".join(words)))
         imgs.append(img)
         captions.append(true)
     x = torch.cat([to_tensor(im) for im in imgs])
