@@ -41,13 +41,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 Conditions = Dict[str, torch.Tensor]
+#: None, one generator for the batch, or one generator per sample
+Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
-__all__ = ["Conditions", "ModalityAdapter", "index_conditions", "cat_conditions", "batch_size_of", "unwrap"]
+__all__ = ["Conditions", "Generators", "item_generators", "ModalityAdapter", "index_conditions", "cat_conditions", "batch_size_of", "unwrap"]
 
 
 def batch_size_of(cond: Conditions) -> int:
@@ -58,6 +60,16 @@ def batch_size_of(cond: Conditions) -> int:
     if not sizes:
         raise ValueError("conditions are empty: an adapter must give at least one batch-first tensor")
     return next(iter(sizes.values()))
+
+
+def item_generators(generator: Generators, n: int) -> List[Optional[torch.Generator]]:
+    """One generator (or None) per item: a list is checked against ``n``, a single generator is shared
+    (its draws then follow the item order), None stays None."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"{len(generator)} generators for {n} items")
+        return list(generator)
+    return [generator] * n
 
 
 def index_conditions(cond: Conditions, index) -> Conditions:
@@ -81,8 +93,9 @@ class ModalityAdapter(abc.ABC):
       denoiser: the torch module holding every trainable parameter; ``denoise`` must call it through
         this attribute, because the trainer replaces it by accelerate's wrapper (DDP, FSDP) so that
         gradients are synchronised. Use :func:`unwrap` to reach the bare module (e.g. for peft).
-      scheduler: a diffusers scheduler (DDIM/DDPM/FlowMatchEulerDiscrete) the step rule reads.
-      default_step_rule: "ddim" | "ddpm" | "flow_sde" (what rollouts use unless configured).
+      scheduler: what the step rule reads: a diffusers scheduler (DDIM / DDPM / FlowMatchEulerDiscrete)
+        or one of diffalign.mdp's schedules (VP betas, EDM sigmas).
+      default_step_rule: the step rule rollouts use unless configured (see diffalign.mdp.STEP_RULES).
     """
 
     denoiser: torch.nn.Module
@@ -91,16 +104,52 @@ class ModalityAdapter(abc.ABC):
 
     # ---- conditions and noise -------------------------------------------------------------------
     @abc.abstractmethod
-    def encode_conditions(self, prompts: Sequence[Any]) -> Conditions:
-        """Prompts (text, pockets, observed states, input images...) -> batch-first tensors."""
+    def encode_conditions(self, items: Sequence[Any], generator: Generators = None) -> Conditions:
+        """Prompt items -> batch-first tensors.
+
+        An item is a text or a mapping (text plus file paths, arrays, ids: see
+        diffalign.rewards.prompts). ``generator`` (None, one generator, or one per item) draws whatever a
+        condition leaves random (an atom count, a start state, a camera), so that a seeded run draws the
+        same conditions; with one generator per item a sample's draw does not depend on its batch."""
 
     def unconditional(self, cond: Conditions) -> Conditions:
         """The unconditional branch for classifier-free guidance (same keys and batch size)."""
         raise NotImplementedError(f"{type(self).__name__} has no unconditional branch: use guidance_scale = 1")
 
+    def guidance_branches(self, cond: Conditions) -> List[Conditions]:
+        """The condition sets whose outputs guidance combines; they run as ONE batch, in this order.
+        Default: classifier-free guidance, [unconditional, conditional]."""
+        return [self.unconditional(cond), cond]
+
+    def combine_guidance(self, outputs: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
+        """The guided output from the branches' outputs (in guidance_branches' order).
+        Default: uncond + scale * (cond - uncond). Dual guidance (text and image) or masked guidance are
+        adapter choices: override both hooks."""
+        uncond, text = outputs
+        return uncond + scale * (text - uncond)
+
     @abc.abstractmethod
     def initial_noise(self, cond: Conditions, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_T for each condition (its shape may depend on the condition)."""
+        """x_T for each condition (its shape may depend on the condition), already in the constrained
+        subspace (``project_noise`` holds for it)."""
+
+    def project_noise(self, noise: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """Map standard normal noise (B, ...) into the subspace samples live in; every draw of the
+        framework (step noise, re-noising for denoising losses) goes through it. Default: identity.
+        An E(3) model removes the centre of mass of the atoms present and zeroes padded ones."""
+        return noise
+
+    def logprob_mask(self, cond: Conditions, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-element weights of x (x's shape, or broadcastable with the batch first) that log-probs,
+        KLs and denoising losses reduce over; None: every element. Padded atoms or pinned (observed)
+        planning states get 0, so they count nowhere."""
+        return None
+
+    def logprob_dims(self, cond: Conditions, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B,) degrees of freedom of each sample when they are fewer than its masked elements (a
+        centre-of-mass-free set of n points in R^3 has 3(n - 1)); None: the masked element count.
+        Step log-probs are then densities in that subspace (see DiffusionPolicy)."""
+        return None
 
     # ---- the denoiser --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -108,7 +157,8 @@ class ModalityAdapter(abc.ABC):
         """Model output at x (B, ...) and model timesteps (B,), in the scheduler's prediction type."""
 
     def project(self, x: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        """Constraint applied after every step (inpainting, centre-of-mass removal). Default: none."""
+        """Constraint applied after every step (inpainting, centre-of-mass removal). Default: none.
+        Return ``x`` itself (not a copy) when nothing changes: the chain then skips re-scoring."""
         return x
 
     # ---- what rewards see -------------------------------------------------------------------------
@@ -116,8 +166,16 @@ class ModalityAdapter(abc.ABC):
     def decode(self, x0: torch.Tensor, cond: Conditions) -> Any:
         """x0 -> what reward functions consume (images in [0, 1], frames, molecules, ...)."""
 
-    def encode(self, samples: Sequence[Any], cond: Conditions) -> torch.Tensor:
-        """Stored samples -> x0 (B, ...) for offline data (preference pairs, binary feedback).
+    def decode_with_grad(self, x0: torch.Tensor, cond: Conditions) -> Any:
+        """``decode`` keeping the autograd graph (direct reward fine-tuning, noise optimisation).
+        Default: ``decode`` itself, or the function it wraps when it is decorated with torch.no_grad."""
+        import inspect
+        return inspect.unwrap(type(self).decode)(self, x0, cond)
+
+    def encode(self, samples: Sequence[Any], items: Sequence[Any]) -> Tuple[torch.Tensor, Conditions]:
+        """Stored samples and their prompt items -> (x0 (B, ...), conditions), for offline data
+        (preference pairs, binary feedback). The conditions come from the item AND the stored sample
+        where it holds some (a molecule's atom count is its mask).
 
         ``samples`` are what :func:`diffalign.data.load_sample` returns: PIL images or float tensors.
         The inverse of ``decode`` up to its information loss (e.g. VAE encode for images).
@@ -125,7 +183,7 @@ class ModalityAdapter(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot encode stored samples (no offline data path)")
 
     def rewards(self) -> Dict[str, Any]:
-        """Rewards that make sense for this modality, by name: ``(decoded, prompts) -> Tensor[B]``."""
+        """Rewards that make sense for this modality, by name: ``(decoded, items) -> Tensor[B]``."""
         return {}
 
     def sample_grid(self, decoded: Any) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from diffalign.algorithms.base import Algorithm, DataPath
+from diffalign.mdp.chain import run_chain
 from diffalign.modalities.base import Conditions
 
 REWARD_LOSSES = ("linear", "hinge")
@@ -71,30 +72,18 @@ def predicted_x0(rule, i, model_output: torch.Tensor, x: torch.Tensor) -> torch.
     return out.to(x.dtype)
 
 
-def _step(policy, cond: Conditions, x: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
-    out = policy.rule.step(i, policy.predict(x, i, cond), x, noise=noise)
-    return policy.adapter.project(out.prev_sample, cond)
-
-
 def sample_chain(policy, cond: Conditions, x_T: torch.Tensor, noise: torch.Tensor, grad_from: int,
                  checkpointing: bool = True, stop: Optional[int] = None) -> torch.Tensor:
-    """Run steps 0 .. stop-1 (default all T) from x_T with pre-drawn noise (B, T, ...).
+    """Run steps 0 .. stop-1 (default all T) from x_T with pre-drawn noise (B, T, ...), through the one chain
+    runner (diffalign.mdp.run_chain). Steps before ``grad_from`` run under no_grad (DRaFT's stop-gradient);
+    the rest keep their graph, each under torch.utils.checkpoint when ``checkpointing``. Returns the last state."""
+    return run_chain(policy, cond, x_T, noise=noise, grad_from=grad_from, checkpoint=checkpointing, stop=stop).x
 
-    Steps before ``grad_from`` run under no_grad (DRaFT's stop-gradient); the rest keep their graph,
-    each under torch.utils.checkpoint when ``checkpointing``. Returns the last state.
-    """
-    T = policy.rule.num_steps
-    stop = T if stop is None else stop
-    x = x_T
-    for i in range(stop):
-        if i < grad_from:
-            with torch.no_grad():
-                x = _step(policy, cond, x, i, noise[:, i])
-        elif checkpointing:
-            x = _checkpoint(_step, policy, cond, x, i, noise[:, i], use_reentrant=False)
-        else:
-            x = _step(policy, cond, x, i, noise[:, i])
-    return x
+
+def _one_step(policy, cond: Conditions, x: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
+    """Step i from x with the given noise, constrained by the adapter (DRaFT-LV's last step)."""
+    out = policy.step(i, x, cond, noise=noise)
+    return policy.adapter.project(out.prev_sample, cond)
 
 
 @dataclasses.dataclass
@@ -216,11 +205,17 @@ class DirectReward(Algorithm):
     def pretrain_loss(self, x0, batch: SamplingBatch, policy, reference) -> torch.Tensor:
         T = policy.rule.num_steps
         steps = torch.randint(T, (x0.shape[0],), generator=batch.generator)
-        noise = torch.randn(x0.shape, generator=batch.generator, dtype=x0.dtype).to(x0.device)
+        noise = _draw(policy, batch, x0)
         x_t = policy.rule.add_noise(x0, noise, steps)
         pred = policy.predict(x_t, steps, batch.cond, guided=False)
         ref = reference.predict(x_t, steps, batch.cond, guided=False)
-        return ((pred.float() - ref.detach().float()) ** 2).flatten(1).mean(1).mean()
+        return policy.sample_mse(pred, ref.detach(), batch.cond).mean()
+
+
+def _draw(policy, batch: SamplingBatch, like: torch.Tensor) -> torch.Tensor:
+    """Noise of like's shape from the batch's method generator (on the CPU, as before), projected."""
+    noise = torch.randn(like.shape, generator=batch.generator, dtype=like.dtype).to(like.device)
+    return policy.adapter.project_noise(noise, batch.cond)
 
 
 class ReFL(DirectReward):
@@ -262,13 +257,12 @@ class DRaFT(DirectReward):
             x0 = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T)
         rewards = []
         for _ in range(c.lv_samples):  # x_1 ~ q(x_1 | x0), then the last step with its graph
-            eps = torch.randn(x0.shape, generator=batch.generator, dtype=x0.dtype).to(x0.device)
-            step_noise = torch.randn(x0.shape, generator=batch.generator, dtype=x0.dtype).to(x0.device)
+            eps, step_noise = _draw(policy, batch, x0), _draw(policy, batch, x0)
             x1 = policy.rule.add_noise(x0, eps, T - 1)
             if c.checkpointing:
-                y = _checkpoint(_step, policy, batch.cond, x1, T - 1, step_noise, use_reentrant=False)
+                y = _checkpoint(_one_step, policy, batch.cond, x1, T - 1, step_noise, use_reentrant=False)
             else:
-                y = _step(policy, batch.cond, x1, T - 1, step_noise)
+                y = _one_step(policy, batch.cond, x1, T - 1, step_noise)
             rewards.append(batch.reward(y))
         return torch.stack(rewards), x0, {"truncation": torch.tensor(1.0)}
 

@@ -102,11 +102,11 @@ class RWR(Algorithm):
         return w.float()
 
     def loss(self, batch: TransitionBatch, policy, reference):
-        noise = self._noise(batch)
+        noise = policy.adapter.project_noise(self._noise(batch), batch.cond)
         x_t = policy.rule.add_noise(batch.x0, noise, batch.steps)
         pred = policy.predict(x_t, batch.steps, batch.cond, guided=self.config.guided)
         target = policy.rule.training_target(batch.x0, noise, x_t, batch.steps)
-        mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        mse = policy.sample_mse(pred, target, batch.cond)
         weights = batch.advantages
         if self.config.exclude_final_steps > 0:
             kept = batch.steps.to(mse.device) < batch.num_steps - self.config.exclude_final_steps
@@ -115,7 +115,7 @@ class RWR(Algorithm):
         metrics = {"denoising_mse": mse.detach().mean(), "weight_mean": batch.advantages.mean()}
         if self.config.pretrain_weight > 0:
             ref = reference.predict(x_t, batch.steps, batch.cond, guided=False)
-            pretrain = ((pred.float() - ref.detach().float()) ** 2).flatten(1).mean(1).mean()
+            pretrain = policy.sample_mse(pred, ref.detach(), batch.cond).mean()
             loss = loss + self.config.pretrain_weight * pretrain
             metrics["pretrain_loss"] = pretrain.detach()
         return loss, metrics

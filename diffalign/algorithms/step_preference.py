@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from diffalign.algorithms.base import Algorithm, DataPath
 from diffalign.algorithms.direct_reward import predicted_x0
+from diffalign.mdp.chain import draw_step_noise, run_chain
 from diffalign.modalities.base import Conditions, cat_conditions
 
 PREFERENCES = ("reward", "labels")
@@ -124,34 +125,19 @@ class StepPairBatch:
     valid: torch.Tensor       # (B,) float
 
 
-def _noise(gens: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
-    return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype)
-                        for g in gens]).to(like.device)
-
-
-@torch.no_grad()
-def _step(policy, cond, x, i, noise):
-    out = policy.rule.step(i, policy.predict(x, i, cond), x, noise=noise)
-    return policy.adapter.project(out.prev_sample, cond)
-
-
 @torch.no_grad()
 def collect_d3po(policy, cond: Conditions, x_T: torch.Tensor, gens: Sequence[torch.Generator], branch_step: int
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two trajectories per x_T sharing the first ``branch_step`` steps: states (B, T+1, ...) each, and steps."""
-    T = policy.rule.num_steps
-    x = x_T
-    for i in range(branch_step):
-        x = _step(policy, cond, x, i, _noise(gens, x))
-    both = cat_conditions([cond, cond])
-    states = [torch.cat([x, x])]
-    for i in range(branch_step, T):
-        xx = states[-1]
-        noise = torch.cat([_noise(gens, x_T), _noise(gens, x_T)])  # per sample: branch a's draw, then b's
-        states.append(_step(policy, both, xx, i, noise))
-    traj = torch.stack(states, dim=1)
+    """Two trajectories per x_T sharing the first ``branch_step`` steps: states (B, T+1, ...) each, and steps.
+
+    After the branch point the two copies run as one batch [a; b] whose sample j draws from gens[j] in both
+    halves, so each generator gives branch a's draw, then b's, at every step."""
+    shared = run_chain(policy, cond, x_T, generator=list(gens), stop=branch_step).x
+    both = run_chain(policy, cat_conditions([cond, cond]), torch.cat([shared, shared]), generator=list(gens) * 2,
+                     start=branch_step, record=True)
+    traj = torch.stack(both.states, dim=1)
     B = x_T.shape[0]
-    return traj[:B], traj[B:], torch.arange(branch_step, T)
+    return traj[:B], traj[B:], torch.arange(branch_step, policy.rule.num_steps)
 
 
 def pairs_from_preference(a: torch.Tensor, b: torch.Tensor, steps: torch.Tensor, a_wins: torch.Tensor,
@@ -177,9 +163,11 @@ def collect_spo(policy, cond: Conditions, x_T: torch.Tensor, gens: Sequence[torc
     rows = {"x_t": [], "w": [], "l": [], "valid": []}
     for i in range(T):
         out = policy.predict(x, i, cond)
-        noise = torch.stack([_noise(gens, x) for _ in range(k)], dim=1).flatten(0, 1)  # (B*k, ...)
+        noise = torch.stack([draw_step_noise(policy.adapter, cond, x, list(gens)) for _ in range(k)],
+                            dim=1).flatten(0, 1)  # (B*k, ...)
         kids = policy.adapter.project(
-            policy.rule.step(i, out[rep.to(out.device)], x[rep.to(x.device)], noise=noise).prev_sample, cond_k)
+            policy.step(i, x[rep.to(x.device)], cond_k, model_output=out[rep.to(out.device)], noise=noise).prev_sample,
+            cond_k)
         if i + 1 < T:
             x0 = predicted_x0(policy.rule, i + 1, policy.predict(kids, i + 1, cond_k), kids)
         else:

@@ -21,10 +21,9 @@ import dataclasses
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.checkpoint import checkpoint as _checkpoint
-
-from diffalign.mdp import DiffusionPolicy
-from diffalign.modalities.base import Conditions, ModalityAdapter, index_conditions
+from diffalign.mdp import DiffusionPolicy, run_chain
+from diffalign.mdp import draw_noise as mdp_draw_noise
+from diffalign.modalities.base import Conditions, ModalityAdapter
 
 __all__ = ["EvalCounter", "count_evaluations", "seeded_generators", "draw_noise", "sample_chain", "decode_with_grad",
            "sample_images", "SampleBatch"]
@@ -78,66 +77,38 @@ def seeded_generators(seeds: Sequence[int], device="cpu") -> List[torch.Generato
 
 
 def draw_noise(policy: DiffusionPolicy, cond: Conditions, seeds: Sequence[int]
-               ) -> Tuple[torch.Tensor, Optional[List[torch.Tensor]]]:
-    """(x_T, per-step noises or None for a deterministic rule), drawn per sample from ``seeds`` in the
-    order :meth:`DiffusionPolicy.sample` uses (x_T first, then one draw per step)."""
-    gens = seeded_generators(seeds)
-    if len(gens) != next(iter(cond.values())).shape[0]:
-        raise ValueError(f"{len(gens)} seeds for {next(iter(cond.values())).shape[0]} samples")
-    x_T = torch.cat([policy.adapter.initial_noise(index_conditions(cond, slice(b, b + 1)), g)
-                     for b, g in enumerate(gens)])
-    if not policy.rule.stochastic:
-        return x_T, None
-    noises = []
-    for _ in range(policy.rule.num_steps):
-        noises.append(torch.stack([torch.randn(x_T.shape[1:], generator=g, device=g.device, dtype=x_T.dtype)
-                                   for g in gens]).to(x_T.device))
-    return x_T, noises
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(x_T, per-step noise (B, T, ...) or None for a deterministic rule), drawn per sample from ``seeds``
+    in the order :meth:`DiffusionPolicy.sample` uses (x_T first, then one draw per step), through the
+    adapter's ``project_noise`` (diffalign.mdp.draw_noise)."""
+    return mdp_draw_noise(policy.adapter, cond, seeded_generators(seeds), policy.rule.num_steps,
+                          policy.rule.stochastic)
 
 
 StepCallback = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def sample_chain(policy: DiffusionPolicy, cond: Conditions, x_T: torch.Tensor,
-                 noises: Optional[Sequence[torch.Tensor]] = None, checkpoint: bool = True,
+                 noises: Optional[torch.Tensor] = None, checkpoint: bool = True,
                  before_step: Optional[StepCallback] = None) -> torch.Tensor:
-    """x_0 from x_T through the policy's guided chain, differentiable with respect to x_T (and the
-    weights) whenever autograd is on.
+    """x_0 from x_T through the policy's guided chain (diffalign.mdp.run_chain), differentiable with respect
+    to x_T (and the weights) whenever autograd is on.
 
-    The per-step noise is an input (``noises[i]``, from :func:`draw_noise`), not drawn inside, so the
-    map x_T -> x_0 is a fixed function that gradient ascent can climb, and recomputing a step in the
-    backward pass reproduces it. With ``checkpoint`` each step runs under ``torch.utils.checkpoint``:
-    memory holds one step's activations at a time instead of T, for one extra forward per step in the
-    backward pass. ``before_step(i, x)`` may replace the state before step i (Attend-and-Excite does).
+    The per-step noise is an input (from :func:`draw_noise`), not drawn inside, so the map x_T -> x_0 is a
+    fixed function that gradient ascent can climb, and recomputing a step in the backward pass reproduces
+    it. With ``checkpoint`` each step runs under ``torch.utils.checkpoint`` (when autograd is on): memory
+    holds one step's activations at a time instead of T, for one extra forward per step in the backward
+    pass. ``before_step(i, x)`` may replace the state before step i (Attend-and-Excite does).
     """
     rule = policy.rule
-    if rule.stochastic and (noises is None or len(noises) != rule.num_steps):
+    if rule.stochastic and noises is None:
         raise ValueError(f"a stochastic step rule needs {rule.num_steps} per-step noises (draw_noise gives them)")
-
-    def step(i: int, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        out = rule.step(i, policy.predict(x, i, cond), x, noise=noise)
-        return policy.adapter.project(out.prev_sample, cond)
-
-    x = x_T
-    for i in range(rule.num_steps):
-        if before_step is not None:
-            x = before_step(i, x)
-        noise = noises[i] if noises is not None else torch.zeros_like(x)
-        if checkpoint and torch.is_grad_enabled() and x.requires_grad:
-            x = _checkpoint(step, i, x, noise, use_reentrant=False)
-        else:
-            x = step(i, x, noise)
-    return x
+    return run_chain(policy, cond, x_T, noise=noises, checkpoint=checkpoint, before_step=before_step).x
 
 
 def decode_with_grad(adapter: ModalityAdapter, x0: torch.Tensor, cond: Conditions):
-    """``adapter.decode`` with autograd: adapters decorate decode with ``torch.no_grad`` (rollouts need
-    no graph), so call the undecorated function when there is one (functools.wraps keeps it)."""
-    own = getattr(adapter, "decode_with_grad", None)
-    if callable(own):
-        return own(x0, cond)
-    fn = getattr(type(adapter).decode, "__wrapped__", None)
-    return fn(adapter, x0, cond) if fn is not None else adapter.decode(x0, cond)
+    """``adapter.decode`` keeping the graph (the adapter's ``decode_with_grad``)."""
+    return adapter.decode_with_grad(x0, cond)
 
 
 @dataclasses.dataclass

@@ -18,11 +18,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from diffalign.mdp.chain import draw_step_noise, run_chain
 from diffalign.mdp.steps import StepRule
-from diffalign.modalities.base import Conditions, ModalityAdapter, batch_size_of, cat_conditions, index_conditions
+from diffalign.modalities.base import (Conditions, Generators, ModalityAdapter, batch_size_of, cat_conditions,
+                                       index_conditions)
 from diffalign.ops import StepOutput
 
-__all__ = ["DiffusionPolicy", "Trajectory"]
+__all__ = ["DiffusionPolicy", "Trajectory", "element_count"]
 
 LOGPROB_REDUCTIONS = ("mean", "sum")
 
@@ -100,35 +102,78 @@ class DiffusionPolicy:
         """Guided model output at step indices ``steps`` (int or (B,)); ``guided=False`` gives the
         plain conditional output (what denoising losses train).
 
-        With guidance the unconditional and conditional branches run as ONE batch of 2B rows,
-        [uncond; cond], in rollouts and at training time alike (same batch layout, same numerics).
+        With guidance the adapter's branches (default [unconditional; conditional]) run as ONE batch of
+        k*B rows, in rollouts and at training time alike (same batch layout, same numerics), and the
+        adapter combines them (default: classifier-free guidance at ``guidance_scale``).
         """
         t = self.rule.model_timesteps(steps, x)
         with self._context():
             if self.guidance_scale == 1.0 or not guided:
                 return self.adapter.denoise(x, t, cond)
-            both = cat_conditions([self.adapter.unconditional(cond), cond])
-            out = self.adapter.denoise(torch.cat([x, x]), torch.cat([t, t]), both)
-            uncond, text = out.chunk(2)
-            return uncond + self.guidance_scale * (text - uncond)
+            branches = self.adapter.guidance_branches(cond)
+            k = len(branches)
+            out = self.adapter.denoise(torch.cat([x] * k), torch.cat([t] * k), cat_conditions(branches))
+            return self.adapter.combine_guidance(out.chunk(k), self.guidance_scale)
+
+    def step(self, steps, x_t: torch.Tensor, cond: Conditions, model_output: Optional[torch.Tensor] = None,
+             prev_sample: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+             generator: Generators = None) -> StepOutput:
+        """One transition from x_t: scores ``prev_sample``, or draws one with ``noise`` (or noise drawn from
+        ``generator`` through the adapter's ``project_noise``). The log-prob is reduced over the adapter's
+        ``logprob_mask`` and, where the adapter gives ``logprob_dims``, is the density in that subspace."""
+        if model_output is None:
+            model_output = self.predict(x_t, steps, cond)
+        if prev_sample is None and noise is None and self.rule.stochastic:
+            noise = draw_step_noise(self.adapter, cond, x_t, generator)
+        mask = self.adapter.logprob_mask(cond, x_t)
+        extra = {} if mask is None else {"mask": mask}
+        out = self.rule.step(steps, model_output, x_t, prev_sample=prev_sample, noise=noise, **extra)
+        return self._reduce(out, x_t, cond, mask)
 
     def transition(self, x_t: torch.Tensor, steps, cond: Conditions, prev_sample: Optional[torch.Tensor] = None,
                    noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> StepOutput:
         """Score ``prev_sample`` (or draw one) from x_t at step indices ``steps``; log_prob is (B,) float32."""
-        out = self.rule.step(steps, self.predict(x_t, steps, cond), x_t, prev_sample=prev_sample, noise=noise,
-                             generator=generator)
-        return self._reduce(out, x_t)
+        return self.step(steps, x_t, cond, prev_sample=prev_sample, noise=noise, generator=generator)
 
-    def _reduce(self, out: StepOutput, x_t: torch.Tensor) -> StepOutput:
-        # the ops return the mean over non-batch dims; the sum is exactly D times it
+    def _reduce(self, out: StepOutput, x_t: torch.Tensor, cond: Conditions, mask: Optional[torch.Tensor]) -> StepOutput:
+        """The step ops give the (masked) mean of per-element log-densities; turn it into this policy's
+        reduction, counting the subspace's dimensions when the adapter gives them."""
+        dims = self.adapter.logprob_dims(cond, x_t)
+        if mask is None and dims is None:
+            if self.logprob_reduction == "sum":  # the sum is exactly D times the mean
+                out = out._replace(log_prob=out.log_prob * math.prod(x_t.shape[1:]))
+            return out
+        lp = out.log_prob
+        count = element_count(x_t, mask).to(lp)
+        total = lp * count
+        if dims is not None:
+            # N(mean, s^2 I) restricted to a d-dimensional subspace holding x - mean: the quadratic term is
+            # the same, the normaliser counts d dimensions instead of the `count` elements summed over
+            d = dims.to(lp)
+            var = out.std.reshape(out.std.shape[0], -1)[:, 0].to(lp) ** 2
+            correction = torch.where(var > 0, 0.5 * (count - d) * torch.log(2 * math.pi * var.clamp_min(1e-30)),
+                                     torch.zeros_like(var))
+            total = total + correction
+        else:
+            d = count
         if self.logprob_reduction == "sum":
-            out = out._replace(log_prob=out.log_prob * math.prod(x_t.shape[1:]))
-        return out
+            return out._replace(log_prob=total)
+        return out._replace(log_prob=torch.where(d > 0, total / d.clamp_min(1e-12), torch.zeros_like(total)))
+
+    def sample_mse(self, pred: torch.Tensor, target: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """(B,) float32 mean of (pred - target)^2 over each sample's elements, weighted by the adapter's
+        ``logprob_mask`` (padded or pinned elements count nowhere): what denoising losses average."""
+        err = (pred.float() - target.float()) ** 2
+        mask = self.adapter.logprob_mask(cond, pred)
+        if mask is None:
+            return err.flatten(1).mean(1)
+        m = mask.to(err.dtype).expand_as(err)
+        count = m.flatten(1).sum(1)
+        return torch.where(count > 0, (err * m).flatten(1).sum(1) / count.clamp_min(1e-12), torch.zeros_like(count))
 
     # ---- a rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, cond: Conditions, generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
-               x_T: Optional[torch.Tensor] = None) -> Trajectory:
+    def sample(self, cond: Conditions, generator: Generators = None, x_T: Optional[torch.Tensor] = None) -> Trajectory:
         """Run the whole chain from x_T, recording every state and per-step log-prob.
 
         ``generator`` may be one generator for the batch or one per sample: per-sample generators
@@ -145,24 +190,13 @@ class DiffusionPolicy:
                            for b, g in enumerate(generator)])
         else:
             x = self.adapter.initial_noise(cond, generator)
-        states, log_probs = [x], []
-        for i in range(self.rule.num_steps):
-            model_output = self.predict(x, i, cond)
-            if per_sample and self.rule.stochastic:
-                noise = torch.stack([_randn(x.shape[1:], g, x) for g in generator])
-                out = self.rule.step(i, model_output, x, noise=noise)
-            else:
-                out = self.rule.step(i, model_output, x, generator=None if per_sample else generator)
-            kept = self.adapter.project(out.prev_sample, cond)
-            if kept is not out.prev_sample:  # a constraint moved the sample: score what is actually kept
-                out = self.rule.step(i, model_output, x, prev_sample=kept)
-            log_probs.append(self._reduce(out, x).log_prob)
-            x = kept
-            states.append(x)
+        result = run_chain(self, cond, x, generator=generator, record=True)
         steps = torch.arange(self.rule.num_steps)
-        return Trajectory(torch.stack(states, dim=1), torch.stack(log_probs, dim=1), cond, steps)
+        return Trajectory(torch.stack(result.states, dim=1), torch.stack(result.log_probs, dim=1), cond, steps)
 
 
-def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, moved to like's device and dtype."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+def element_count(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B,) the number of elements of each sample of x that ``mask`` keeps (its weights' sum)."""
+    if mask is None:
+        return torch.full((x.shape[0],), float(math.prod(x.shape[1:])), device=x.device)
+    return mask.to(torch.float32).expand(x.shape).flatten(1).sum(1)

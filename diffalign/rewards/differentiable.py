@@ -3,14 +3,10 @@
 The colour rewards in color.py detach their input (they serve RL, which needs no gradient); these keep
 the graph. ``tiny_cnn`` is a fixed random convolutional network: a stand-in for a learned reward model
 (ImageReward, PickScore, HPSv2) that tests and CPU runs can backpropagate through with no download.
-
-``decode_with_grad`` decodes x0 with its graph: adapters decorate ``decode`` with ``torch.no_grad``
-(rollouts never need its gradient), so it calls the undecorated function, or an adapter's own
-``decode_differentiable`` when it has one.
+What they score comes from the adapter's ``decode_with_grad`` (modalities/base.py).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Dict, Sequence
 
 import torch
@@ -18,7 +14,7 @@ import torch
 from diffalign.rewards.compositional_soft import compositional_soft
 
 __all__ = ["differentiable_brightness", "differentiable_color_target", "tiny_cnn", "DIFFERENTIABLE_REWARDS",
-           "decode_with_grad", "TinyCNN"]
+           "TinyCNN"]
 
 
 def _images(images: torch.Tensor) -> torch.Tensor:
@@ -75,11 +71,3 @@ DIFFERENTIABLE_REWARDS = {"differentiable_brightness": differentiable_brightness
                           "differentiable_color_target": differentiable_color_target, "tiny_cnn": tiny_cnn,
                           # the shapes demo's compositional reward, relaxed (rewards/compositional_soft.py)
                           "compositional_soft": compositional_soft}
-
-
-def decode_with_grad(adapter, x0: torch.Tensor, cond) -> torch.Tensor:
-    """adapter.decode(x0, cond) keeping the graph from x0 (see the module doc)."""
-    own = getattr(adapter, "decode_differentiable", None)
-    if own is not None:
-        return own(x0, cond)
-    return inspect.unwrap(type(adapter).decode)(adapter, x0, cond)

@@ -14,7 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from diffalign.modalities.base import index_conditions, unwrap
+from diffalign.mdp import draw_noise as mdp_draw_noise
+from diffalign.modalities.base import unwrap
 from diffalign.rewards import bind_reward_kwargs, call_reward, resolve_reward
 from diffalign.rewards.differentiable import DIFFERENTIABLE_REWARDS
 from diffalign.trainer.base import Trainer
@@ -63,14 +64,9 @@ def lora_scale(adapter, scale: float):
 
 
 def draw_noise(adapter, cond, gens: Sequence[torch.Generator], num_steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """x_T (B, ...) and step noise (B, T, ...), sample b drawn from gens[b] alone (split-independent)."""
-    xs, noises = [], []
-    for b, g in enumerate(gens):
-        x = adapter.initial_noise(index_conditions(cond, slice(b, b + 1)), g)
-        xs.append(x)
-        noises.append(torch.randn((num_steps,) + tuple(x.shape[1:]), generator=g, device=g.device,
-                                  dtype=x.dtype).to(x.device))
-    return torch.cat(xs), torch.stack(noises)
+    """x_T (B, ...) and step noise (B, T, ...), sample b drawn from gens[b] alone (split-independent), in
+    the rollouts' order and through the adapter's ``project_noise`` (diffalign.mdp.draw_noise)."""
+    return mdp_draw_noise(adapter, cond, gens, num_steps)
 
 
 class SampledTrainer(Trainer):
@@ -94,7 +90,7 @@ class SampledTrainer(Trainer):
         LoRA scaled by ``scale``: the run's target, free of the training draws' noise."""
         n = self.cfg.sampling.batch_size
         prompts = [self.prompts[i % len(self.prompts)] for i in range(n)]
-        cond = self.adapter.encode_conditions(prompts)
+        cond = self.adapter.encode_conditions(prompts, [generator(self.cfg.seed, "eval", g, "conditions") for g in range(n)])
         gens = [generator(self.cfg.seed, "eval", g) for g in range(n)]
         self.adapter.denoiser.eval()
         with lora_scale(self.adapter, scale), self.acc.autocast():

@@ -16,7 +16,6 @@ import torch
 
 from diffalign.algorithms.direct_reward import SamplingBatch
 from diffalign.rewards import call_reward
-from diffalign.rewards.differentiable import decode_with_grad
 from diffalign.trainer.common import SampledTrainer, draw_noise
 from diffalign.trainer.distributed import derive_seed, generator
 
@@ -30,7 +29,7 @@ class DifferentiableTrainer(SampledTrainer):
 
     def _reward(self, cond, prompts):
         def reward(x0: torch.Tensor) -> torch.Tensor:
-            return call_reward(self.reward_fn, decode_with_grad(self.adapter, x0, cond), prompts, self.acc.device)
+            return call_reward(self.reward_fn, self.adapter.decode_with_grad(x0, cond), prompts, self.acc.device)
         return reward
 
     def run_epoch(self, epoch: int) -> Dict[str, float]:
@@ -49,7 +48,8 @@ class DifferentiableTrainer(SampledTrainer):
             for m0 in range(0, s.batch_size, t.batch_size):
                 g0 = first + m0
                 mine = prompts[g0:g0 + t.batch_size]
-                cond = self.adapter.encode_conditions(mine)
+                cond = self.adapter.encode_conditions(
+                    mine, [generator(cfg.seed, epoch, n, g, "conditions") for g in range(g0, g0 + len(mine))])
                 gens = [generator(cfg.seed, epoch, n, g, "noise") for g in range(g0, g0 + len(mine))]
                 x_T, noise = draw_noise(self.adapter, cond, gens, s.num_steps)
                 batch = SamplingBatch(cond, mine, x_T, noise, self._reward(cond, mine),

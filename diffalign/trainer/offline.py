@@ -5,7 +5,8 @@ Per epoch the stored pairs (or labelled samples) are shuffled, cut into global m
 the timestep come from a generator seeded by (seed, epoch, the item's position in the epoch), so
 a pair's winner and loser share them, a resumed run redraws exactly what the uninterrupted run drew,
 and 2 processes x B/2 items see what 1 process x B sees. Stored samples are encoded once by the
-adapter (``adapter.encode``: VAE latents for images, the points themselves for the toy) and cached.
+adapter (``adapter.encode``: VAE latents for images, the points themselves for the toy, with the
+conditions of the item and the sample) and cached.
 
 The forward process runs on the model's whole training grid (:class:`diffalign.mdp.forward.ForwardProcess`),
 the loss object (diffalign/algorithms/preference.py, reference_free.py, kto.py) runs the policy and
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -117,29 +118,29 @@ class OfflineTrainer(Trainer):
         return {"loss": f"{metrics['loss']:.3g}", "acc": f"{metrics['implicit_acc']:.3f}"}
 
     # ---- data -> batches --------------------------------------------------------------------------------
-    def _x0(self, keys: List[int], samples: List, cond) -> torch.Tensor:
-        """Encoded x0 of stored samples; ``keys`` identify them in the cache (2 i / 2 i + 1 for pair i)."""
-        missing = [j for j, k in enumerate(keys) if k not in self._cache]
-        if missing or not self.cfg.data.cache_latents:
-            todo = list(range(len(keys))) if not self.cfg.data.cache_latents else missing
-            sub_cond = {k: v[todo] for k, v in cond.items()}
-            x0 = self.adapter.encode([load_sample(samples[j]) for j in todo], sub_cond)
-            if not self.cfg.data.cache_latents:
-                return x0
-            for j, row in zip(todo, x0):
-                self._cache[keys[j]] = row.detach()
-        return torch.stack([self._cache[k] for k in keys])
+    def _encoded(self, keys: List[int], samples: List, items: List) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """x0 and conditions of stored samples (``adapter.encode``: the conditions come from the item and the
+        sample); ``keys`` identify them in the cache (2 i / 2 i + 1 for pair i)."""
+        cache = self.cfg.data.cache_latents
+        todo = [j for j, k in enumerate(keys) if k not in self._cache] if cache else list(range(len(keys)))
+        if todo:
+            x0, cond = self.adapter.encode([load_sample(samples[j]) for j in todo], [items[j] for j in todo])
+            if not cache:
+                return x0, cond
+            for n, j in enumerate(todo):
+                self._cache[keys[j]] = (x0[n].detach(), {k: v[n].detach() for k, v in cond.items()})
+        rows = [self._cache[k] for k in keys]
+        return torch.stack([r[0] for r in rows]), {k: torch.stack([r[1][k] for r in rows]) for k in rows[0][1]}
 
     def make_batch(self, epoch: int, positions: List[int], indices: List[int]) -> OfflineBatch:
         """The batch of stored items ``indices`` at global epoch positions ``positions`` (their noise and t)."""
         items = [self.items[i] for i in indices]
         prompts = [it.prompt for it in items]
-        cond = self.adapter.encode_conditions(prompts)
         if self.labels:
-            x0 = self._x0(indices, [it.sample for it in items], cond)
+            x0, cond = self._encoded(indices, [it.sample for it in items], prompts)
         else:
-            x0_w = self._x0([2 * i for i in indices], [it.chosen for it in items], cond)
-            x0_l = self._x0([2 * i + 1 for i in indices], [it.rejected for it in items], cond)
+            x0_w, cond_w = self._encoded([2 * i for i in indices], [it.chosen for it in items], prompts)
+            x0_l, cond_l = self._encoded([2 * i + 1 for i in indices], [it.rejected for it in items], prompts)
         noise, steps = [], []
         for pos in positions:
             g = generator(self.cfg.seed, epoch, pos, "offline")
@@ -149,21 +150,24 @@ class OfflineTrainer(Trainer):
         noise, steps = torch.stack(noise).to(dev), torch.cat(steps)
         reduce = lambda t: self.acc.reduce(t, reduction="mean")  # noqa: E731
         if self.labels:
-            noise = noise.to(x0.dtype)
+            noise = self.adapter.project_noise(noise.to(x0.dtype), cond)
             x_t = self.forward.add_noise(x0, noise, steps)
             desirable = torch.tensor([it.desirable for it in items], device=dev)
             return OfflineBatch(x_t, self.forward.model_timesteps(steps, x_t), self.forward.target(x0, noise, steps),
                                 cond, desirable=desirable, all_reduce_mean=reduce)
         noise = noise.to(x0_w.dtype)
         x0 = torch.cat([x0_w, x0_l])
-        noise2, steps2 = torch.cat([noise, noise]), torch.cat([steps, steps])  # the pair shares noise and t
+        cond = cat_conditions([cond_w, cond_l])
+        # the pair shares noise and t; each side's noise is projected into its own subspace
+        noise2 = self.adapter.project_noise(torch.cat([noise, noise]), cond)
+        steps2 = torch.cat([steps, steps])
         x_t = self.forward.add_noise(x0, noise2, steps2)
         rewards = None
         if all(it.chosen_reward is not None and it.rejected_reward is not None for it in items):
             rewards = torch.tensor([it.chosen_reward for it in items] + [it.rejected_reward for it in items],
                                    device=dev, dtype=torch.float32)
         return OfflineBatch(x_t, self.forward.model_timesteps(steps2, x_t), self.forward.target(x0, noise2, steps2),
-                            cat_conditions([cond, cond]), rewards=rewards, all_reduce_mean=reduce)
+                            cond, rewards=rewards, all_reduce_mean=reduce)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -171,7 +175,8 @@ class OfflineTrainer(Trainer):
         from diffalign.rewards import call_reward
         n = self.cfg.data.eval_samples
         prompts = [self.prompts[i % len(self.prompts)] for i in range(n)]
-        cond = self.adapter.encode_conditions(prompts)
+        cond = self.adapter.encode_conditions(prompts, [generator(self.cfg.seed, "eval", i, "conditions")
+                                                        for i in range(n)])
         gens = [generator(self.cfg.seed, "eval", i) for i in range(n)]
         self.adapter.denoiser.eval()
         with self.acc.autocast():

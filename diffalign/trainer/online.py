@@ -15,6 +15,7 @@ import torch
 from diffalign.algorithms.base import TransitionBatch
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
+from diffalign.rewards.prompts import prompt_key
 from diffalign.rewards.server import RewardServer, close_reward_fn, make_reward_fn, submit_reward
 from diffalign.trainer.base import Trainer
 from diffalign.trainer.distributed import derive_seed, generator
@@ -39,7 +40,7 @@ class OnlineTrainer(Trainer):
         close_reward_fn(self.reward_fn)
 
     # ---- one epoch -----------------------------------------------------------------------------------
-    def _batch_prompts(self, epoch: int, n: int) -> List[str]:
+    def _batch_prompts(self, epoch: int, n: int) -> list:
         """The global rollout batch's prompts (identical on every process); GRPO groups are consecutive."""
         total = self.cfg.sampling.batch_size * self.world
         k = getattr(self.algorithm.config, "group_size", 1)
@@ -54,7 +55,9 @@ class OnlineTrainer(Trainer):
         for n in range(s.num_batches_per_epoch):
             global_prompts = self._batch_prompts(epoch, n)
             mine = global_prompts[local]
-            cond = self.adapter.encode_conditions(mine)
+            # conditions a modality draws (an atom count, a start state) come from per-sample generators too
+            cond = self.adapter.encode_conditions(
+                mine, [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(local.start, local.stop)])
             gens = [generator(self.cfg.seed, epoch, n, g, "noise") for g in range(local.start, local.stop)]
             with self.acc.autocast():
                 traj = self.policy.sample(cond, generator=gens)
@@ -119,7 +122,8 @@ class OnlineTrainer(Trainer):
         start = time.perf_counter()
         traj, rewards, prompts, decoded = self.rollout(epoch)
         rollout_s = time.perf_counter() - start
-        adv = self.algorithm.advantages(rewards.cpu(), prompts)
+        # groups (GRPO) and per-prompt statistics (DDPO) are keyed by a stable text of each prompt item
+        adv = self.algorithm.advantages(rewards.cpu(), [prompt_key(p) for p in prompts])
         b = self.cfg.sampling.batch_size
         mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b] for n in range(traj.batch_size // b)])
         train_start = time.perf_counter()

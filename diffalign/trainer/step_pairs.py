@@ -36,9 +36,11 @@ class StepPairTrainer(SampledTrainer):
         return call_reward(self.reward_fn, self.adapter.decode(x0, cond), prompts, self.acc.device)
 
     def collect(self, epoch: int, n: int, prompts: List[str], first: int):
-        """PairSet of this process's prompts (global sample indices first, first + 1, ...), and metrics."""
+        """PairSet of this process's prompts (global sample indices first, first + 1, ...), their conditions,
+        and metrics."""
         cfg, c = self.cfg, self.algorithm.config
-        cond = self.adapter.encode_conditions(prompts)
+        cond = self.adapter.encode_conditions(
+            prompts, [generator(cfg.seed, epoch, n, g, "conditions") for g in range(first, first + len(prompts))])
         gens = [generator(cfg.seed, epoch, n, g, "noise") for g in range(first, first + len(prompts))]
         x_T, _ = draw_noise(self.adapter, cond, gens, 0)
         self.adapter.denoiser.eval()
@@ -48,7 +50,7 @@ class StepPairTrainer(SampledTrainer):
                     rep = [prompts[i // c.num_children] for i in range(x0.shape[0])]
                     return self._rewards(x0, cond_k, rep)
                 pairs = collect_spo(self.policy, cond, x_T, gens, c.num_children, score)
-                return pairs, {"reward_mean": float(self._rewards(pairs.x0, cond, prompts).mean())}
+                return pairs, cond, {"reward_mean": float(self._rewards(pairs.x0, cond, prompts).mean())}
             a, b, steps = collect_d3po(self.policy, cond, x_T, gens, c.branch_step)
         r_a, r_b = self._rewards(a[:, -1], cond, prompts), self._rewards(b[:, -1], cond, prompts)
         metrics = {"reward_mean": float(torch.cat([r_a, r_b]).mean())}
@@ -62,7 +64,7 @@ class StepPairTrainer(SampledTrainer):
             valid = torch.tensor([k and w is not None for k, w in zip(known, got)])
             metrics["labelled_pairs"] = float(valid.sum())
             self._write_pairs(epoch, n * len(prompts) * self.world + first, a[:, -1], b[:, -1], cond)
-        return pairs_from_preference(a, b, steps, a_wins, valid), metrics
+        return pairs_from_preference(a, b, steps, a_wins, valid), cond, metrics
 
     def _write_pairs(self, epoch, first, xa, xb, cond):
         """Decoded pairs for a person to label: OUTPUT_DIR/pairs/epoch_NNNNNN/pair_NNNNN_{0,1}.png (or .pt)."""
@@ -91,9 +93,9 @@ class StepPairTrainer(SampledTrainer):
             prompts = self.batch_prompts(epoch, n, s.batch_size * self.world)
             first = self.rank * s.batch_size
             mine = prompts[first:first + s.batch_size]
-            pairs, metrics = self.collect(epoch, n, mine, first)
+            pairs, cond, metrics = self.collect(epoch, n, mine, first)
             sets.append(pairs)
-            conds.append(self.adapter.encode_conditions(mine))
+            conds.append(cond)
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + v
             if self.out_of_time():  # train.max_minutes: train on the batches collected so far

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
+from diffalign.rewards.prompts import prompt_text
 from diffalign.modalities.image.options import ImageOptions
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,8 +101,9 @@ class ImageAdapter(ModalityAdapter):
         return out.last_hidden_state, out.text_embeds
 
     @torch.no_grad()
-    def encode_conditions(self, prompts: Sequence[str]) -> Conditions:
-        prompts = list(prompts)
+    def encode_conditions(self, items: Sequence[Any], generator=None) -> Conditions:
+        """Text embeddings of the items' texts (a mapping item gives its "text"); nothing is drawn."""
+        prompts = [prompt_text(item) for item in items]
         negatives = [self.options.negative_prompt] * len(prompts)
         if self.pipeline is None:
             emb, pooled = self._encode_tiny(prompts)
@@ -182,9 +184,9 @@ class ImageAdapter(ModalityAdapter):
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def encode(self, samples, cond):
-        """Stored images (PIL) -> latents x0: centre-crop, resize to the resolution, VAE encode (the
-        posterior mean, so a cached latent is deterministic), then the inverse of ``decode``'s scaling."""
+    def encode(self, samples, items):
+        """Stored images (PIL) -> (latents x0, the items' conditions): centre-crop, resize to the resolution, VAE
+        encode (the posterior mean, so a cached latent is deterministic), then the inverse of ``decode``'s scaling."""
         import numpy as np
         from PIL import Image
         r = self.options.resolution
@@ -198,13 +200,14 @@ class ImageAdapter(ModalityAdapter):
             image = image.resize((r, r), Image.BICUBIC)
             pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1)
         x = torch.stack(pixels).to(self.device, self.dtype)
+        cond = self.encode_conditions(items)
         if self.vae is None:
-            return x.float()
+            return x.float(), cond
         z = self.vae.encode(x).latent_dist.mean
         cfg = self.vae.config
         if getattr(cfg, "shift_factor", None):
             z = z - cfg.shift_factor
-        return (z * cfg.scaling_factor).float()
+        return (z * cfg.scaling_factor).float(), cond
 
     def rewards(self):
         from diffalign.rewards import REWARDS

@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from diffalign.modalities.base import Conditions, ModalityAdapter
+from diffalign.rewards.prompts import prompt_text
 
 SCHEDULERS = ("ddim", "ddpm", "flow")
 
@@ -67,7 +68,7 @@ class ToyAdapter(ModalityAdapter):
             raise ValueError("the toy modality needs a non-empty list of prompts")
         if int(dim) < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
-        self.prompts: List[str] = [str(p) for p in prompts]
+        self.prompts: List[str] = [prompt_text(p, default=str(p)) for p in prompts]
         self.dim = int(dim)
         self.device = torch.device(device)
         self.scheduler = make_scheduler(scheduler)
@@ -104,15 +105,17 @@ class ToyAdapter(ModalityAdapter):
             opt.step()
         opt.zero_grad(set_to_none=True)  # leave no gradient behind for the fine-tuning optimiser
 
-    def prompt_ids(self, prompts: Sequence[str]) -> torch.Tensor:
+    def prompt_ids(self, prompts: Sequence[Any]) -> torch.Tensor:
+        """The index of each item's text in the prompt list (a mapping item gives its "text")."""
+        names = [prompt_text(p, default=str(p)) for p in prompts]
         index = {p: i for i, p in enumerate(self.prompts)}
-        unknown = [p for p in prompts if str(p) not in index]
+        unknown = [p for p in names if p not in index]
         if unknown:
             raise ValueError(f"toy prompts {unknown} are not in the model's prompt list {self.prompts}")
-        return torch.tensor([index[str(p)] for p in prompts], dtype=torch.long, device=self.device)
+        return torch.tensor([index[p] for p in names], dtype=torch.long, device=self.device)
 
-    def encode_conditions(self, prompts: Sequence[str]) -> Conditions:
-        return {"prompt_id": self.prompt_ids(prompts)}
+    def encode_conditions(self, items: Sequence[Any], generator=None) -> Conditions:
+        return {"prompt_id": self.prompt_ids(items)}
 
     def unconditional(self, cond: Conditions) -> Conditions:
         return {"prompt_id": torch.full_like(cond["prompt_id"], len(self.prompts))}
@@ -128,13 +131,13 @@ class ToyAdapter(ModalityAdapter):
     def decode(self, x0, cond):
         return x0
 
-    def encode(self, samples, cond):
-        """Stored points (tensors or numeric lists of length dim) -> x0 (B, dim)."""
+    def encode(self, samples, items):
+        """Stored points (tensors or numeric lists of length dim) -> (x0 (B, dim), the items' conditions)."""
         rows = [torch.as_tensor(s, dtype=torch.float32).reshape(-1) for s in samples]
         bad = [tuple(r.shape) for r in rows if r.shape != (self.dim,)]
         if bad:
             raise ValueError(f"toy samples must be vectors of length {self.dim}; got shapes {bad[:3]}")
-        return torch.stack(rows).to(self.device, self.dtype)
+        return torch.stack(rows).to(self.device, self.dtype), self.encode_conditions(items)
 
     def rewards(self):
         from diffalign.modalities.toy.rewards import TOY_REWARDS

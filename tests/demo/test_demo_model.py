@@ -59,7 +59,8 @@ def test_adapter_loads_demo_by_name_and_path_pixel_space():
     x0 = torch.linspace(-1.5, 1.5, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
     assert torch.equal(adapter.decode(x0, cond), ((x0 + 1) / 2).clamp(0, 1))
     rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    back = adapter.encode([Image.fromarray(rgb)], cond)
+    back, back_cond = adapter.encode([Image.fromarray(rgb)], ["a red circle"])
+    assert torch.equal(back_cond["prompt_embeds"], cond["prompt_embeds"][:1])
     assert torch.allclose(adapter.decode(back, cond)[0].permute(1, 2, 0) * 255, torch.from_numpy(rgb).float(), atol=1e-3)
 
 
