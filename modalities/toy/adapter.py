@@ -75,7 +75,7 @@ class ToyAdapter(ModalityAdapter):
         self.default_step_rule = "flow_sde" if scheduler == "flow" else scheduler
         with torch.random.fork_rng(devices=[]):  # deterministic init without touching the caller's RNG
             torch.manual_seed(init_seed)
-            self.denoiser = MLPDenoiser(self.dim, len(self.prompts), hidden)
+            self.denoiser = self._make_denoiser(hidden)
             if pretrain_steps:
                 self._pretrain(pretrain_steps)
         self.denoiser.to(self.device, dtype)
@@ -92,18 +92,29 @@ class ToyAdapter(ModalityAdapter):
         flow = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
         for _ in range(steps):
             x0, noise = torch.randn(batch, self.dim), torch.randn(batch, self.dim)
-            ids = torch.randint(len(self.prompts) + 1, (batch,))
+            inputs = self._pretrain_inputs(batch)
             if flow:
                 s = torch.rand(batch, 1)
                 x_t, target, t = (1 - s) * x0 + s * noise, noise - x0, s[:, 0] * n_train
             else:
                 t = torch.randint(n_train, (batch,))
                 x_t, target = self.scheduler.add_noise(x0, noise, t), noise
-            loss = ((self.denoiser(x_t, t, ids) - target) ** 2).mean()
+            loss = ((self._forward(self.denoiser, x_t, t, inputs) - target) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
         opt.zero_grad(set_to_none=True)  # leave no gradient behind for the fine-tuning optimiser
+
+    # ---- what a variant changes (toy_dual: a second condition) ------------------------------------------------
+    def _make_denoiser(self, hidden: int) -> nn.Module:
+        return MLPDenoiser(self.dim, len(self.prompts), hidden)
+
+    def _pretrain_inputs(self, batch: int):
+        """Random conditions for pretraining: prompt ids, the null id included (the unconditional branch)."""
+        return (torch.randint(len(self.prompts) + 1, (batch,)),)
+
+    def _forward(self, model, x, t, inputs):
+        return model(x, t, *inputs)
 
     def prompt_ids(self, prompts: Sequence[Any]) -> torch.Tensor:
         """The index of each item's text in the prompt list (a mapping item gives its "text")."""
