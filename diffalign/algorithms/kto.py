@@ -22,8 +22,7 @@ import torch
 
 from diffalign import ops
 from diffalign.algorithms.base import DataPath
-from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, denoiser_outputs
-from diffalign.ops.reference import per_sample_mse
+from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, denoiser_outputs, masked_mse
 
 
 @dataclasses.dataclass
@@ -51,15 +50,16 @@ class KTO(OfflinePreferenceAlgorithm):
         if batch.desirable is None:
             raise ValueError("kto needs labelled samples (batch.desirable)")
         model_pred, ref_pred = denoiser_outputs(batch, policy, reference)
-        return self.label_loss(model_pred, ref_pred, batch.target, batch.desirable, batch.all_reduce_mean)
+        return self.label_loss(model_pred, ref_pred, batch.target, batch.desirable, batch.all_reduce_mean, batch.mask)
 
-    def label_loss(self, model_pred, ref_pred, target, desirable, all_reduce_mean=lambda t: t):
+    def label_loss(self, model_pred, ref_pred, target, desirable, all_reduce_mean=lambda t: t, mask=None):
         c = self.config
-        g = (per_sample_mse(ref_pred, target) - per_sample_mse(model_pred.detach(), target))
+        g = (masked_mse(ref_pred, target, mask) - masked_mse(model_pred.detach(), target, mask))
         z = kto_reference_point(g, all_reduce_mean)
+        extra = {} if mask is None else {"mask": mask}
         loss = ops.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta=c.beta,
                                       lambda_desirable=c.lambda_desirable, lambda_undesirable=c.lambda_undesirable,
-                                      kl_ref=z)
+                                      kl_ref=z, **extra)
         right = torch.where(desirable, g > z, g < z).to(g.dtype)
         d, u = g[desirable], g[~desirable]
         margin = c.beta * ((d.mean() if d.numel() else g.new_zeros(())) - (u.mean() if u.numel() else g.new_zeros(())))

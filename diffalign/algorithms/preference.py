@@ -38,6 +38,21 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(R,) mean over each row's elements of (pred - target)^2, weighted by ``mask`` (broadcast to pred; a row
+    whose mask is all zero gives 0). Without a mask: the ops' per-sample error, bit for bit."""
+    if mask is None:
+        return per_sample_mse(pred, target)
+    err = (pred.float() - target.float()) ** 2
+    m = mask.to(err.dtype).expand_as(err).flatten(1)
+    count = m.sum(1)
+    return torch.where(count > 0, (err.flatten(1) * m).sum(1) / count.clamp_min(1e-12), torch.zeros_like(count))
+
+
+def _mask_kw(batch) -> dict:
+    return {} if batch.mask is None else {"mask": batch.mask}
+
+
 @dataclasses.dataclass
 class OfflineBatch:
     """Forward-noised stored samples. Pairs: rows [winners (P); losers (P)] sharing noise and t.
@@ -50,6 +65,7 @@ class OfflineBatch:
     desirable: Optional[torch.Tensor] = None     # (R,) bool, labels only
     rewards: Optional[torch.Tensor] = None       # (R,) float, [r_w; r_l], pairs with stored rewards
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = _identity  # mean over processes (KTO's z)
+    mask: Optional[torch.Tensor] = None          # the adapter's logprob_mask of x_t: errors average over it
 
     @property
     def num_pairs(self) -> int:
@@ -107,8 +123,8 @@ class DPOConfig:
             raise ValueError(f"algorithm.loss_type must be one of {ops.reference.DPO_LOSS_TYPES}, got {self.loss_type!r}")
 
 
-def _mse_metrics(model_pred, target):
-    e = per_sample_mse(model_pred.detach(), target)
+def _mse_metrics(model_pred, target, mask=None):
+    e = masked_mse(model_pred.detach(), target, mask)
     p = e.shape[0] // 2
     return {"mse_w": e[:p].mean(), "mse_l": e[p:].mean()}
 
@@ -120,9 +136,9 @@ class DPO(OfflinePreferenceAlgorithm):
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
         out = ops.diffusion_dpo_loss(model_pred, ref_pred, target, beta=c.beta, loss_type=c.loss_type,
-                                     return_stats=True)
+                                     return_stats=True, **_mask_kw(batch))
         metrics = {"implicit_acc": out.implicit_acc.mean(), "reward_margin": out.reward_margin.mean(),
-                   **_mse_metrics(model_pred, target)}
+                   **_mse_metrics(model_pred, target, batch.mask)}
         return out.loss, metrics
 
 
@@ -151,9 +167,9 @@ class E2POConfig:
         _check_positive(beta=self.beta, beta_r=self.beta_r)
 
 
-def e2po_loss(model_pred, ref_pred, target, reward_w, reward_l, beta: float, beta_r: float):
+def e2po_loss(model_pred, ref_pred, target, reward_w, reward_l, beta: float, beta_r: float, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) of E2PO on rows [winners; losers]."""
-    e_m, e_r = per_sample_mse(model_pred, target), per_sample_mse(ref_pred.detach(), target)
+    e_m, e_r = masked_mse(model_pred, target, mask), masked_mse(ref_pred.detach(), target, mask)
     p = e_m.shape[0] // 2
     d = (e_m[:p] - e_r[:p]) - (e_m[p:] - e_r[p:])
     label = torch.sigmoid(beta_r * (reward_w - reward_l).to(d))
@@ -172,5 +188,6 @@ class E2PO(OfflinePreferenceAlgorithm):
             raise ValueError("e2po needs pairs with chosen_reward / rejected_reward")
         p = batch.num_pairs
         loss, acc, margin = e2po_loss(model_pred, ref_pred, target, batch.rewards[:p], batch.rewards[p:],
-                                      self.config.beta, self.config.beta_r)
-        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(), **_mse_metrics(model_pred, target)}
+                                      self.config.beta, self.config.beta_r, batch.mask)
+        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
+                      **_mse_metrics(model_pred, target, batch.mask)}

@@ -38,8 +38,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mse_metrics
-from diffalign.ops.reference import per_sample_mse
+from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mse_metrics, masked_mse
 
 
 @dataclasses.dataclass
@@ -54,9 +53,9 @@ class SimPOConfig:
             raise ValueError(f"algorithm.gamma and algorithm.sft_weight must be >= 0, got {self.gamma}, {self.sft_weight}")
 
 
-def simpo_loss(model_pred, target, beta: float, gamma: float, sft_weight: float = 0.0):
+def simpo_loss(model_pred, target, beta: float, gamma: float, sft_weight: float = 0.0, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
-    e = per_sample_mse(model_pred, target)
+    e = masked_mse(model_pred, target, mask)
     p = e.shape[0] // 2
     margin = beta * (e[p:] - e[:p])
     loss = -F.logsigmoid(margin - gamma).mean() + sft_weight * e[:p].mean()
@@ -74,8 +73,9 @@ class SimPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.sft_weight)
-        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(), **_mse_metrics(model_pred, target)}
+        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.sft_weight, batch.mask)
+        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
+                      **_mse_metrics(model_pred, target, batch.mask)}
 
 
 @dataclasses.dataclass
@@ -96,9 +96,9 @@ def log_odds(e: torch.Tensor, kappa: float) -> torch.Tensor:
     return -nll - torch.log(-torch.expm1(-nll))
 
 
-def orpo_loss(model_pred, target, kappa: float, lam: float, sft_weight: float = 1.0):
+def orpo_loss(model_pred, target, kappa: float, lam: float, sft_weight: float = 1.0, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
-    e = per_sample_mse(model_pred, target)
+    e = masked_mse(model_pred, target, mask)
     p = e.shape[0] // 2
     ratio = log_odds(e[:p], kappa) - log_odds(e[p:], kappa)
     loss = sft_weight * e[:p].mean() + lam * -F.logsigmoid(ratio).mean()
@@ -116,5 +116,6 @@ class ORPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = orpo_loss(model_pred, target, c.likelihood_scale, c.lam, c.sft_weight)
-        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(), **_mse_metrics(model_pred, target)}
+        loss, acc, margin = orpo_loss(model_pred, target, c.likelihood_scale, c.lam, c.sft_weight, batch.mask)
+        return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
+                      **_mse_metrics(model_pred, target, batch.mask)}

@@ -156,9 +156,19 @@ class DiffusionPolicy:
             total = total + correction
         else:
             d = count
+        return out._replace(log_prob=self._per_dim(total, d))
+
+    def _per_dim(self, total: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         if self.logprob_reduction == "sum":
-            return out._replace(log_prob=total)
-        return out._replace(log_prob=torch.where(d > 0, total / d.clamp_min(1e-12), torch.zeros_like(total)))
+            return total
+        return torch.where(d > 0, total / d.clamp_min(1e-12), torch.zeros_like(total))
+
+    def reduce_sum(self, total: torch.Tensor, x: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """A per-sample sum over x's (masked) elements, e.g. a KL, in this policy's reduction: itself ("sum") or
+        divided by the sample's dimensions (``logprob_dims``, else the masked element count), as log-probs are."""
+        dims = self.adapter.logprob_dims(cond, x)
+        d = dims.to(total) if dims is not None else element_count(x, self.adapter.logprob_mask(cond, x)).to(total)
+        return self._per_dim(total, d)
 
     def sample_mse(self, pred: torch.Tensor, target: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """(B,) float32 mean of (pred - target)^2 over each sample's elements, weighted by the adapter's

@@ -154,7 +154,8 @@ class OfflineTrainer(Trainer):
             x_t = self.forward.add_noise(x0, noise, steps)
             desirable = torch.tensor([it.desirable for it in items], device=dev)
             return OfflineBatch(x_t, self.forward.model_timesteps(steps, x_t), self.forward.target(x0, noise, steps),
-                                cond, desirable=desirable, all_reduce_mean=reduce)
+                                cond, desirable=desirable, all_reduce_mean=reduce,
+                                mask=self.adapter.logprob_mask(cond, x_t))
         noise = noise.to(x0_w.dtype)
         x0 = torch.cat([x0_w, x0_l])
         cond = cat_conditions([cond_w, cond_l])
@@ -167,7 +168,7 @@ class OfflineTrainer(Trainer):
             rewards = torch.tensor([it.chosen_reward for it in items] + [it.rejected_reward for it in items],
                                    device=dev, dtype=torch.float32)
         return OfflineBatch(x_t, self.forward.model_timesteps(steps2, x_t), self.forward.target(x0, noise2, steps2),
-                            cond, rewards=rewards, all_reduce_mean=reduce)
+                            cond, rewards=rewards, all_reduce_mean=reduce, mask=self.adapter.logprob_mask(cond, x_t))
 
     @torch.no_grad()
     def evaluate(self) -> float:
