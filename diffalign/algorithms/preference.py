@@ -49,8 +49,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Te
     return torch.where(count > 0, (err.flatten(1) * m).sum(1) / count.clamp_min(1e-12), torch.zeros_like(count))
 
 
+def _mask(batch) -> Optional[torch.Tensor]:
+    """The batch's element mask (None without one, or for a bare pair_loss call with no batch)."""
+    return getattr(batch, "mask", None)
+
+
 def _mask_kw(batch) -> dict:
-    return {} if batch.mask is None else {"mask": batch.mask}
+    mask = _mask(batch)
+    return {} if mask is None else {"mask": mask}
 
 
 @dataclasses.dataclass
@@ -138,7 +144,7 @@ class DPO(OfflinePreferenceAlgorithm):
         out = ops.diffusion_dpo_loss(model_pred, ref_pred, target, beta=c.beta, loss_type=c.loss_type,
                                      return_stats=True, **_mask_kw(batch))
         metrics = {"implicit_acc": out.implicit_acc.mean(), "reward_margin": out.reward_margin.mean(),
-                   **_mse_metrics(model_pred, target, batch.mask)}
+                   **_mse_metrics(model_pred, target, _mask(batch))}
         return out.loss, metrics
 
 
@@ -188,6 +194,6 @@ class E2PO(OfflinePreferenceAlgorithm):
             raise ValueError("e2po needs pairs with chosen_reward / rejected_reward")
         p = batch.num_pairs
         loss, acc, margin = e2po_loss(model_pred, ref_pred, target, batch.rewards[:p], batch.rewards[p:],
-                                      self.config.beta, self.config.beta_r, batch.mask)
+                                      self.config.beta, self.config.beta_r, _mask(batch))
         return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
-                      **_mse_metrics(model_pred, target, batch.mask)}
+                      **_mse_metrics(model_pred, target, _mask(batch))}

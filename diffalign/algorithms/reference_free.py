@@ -38,7 +38,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mse_metrics, masked_mse
+from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mask, _mse_metrics, masked_mse
 
 
 @dataclasses.dataclass
@@ -73,9 +73,9 @@ class SimPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.sft_weight, batch.mask)
+        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.sft_weight, _mask(batch))
         return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
-                      **_mse_metrics(model_pred, target, batch.mask)}
+                      **_mse_metrics(model_pred, target, _mask(batch))}
 
 
 @dataclasses.dataclass
@@ -116,6 +116,6 @@ class ORPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = orpo_loss(model_pred, target, c.likelihood_scale, c.lam, c.sft_weight, batch.mask)
+        loss, acc, margin = orpo_loss(model_pred, target, c.likelihood_scale, c.lam, c.sft_weight, _mask(batch))
         return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
-                      **_mse_metrics(model_pred, target, batch.mask)}
+                      **_mse_metrics(model_pred, target, _mask(batch))}
