@@ -83,7 +83,8 @@ def build_adapter(cfg, prompts: List[str], device: torch.device):
 def build_policy(cfg, adapter) -> DiffusionPolicy:
     s = cfg.sampling
     name = s.step_rule or adapter.default_step_rule
-    kwargs = {"ddim": {"eta": s.eta}, "flow_sde": {"noise_level": s.noise_level}}.get(name, {})
+    kwargs = {"ddim": {"eta": s.eta}, "vp": {"eta": s.eta}, "edm": {"eta": s.eta},
+              "flow_sde": {"noise_level": s.noise_level}}.get(name, {})
     rule = make_step_rule(name, adapter.scheduler, s.num_steps, **kwargs)
     return DiffusionPolicy(adapter, rule, s.guidance_scale, s.logprob_reduction)
 
