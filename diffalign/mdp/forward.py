@@ -10,16 +10,40 @@ would only ever train T noise levels.
 - flow matching (FlowMatchEulerDiscreteScheduler): index i in [0, N) into the scheduler's training
   sigmas (its shift included), x_s = (1 - s) x0 + s eps, model timestep s N, target the velocity eps - x0.
   (SD3's own trainer draws s from a logit-normal density; uniform over the grid is the simple choice.)
+- :class:`~diffalign.mdp.schedules.VPSchedule`: as the alphas_cumprod schedulers, over its N training
+  indices; the model timestep is the schedule's ``model_times`` entry.
+- :class:`~diffalign.mdp.schedules.EDMSchedule`: x = x0 + sigma eps on a grid of ``EDM_GRID`` Karras noise
+  levels (or the schedule's explicit sigmas); target x0 ("sample") or eps. (EDM's trainer draws ln sigma from
+  a normal density; a uniform index over the grid is the simple choice, as for flow matching.)
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["ForwardProcess"]
+from diffalign.mdp.schedules import EDMSchedule, VPSchedule
+
+__all__ = ["ForwardProcess", "EDM_GRID"]
+
+EDM_GRID = 1000  # noise levels of the offline grid of an EDM schedule without explicit sigmas
 
 
 class ForwardProcess:
     def __init__(self, scheduler):
+        self.flow = self.edm = False
+        self.model_times = None
+        if isinstance(scheduler, VPSchedule):
+            self.num_train_timesteps = scheduler.num_train_timesteps
+            self.prediction_type = scheduler.prediction_type
+            self.alphas_cumprod = scheduler.alphas_cumprod.clone()
+            self.model_times = scheduler.model_times
+            return
+        if isinstance(scheduler, EDMSchedule):
+            self.edm, self.schedule = True, scheduler
+            grid = scheduler.sigmas if scheduler.sigmas is not None else scheduler.sampling_sigmas(EDM_GRID)[:-1]
+            self.sigmas = grid.to(torch.float64).clone()
+            self.num_train_timesteps = self.sigmas.numel()
+            self.prediction_type = scheduler.prediction_type
+            return
         from diffusers import FlowMatchEulerDiscreteScheduler
         fresh = type(scheduler).from_config(scheduler.config)  # the training grid, whatever set_timesteps did
         self.num_train_timesteps = int(fresh.config.num_train_timesteps)
@@ -45,9 +69,15 @@ class ForwardProcess:
         """What the denoiser is conditioned on, (B,) on like's device."""
         if self.flow:
             return self.timesteps[idx.cpu()].to(like.device, torch.float32)
+        if self.edm:
+            return self.schedule.model_timesteps(self.sigmas[idx.cpu()]).to(like.device)
+        if self.model_times is not None:
+            return torch.as_tensor(self.model_times)[idx.cpu()].to(like.device)
         return idx.to(like.device)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.edm:
+            return (x0 + self._coef(self.sigmas, idx, x0) * noise).to(x0.dtype)
         if self.flow:
             s = self._coef(self.sigmas, idx, x0)
             return ((1 - s) * x0 + s * noise).to(x0.dtype)
@@ -55,6 +85,8 @@ class ForwardProcess:
         return (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(x0.dtype)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.edm:
+            return x0 if self.prediction_type == "sample" else noise
         if self.flow:
             return noise - x0
         if self.prediction_type == "epsilon":

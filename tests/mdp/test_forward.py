@@ -42,3 +42,23 @@ def test_flow_matching_uses_the_training_sigmas_even_after_set_timesteps():
     torch.testing.assert_close(fp.target(x0, noise, i), noise - x0)
     torch.testing.assert_close(fp.model_timesteps(i, x0), s[:, 0] * 1000)
     assert 0 < float(fp.sigmas.min()) and float(fp.sigmas.max()) <= 1
+
+
+def test_vp_and_edm_schedules_noise_stored_samples_in_closed_form():
+    from diffalign.mdp import EDMSchedule, VPSchedule
+    vp = VPSchedule.cosine(50, prediction_type="v_prediction", model_times=torch.arange(50) / 50.0)
+    fp = ForwardProcess(vp)
+    x0, eps, idx = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 7, 49])
+    a = vp.alphas_cumprod[idx][:, None]
+    assert fp.num_train_timesteps == 50
+    assert torch.allclose(fp.add_noise(x0, eps, idx), a.sqrt() * x0 + (1 - a).sqrt() * eps)
+    assert torch.allclose(fp.target(x0, eps, idx), a.sqrt() * eps - (1 - a).sqrt() * x0)
+    assert torch.allclose(fp.model_timesteps(idx, x0), idx / 50.0)
+    edm = EDMSchedule(sigmas=[10.0, 3.0, 0.5])
+    fe = ForwardProcess(edm)
+    idx = torch.tensor([0, 2, 1])
+    s = torch.tensor([10.0, 0.5, 3.0], dtype=torch.float64)[:, None]
+    assert fe.num_train_timesteps == 3
+    assert torch.allclose(fe.add_noise(x0, eps, idx), x0 + s * eps)
+    assert torch.equal(fe.target(x0, eps, idx), x0)  # EDM's denoiser predicts the clean sample
+    assert torch.allclose(fe.model_timesteps(idx, x0), (s[:, 0].log() / 4).float())
