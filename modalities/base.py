@@ -2,40 +2,35 @@
 
 The trainer, the algorithms and the step rules never know what a sample *is*. They see a state
 tensor ``x`` with a batch dimension, a :data:`Conditions` mapping, and rewards. An adapter owns the
-rest: the denoiser, how conditions are encoded, the initial noise, constraints, decoding, the
-scheduler the step rule reads, the trainable parameters and the frozen reference.
+rest: the denoiser, how prompt items become conditions, the initial noise, constraints, decoding, the
+schedule the step rule reads, the trainable parameters and the frozen reference.
 
 Conditions are a plain ``dict[str, Tensor]`` whose tensors all have the batch first. That one rule
 lets generic code slice, concatenate and gather conditions (:func:`index_conditions`,
-:func:`cat_conditions`) for any modality, and lets classifier-free guidance batch the conditional
-and unconditional branches without knowing what they hold.
+:func:`cat_conditions`) for any modality, and lets guidance batch its branches without knowing what
+they hold.
 
-How the six modalities fit (x is the state the step rule moves; decode gives what rewards judge):
+What each hook is for, and which modality in this package uses it:
 
-- image (modalities/image): x = VAE latents (B, C, h, w). Conditions = text embeddings (+ SDXL's
-  pooled embeddings and time ids); ``unconditional`` returns the empty-prompt embeddings for CFG.
-  denoise = UNet (epsilon / v) or SD3 transformer (flow velocity). decode = VAE decode to images.
-- video: x = latents (B, C, F, h, w): the frame axis is just another non-batch dim, so log-probs
-  and KLs reduce over it unchanged. decode -> frames (B, F, C, H, W); a per-frame reward is reduced
-  over frames inside the reward function (mean, min, or a temporal-consistency term).
-- image editing: the input image is extra conditioning: ``encode_conditions`` puts its VAE latents
-  under e.g. ``"image_latents"`` and ``denoise`` concatenates them channel-wise (InstructPix2Pix);
-  ``unconditional`` drops the text (and, for dual guidance, the image) branch.
-- text-to-3D: there is no sampling chain. The policy is a differentiable generator (a NeRF and its
-  renderer); the diffusion model is a frozen critic. The adapter still provides ``denoise``,
-  ``unconditional`` and the scheduler (to noise renders and score them, SDS) and ``decode`` for
-  renders; the generator and score distillation live in an algorithm whose data path is
-  "differentiable generator", so ``initial_noise``/``project`` are not used there.
-- molecules: x = atom coordinates and atom-type features padded to the largest atom count,
-  (B, N_max, 3 + K). Conditions hold the protein-pocket features and an atom mask (B, N_max), so
-  variable atom counts are a condition. ``initial_noise`` draws zero-centre-of-mass coordinates for
-  the atoms present; ``project`` removes the centre of mass and zeroes padded atoms after every step
-  (the E(3)-equivariant denoiser assumes both). decode -> molecules for docking / QED rewards.
-- planning (Diffuser-style): x = state-action trajectories (B, horizon, S + A). Conditioning is by
-  inpainting: conditions hold ``observed_mask`` and ``observed_values`` and ``project`` writes the
-  observed states back after every step; guidance is usually off (``guidance_scale = 1``).
-  decode -> trajectories for a return / constraint reward.
-- toy (modalities/toy): x in R^d, an MLP denoiser, closed-form rewards; exercises every code path.
+- ``encode_conditions(items, generator)``: prompt items (a text or a mapping; see
+  diffalign.rewards.prompts) -> conditions; the generator draws what an item leaves random (toy_points
+  draws a set's size). Rewards receive the items beside the decoded samples.
+- ``initial_noise`` / ``project_noise`` / ``project``: x_T, the subspace every noise draw is mapped
+  into, and the constraint applied after every step. toy_points keeps point sets centre-of-mass free
+  with padded points at zero.
+- ``logprob_mask`` / ``logprob_dims``: which elements log-probs, KLs and denoising errors count, and
+  how many degrees of freedom a sample has; step log-probs are then densities in that subspace
+  (toy_points: the points present, 3 (n - 1) dimensions).
+- ``guidance_branches`` / ``combine_guidance``: the condition sets guidance evaluates as one batch and
+  how their outputs combine; classifier-free guidance by default, three branches in toy_dual.
+- ``denoise``, ``decode`` / ``decode_with_grad``, ``encode`` (offline data: x0 and conditions from a
+  stored sample), ``rewards``, ``sample_grid``, and the training-state methods.
+
+Modalities in this package: image (modalities/image: x = VAE latents, text conditions, UNet or SD3
+transformer, VAE decode), toy (modalities/toy: x in R^d, closed-form rewards) and its variants
+toy_points and toy_dual. Models trained outside the denoiser (a generator distilled against a frozen
+diffusion critic) belong to algorithms with the "generator" data path; the adapter then serves as the
+critic through ``denoise`` and its schedule.
 """
 from __future__ import annotations
 
