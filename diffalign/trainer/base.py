@@ -177,8 +177,7 @@ class Trainer(ckpt.CheckpointedTrainer):
                 break
         self.close()
         self.use_average()
-        with ckpt.full_weights(self.adapter.denoiser):  # every rank all-gathers FSDP shards; rank 0 writes
-            if self.logger is not None:
-                self.logger.close()
-                self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
+        if self.logger is not None:
+            self.logger.close()
+        self.save_final(os.path.join(cfg.output_dir, "final"))  # every rank: FSDP gathers; rank 0 writes
         return history

@@ -13,14 +13,14 @@ learning-rate scheduler, the algorithm's statistics and the weights' moving aver
   checkpoint someone sent you cannot run code when you resume from it; anything else is refused with
   :class:`UnsafeCheckpointError`.
 - Sharded: when the denoiser is sharded by FSDP2 (``accelerate`` with ``fsdp_version: 2``, i.e. torch's
-  ``fully_shard``), every rank takes part in gathering the full weights and the full optimiser state (torch's
-  ``torch.distributed.checkpoint.state_dict`` API) and rank 0 writes them, in the same layout as an unsharded
-  run's; loading hands every rank its shard. A checkpoint written with or without FSDP resumes either way.
+  ``fully_shard``), every rank takes part in gathering the full weights (the adapter's trainable_state_dict,
+  DTensors made whole) and the full optimiser state (``torch.distributed.checkpoint.state_dict``) and rank 0
+  writes them, in the same layout as an unsharded run's. On resume the weights load into the model before it
+  is sharded and each rank takes its shard of the optimiser state. A checkpoint written with or without FSDP resumes either way.
   FSDP1 and a moving average of sharded weights are refused with an error saying so.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
@@ -29,7 +29,7 @@ import shutil
 import sys
 import warnings
 import zipfile
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -210,25 +210,10 @@ def fsdp_version(module: torch.nn.Module) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def full_weights(module: torch.nn.Module) -> Iterator[None]:
-    """Within: the FSDP2-sharded ``module``'s parameters are whole on every rank (all-gathered), so that the
-    adapter's own state_dict / save_pretrained see plain full tensors. Every rank must enter. Read-only: changes
-    made within are not written back to the shards. A no-op for an unsharded module."""
-    version = fsdp_version(module)
-    if version == 0:
-        yield
-        return
-    _require_fsdp2(version)
-    from torch.distributed.fsdp import FSDPModule
-    sharded = [m for m in module.modules() if isinstance(m, FSDPModule)]
-    for m in sharded:
-        m.unshard()
-    try:
-        yield
-    finally:
-        for m in sharded:
-            m.reshard()
+def _full(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Whole tensors from FSDP2's sharded DTensors (an all-gather: every rank must call, with the same keys)."""
+    from torch.distributed.tensor import DTensor
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu() for k, v in tensors.items()}
 
 
 def _require_fsdp2(version: int) -> None:
@@ -299,8 +284,7 @@ class CheckpointedTrainer:
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
             optimizer = get_optimizer_state_dict(self.adapter.denoiser, _torch_optimizer(self.optimizer),
                                                  options=_full_state_options())
-            with full_weights(self.adapter.denoiser):
-                weights = self.adapter.trainable_state_dict() if self.acc.is_main_process else None
+            weights = _full(self.adapter.trainable_state_dict())
         elif not self.acc.is_main_process:
             return
         else:
@@ -313,3 +297,22 @@ class CheckpointedTrainer:
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         save_checkpoint(self.cfg.output_dir, epoch, weights, state, self.cfg.checkpoint.keep_last)
+
+    def save_final(self, directory: str) -> None:
+        """The run's final weights in the adapter's export format (``save_pretrained``, rank 0). Under FSDP2 every
+        rank gathers the trainable weights and rank 0 writes them as the default export, trainable.safetensors."""
+        version = fsdp_version(self.adapter.denoiser)
+        if not version:
+            if self.acc.is_main_process:
+                self.adapter.save_pretrained(directory)
+            return
+        _require_fsdp2(version)
+        weights = _full(self.adapter.trainable_state_dict())
+        if not self.acc.is_main_process:
+            return
+        from diffalign.modalities.base import ModalityAdapter
+        if type(self.adapter).save_pretrained is not ModalityAdapter.save_pretrained:
+            _warn(f"{type(self.adapter).__name__}.save_pretrained cannot read FSDP-sharded weights: the final "
+                  f"weights are written as {directory}/trainable.safetensors (its trainable_state_dict) instead")
+        os.makedirs(directory, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(directory, "trainable.safetensors"))
