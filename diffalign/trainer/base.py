@@ -43,14 +43,17 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
         self.reward_fn = self.build_reward_fn()
+        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
+        if resume is not None:  # the weights before accelerate may shard the model (FSDP), the rest after
+            self.load_weights(resume)
         optimizer, scheduler = build_optimizer(cfg.train, self.adapter.trainable_parameters())
         self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
             self.adapter.denoiser, optimizer, scheduler)
         self.ema = build_ema(cfg.train, self.adapter.trainable_parameters())
+        self.check_sharding()
         self.start_epoch = 0
-        resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
         if resume is not None:
-            self.load(resume)
+            self.load(resume, weights=False)
         self.logger = MetricsLogger(cfg.output_dir, cfg.logging.tensorboard, self.start_epoch) \
             if self.acc.is_main_process else None
         self._last_decoded = None  # samples of the last epoch, for the tensorboard image grid
@@ -176,5 +179,5 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.use_average()
         if self.logger is not None:
             self.logger.close()
-            self.adapter.save_pretrained(os.path.join(cfg.output_dir, "final"))
+        self.save_final(os.path.join(cfg.output_dir, "final"))  # every rank: FSDP gathers; rank 0 writes
         return history

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from diffalign.demo import run
 from diffalign.inference.demo import demo_subjects, inference_stage
 
 
@@ -19,7 +20,6 @@ def test_demo_subjects_are_the_caption_nouns():
 
 
 def test_inference_stage_samples_the_base_model_and_counts_evaluations(demo_folder):
-    run = pytest.importorskip("diffalign.demo.run")
     from diffalign.rewards.compositional import compositional_reward
     ctx = run.DemoContext(model=demo_folder, reward=compositional_reward, train_prompts=[], output="unused",
                           minutes=1.0, quick=True)
@@ -50,7 +50,6 @@ def _demo(argv):
 
 def test_demo_cli_with_a_method_reports_its_model_evaluations(tmp_path, capsys):
     import json
-    pytest.importorskip("diffalign.demo.run")
     out = tmp_path / "demo"
     assert _demo(["--quick", "--method", "best_of_n", "--budget", "2", "--output", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())

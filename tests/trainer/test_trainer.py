@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -58,28 +57,48 @@ def test_resume_reproduces_uninterrupted_run(tiny_config, tmp_path, algorithm):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# The CLI run, stopped for certain mid-save: once epoch 2's state.pt is written into epoch_000002.tmp (not yet
+# renamed), it says so and waits to be killed.
+KILLED_MID_SAVE = """
+import sys, time, torch
+real_save = torch.save
+def save(obj, path, *args, **kwargs):
+    real_save(obj, path, *args, **kwargs)
+    if isinstance(obj, dict) and obj.get("epoch") == 2:
+        print("MID-SAVE", flush=True)
+        time.sleep(600)
+torch.save = save
+from diffalign.cli import main
+main(["train", sys.argv[1]])
+"""
+
+
 def test_resume_after_sigkill(tiny_config, tmp_path):
     full = run(tiny_config, f"output_dir={tmp_path / 'full'}", "epochs=5")
     cfg = dict(tiny_config, output_dir=str(tmp_path / "killed"), epochs=5)
     path = write_yaml(tmp_path / "cfg.yaml", cfg)
-    # slow epochs down so the kill lands mid-run, after at least one checkpoint
-    proc = subprocess.Popen([sys.executable, "-m", "diffalign.cli", "train", path], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    ckdir = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckdir.is_dir() and any(n.startswith("epoch_000001") and not n.endswith(".tmp") for n in os.listdir(ckdir)):
-            break
-        time.sleep(0.05)
-    killed = proc.poll() is None
-    if killed:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, path], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        said = []
+        for line in proc.stdout:
+            said.append(line.strip())
+            if line.strip() == "MID-SAVE":
+                break
+        assert said and said[-1] == "MID-SAVE" and proc.poll() is None, (said, proc.poll())
         os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckdir = tmp_path / "killed" / "checkpoints"
+    assert "epoch_000002.tmp" in os.listdir(ckdir)  # the kill landed in the middle of a save
+    assert latest_checkpoint(str(tmp_path / "killed")).endswith("epoch_000001")
     resumed = run(cfg, "resume_from=latest")
+    assert [m["epoch"] for m in resumed] == [2, 3, 4]
     lines = read_metrics(str(tmp_path / "killed" / "metrics.jsonl"))
     assert comparable(lines) == comparable(full)
-    if killed:
-        assert resumed and resumed[-1]["epoch"] == 4
 
 
 def test_cli_train_writes_metrics(tiny_config, tmp_path):

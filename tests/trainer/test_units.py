@@ -30,10 +30,25 @@ def test_seeds_are_stable_and_distinct():
     assert torch.equal(a, torch.randn(3, generator=generator(0, "n")))
 
 
-def test_accelerator_uses_cpu_backend_without_a_device():
-    acc = make_accelerator("no")
+def test_accelerator_asks_for_the_cpu_backend_exactly_without_a_device(monkeypatch):
+    # Without cpu=True, launched processes on a GPU-less machine each run alone (distributed.py's docstring);
+    # the device is "cpu" either way, so what must be checked is the flag (test_distributed checks the group).
+    import accelerate
+
+    from diffalign.trainer import distributed
+    real, asked = accelerate.Accelerator, []
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", recording)
+    for device in (False, True):
+        monkeypatch.setattr(distributed, "has_accelerator_device", lambda: device)
+        acc = make_accelerator("no")
+        assert asked[-1] is (not device), (device, asked)
     if not has_accelerator_device():
-        assert acc.device.type == "cpu"  # test_distributed checks that launched processes then form one group
+        assert acc.device.type == "cpu"
 
 
 def test_accelerator_precision_can_change_within_one_process():
