@@ -309,11 +309,15 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     if name not in ALGORITHMS:
         raise ConfigError(f"config key 'algorithm.name' must be one of {sorted(ALGORITHMS)}, got {name!r}")
     algo_cfg = from_dict(ALGORITHMS[name].config_class, algo, "algorithm")
+    from diffalign.algorithms import DataPath
+    generator_path = ALGORITHMS[name].data_path == DataPath.GENERATOR
     # batch splits
     s, t = cfg.sampling, cfg.train
     local = s.batch_size * s.num_batches_per_epoch
     if offline:
         pass  # offline minibatches are train.batch_size pairs (or labels) drawn from the stored data
+    elif generator_path:
+        pass  # renders are drawn per loss evaluation (train.batch_size each); nothing is rolled out to split
     elif local % t.batch_size:
         raise ConfigError(f"config key 'train.batch_size' = {t.batch_size} does not divide the {local} samples a "
                           f"process rolls out per epoch (sampling.batch_size x sampling.num_batches_per_epoch)")
@@ -331,13 +335,15 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
                           f"({t.batch_size})")
     # the modality's own options
     MODALITIES[cfg.modality.name].validate_options(cfg.modality.options)
-    # the reward, where the run calls one (online rollouts; offline evaluation samples): name and kwargs
-    from diffalign.algorithms import DataPath
+    # the reward, where the run calls one (online rollouts; offline evaluation samples; a generator algorithm
+    # with algorithm.reward_weight > 0): name and kwargs
     from diffalign.rewards import bind_reward_kwargs, resolve_reward
     sampled = (DataPath.DIFFERENTIABLE_SAMPLING, DataPath.STEP_PAIRS)  # trainer/common.py adds differentiable rewards
-    if ALGORITHMS[name].data_path in (DataPath.ONLINE_ROLLOUT,) + sampled or cfg.data.eval_samples > 0:
+    scores_renders = generator_path and getattr(algo_cfg, "reward_weight", 0) > 0
+    if ALGORITHMS[name].data_path in (DataPath.ONLINE_ROLLOUT,) + sampled or cfg.data.eval_samples > 0 \
+            or scores_renders:
         rewards = MODALITIES[cfg.modality.name].rewards()
-        if ALGORITHMS[name].data_path in sampled:
+        if ALGORITHMS[name].data_path in sampled or scores_renders:
             from diffalign.trainer.common import reward_table
             rewards = reward_table(cfg.modality.name)
         try:

@@ -273,7 +273,7 @@ def test_readme_algorithm_table_matches_the_code():
     from diffalign.cli.train import shipped_config
     rows = [line for line in readme_text().splitlines()
             if line.startswith("|") and re.search(r"\|\s*`(online_rollout|offline_\w+|differentiable_sampling|"
-                                                  r"step_pairs)`\s*\|\s*$", line)]
+                                                  r"step_pairs|generator)`\s*\|\s*$", line)]
     assert len(rows) == len(ALGORITHMS), f"the table has {len(rows)} rows for {len(ALGORITHMS)} algorithms"
     listed = set()
     for row in rows:

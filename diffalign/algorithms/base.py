@@ -12,6 +12,7 @@ import enum
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from diffalign.modalities.base import Conditions
 
@@ -26,6 +27,8 @@ class DataPath(str, enum.Enum):
     OFFLINE_LABELS = "offline_labels"  # stored binary feedback (KTO); pairs are split into 2n labels
     DIFFERENTIABLE_SAMPLING = "differentiable_sampling"  # reward gradients through the chain (trainer/differentiable.py)
     STEP_PAIRS = "step_pairs"          # per-step preference pairs from shared states (D3PO, SPO; trainer/step_pairs.py)
+    GENERATOR = "generator"            # a generator the algorithm owns, trained against the frozen diffusion model as
+                                       # a critic (score distillation; trainer/generator.py)
 
 
 @dataclasses.dataclass
@@ -73,6 +76,12 @@ class Algorithm(abc.ABC):
     def loss(self, batch: TransitionBatch, policy, reference) -> Tuple[torch.Tensor, Metrics]:
         """Scalar loss on one transition batch and detached metrics (policy: DiffusionPolicy;
         reference: its frozen view, or None when ``needs_reference`` is False)."""
+
+    def trainable_modules(self, adapter, sample_shape: Tuple[int, ...]) -> Dict[str, nn.Module]:
+        """Trainable modules the algorithm owns outside ``adapter.denoiser``, by name (the generator data path:
+        the trainer asks for them once, with the shape of one sample without its batch dim, then prepares,
+        optimises, checkpoints and saves them in ``final``; the denoiser stays frozen). Default: none."""
+        return {}
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

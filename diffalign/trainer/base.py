@@ -9,6 +9,11 @@ prompts, the adapter and policy, the reward, AdamW with linear warm-up prepared 
 resume from ``resume_from`` and the metrics logger (main process only). With ``train.ema_decay`` > 0 it also
 keeps a moving average of the trainable weights, which the run's ``final`` weights are.
 
+The generator data path (trainer/generator.py) trains modules the algorithm owns instead of the denoiser
+(``Algorithm.trainable_modules``, e.g. SDS's generator): they are what accelerate prepares, the optimiser, the
+gradient clipping and the moving average see, what checkpoints carry besides the (frozen) adapter weights, and
+what ``final`` holds (one ``<name>.safetensors`` per module). The denoiser is frozen there: it is the critic.
+
 ``train.max_minutes`` bounds ``train()``'s wall time: the loops ask :meth:`Trainer.out_of_time` between their
 units of work (a rollout batch, an optimiser step), finish the unit they are in, and end the epoch early; the
 run then checkpoints and saves its final weights as after its last epoch. An epoch's wall time is no unit: on a
@@ -16,11 +21,16 @@ slow machine (bf16 autocast without bf16 hardware took 8 minutes an epoch of the
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from torch import nn
+
+from diffalign.algorithms.base import DataPath
+from diffalign.modalities.base import unwrap
 
 from diffalign.rewards import load_prompts
 from diffalign.trainer import checkpoint as ckpt
@@ -42,14 +52,19 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts.list, cfg.prompts.file)
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
+        self.modules = self._build_modules()  # algorithm-owned trainables (generator data path), else {}
         self.reward_fn = self.build_reward_fn()
         resume = ckpt.resolve_resume(cfg.output_dir, cfg.resume_from)
         if resume is not None:  # the weights before accelerate may shard the model (FSDP), the rest after
             self.load_weights(resume)
-        optimizer, scheduler = build_optimizer(cfg.train, self.adapter.trainable_parameters())
-        self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
-            self.adapter.denoiser, optimizer, scheduler)
-        self.ema = build_ema(cfg.train, self.adapter.trainable_parameters())
+        optimizer, scheduler = build_optimizer(cfg.train, self.trainable_parameters())
+        if self.modules:
+            *prepared, self.optimizer, self.lr_scheduler = self.acc.prepare(*self.modules.values(), optimizer, scheduler)
+            self.modules = dict(zip(self.modules, prepared))
+        else:
+            self.adapter.denoiser, self.optimizer, self.lr_scheduler = self.acc.prepare(
+                self.adapter.denoiser, optimizer, scheduler)
+        self.ema = build_ema(cfg.train, self.trainable_parameters())
         self.check_sharding()
         self.start_epoch = 0
         if resume is not None:
@@ -59,6 +74,54 @@ class Trainer(ckpt.CheckpointedTrainer):
         self._last_decoded = None  # samples of the last epoch, for the tensorboard image grid
         self._deadline: Optional[float] = None  # time.monotonic() at which train.max_minutes runs out
         self._out_of_time = False
+
+    # ---- what is trained --------------------------------------------------------------------------------
+    def _build_modules(self) -> Dict[str, nn.Module]:
+        """The algorithm's own trainable modules on the generator data path (the denoiser is then frozen)."""
+        if self.algorithm.data_path != DataPath.GENERATOR:
+            return {}
+        cond = self.adapter.encode_conditions(self.prompts[:1])
+        shape = tuple(self.adapter.initial_noise(cond, torch.Generator(device=self.acc.device).manual_seed(0)).shape[1:])
+        modules = self.algorithm.trainable_modules(self.adapter, shape)
+        if not modules or not any(p.requires_grad for m in modules.values() for p in m.parameters()):
+            raise ValueError(f"algorithm {self.algorithm.name!r} is on the generator data path but its "
+                             f"trainable_modules() gave no trainable parameters")
+        self.adapter.denoiser.requires_grad_(False)  # the diffusion model is a frozen critic on this path
+        return {name: m.to(self.acc.device) for name, m in modules.items()}
+
+    def trainable_parameters(self) -> List[torch.Tensor]:
+        """What the optimiser trains: the algorithm's modules if it owns any, else the adapter's parameters."""
+        if self.modules:
+            return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        return list(self.adapter.trainable_parameters())
+
+    def module_states(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """The algorithm-owned modules' weights by module name ({} when there are none), for checkpoints."""
+        return {name: {k: v.detach().cpu().clone() for k, v in unwrap(m).state_dict().items()}
+                for name, m in self.modules.items()}
+
+    def load_module_states(self, states: Optional[Dict[str, Dict[str, torch.Tensor]]], path: str) -> None:
+        """Restore ``module_states()`` from checkpoint ``path`` (states None: it has none)."""
+        states = states or {}
+        if sorted(states) != sorted(self.modules):
+            raise ValueError(f"checkpoint {path!r} holds trainable modules {sorted(states)} but algorithm "
+                             f"{self.algorithm.name!r} trains {sorted(self.modules)}: resume with the config it was "
+                             f"written with")
+        for name, m in self.modules.items():
+            unwrap(m).load_state_dict({k: v.to(self.acc.device) for k, v in states[name].items()})
+
+    def save_final(self, directory: str) -> None:
+        """The run's final weights: the algorithm's modules (``<name>.safetensors``, rank 0) if it owns any (the
+        denoiser is unchanged then), else the adapter's export (checkpoint.CheckpointedTrainer.save_final)."""
+        if not self.modules:
+            super().save_final(directory)
+            return
+        if not self.acc.is_main_process:
+            return
+        from safetensors.torch import save_file
+        os.makedirs(directory, exist_ok=True)
+        for name, state in self.module_states().items():
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(directory, f"{name}.safetensors"))
 
     # ---- hooks ----------------------------------------------------------------------------------------
     def build_reward_fn(self):
@@ -82,7 +145,9 @@ class Trainer(ckpt.CheckpointedTrainer):
         if sync:
             self.acc.backward(loss * scale)
         else:
-            with self.acc.no_sync(self.adapter.denoiser):
+            with contextlib.ExitStack() as stack:
+                for model in (self.modules.values() if self.modules else [self.adapter.denoiser]):
+                    stack.enter_context(self.acc.no_sync(model))
                 self.acc.backward(loss * scale)
         metrics["loss"] = loss.detach()
         for k, v in metrics.items():
@@ -91,12 +156,12 @@ class Trainer(ckpt.CheckpointedTrainer):
     def step_optimizer(self, sums: Optional[Dict[str, float]] = None, weight: float = 1.0) -> float:
         """Clip, step, advance the schedule, clear the gradients; adds grad_norm * weight to ``sums`` (weight:
         the loss evaluations of this step, so that sums / count is the mean per step)."""
-        grad_norm = float(self.acc.clip_grad_norm_(self.adapter.trainable_parameters(), self.cfg.train.max_grad_norm))
+        grad_norm = float(self.acc.clip_grad_norm_(self.trainable_parameters(), self.cfg.train.max_grad_norm))
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.adapter.trainable_parameters())
+            self.ema.step(self.trainable_parameters())
         if sums is not None:
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * weight
         return grad_norm
@@ -137,7 +202,7 @@ class Trainer(ckpt.CheckpointedTrainer):
         """Replace the trainable weights by their moving average (``train.ema_decay`` > 0; else nothing), for
         the weights a run ends with. Training on afterwards would go on from the average."""
         if self.ema is not None:
-            self.ema.copy_to(self.adapter.trainable_parameters())
+            self.ema.copy_to(self.trainable_parameters())
 
     # ---- the epoch loop --------------------------------------------------------------------------------
     def train(self) -> List[Dict[str, float]]:

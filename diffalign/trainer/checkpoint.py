@@ -270,6 +270,7 @@ class CheckpointedTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.algorithm.load_state_dict(state["algorithm"])
+        self.load_module_states(state.get("modules"), path)  # the algorithm's own modules (generator path)
         if self.ema is not None:
             if "ema" not in state:
                 raise ValueError(f"checkpoint {path!r} has no moving average of the weights, but train.ema_decay is "
@@ -294,6 +295,8 @@ class CheckpointedTrainer:
         state = {"epoch": epoch, "optimizer": optimizer,
                  "lr_scheduler": self.lr_scheduler.state_dict(), "algorithm": self.algorithm.state_dict(),
                  "config": self.cfg.to_dict()}
+        if self.modules:  # the algorithm's own trainable modules (generator data path)
+            state["modules"] = self.module_states()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         save_checkpoint(self.cfg.output_dir, epoch, weights, state, self.cfg.checkpoint.keep_last)

@@ -83,7 +83,8 @@ def test_cli_reports_bad_config_before_any_compute(tiny_config, tmp_path):
 
 def test_shipped_configs_are_valid(tmp_path):
     from diffalign.cli import shipped_config
-    names = ["toy_ddpo", "ddpo_tiny", "dpok_tiny", "rwr_tiny", "grpo_tiny", "ddpo_sd15", "dpok_sdxl", "grpo_sd35m"]
+    names = ["toy_ddpo", "ddpo_tiny", "dpok_tiny", "rwr_tiny", "grpo_tiny", "ddpo_sd15", "dpok_sdxl", "grpo_sd35m",
+             "toy_sds"]
     for name in names:
         path = shipped_config(name)
         assert path is not None, name

@@ -1,0 +1,252 @@
+"""Score distillation sampling (SDS): train a generator x = g(theta) against a frozen diffusion model.
+
+Text-to-3D (DreamFusion, Poole et al. 2022) optimises a radiance field whose renders the frozen text-to-image
+model should find likely; the model is a critic, never trained. DreamFusion's eq. (3), the SDS gradient:
+
+    grad_theta L_SDS = E_{t, eps}[ w(t) (eps_hat(x_t; y, t) - eps) dx/dtheta ],   x_t = sqrt(a_t) x + sqrt(1 - a_t) eps
+
+with a_t = alpha_bar_t, eps_hat the classifier-free-guided noise prediction (guidance 100 in DreamFusion),
+t ~ U(0.02, 0.98) of the training horizon and w(t) = sigma_t^2 = 1 - alpha_bar_t. The U-Net Jacobian is left
+out (eps_hat is a constant to theta), so the loss that has this gradient is the usual
+
+    L = 0.5 * || x - stopgrad(x - w(t) (eps_hat - eps)) ||^2     (summed over x's elements, mean over the batch).
+
+DreamReward (survey section 4.4, "Beyond T2I": Ye et al.'s Reward3D-guided SDS) adds a reward term to the same
+generator: ``reward_weight`` = lambda > 0 makes the loss L_SDS - lambda * r(render) with a differentiable reward
+(``reward.name``).
+
+Timesteps are the step rule's (sampling.step_rule, sampling.num_steps): each render draws one of the steps whose
+timestep lies in [min_step, max_step] of the training horizon (more sampling steps: a finer t grid), and is
+noised by the rule's forward process. Flow-matching models (velocity prediction, x_s = (1-s) x + s eps) are
+handled through the same eps residual; their w(t) uses the alpha_bar of equal signal-to-noise ratio,
+(1-s)^2 / ((1-s)^2 + s^2).
+
+The toy generator is a learnable point (``generator: point``; ``num_points`` > 1: a small set, each render picks
+one at random, like a random camera view of a 3-D scene).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import math
+
+import torch
+from torch import nn
+
+from diffalign.algorithms.base import Algorithm, DataPath, Metrics
+from diffalign.modalities.base import Conditions
+
+__all__ = ["GeneratorAlgorithm", "GeneratorBatch", "PointGenerator", "SDS", "SDSConfig", "GENERATORS",
+           "alpha_bar", "eps_from_output"]
+
+
+@dataclasses.dataclass
+class GeneratorBatch:
+    """One loss evaluation of the generator path: B renders, each with its own timestep and noise."""
+
+    x: torch.Tensor               # (B, ...) renders, with a graph to the generator's parameters
+    steps: torch.Tensor           # (B,) long, step-rule indices
+    noise: torch.Tensor           # (B, ...) standard normal
+    cond: Conditions
+    prompts: List[Any]
+    # differentiable reward of renders (B,) when the algorithm scores them (reward_weight > 0), else None
+    reward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+class PointGenerator(nn.Module):
+    """``num_points`` learnable points of a sample's shape; ``forward(index)`` returns the indexed points."""
+
+    def __init__(self, points: torch.Tensor):
+        super().__init__()
+        self.points = nn.Parameter(points.clone())
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.points[index.to(self.points.device)]
+
+
+GENERATORS = ("point",)
+
+
+class GeneratorAlgorithm(Algorithm):
+    """Base of the algorithms on the generator data path (trainer/generator.py): they own the generator
+    (``trainable_modules``), render from it, pick the timesteps a render may be noised at, and name the guidance
+    of the frozen critic."""
+
+    data_path = DataPath.GENERATOR
+
+    @property
+    def needs_reference(self) -> bool:
+        return True  # the critic is the frozen reference view of the policy
+
+    @property
+    def guidance_scale(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def reward_weight(self) -> float:
+        """> 0: the loop hands the loss a differentiable reward of the renders."""
+        return 0.0
+
+    def render(self, modules: Dict[str, nn.Module], cond: Conditions,
+               generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B, ...) renders of the generator, render b drawing its randomness (a view) from generators[b] alone."""
+        raise NotImplementedError
+
+    def allowed_steps(self, rule) -> torch.Tensor:
+        """The step-rule indices a render may be noised at (1-D long tensor)."""
+        return torch.arange(rule.num_steps)
+
+    def advantages(self, rewards: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        raise TypeError(f"{self.name} trains a generator (data path 'generator'); it has no advantages")
+
+
+# ---- noise levels of a step rule ---------------------------------------------------------------------------
+def _is_flow(rule) -> bool:
+    return rule.prediction_type == "flow"
+
+
+def alpha_bar(rule, steps: torch.Tensor) -> torch.Tensor:
+    """alpha_bar (float64, (B,)) at step-rule indices ``steps``; for a flow rule the VP alpha_bar of equal
+    signal-to-noise ratio ((1-s)^2 / s^2), so that w(t) means the same noise level for both families."""
+    idx = steps.cpu()
+    if _is_flow(rule):
+        s = rule.sigma[idx]
+        return (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+    return rule.alpha_t[idx]
+
+
+def eps_from_output(rule, output: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The noise prediction eps_hat implied by a model output of the rule's prediction type."""
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    if _is_flow(rule):  # x_s = (1-s) x + s eps, v = eps - x  =>  eps = x_s + (1-s) v
+        s = rule.sigma[steps.cpu()].to(x_t.device, output.dtype).reshape(shape)
+        return x_t + (1 - s) * output
+    kind = rule.prediction_type
+    if kind == "epsilon":
+        return output
+    a = rule.alpha_t[steps.cpu()].to(x_t.device, output.dtype).reshape(shape)
+    if kind == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x  =>  eps = sqrt(a) v + sqrt(1-a) x_t
+        return a.sqrt() * output + (1 - a).sqrt() * x_t
+    if kind == "sample":
+        return (x_t - a.sqrt() * output) / (1 - a).sqrt()
+    raise ValueError(f"score distillation does not support prediction type {kind!r}")
+
+
+# ---- SDS -----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SDSConfig:
+    guidance_scale: float = 100.0     # classifier-free guidance of the critic (DreamFusion: 100); sampling.guidance_scale
+                                      # is not used on this path
+    min_step: float = 0.02            # the t range, as fractions of the training horizon (DreamFusion: U(0.02, 0.98))
+    max_step: float = 0.98
+    weighting: str = "sds"            # "sds": w(t) = 1 - alpha_bar_t (DreamFusion); "uniform": w(t) = 1
+    generator: str = "point"          # what is trained; "point": num_points learnable points of a sample's shape
+    num_points: int = 1
+    init: Optional[List[float]] = None  # the points' initial value: one sample's values (shared by all points) or
+                                        # num_points of them, flattened; default: N(0, init_std^2) from init_seed
+    init_std: float = 1.0
+    init_seed: int = 0
+    reward_weight: float = 0.0        # DreamReward-style: loss = L_SDS - reward_weight * reward(render)
+
+    def __post_init__(self):
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"config key 'algorithm.guidance_scale' must be >= 0, got {self.guidance_scale!r}")
+        if not 0 <= self.min_step < self.max_step <= 1:
+            raise ValueError(f"config keys 'algorithm.min_step' / 'algorithm.max_step' must satisfy "
+                             f"0 <= min_step < max_step <= 1, got {self.min_step!r} / {self.max_step!r}")
+        if self.weighting not in ("sds", "uniform"):
+            raise ValueError(f"config key 'algorithm.weighting' must be 'sds' or 'uniform', got {self.weighting!r}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"config key 'algorithm.generator' must be one of {GENERATORS}, got {self.generator!r}")
+        if self.num_points < 1:
+            raise ValueError(f"config key 'algorithm.num_points' must be >= 1, got {self.num_points!r}")
+        if not self.init_std >= 0:
+            raise ValueError(f"config key 'algorithm.init_std' must be >= 0, got {self.init_std!r}")
+        if not self.reward_weight >= 0:
+            raise ValueError(f"config key 'algorithm.reward_weight' must be >= 0, got {self.reward_weight!r}")
+
+
+class SDS(GeneratorAlgorithm):
+    """Score distillation sampling (DreamFusion) with an optional reward term (DreamReward)."""
+
+    name = "sds"
+    config_class = SDSConfig
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.config.guidance_scale
+
+    @property
+    def reward_weight(self) -> float:
+        return self.config.reward_weight
+
+    def trainable_modules(self, adapter, sample_shape: Tuple[int, ...]) -> Dict[str, nn.Module]:
+        c = self.config
+        size = math.prod(sample_shape)
+        if c.init is None:
+            g = torch.Generator().manual_seed(c.init_seed)
+            points = c.init_std * torch.randn((c.num_points,) + tuple(sample_shape), generator=g)
+        else:
+            values = torch.tensor(c.init, dtype=torch.float32)
+            if values.numel() not in (size, c.num_points * size):
+                raise ValueError(f"config key 'algorithm.init' has {values.numel()} values; a sample has {size} "
+                                 f"(shape {tuple(sample_shape)}): give {size} or num_points x {size} = "
+                                 f"{c.num_points * size}")
+            points = values.reshape((-1,) + tuple(sample_shape)).expand((c.num_points,) + tuple(sample_shape))
+        return {"generator": PointGenerator(points.float())}
+
+    def render(self, modules, cond, generators):
+        n = self.config.num_points
+        views = torch.cat([torch.randint(n, (1,), generator=g) for g in generators])
+        return modules["generator"](views)
+
+    def allowed_steps(self, rule) -> torch.Tensor:
+        horizon = rule.scheduler.config.num_train_timesteps
+        frac = rule.timesteps.to(torch.float64) / horizon
+        ok = torch.nonzero((frac >= self.config.min_step) & (frac <= self.config.max_step)).flatten()
+        if not len(ok):
+            raise ValueError(f"no sampling step has its timestep within [algorithm.min_step, algorithm.max_step] = "
+                             f"[{self.config.min_step}, {self.config.max_step}] of the horizon (the steps' fractions: "
+                             f"{[round(float(f), 3) for f in frac]}); raise sampling.num_steps or widen the range")
+        return ok
+
+    def weight(self, rule, steps: torch.Tensor) -> torch.Tensor:
+        """w(t) (float64, (B,))."""
+        if self.config.weighting == "uniform":
+            return torch.ones(len(steps), dtype=torch.float64)
+        return 1 - alpha_bar(rule, steps)  # DreamFusion: w(t) = sigma_t^2
+
+    def sds_gradient(self, batch: GeneratorBatch, critic) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(w(t) (eps_hat - eps), w) for the batch's renders: DreamFusion eq. (3) without dx/dtheta, no graph."""
+        rule = critic.rule
+        with torch.no_grad():
+            x = batch.x.detach()
+            x_t = rule.add_noise(x, batch.noise, batch.steps)
+            output = critic.predict(x_t, batch.steps, batch.cond)
+            eps_hat = eps_from_output(rule, output.to(x.dtype), x_t, batch.steps)
+            w = self.weight(rule, batch.steps)
+            grad = w.to(x.device, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * (eps_hat - batch.noise)
+        return grad, w
+
+    def loss(self, batch: GeneratorBatch, policy, reference) -> Tuple[torch.Tensor, Metrics]:
+        if reference is None:
+            raise ValueError("sds needs the frozen critic (the reference policy)")
+        grad, w = self.sds_gradient(batch, reference)
+        x = batch.x
+        target = (x - grad).detach()
+        # d/dx of 0.5 ||x - target||^2 is grad: the SDS update, per render (the batch mean is E_{t, eps})
+        loss = 0.5 * ((x.float() - target.float()) ** 2).flatten(1).sum(1).mean()
+        metrics: Metrics = {"sds_grad_norm": grad.detach().float().flatten(1).norm(dim=1).mean(),
+                            "w_mean": w.float().mean()}
+        if self.config.reward_weight > 0:
+            if batch.reward is None:
+                raise ValueError("algorithm.reward_weight > 0 needs a reward of the renders (the generator loop "
+                                 "passes reward.name's)")
+            r = batch.reward(x)
+            if not r.requires_grad:
+                raise ValueError("algorithm.reward_weight > 0 needs a differentiable reward; reward.name's returned "
+                                 "no graph")
+            loss = loss - self.config.reward_weight * r.float().mean()
+            metrics["reward_mean"] = r.detach().float().mean()
+        return loss, metrics
