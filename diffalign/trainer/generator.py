@@ -19,7 +19,6 @@ import torch
 from diffalign.algorithms.score_distillation import GeneratorAlgorithm, GeneratorBatch
 from diffalign.mdp import DiffusionPolicy
 from diffalign.rewards import bind_reward_kwargs, call_reward, resolve_reward
-from diffalign.rewards.differentiable import decode_with_grad
 from diffalign.trainer.base import Trainer
 from diffalign.trainer.common import reward_table_of
 from diffalign.trainer.distributed import derive_seed, generator
@@ -52,18 +51,18 @@ class GeneratorTrainer(Trainer):
             return None
 
         def reward(x: torch.Tensor) -> torch.Tensor:
-            return call_reward(self.reward_fn, decode_with_grad(self.adapter, x, cond), prompts, self.acc.device)
+            return call_reward(self.reward_fn, self.adapter.decode_with_grad(x, cond), prompts, self.acc.device)
         return reward
 
     def draw(self, gens: List[torch.Generator]):
         """Prompts, conditions, renders, step indices and noise of one loss evaluation (render b from gens[b])."""
         prompts = [self.prompts[int(torch.randint(len(self.prompts), (1,), generator=g))] for g in gens]
-        cond = self.adapter.encode_conditions(prompts)
+        cond = self.adapter.encode_conditions(prompts, gens)
         x = self.algorithm.render(self.modules, cond, gens)
         picks = torch.cat([torch.randint(len(self.allowed_steps), (1,), generator=g) for g in gens])
         steps = self.allowed_steps[picks]
         noise = torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32) for g in gens])
-        return prompts, cond, x, steps, noise.to(x.device, x.dtype)
+        return prompts, cond, x, steps, self.adapter.project_noise(noise.to(x.device, x.dtype), cond)
 
     def run_epoch(self, epoch: int) -> Dict[str, float]:
         cfg, s, t = self.cfg, self.cfg.sampling, self.cfg.train
