@@ -114,7 +114,7 @@ setup(
         "rewards": ["open_clip_torch>=2.20", "scipy"],
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
     },
-    entry_points={"console_scripts": ["diffalign = diffalign.cli:main"]},
+    # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -15,7 +15,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-__all__ = ["TrainConfig", "load_config", "parse_overrides", "apply_overrides", "from_dict", "ConfigError"]
+__all__ = ["TrainConfig", "load_config", "parse_overrides", "apply_overrides", "from_dict", "ConfigError",
+           "modality_options", "shipped_config", "resolve_config_path"]
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 class ConfigError(ValueError):
@@ -24,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class ModalityConfig:
-    name: str = "toy"                                       # "toy" or "image"
+    name: str = "toy"                                       # "toy", "image" or a plugin's (diffalign.registry)
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the modality's own options
 
 
@@ -143,6 +146,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# ---- shipped configs ------------------------------------------------------------------------------
+def shipped_config(name: str) -> Optional[str]:
+    """Path of a config shipped in diffalign/configs (``ddpo_tiny`` or ``ddpo_tiny.yaml``), else None."""
+    for candidate in (name, name + ".yaml"):
+        path = os.path.join(CONFIG_DIR, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def resolve_config_path(name: str) -> str:
+    """A path as given if it exists, else the shipped config of that name, else the name unchanged."""
+    return name if os.path.isfile(name) else (shipped_config(name) or name)
+
+
 # ---- typed loading ---------------------------------------------------------------------------------
 _NO_WORDS = {"train.mixed_precision"}  # string keys whose value "no" YAML turns into false
 
@@ -253,7 +271,6 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     from diffalign.algorithms import ALGORITHMS
     from diffalign.mdp import STEP_RULES
     from diffalign.mdp.trajectory import LOGPROB_REDUCTIONS
-    from diffalign.trainer.builders import MODALITIES
 
     if not cfg.output_dir:
         raise ConfigError("config key 'output_dir' is required (a directory for metrics and checkpoints)")
@@ -285,12 +302,10 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     if cfg.sampling.step_rule is not None and cfg.sampling.step_rule not in STEP_RULES:
         raise ConfigError(f"config key 'sampling.step_rule' must be one of {sorted(STEP_RULES)}, "
                           f"got {cfg.sampling.step_rule!r}")
-    if cfg.modality.name not in MODALITIES:
-        raise ConfigError(f"config key 'modality.name' must be one of {sorted(MODALITIES)}, got {cfg.modality.name!r}")
+    modality = _modality_entry(cfg.modality.name)
     algo_name = cfg.algorithm.get("name")
     offline = algo_name in ALGORITHMS and ALGORITHMS[algo_name].data_path in ("offline_pairs", "offline_labels")
     if offline:  # stored preference data; prompts come from it unless given
-        from diffalign.trainer.offline import validate_data
         validate_data(cfg)
     no_prompts = cfg.prompts.list is None and cfg.prompts.file is None
     if (cfg.prompts.list is None) == (cfg.prompts.file is None) and not (offline and no_prompts):
@@ -334,7 +349,7 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
                           f"together: it must divide sampling.batch_size ({s.batch_size}) and train.batch_size "
                           f"({t.batch_size})")
     # the modality's own options
-    MODALITIES[cfg.modality.name].validate_options(cfg.modality.options)
+    modality_options(cfg)
     # the reward, where the run calls one (online rollouts; offline evaluation samples; a generator algorithm
     # with algorithm.reward_weight > 0): name and kwargs
     from diffalign.rewards import bind_reward_kwargs, resolve_reward
@@ -342,10 +357,10 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     scores_renders = generator_path and getattr(algo_cfg, "reward_weight", 0) > 0
     if ALGORITHMS[name].data_path in (DataPath.ONLINE_ROLLOUT,) + sampled or cfg.data.eval_samples > 0 \
             or scores_renders:
-        rewards = MODALITIES[cfg.modality.name].rewards()
+        rewards = dict(modality.rewards())
         if ALGORITHMS[name].data_path in sampled or scores_renders:
-            from diffalign.trainer.common import reward_table
-            rewards = reward_table(cfg.modality.name)
+            from diffalign.rewards.differentiable import DIFFERENTIABLE_REWARDS
+            rewards = {**DIFFERENTIABLE_REWARDS, **rewards}  # what trainer/common.py's reward_table gives
         try:
             bind_reward_kwargs(resolve_reward(cfg.reward.name, rewards), cfg.reward.name, cfg.reward.kwargs)
         except ValueError as exc:
@@ -356,6 +371,52 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
             check(algo_cfg, cfg)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _modality_entry(name: str):
+    """The registry entry of ``modality.name``; ConfigError naming the key (and a plugin that fails to load)."""
+    from diffalign.registry import RegistryError, modalities
+    try:
+        return modalities.require(name, "config key 'modality.name'")
+    except RegistryError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("config key") else f"config key 'modality.name' = {name!r}: {msg}") \
+            from None
+
+
+def modality_options(cfg: TrainConfig):
+    """``cfg.modality.options`` as the modality's own options dataclass (errors name ``modality.options.<key>``)."""
+    return from_dict(_modality_entry(cfg.modality.name).options, cfg.modality.options, "modality.options")
+
+
+def validate_data(cfg: TrainConfig) -> None:
+    """Config checks of the ``data`` section (called by validate for offline algorithms)."""
+    from diffalign.data import FORMATS
+    from diffalign.data.readers import looks_like_hub_id
+    from diffalign.modalities.toy.synthetic import SYNTHETIC
+    d = cfg.data
+    if not d.path:
+        raise ConfigError(f"config key 'data.path' is required by algorithm {cfg.algorithm.get('name')!r} "
+                          "(a file, a folder, a hub id or 'synthetic:toy')")
+    if d.path.startswith("synthetic:"):
+        kind = d.path.partition(":")[2]
+        if kind not in SYNTHETIC:
+            raise ConfigError(f"config key 'data.path': unknown synthetic set {d.path!r}; choose one of "
+                              f"{['synthetic:' + k for k in SYNTHETIC]}")
+        if cfg.prompts.list is None and cfg.prompts.file is None:
+            raise ConfigError(f"config key 'data.path' = {d.path!r} needs prompts.list or prompts.file")
+        if d.num_pairs < 1:
+            raise ConfigError(f"config key 'data.num_pairs' must be > 0, got {d.num_pairs!r}")
+    elif not os.path.exists(d.path) and not looks_like_hub_id(d.path):
+        raise ConfigError(f"config key 'data.path': {d.path!r} is neither an existing file or folder nor a hub id")
+    if d.format is not None and d.format not in FORMATS:
+        raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
+    if d.eval_samples < 0:
+        raise ConfigError(f"config key 'data.eval_samples' must be >= 0, got {d.eval_samples!r}")
+    if d.streaming and d.max_records is None:
+        raise ConfigError("config key 'data.streaming' = True needs data.max_records (how many rows to stream)")
+    if d.max_records is not None and d.max_records < 1:
+        raise ConfigError(f"config key 'data.max_records' must be > 0, got {d.max_records!r}")
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,

@@ -71,7 +71,7 @@ def run(args) -> int:
     stage, label = train_stage(args.algo, overrides), {"algo": args.algo}
     precision = demo_precision(args.algo, overrides) if args.method is None else "auto"
     if args.method is not None:
-        from diffalign.inference.demo import inference_stage
+        from diffalign.demo.inference_stage import inference_stage
         from diffalign.inference.methods import DEFAULT_BUDGETS
         budget = DEFAULT_BUDGETS[args.method] if args.budget is None else args.budget
         stage, label = inference_stage(args.method, budget), {"method": args.method, "budget": budget}

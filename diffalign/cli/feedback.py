@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from diffalign.config import ConfigError, load_config
-    from diffalign.data.ai_feedback import generate_feedback
+    from diffalign.inference.feedback import generate_feedback
     try:
         cfg = load_config(resolve_config_path(args.config), args.overrides)
     except ConfigError as exc:

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from diffalign.config import ConfigError
     from diffalign.data.types import PreferenceDataError
-    from diffalign.rewards.training.trainer import load_reward_train_config, train_reward_model
+    from diffalign.trainer.reward_model import load_reward_train_config, train_reward_model
     try:
         cfg = load_reward_train_config(resolve_config_path(args.config), args.overrides)
     except ConfigError as exc:

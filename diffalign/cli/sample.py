@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _save(decoded, out_dir: str, index: int) -> str:
-    from diffalign.data.ai_feedback import _save_sample
+    from diffalign.inference.feedback import _save_sample
     return os.path.join("samples", _save_sample(decoded, os.path.join(out_dir, "samples"), f"{index:04d}"))
 
 
@@ -71,7 +71,7 @@ def sample(cfg, args) -> dict:
     from diffalign.inference.rewards import make_reward
     from diffalign.rewards import call_reward, load_prompts
     from diffalign.trainer.builders import build_adapter, build_policy
-    from diffalign.trainer.distributed import derive_seed
+    from diffalign.seeding import derive_seed
     out_dir = args.output or os.path.join(cfg.output_dir, "sample")
     prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
     adapter = build_adapter(cfg, prompts, torch.device("cpu"))

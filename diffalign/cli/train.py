@@ -4,22 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
 
-
-def shipped_config(name: str) -> Optional[str]:
-    """Path of a config shipped in diffalign/configs (``ddpo_tiny`` or ``ddpo_tiny.yaml``), else None."""
-    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    for candidate in (name, name + ".yaml"):
-        path = os.path.join(base, candidate)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def resolve_config_path(name: str) -> str:
-    """A path as given if it exists, else the shipped config of that name, else the name unchanged."""
-    return name if os.path.isfile(name) else (shipped_config(name) or name)
+from diffalign.config import resolve_config_path, shipped_config  # noqa: F401  (public here too)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ Stages (each with a progress bar):
    ``(prompts, seeds) -> images``. The built-in one trains with a shipped ``diffalign/configs/demo_<algo>.yaml``:
    online algorithms roll out on the training prompts and learn from the reward directly; offline ones
    first sample pairs from the base model, label them with the reward (AI feedback,
-   :mod:`diffalign.data.ai_feedback`) and train on them. Training-free methods (best-of-N, noise or
+   :mod:`diffalign.inference.feedback`) and train on them. Training-free methods (best-of-N, noise or
    prompt optimisation) plug in here too: anything that returns an :class:`AfterResult`;
 3. the same prompts and seeds are sampled and scored again; everything is written to the output folder:
    ``report.json``, ``report.md``, ``grid.png`` (before/after with prompts), ``reward_curve.png`` and every
@@ -292,7 +292,7 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         if _is_offline(cfg):
             # AI feedback: FEEDBACK["samples_per_prompt"] base samples for each of a fixed subset of the
             # training prompts, same-prompt pairs labelled by the reward; the budget includes this
-            from diffalign.data.ai_feedback import generate_feedback
+            from diffalign.inference.feedback import generate_feedback
             n = 4 if ctx.quick else FEEDBACK["prompts"]
             picks = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
             fb_prompts = [train_prompts[i] for i in sorted(picks.tolist())]
@@ -390,7 +390,7 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
         "seconds": seconds,
         "curve": result.curve,
         "info": result.info,
-        # training-free methods (diffalign.inference.demo) count what they spend, for equal-compute comparisons
+        # training-free methods (diffalign.demo.inference_stage) count what they spend, for equal-compute comparisons
         **{k: result.info[k] for k in ("model_evaluations", "plain_model_evaluations") if k in result.info},
         "eval": {"prompts": len(set(prompts)), "samples": len(prompts), "samples_per_kind": samples_per_kind,
                  "seeds": [seeds[0], seeds[-1]], "sampling": dict(EVAL_DEFAULTS, **(sampling or {})),

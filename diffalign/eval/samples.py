@@ -162,13 +162,12 @@ def _unique_names(rewards: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
 # ---- the command -----------------------------------------------------------------------------------------
 def evaluate(args) -> Dict[str, Any]:
     """Everything ``run`` does, returning the report dictionary (also written to args.out)."""
-    from diffalign.cli.train import resolve_config_path
-    from diffalign.config import load_config
-    from diffalign.data.ai_feedback import _save_sample, sample_decoded
+    from diffalign.config import load_config, resolve_config_path
+    from diffalign.inference.feedback import _save_sample, sample_decoded
     from diffalign.eval import metrics
     from diffalign.eval import report as rep
     from diffalign.trainer.builders import build_adapter, build_policy
-    from diffalign.trainer.distributed import derive_seed
+    from diffalign.seeding import derive_seed
 
     progress = not args.no_progress
     if args.samples_per_prompt < 1:

@@ -24,7 +24,7 @@ def candidate_seed(seed: int, k: int) -> int:
     """Seed of candidate k for a prompt whose own seed is ``seed`` (k = 0: the seed itself)."""
     if k == 0:
         return int(seed)
-    from diffalign.trainer.distributed import derive_seed
+    from diffalign.seeding import derive_seed
     return derive_seed("candidate", int(seed), int(k))
 
 

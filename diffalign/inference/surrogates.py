@@ -43,8 +43,8 @@ def _shape_area(shape: str) -> float:
 
 def shapes_surrogate(images: torch.Tensor, prompts: Sequence[str], tau: float = _TAU) -> torch.Tensor:
     """Differentiable score (higher is better, 0 at best) of images (B, 3, H, W) in [0, 1] against
-    shapes captions (:func:`diffalign.demo.shapes.parse_caption`)."""
-    from diffalign.demo.shapes import COLORS, parse_caption
+    shapes captions (:func:`diffalign.data.shapes.parse_caption`)."""
+    from diffalign.data.shapes import COLORS, parse_caption
     from diffalign.rewards.compositional import relation_offset
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"shapes_surrogate wants RGB images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")

@@ -17,10 +17,11 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from diffalign.registry import RewardType
 from diffalign.rewards.base import CLIP_MEAN, CLIP_STD, Reward, clip_preprocess, missing_weights
 from diffalign.rewards.clip_models import (from_pretrained, how_to_download, load_state_dict_file, pooled,
                                            read_preprocessor, resolve, checkpoint_file)
-from diffalign.rewards.loading import register_reward_type, write_reward_config
+from diffalign.rewards.loading import write_reward_config
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
@@ -113,4 +114,4 @@ def load_aesthetic(directory: Optional[str], device=None, dtype=None, clip_model
     return LaionAesthetic(clip, mlp, **pre)
 
 
-register_reward_type("aesthetic", load_aesthetic)
+AESTHETIC = RewardType(load_aesthetic)  # registered as 'aesthetic' in diffalign.registry.BUILTIN_REWARDS

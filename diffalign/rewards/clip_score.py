@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from diffalign.registry import RewardType
 from diffalign.rewards.clip_models import CLIPReward, load_clip_parts
-from diffalign.rewards.loading import register_reward_type
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
@@ -45,4 +45,4 @@ def load_clip_score(directory: Optional[str], device=None, dtype=None, model: Op
     return CLIPScore(clip, tok, scale=scale, clip_negative=clip_negative, **pre)
 
 
-register_reward_type("clip_score", load_clip_score)
+CLIP_SCORE = RewardType(load_clip_score)  # registered as 'clip_score' in diffalign.registry.BUILTIN_REWARDS

@@ -31,8 +31,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from diffalign.registry import RewardType
 from diffalign.rewards.base import Reward, as_pixels
-from diffalign.rewards.loading import load_reward, register_reward_type
+from diffalign.rewards.loading import load_reward
 
 NORMALIZE_MODES = ("none", "fixed", "running", "batch")
 
@@ -154,4 +155,4 @@ def load_weighted_sum(directory: Optional[str], device=None, dtype=None,
     return WeightedSum(rewards, [c.weight for c in comps], norms, names)
 
 
-register_reward_type("weighted_sum", load_weighted_sum)
+WEIGHTED_SUM = RewardType(load_weighted_sum)  # registered as 'weighted_sum' in diffalign.registry.BUILTIN_REWARDS

@@ -1,4 +1,4 @@
-"""A GenEval-style compositional reward for the coloured-shapes demo (:mod:`diffalign.demo.shapes`).
+"""A GenEval-style compositional reward for the coloured-shapes demo (:mod:`diffalign.data.shapes`).
 
 GenEval (survey section 5.2.2, fine-grained evaluation) judges a picture against its prompt by
 detecting the objects and checking each stated attribute. Here the pictures are flat coloured shapes
@@ -66,7 +66,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from diffalign.demo.shapes import COLORS, KINDS, RELATIONS, SHAPES, Scene, caption, caption_kind, parse_caption
+from diffalign.data.shapes import COLORS, KINDS, RELATIONS, SHAPES, Scene, caption, caption_kind, parse_caption
 
 ATTRIBUTES: Tuple[str, ...] = ("color", "shape", "count", "position")
 

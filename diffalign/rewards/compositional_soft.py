@@ -35,12 +35,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from diffalign.demo.shapes import COLORS, Scene, parse_caption
+from diffalign.data.shapes import COLORS, Scene, parse_caption
 from diffalign.rewards.compositional import DetectorConfig, hue_tolerances, relation_offset, score_batch
 
 __all__ = ["compositional_soft", "soft_color_masks", "shape_scores", "SHAPE_FEATURES"]
 
-# calibrated on renders of diffalign.demo.shapes (radii 3-7 px at 32 px): skewness of triangles -0.67 .. -0.53,
+# calibrated on renders of diffalign.data.shapes (radii 3-7 px at 32 px): skewness of triangles -0.67 .. -0.53,
 # of circles -0.05 .. 0.16, of squares 0; c4 of circles -0.15 .. 0.09 (small ones are pixelated), of squares
 # -0.48 .. -0.41, of triangles -0.09 .. 0.09
 SHAPE_FEATURES = {"triangle_skew": -0.28, "skew_width": 0.06, "square_c4": -0.28, "c4_width": 0.04}

@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from diffalign.registry import RewardType
 from diffalign.rewards.base import CLIP_MEAN, CLIP_STD, Reward, clip_preprocess
 from diffalign.rewards.clip_models import checkpoint_file, load_state_dict_file, resolve
-from diffalign.rewards.loading import register_reward_type, write_reward_config
+from diffalign.rewards.loading import write_reward_config
 
 DEFAULT_REPO = "xswu/HPSv2"
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -123,5 +124,5 @@ def load_hps_v21(directory: Optional[str], device=None, dtype=None, checkpoint: 
     return load_hps(directory, device, dtype, checkpoint, "v2.1", model_name, model_cfg, local_files_only)
 
 
-register_reward_type("hps_v2", load_hps_v2)
-register_reward_type("hps_v2.1", load_hps_v21)
+HPS_V2 = RewardType(load_hps_v2)  # registered as 'hps_v2' in diffalign.registry.BUILTIN_REWARDS
+HPS_V21 = RewardType(load_hps_v21)  # registered as 'hps_v2.1' in diffalign.registry.BUILTIN_REWARDS

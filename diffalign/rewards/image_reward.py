@@ -28,11 +28,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from diffalign.registry import RewardType
 from diffalign.rewards.aesthetic import ScoreMLP
 from diffalign.rewards.base import CLIP_MEAN, CLIP_STD, Reward, clip_preprocess
 from diffalign.rewards.clip_models import (checkpoint_file, from_pretrained, how_to_download, load_state_dict_file,
                                            resolve)
-from diffalign.rewards.loading import register_reward_type, write_reward_config
+from diffalign.rewards.loading import write_reward_config
 
 DEFAULT_MODEL = "THUDM/ImageReward"
 CHECKPOINT_FILE = "ImageReward.pt"
@@ -219,4 +220,4 @@ def load_image_reward(directory: Optional[str], device=None, dtype=None, model: 
     return reward
 
 
-register_reward_type("image_reward", load_image_reward)
+IMAGE_REWARD = RewardType(load_image_reward)  # registered as 'image_reward' in diffalign.registry.BUILTIN_REWARDS

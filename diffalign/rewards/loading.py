@@ -1,14 +1,15 @@
 """``load_reward(name_or_dir)``: one entry point for every reward, by name or from a directory.
 
-- A registered reward type (``REWARD_TYPES``: "clip_score", "aesthetic", "pickscore", "hps_v2",
-  "hps_v2.1", "image_reward", "weighted_sum", ... and whatever other modules add with
-  ``register_reward_type``) is built by its loader ``loader(directory, device, dtype, **kwargs)``
-  with ``directory=None`` (model rewards then read ``kwargs['model']``, a hub id or local path, or
-  their default hub id).
+- A registered reward type (a :class:`diffalign.registry.RewardType` in ``diffalign.registry.rewards``:
+  "clip_score", "aesthetic", "pickscore", "hps_v2", "hps_v2.1", "image_reward", "weighted_sum",
+  "preference_model", a plugin's entry point of group ``diffalign.rewards``, or ``register_reward_type``
+  in this process) is built by its loader ``loader(directory, device, dtype, **kwargs)`` with
+  ``directory=None`` (model rewards then read ``kwargs['model']``, a hub id or local path, or their
+  default hub id).
 - A directory holding ``diffalign_reward.json`` = ``{"type": <registered type>, ...}`` is built by
   that type's loader with ``directory`` set and the file's other fields as keyword arguments
   (explicit ``kwargs`` win).
-- Any other name is a plain reward callable (``registry.REWARDS`` or ``package.module:function``),
+- Any other name is a plain reward callable (a registered one or ``package.module:function``),
   returned with ``kwargs`` bound.
 
 The trainer's ``reward.name`` / ``reward.kwargs`` reach the same rewards through
@@ -20,15 +21,38 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 
+from diffalign import registry
+from diffalign.registry import RewardType
 from diffalign.rewards.base import REWARD_CONFIG_FILE, Reward
 
 RewardLoader = Callable[..., Any]  # loader(directory, device, dtype, **kwargs) -> Reward | callable
 
-REWARD_TYPES: Dict[str, RewardLoader] = {}
+
+class _RewardTypes(Mapping):
+    """name -> loader of every registered reward type (a read-only view of ``diffalign.registry.rewards``).
+
+    ``name in REWARD_TYPES`` loads only that entry; iterating loads them all."""
+
+    def __contains__(self, name) -> bool:
+        return name in registry.rewards and isinstance(registry.rewards[name], RewardType)
+
+    def __getitem__(self, name: str) -> RewardLoader:
+        if name not in self:
+            raise KeyError(name)
+        return registry.rewards[name].load
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n in registry.rewards.names() if n in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+REWARD_TYPES: Mapping[str, RewardLoader] = _RewardTypes()
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -36,11 +60,19 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
 
 
 def register_reward_type(name: str, loader: RewardLoader, overwrite: bool = False) -> RewardLoader:
-    """Make ``name`` loadable by ``load_reward`` (and ``reward.name``). Returns ``loader`` (usable as a decorator)."""
-    if not overwrite and name in REWARD_TYPES and REWARD_TYPES[name] is not loader:
-        raise ValueError(f"reward type {name!r} is already registered ({REWARD_TYPES[name]!r})")
-    REWARD_TYPES[name] = loader
+    """Make ``name`` loadable by ``load_reward`` (and ``reward.name``) in this process. Returns ``loader``.
+
+    Installed packages declare an entry point instead (group ``diffalign.rewards``, docs/design.md "Layers")."""
+    try:
+        registry.rewards.register(name, RewardType(loader), overwrite=overwrite)
+    except registry.RegistryError as exc:
+        raise ValueError(f"reward type {name!r}: {exc}") from None
     return loader
+
+
+def unregister_reward_type(name: str) -> None:
+    """Forget a type added by ``register_reward_type`` (built-ins and entry points stay)."""
+    registry.rewards.unregister(name)
 
 
 def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -56,7 +88,7 @@ def read_reward_config(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, REWARD_CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"reward directory {directory!r} has no {REWARD_CONFIG_FILE} "
-                         f"(a JSON object {{\"type\": <one of {sorted(REWARD_TYPES)}>, ...}})")
+                         f"(a JSON object {{\"type\": <a registered reward type>, ...}})")
     try:
         with open(path) as f:
             data = json.load(f)
@@ -65,7 +97,7 @@ def read_reward_config(directory: str) -> Dict[str, Any]:
     if not isinstance(data, dict) or "type" not in data:
         raise ValueError(f"{path}: expected a JSON object with a \"type\" key, got {data!r}")
     if data["type"] not in REWARD_TYPES:
-        raise ValueError(f"{path}: reward type {data['type']!r} is unknown; registered: {sorted(REWARD_TYPES)}")
+        raise ValueError(f"{path}: reward type {data['type']!r} is unknown; registered: {_type_names()}")
     return data
 
 
@@ -109,13 +141,13 @@ def load_reward(name_or_dir: str, device=None, dtype=None, **kwargs) -> Union[Re
         data = read_reward_config(name)
         rtype = data.pop("type")
         return _call_loader(rtype, name, device, dtype, {**data, **kwargs})
-    from diffalign.rewards.registry import REWARDS, bind_reward_kwargs, resolve_reward
-    if name in REWARDS or ":" in name:
+    from diffalign.rewards.registry import bind_reward_kwargs, resolve_reward
+    if name in registry.rewards or ":" in name:
         return bind_reward_kwargs(resolve_reward(name), name, kwargs)
     if os.path.sep in name and not name.count("/") == 1:
         raise ValueError(f"reward {name!r}: no such directory")
-    raise ValueError(f"reward {name!r} is unknown: not a registered reward type {sorted(REWARD_TYPES)}, a plain "
-                     f"reward {sorted(REWARDS)}, 'package.module:function', nor a directory with {REWARD_CONFIG_FILE}")
+    raise ValueError(f"reward {name!r} is unknown: not a registered reward {registry.rewards.names()}, "
+                     f"'package.module:function', nor a directory with {REWARD_CONFIG_FILE}")
 
 
 def is_model_reward(name: str) -> bool:
@@ -165,5 +197,7 @@ def lazy_reward(name: str) -> Callable:
     return fn
 
 
-# the built-in model reward types register themselves on import (their heavy imports happen only when loading)
-from diffalign.rewards import aesthetic, clip_score, combine, hps, image_reward, pickscore  # noqa: E402,F401
+
+def _type_names():
+    """Registered names for messages, loading nothing (a plugin that fails to load must not hide the message)."""
+    return registry.rewards.names()

@@ -10,8 +10,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from diffalign.registry import RewardType
 from diffalign.rewards.clip_models import CLIPReward, load_clip_parts
-from diffalign.rewards.loading import register_reward_type
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -39,4 +39,4 @@ def load_pickscore(directory: Optional[str], device=None, dtype=None, model: Opt
     return PickScore(clip, tok, **pre)
 
 
-register_reward_type("pickscore", load_pickscore)
+PICKSCORE = RewardType(load_pickscore)  # registered as 'pickscore' in diffalign.registry.BUILTIN_REWARDS

@@ -1,30 +1,46 @@
 """Reward functions by name. A reward is any callable ``(samples, prompts) -> Tensor[B]``.
 
-Names are looked up in the modality's own rewards first (``adapter.rewards()``), then in the
-generic ones below, then as a model reward type or reward directory (``loading.load_reward``; kwargs
-such as ``model: PATH_OR_HUB_ID`` go to its loader), then as ``package.module:function`` (any importable
-user callable).
+Names are looked up in the modality's own rewards first (``adapter.rewards()``), then in
+``diffalign.registry.rewards`` (the built-in rewards and every installed package's entry points of group
+``diffalign.rewards``: plain callables, and model reward types, served by ``loading.lazy_reward`` so kwargs
+such as ``model: PATH_OR_HUB_ID`` go to its loader), then as a reward directory, then as
+``package.module:function`` (any importable user callable).
 """
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from diffalign.rewards.color import brightness, color_target
-from diffalign.rewards.compositional import compositional_reward
-from diffalign.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
+from diffalign import registry
+from diffalign.registry import RewardType
 
 RewardFn = Callable[[object, Sequence[str]], torch.Tensor]
 
-REWARDS: Dict[str, RewardFn] = {
-    "jpeg_compressibility": jpeg_compressibility,
-    "jpeg_incompressibility": jpeg_incompressibility,
-    "brightness": brightness,
-    "color_target": color_target,
-    "compositional": compositional_reward,  # the shapes demo's GenEval-style reward (not differentiable)
-}
+
+class _Rewards(Mapping):
+    """name -> reward callable for every name in ``diffalign.registry.rewards`` (a model reward type gives its
+    ``lazy_reward``). Read-only and lazy: ``REWARDS[name]`` imports only the module that defines ``name``."""
+
+    def __contains__(self, name) -> bool:
+        return name in registry.rewards
+
+    def __getitem__(self, name: str) -> RewardFn:
+        obj = registry.rewards[name]
+        if isinstance(obj, RewardType):
+            from diffalign.rewards.loading import lazy_reward
+            return lazy_reward(name)
+        return obj
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.rewards.names())
+
+    def __len__(self) -> int:
+        return len(registry.rewards)
+
+
+REWARDS: Mapping[str, RewardFn] = _Rewards()
 
 
 def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) -> RewardFn:
@@ -34,7 +50,7 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
     if name in REWARDS:
         return REWARDS[name]
     from diffalign.rewards.loading import is_model_reward, lazy_reward
-    if is_model_reward(name):  # a registered reward type or a reward directory: loaded on first call
+    if is_model_reward(name):  # a reward directory: loaded on first call
         return lazy_reward(name)
     if ":" in name:
         module, _, attr = name.partition(":")
@@ -45,8 +61,7 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
         if not callable(fn):
             raise ValueError(f"reward.name {name!r} is not callable")
         return fn
-    from diffalign.rewards.loading import REWARD_TYPES
-    known = sorted(set(REWARDS) | set(extra or {}) | set(REWARD_TYPES))
+    known = sorted(set(REWARDS) | set(extra or {}))
     raise ValueError(f"reward.name {name!r} is unknown; use one of {known} or 'package.module:function'")
 
 

@@ -54,8 +54,8 @@ def load_reward_fn(name: str, kwargs: Optional[Mapping[str, Any]] = None, modali
         return load_reward(name, device=device, dtype=dtype, **kwargs)
     extra = None
     if modality is not None:
-        from diffalign.trainer.builders import MODALITIES
-        extra = MODALITIES[modality].rewards()
+        from diffalign.registry import modalities
+        extra = modalities[modality].rewards()
     return bind_reward_kwargs(resolve_reward(name, extra), name, kwargs)
 
 

@@ -1,83 +1,28 @@
 """From a validated config to live objects: the modality adapter, step rule, policy, algorithm, reward.
 
-Each modality registers here its options dataclass (checked before any compute) and a builder.
+Modalities are found by name in ``diffalign.registry.modalities`` (built-ins and entry points).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Dict, List
+from typing import List
 
 import torch
 
+from diffalign import registry
 from diffalign.algorithms import ALGORITHMS, Algorithm
 from diffalign.mdp import DiffusionPolicy, make_step_rule
+from diffalign.registry import ModalityEntry  # noqa: F401  (public name, kept where it was)
 
 
-@dataclasses.dataclass
-class ToyOptions:
-    dim: int = 2
-    hidden: int = 64
-    scheduler: str = "ddim"      # "ddim" | "ddpm" | "flow"
-    init_seed: int = 0
-    pretrain_steps: int = 200    # fit the base model to N(0, I) first (a stand-in for pretraining)
-
-    def __post_init__(self):
-        from diffalign.modalities.toy.adapter import SCHEDULERS
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"config key 'modality.options.scheduler' must be one of {SCHEDULERS}, "
-                             f"got {self.scheduler!r}")
-        if self.dim < 1 or self.hidden < 1:
-            raise ValueError(f"config keys 'modality.options.dim'/'hidden' must be >= 1, got {self.dim}/{self.hidden}")
-
-
-def _build_toy(options: ToyOptions, prompts: List[str], device: torch.device):
-    from diffalign.modalities.toy import ToyAdapter
-    return ToyAdapter(prompts, dim=options.dim, hidden=options.hidden, scheduler=options.scheduler,
-                      init_seed=options.init_seed, device=device, pretrain_steps=options.pretrain_steps)
-
-
-def _image_options():
-    from diffalign.modalities.image.options import ImageOptions
-    return ImageOptions
-
-
-def _build_image(options, prompts, device):
-    from diffalign.modalities.image import ImageAdapter
-    return ImageAdapter.from_options(options, device=device)
-
-
-def _toy_rewards():
-    from diffalign.modalities.toy.rewards import TOY_REWARDS
-    return TOY_REWARDS
-
-
-def _image_rewards():
-    from diffalign.rewards import REWARDS
-    return REWARDS
-
-
-@dataclasses.dataclass
-class ModalityEntry:
-    options: Callable[[], type]
-    build: Callable[[Any, List[str], torch.device], Any]
-    # the modality's rewards by name, known without building it (what its adapter's rewards() returns),
-    # so the config check can resolve reward.name and reward.kwargs before any model is loaded
-    rewards: Callable[[], Dict[str, Any]] = dict
-
-    def validate_options(self, options: Dict[str, Any]):
-        from diffalign.config import from_dict
-        return from_dict(self.options(), options, "modality.options")
-
-
-MODALITIES: Dict[str, ModalityEntry] = {
-    "toy": ModalityEntry(lambda: ToyOptions, _build_toy, _toy_rewards),
-    "image": ModalityEntry(_image_options, _build_image, _image_rewards),
-}
+# the modality table lives in diffalign.registry (built-ins + entry points); these names stay for callers
+MODALITIES = registry.modalities
 
 
 def build_adapter(cfg, prompts: List[str], device: torch.device):
-    entry = MODALITIES[cfg.modality.name]
-    return entry.build(entry.validate_options(cfg.modality.options), prompts, device)
+    """The adapter of ``cfg.modality`` (its options checked against the modality's dataclass)."""
+    from diffalign.config import modality_options
+    entry = registry.modalities[cfg.modality.name]
+    return entry.build(modality_options(cfg), prompts, device)
 
 
 def build_policy(cfg, adapter) -> DiffusionPolicy:

@@ -14,12 +14,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from diffalign import registry
 from diffalign.mdp import draw_noise as mdp_draw_noise
 from diffalign.modalities.base import unwrap
 from diffalign.rewards import bind_reward_kwargs, call_reward, resolve_reward
 from diffalign.rewards.differentiable import DIFFERENTIABLE_REWARDS
 from diffalign.trainer.base import Trainer
-from diffalign.trainer.builders import MODALITIES
 from diffalign.trainer.distributed import generator
 
 __all__ = ["reward_table", "lora_scale", "draw_noise", "SampledTrainer"]
@@ -27,7 +27,7 @@ __all__ = ["reward_table", "lora_scale", "draw_noise", "SampledTrainer"]
 
 def reward_table(modality: str) -> Dict[str, object]:
     """Rewards by name for a run of these loops: the modality's own plus the differentiable ones."""
-    return {**DIFFERENTIABLE_REWARDS, **MODALITIES[modality].rewards()}
+    return {**DIFFERENTIABLE_REWARDS, **registry.modalities[modality].rewards()}
 
 
 def reward_table_of(adapter) -> Dict[str, object]:

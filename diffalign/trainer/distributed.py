@@ -1,4 +1,4 @@
-"""Accelerate setup, and per-sample random seeds that do not depend on how work is split.
+"""Accelerate setup (the per-sample seeds live in diffalign.seeding, re-exported here for the trainer loops).
 
 Trap (measured with the dev torch, a CUDA build, on GPU-less machines): ``accelerate launch
 --multi_gpu`` or torchrun start N processes that each run ALONE (DistributedType.NO) unless the
@@ -7,10 +7,11 @@ accelerator device is present we ask for the CPU backend ourselves; no flag or v
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
+
+from diffalign.seeding import derive_seed, generator  # noqa: F401  (the trainer loops' names for them)
 
 
 def accelerator_device_type() -> str:
@@ -70,15 +71,3 @@ def _accelerator(cpu: bool, mixed_precision: str):
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state()
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any hashable parts (same on every process and every run)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def generator(*parts, device="cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(derive_seed(*parts))
-    return g

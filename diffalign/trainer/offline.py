@@ -34,41 +34,12 @@ import torch
 from diffalign.algorithms.base import DataPath
 from diffalign.algorithms.preference import OfflineBatch
 from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data, load_sample
-from diffalign.data.readers import FORMATS, looks_like_hub_id
-from diffalign.data.synthetic import SYNTHETIC, toy_preference_pairs
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
+from diffalign.modalities.toy.synthetic import toy_preference_pairs
 from diffalign.trainer.base import Trainer
 from diffalign.trainer.builders import build_algorithm
 from diffalign.trainer.distributed import derive_seed, generator, make_accelerator
-
-
-def validate_data(cfg) -> None:
-    """Config checks of the ``data`` section (called by config.validate for offline algorithms)."""
-    from diffalign.config import ConfigError
-    d = cfg.data
-    if not d.path:
-        raise ConfigError(f"config key 'data.path' is required by algorithm {cfg.algorithm.get('name')!r} "
-                          "(a file, a folder, a hub id or 'synthetic:toy')")
-    if d.path.startswith("synthetic:"):
-        kind = d.path.partition(":")[2]
-        if kind not in SYNTHETIC:
-            raise ConfigError(f"config key 'data.path': unknown synthetic set {d.path!r}; choose one of "
-                              f"{['synthetic:' + k for k in SYNTHETIC]}")
-        if cfg.prompts.list is None and cfg.prompts.file is None:
-            raise ConfigError(f"config key 'data.path' = {d.path!r} needs prompts.list or prompts.file")
-        if d.num_pairs < 1:
-            raise ConfigError(f"config key 'data.num_pairs' must be > 0, got {d.num_pairs!r}")
-    elif not os.path.exists(d.path) and not looks_like_hub_id(d.path):
-        raise ConfigError(f"config key 'data.path': {d.path!r} is neither an existing file or folder nor a hub id")
-    if d.format is not None and d.format not in FORMATS:
-        raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
-    if d.eval_samples < 0:
-        raise ConfigError(f"config key 'data.eval_samples' must be >= 0, got {d.eval_samples!r}")
-    if d.streaming and d.max_records is None:
-        raise ConfigError("config key 'data.streaming' = True needs data.max_records (how many rows to stream)")
-    if d.max_records is not None and d.max_records < 1:
-        raise ConfigError(f"config key 'data.max_records' must be > 0, got {d.max_records!r}")
 
 
 def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> PreferenceDataset:

@@ -75,7 +75,7 @@ class ImageAdapter(ModalityAdapter):
             from diffalign.modalities.image.tiny import tiny_components
             return cls(*tiny_components(options.architecture, options.resolution, options.seed,
                                         options.prediction_type or "epsilon"), options, device)
-        from diffalign.demo.model import load_demo_model, resolve_demo_path
+        from diffalign.modalities.image.demo_model import load_demo_model, resolve_demo_path
         demo_dir = resolve_demo_path(options.model)  # "demo" or a folder saved by save_demo_model
         if demo_dir is not None:
             unet, text_encoder, tokenizer, scheduler, _ = load_demo_model(demo_dir)
@@ -210,8 +210,8 @@ class ImageAdapter(ModalityAdapter):
         return (z * cfg.scaling_factor).float(), cond
 
     def rewards(self):
-        from diffalign.rewards import REWARDS
-        return dict(REWARDS)
+        # no image-only rewards: the generic ones (diffalign.registry.rewards) resolve by name after these
+        return {}
 
     def sample_grid(self, decoded):
         from torchvision.utils import make_grid

@@ -8,8 +8,8 @@ import torch
 
 from diffalign.config import load_config
 from diffalign.data import load_preference_data, load_sample
-from diffalign.data.ai_feedback import generate_feedback, label_samples, select_pairs
-from diffalign.data.synthetic import toy_preference_pairs
+from diffalign.inference.feedback import generate_feedback, label_samples, select_pairs
+from diffalign.modalities.toy.synthetic import toy_preference_pairs
 from diffalign.modalities.toy.rewards import target_distance
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffalign.demo import run
-from diffalign.inference.demo import demo_subjects, inference_stage
+from diffalign.demo.inference_stage import demo_subjects, inference_stage
 
 
 @pytest.fixture(scope="module")

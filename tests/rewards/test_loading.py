@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffalign.rewards.base import (FunctionReward, MissingRewardWeights, Reward, as_pixels, clip_preprocess,
                                     missing_weights)
-from diffalign.rewards.loading import (REWARD_TYPES, lazy_reward, load_reward, register_reward_type,
+from diffalign.rewards.loading import (lazy_reward, load_reward, register_reward_type, unregister_reward_type,
                                        write_reward_config)
 from diffalign.rewards.registry import bind_reward_kwargs, call_reward, resolve_reward
 
@@ -32,7 +32,7 @@ def load_mean(directory, device, dtype, scale=1.0):
 def mean_type():
     register_reward_type("test_mean", load_mean)
     yield "test_mean"
-    REWARD_TYPES.pop("test_mean", None)
+    unregister_reward_type("test_mean")
 
 
 def test_as_pixels_accepts_tensors_uint8_and_pil():

@@ -346,7 +346,7 @@ def test_lora_backbone_trains_only_adapters_and_saves_merged(tmp_path):
 # ---- training ------------------------------------------------------------------------------------------
 def _config(tmp_path, **over):
     from diffalign.cli.train import shipped_config
-    from diffalign.rewards.training.trainer import load_reward_train_config
+    from diffalign.trainer.reward_model import load_reward_train_config
     items = [f"output_dir={tmp_path / 'run'}", "logging.progress_bar=false", "logging.tensorboard=false"]
     items += [f"{k}={v}" for k, v in over.items()]
     return load_reward_train_config(shipped_config("reward_bt_tiny"), items)
@@ -354,7 +354,7 @@ def _config(tmp_path, **over):
 
 def test_shipped_tiny_config_reaches_high_held_out_accuracy(tmp_path):
     """The shipped config as is (data size, epochs), on a fresh output dir: held-out accuracy >= 0.9."""
-    from diffalign.rewards.training.trainer import train_reward_model
+    from diffalign.trainer.reward_model import train_reward_model
     cfg = _config(tmp_path)
     summary = train_reward_model(cfg)
     assert summary["held_out_accuracy"] >= 0.9
@@ -372,7 +372,7 @@ def test_shipped_tiny_config_reaches_high_held_out_accuracy(tmp_path):
 
 
 def test_training_is_seed_deterministic_and_pl_multihead_ties_train(tmp_path):
-    from diffalign.rewards.training.trainer import train_reward_model
+    from diffalign.trainer.reward_model import train_reward_model
     over = {"epochs": 3, "data.synthetic": "{num_groups: 60, group_size: 3, levels: 4, image_size: 16}",
             "model.aspects": "[brightness, redness, overall]", "loss.name": "pl"}
     runs = []
@@ -390,7 +390,7 @@ def test_training_is_seed_deterministic_and_pl_multihead_ties_train(tmp_path):
 
 def test_lora_training_learns(tmp_path):
     """LoRA on the tiny backbone (measured: held-out 0.84, 0.91, 0.93, 0.96 over the first 4 epochs), Davidson ties."""
-    from diffalign.rewards.training.trainer import train_reward_model
+    from diffalign.trainer.reward_model import train_reward_model
     cfg = _config(tmp_path, **{"epochs": 4, "model.backbone_mode": "lora", "train.learning_rate": 0.003,
                                "loss.tie_policy": "davidson"})
     summary = train_reward_model(cfg)

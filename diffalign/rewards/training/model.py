@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffalign.registry import RewardType
 from diffalign.rewards.base import (CLIP_MEAN, CLIP_STD, REWARD_CONFIG_FILE, Reward, as_pixels, clip_preprocess,
                                    missing_weights)
-from diffalign.rewards.loading import register_reward_type
 
 MODEL_TYPE = "preference_model"
 CONFIG_NAME = REWARD_CONFIG_FILE
@@ -45,7 +45,7 @@ def tiny_clip_config(image_size: int = 32, patch_size: int = 8, hidden_size: int
     """A random CLIPConfig small enough for CPU tests; text side matches the character tokenizer's ids."""
     from transformers import CLIPConfig
 
-    from diffalign.modalities.image.tiny import CharTokenizer
+    from diffalign.data.tokenizers import CharTokenizer
     text = dict(vocab_size=CharTokenizer.vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                 num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_length,
                 bos_token_id=CharTokenizer.bos, pad_token_id=CharTokenizer.pad, eos_token_id=CharTokenizer.eos)
@@ -191,7 +191,7 @@ def build_model(backbone: str = "tiny", aspects: Sequence[str] = ("overall",), p
     arguments) or a hub id / local folder of a transformers CLIPModel with its tokenizer."""
     from transformers import CLIPModel
     if backbone == "tiny":
-        from diffalign.modalities.image.tiny import CharTokenizer
+        from diffalign.data.tokenizers import CharTokenizer
         cfg = tiny_clip_config(**(tiny or {}))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
@@ -241,7 +241,7 @@ def load_preference_model(directory: str, device=None, dtype=None, **kwargs) -> 
         raise ValueError(f"a {MODEL_TYPE} reward accepts only the keyword 'aspect', got {unknown}")
     cfg = CLIPConfig.from_pretrained(os.path.join(directory, "backbone"))
     if meta["tokenizer"] == "char":
-        from diffalign.modalities.image.tiny import CharTokenizer
+        from diffalign.data.tokenizers import CharTokenizer
         tokenizer, kind = CharTokenizer(meta["max_length"]), "char"
     else:
         from transformers import AutoTokenizer
@@ -263,4 +263,4 @@ def load_preference_model(directory: str, device=None, dtype=None, **kwargs) -> 
     return model.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else model
 
 
-register_reward_type(MODEL_TYPE, load_preference_model)
+PREFERENCE_MODEL = RewardType(load_preference_model)  # reward type MODEL_TYPE in diffalign.registry.BUILTIN_REWARDS

@@ -46,7 +46,7 @@ REJECTION_THRESHOLD = 1.0
 
 def demo_subjects(prompt: str) -> List[str]:
     """The object nouns of a shapes caption as written ("two blue squares" -> ["squares"])."""
-    from diffalign.demo.shapes import parse_caption
+    from diffalign.data.shapes import parse_caption
     scene = parse_caption(prompt)
     words = prompt.lower().split()
     out = []

@@ -147,7 +147,7 @@ def generate_feedback(cfg, out_dir: str, samples_per_prompt: int = 4, threshold:
     from diffalign.rewards import load_prompts
     from diffalign.rewards.server import close_reward_fn, make_reward_fn
     from diffalign.trainer.builders import build_adapter, build_policy
-    from diffalign.trainer.distributed import derive_seed
+    from diffalign.seeding import derive_seed
     device = torch.device(device or "cpu")
     prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
     adapter = build_adapter(cfg, prompts, device)
