@@ -91,7 +91,14 @@ class ImageAdapter(ModalityAdapter):
             enc = getattr(pipe, name, None)
             if enc is not None:
                 enc.to(device).requires_grad_(False)
-        return cls(denoiser, pipe.vae, None, None, pipe.scheduler, options, device, pipeline=pipe)
+        scheduler = pipe.scheduler
+        if options.architecture != "sd3":
+            # the UNet step rules read alphas_cumprod and the timesteps of set_timesteps(T). SD 1.5 ships a PNDM
+            # scheduler, whose PLMS timesteps repeat one entry (T=3: 667, 334, 334, 1), and SDXL an Euler one;
+            # the same betas as a DDIM scheduler (as DDPO's trainer does) give T distinct, evenly spaced steps.
+            from diffusers import DDIMScheduler
+            scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        return cls(denoiser, pipe.vae, None, None, scheduler, options, device, pipeline=pipe)
 
     # ---- conditions ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -105,6 +112,10 @@ class ImageAdapter(ModalityAdapter):
         """Text embeddings of the items' texts (a mapping item gives its "text"); nothing is drawn."""
         prompts = [prompt_text(item) for item in items]
         negatives = [self.options.negative_prompt] * len(prompts)
+        if self.pipeline is not None and not self.options.negative_prompt:
+            # no negative prompt: the pipeline's own default, as its __call__ applies it (SDXL's
+            # force_zeros_for_empty_prompt makes it zeros; SD and SD3 encode "" either way)
+            negatives = None
         if self.pipeline is None:
             emb, pooled = self._encode_tiny(prompts)
             neg, neg_pooled = self._encode_tiny(negatives)
