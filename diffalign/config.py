@@ -33,8 +33,8 @@ class ModalityConfig:
 
 @dataclasses.dataclass
 class PromptsConfig:
-    list: Optional[List[str]] = None
-    file: Optional[str] = None
+    list: Optional[List[Any]] = None  # prompt items: texts, or mappings (diffalign.rewards.prompts)
+    file: Optional[str] = None        # one text per line, or .jsonl: one JSON text or object per line
 
 
 @dataclasses.dataclass
@@ -315,6 +315,12 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(f"config key 'prompts.file': file {cfg.prompts.file!r} does not exist")
     if cfg.prompts.list is not None and not cfg.prompts.list:
         raise ConfigError("config key 'prompts.list' is empty")
+    if cfg.prompts.list is not None or cfg.prompts.file is not None:
+        from diffalign.rewards.prompts import load_prompts
+        try:  # every item a text or a JSON-able mapping, every JSONL line readable
+            load_prompts(cfg.prompts.list, cfg.prompts.file)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'prompts': {exc}") from None
     if cfg.resume_from not in (None, "latest") and not os.path.isdir(cfg.resume_from):
         raise ConfigError(f"config key 'resume_from': checkpoint {cfg.resume_from!r} does not exist "
                           "(use 'latest' or a checkpoint directory)")

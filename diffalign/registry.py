@@ -72,6 +72,8 @@ def _is_reward(obj) -> bool:
 # name -> "module:attribute"; the same lines are the entry points in pyproject.toml
 BUILTIN_MODALITIES: Dict[str, str] = {
     "toy": "diffalign.modalities.toy.entry:MODALITY",
+    "toy_points": "diffalign.modalities.toy.entry:POINTS",
+    "toy_dual": "diffalign.modalities.toy.entry:DUAL",
     "image": "diffalign.modalities.image.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
