@@ -1,6 +1,7 @@
 // CPU backend: OpenMP loops over (row, chunk) tasks that call the shared functors of math.h.
 // Partial sums are combined in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
+#include <array>
 #include <utility>
 #include <vector>
 
@@ -30,7 +31,11 @@ template <class A> A sum_lanes(const A (&lane)[kLanes]) {
   return s;
 }
 
-// Runs f over elements [i0, i1) of row b; returns the sums of its NOUT (at most two) accumulators.
+// Per-range sums of a functor's NOUT accumulators (at most three: a masked pair loss sums its two
+// squared errors and the mask).
+template <class A> using Sums = std::array<A, 3>;
+
+// Runs f over elements [i0, i1) of row b; returns the sums of its NOUT (at most three) accumulators.
 // Each accumulator is kept as kLanes partial sums, element idx going to lane (idx - i0) % kLanes, and
 // the lanes are added in a fixed order, so the result depends on neither the thread count nor the
 // machine. One running sum per accumulator was a chain of dependent adds (one add latency, ~4 cycles,
@@ -39,13 +44,33 @@ template <class A> A sum_lanes(const A (&lane)[kLanes]) {
 // loop here scalar: a per-element branch on a runtime flag or on a nullable pointer. So the functors
 // take such choices as template parameters: G for a full std layout, S for scoring a step.)
 template <class A, class F>
-DA_CPU_CLONES std::pair<A, A> run_range(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
-  static_assert(F::NOUT <= 2, "run_rows sums at most two accumulators");
+DA_CPU_CLONES Sums<A> run_range(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
+  static_assert(F::NOUT <= 3, "run_rows sums at most three accumulators");
   if constexpr (F::NOUT == 0) {  // element-wise only: `omp simd` vectorises this one
     A none[1] = {A(0)};
 #pragma omp simd
     for (int64_t idx = i0; idx < i1; ++idx) elem(f, row, b, idx, none);
-    return {A(0), A(0)};
+    return {A(0), A(0), A(0)};
+  } else if constexpr (F::NOUT == 3) {  // the masked pair losses: the same lane scheme, three sums
+    A lane0[kLanes] = {}, lane1[kLanes] = {}, lane2[kLanes] = {};
+    int64_t idx = i0;
+    for (; idx + kLanes <= i1; idx += kLanes)
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        A one[3] = {A(0), A(0), A(0)};
+        elem(f, row, b, idx + l, one);
+        lane0[l] += one[0];
+        lane1[l] += one[1];
+        lane2[l] += one[2];
+      }
+    for (int l = 0; idx < i1; ++idx, ++l) {
+      A one[3] = {A(0), A(0), A(0)};
+      elem(f, row, b, idx, one);
+      lane0[l] += one[0];
+      lane1[l] += one[1];
+      lane2[l] += one[2];
+    }
+    return {sum_lanes(lane0), sum_lanes(lane1), sum_lanes(lane2)};
   } else {
     A lane0[kLanes] = {}, lane1[kLanes] = {};
     int64_t idx = i0;
@@ -65,7 +90,7 @@ DA_CPU_CLONES std::pair<A, A> run_range(const F& f, const typename F::Row& row, 
       lane0[l] += one[0];
       lane1[l] += one[1];
     }
-    return {sum_lanes(lane0), sum_lanes(lane1)};
+    return {sum_lanes(lane0), sum_lanes(lane1), A(0)};
   }
 }
 
@@ -84,7 +109,7 @@ template <class F> unsigned presence_mask(const F& f) {
 // per combination; M counts down through the combinations' masks): GCC unswitches a per-element null
 // test only for small loop bodies, and the 16-bit loops stayed scalar.
 template <class A, class F, unsigned M>
-std::pair<A, A> run_known(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, unsigned mask) {
+Sums<A> run_known(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, unsigned mask) {
   if constexpr ((M & ~kOptionalMask<F>) == 0u) {
     if (mask == M)
       return run_range<A>(KnownPresence<F, M & ((1u << F::NI) - 1u), (M >> F::NI)>(f), row, b, i0, i1);
@@ -94,7 +119,7 @@ std::pair<A, A> run_known(const F& f, const typename F::Row& row, int64_t b, int
 }
 
 template <class A, class F>
-std::pair<A, A> run_range_dispatch(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
+Sums<A> run_range_dispatch(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
   if constexpr (kOptionalMask<F> == 0u) return run_range<A>(f, row, b, i0, i1);
   else return run_known<A, F, kOptionalMask<F>>(f, row, b, i0, i1, presence_mask(f));
 }
@@ -110,9 +135,8 @@ std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / nchunks, c = t % nchunks;
     const int64_t i0 = b * D + c * kChunk, i1 = b * D + std::min(D, (c + 1) * kChunk);
-    const std::pair<A, A> s = run_range_dispatch<A>(f, f.row(b), b, i0, i1);
-    if constexpr (N > 0) partial[t] = s.first;
-    if constexpr (N > 1) partial[size_t(tasks) + t] = s.second;
+    const Sums<A> s = run_range_dispatch<A>(f, f.row(b), b, i0, i1);
+    for (int k = 0; k < N; ++k) partial[size_t(k) * tasks + t] = s[k];
   }
   std::vector<A> sums(size_t(N > 0 ? N : 1) * B, A(0));
   for (int k = 0; k < N; ++k)
@@ -143,54 +167,85 @@ template <class A> void store_std_grad(const A* row_sums, int64_t B, int layout,
     case DType::kBFloat16: { using T = bf16_t; __VA_ARGS__; break; }  \
   }
 
+// The reduced output of a forward pass: sums[b] * (1/D or 1); masked, sums[b] is sum m*l and
+// sums[B + b] the row's mask sum, and "mean" divides by it (0 for an all-zero row).
+template <class A> void store_reduced(const std::vector<A>& sums, bool masked, int reduction, int64_t B, int64_t D,
+                                      void* dest) {
+  A* out = static_cast<A*>(dest);
+  if (masked) {
+    for (int64_t b = 0; b < B; ++b) out[b] = reduction == kMean ? masked_mean(sums[b], sums[B + b]) : sums[b];
+    return;
+  }
+  const A scale = reduction_scale<A>(reduction, D);
+  for (int64_t b = 0; b < B; ++b) out[b] = sums[b] * scale;
+}
+
 template <class T> void logprob_impl(const LogprobArgs& a) {
   using A = typename AccOf<T>::type;
-  auto sums = logprob_generic(a) ? run_rows<A>(make_logprob_forward<T, true>(a), a.B, a.D)
-                                  : run_rows<A>(make_logprob_forward<T, false>(a), a.B, a.D);
-  const A scale = reduction_scale<A>(a.reduction, a.D);
-  A* out = static_cast<A*>(a.out);
-  for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
+  const bool g = logprob_generic(a), m = has_mask(a);
+  auto sums = m ? (g ? run_rows<A>(make_logprob_forward<T, true, true>(a), a.B, a.D)
+                     : run_rows<A>(make_logprob_forward<T, false, true>(a), a.B, a.D))
+                : (g ? run_rows<A>(make_logprob_forward<T, true>(a), a.B, a.D)
+                     : run_rows<A>(make_logprob_forward<T, false>(a), a.B, a.D));
+  store_reduced<A>(sums, m, a.reduction, a.B, a.D, a.out);
 }
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  auto sums = logprob_generic(a) ? run_rows<A>(make_logprob_backward<T, true>(a), a.B, a.D)
-                                  : run_rows<A>(make_logprob_backward<T, false>(a), a.B, a.D);
+  const bool g = logprob_generic(a);
+  auto sums = has_mask(a) ? (g ? run_rows<A>(make_logprob_backward<T, true, true>(a), a.B, a.D)
+                               : run_rows<A>(make_logprob_backward<T, false, true>(a), a.B, a.D))
+                          : (g ? run_rows<A>(make_logprob_backward<T, true>(a), a.B, a.D)
+                               : run_rows<A>(make_logprob_backward<T, false>(a), a.B, a.D));
   store_std_grad<A>(sums.data(), a.B, a.std.layout, a.gstd);
 }
 
 template <class T> void kl_impl(const KlArgs& a) {
   using A = typename AccOf<T>::type;
-  auto sums = kl_generic(a) ? run_rows<A>(make_kl_forward<T, true>(a), a.B, a.D)
-                            : run_rows<A>(make_kl_forward<T, false>(a), a.B, a.D);
-  const A scale = reduction_scale<A>(a.reduction, a.D);
-  A* out = static_cast<A*>(a.out);
-  for (int64_t b = 0; b < a.B; ++b) out[b] = sums[b] * scale;
+  const bool g = kl_generic(a), m = has_mask(a);
+  auto sums = m ? (g ? run_rows<A>(make_kl_forward<T, true, true>(a), a.B, a.D)
+                     : run_rows<A>(make_kl_forward<T, false, true>(a), a.B, a.D))
+                : (g ? run_rows<A>(make_kl_forward<T, true>(a), a.B, a.D)
+                     : run_rows<A>(make_kl_forward<T, false>(a), a.B, a.D));
+  store_reduced<A>(sums, m, a.reduction, a.B, a.D, a.out);
 }
 
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  const bool same = a.s2.p == nullptr;
-  auto sums = kl_generic(a) ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
-                            : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D);
+  const bool same = a.s2.p == nullptr, g = kl_generic(a);
+  auto sums = has_mask(a) ? (g ? run_rows<A>(make_kl_backward<T, true, true>(a), a.B, a.D)
+                               : run_rows<A>(make_kl_backward<T, false, true>(a), a.B, a.D))
+                          : (g ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
+                               : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D));
   store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
   if (!same) store_std_grad<A>(sums.data() + a.B, a.B, a.s2.layout, a.gs2);
 }
 
+// Per-row mean squared errors of model (e[b]) and reference (e[B + b]) from a PairSqErr pass: the sums
+// over D, or masked, sum m*err^2 / sum m (0 for an all-zero row).
+template <class A> void row_errors(std::vector<A>& sums, bool masked, int64_t B, int64_t D) {
+  const A inv_d = A(1) / A(D);
+  for (int64_t b = 0; b < B; ++b) {
+    const A w = masked ? inv_or_zero(sums[2 * B + b]) : inv_d;
+    sums[b] *= w;
+    sums[B + b] *= w;
+  }
+}
+
 template <class T> void dpo_impl(const DpoArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_sq_err<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
+  const bool m = has_mask(a);
+  auto sums = m ? run_rows<A>(make_sq_err<T, true>(a), a.B, a.D) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
+  row_errors(sums, m, a.B, a.D);
   const int64_t P = a.B / 2;
-  const A inv_d = A(1) / A(a.D), beta = A(a.beta);
+  const A beta = A(a.beta);
   A* loss = static_cast<A*>(a.loss);
   A* margin = static_cast<A*>(a.margin);
   A total = 0;
   for (int64_t p = 0; p < P; ++p) {
     const A* em = sums.data();
     const A* er = sums.data() + a.B;
-    A l = dpo_pair<A>(em[p] * inv_d, em[p + P] * inv_d, er[p] * inv_d, er[p + P] * inv_d, beta, a.loss_type,
-                      margin + p);
+    A l = dpo_pair<A>(em[p], em[p + P], er[p], er[p + P], beta, a.loss_type, margin + p);
     if (a.reduction == kPairNone) loss[p] = l; else total += l;
   }
   if (a.reduction == kPairMean) loss[0] = total / A(P);
@@ -198,19 +253,19 @@ template <class T> void dpo_impl(const DpoArgs& a) {
 
 template <class T> void dpo_bwd_impl(const DpoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  run_rows<A>(f, a.B, a.D);
+  if (has_mask(a)) run_rows<A>(make_functor<T, true>(a), a.B, a.D);
+  else run_rows<A>(make_functor<T>(a), a.B, a.D);
 }
 
 template <class T> void kto_impl(const KtoArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_sq_err<T>(a);
-  auto sums = run_rows<A>(f, a.B, a.D);
-  const A inv_d = A(1) / A(a.D);
+  const bool m = has_mask(a);
+  auto sums = m ? run_rows<A>(make_sq_err<T, true>(a), a.B, a.D) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
   A* g = static_cast<A*>(a.g);
   A mean_g = 0;
   for (int64_t b = 0; b < a.B; ++b) {
-    g[b] = (sums[a.B + b] - sums[b]) * inv_d;  // e_ref - e_model
+    const A w = m ? inv_or_zero(sums[2 * a.B + b]) : A(1) / A(a.D);
+    g[b] = (sums[a.B + b] - sums[b]) * w;  // e_ref - e_model
     mean_g += g[b];
   }
   mean_g /= A(a.B);
@@ -224,12 +279,13 @@ template <class T> void kto_impl(const KtoArgs& a) {
 
 template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  run_rows<A>(f, a.B, a.D);
+  if (has_mask(a)) run_rows<A>(make_functor<T, true>(a), a.B, a.D);
+  else run_rows<A>(make_functor<T>(a), a.B, a.D);
 }
 
 template <class T> void step_impl(const StepArgs& a) {
   using A = typename AccOf<T>::type;
+  const bool m = has_mask(a);
   auto run = [&](const auto& f) {
     auto sums = run_rows<A>(f, a.B, a.D);
     A* lp = static_cast<A*>(a.log_prob);
@@ -237,16 +293,25 @@ template <class T> void step_impl(const StepArgs& a) {
     for (int64_t b = 0; b < a.B; ++b) {
       const A s = f.row(b).c.std;
       std_out[b] = s;
-      lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
+      if (m) lp[b] = s > A(0) ? masked_mean(sums[b], sums[a.B + b]) : A(0);
+      else lp[b] = s > A(0) ? sums[b] / A(a.D) : A(0);
     }
   };
-  if (step_scoring(a)) run(make_step_forward<T, true>(a));
-  else run(make_step_forward<T, false>(a));
+  const bool scoring = step_scoring(a);
+  if (m) {
+    if (scoring) run(make_step_forward<T, true, true>(a));
+    else run(make_step_forward<T, false, true>(a));
+  } else {
+    if (scoring) run(make_step_forward<T, true>(a));
+    else run(make_step_forward<T, false>(a));
+  }
 }
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  if (step_scoring(a)) run_rows<A>(make_step_backward<T, true>(a), a.B, a.D);
+  // a drawn step's log-prob has no gradient, so only the scoring pass reads the mask
+  if (step_scoring(a) && has_mask(a)) run_rows<A>(make_step_backward<T, true, true>(a), a.B, a.D);
+  else if (step_scoring(a)) run_rows<A>(make_step_backward<T, true>(a), a.B, a.D);
   else run_rows<A>(make_step_backward<T, false>(a), a.B, a.D);
 }
 

@@ -43,8 +43,8 @@ constexpr int kThreads = 256;
 constexpr int kMinItems = 16;
 // (variable templates, not constexpr functions: device code may read these without --expt-relaxed-constexpr)
 template <class F> struct IsStep : std::false_type {};
-template <class T, class A, bool S> struct IsStep<StepFwd<T, A, S>> : std::true_type {};
-template <class T, class A, bool S> struct IsStep<StepBwd<T, A, S>> : std::true_type {};
+template <class T, class A, bool S, bool M> struct IsStep<StepFwd<T, A, S, M>> : std::true_type {};
+template <class T, class A, bool S, bool M> struct IsStep<StepBwd<T, A, S, M>> : std::true_type {};
 template <class F>
 constexpr int kItemsOf = sizeof(typename F::Elem) == 2 && F::NI <= 3 && !IsStep<F>::value ? 32 : kMinItems;
 template <class F> constexpr int64_t kChunkOf = int64_t(kThreads) * kItemsOf<F>;  // elements per block
@@ -218,6 +218,25 @@ template <class A> __global__ void scale_rows_epilogue(const A* partial, int64_t
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) out[b] = rows[b] * scale;
 }
 
+// Masked forward: rows[b] = sum m*l, rows[B + b] = sum m; "mean" divides (0 for an all-zero row).
+template <class A> __global__ void masked_rows_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows,
+                                                        int reduction, A* out) {
+  sum_rows<A, 2>(partial, B, nchunks, rows);
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x)
+    out[b] = reduction == kMean ? masked_mean(rows[b], rows[B + b]) : rows[b];
+}
+
+// Per-row mean squared errors of model (rows[b]) and reference (rows[B + b]) in place: the sums times
+// 1/D, or masked (rows[2B + b] = sum m) divided by the mask's sum. Ends with a barrier.
+template <class A> __device__ void row_errors(A* rows, int64_t B, A inv_d, bool masked) {
+  for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+    const A w = masked ? inv_or_zero(rows[2 * B + b]) : inv_d;
+    rows[b] *= w;
+    rows[B + b] *= w;
+  }
+  __syncthreads();
+}
+
 template <class A> __global__ void std_grad_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows,
                                                      int layout0, A* dest0, int layout1, A* dest1) {
   __shared__ A smem[32];
@@ -227,15 +246,16 @@ template <class A> __global__ void std_grad_epilogue(const A* partial, int64_t B
 }
 
 template <class A> __global__ void dpo_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, A inv_d, A beta,
-                                                int loss_type, int reduction, A* loss, A* margin) {
+                                                int loss_type, int reduction, A* loss, A* margin, bool masked) {
   __shared__ A smem[32];
-  sum_rows<A, 2>(partial, B, nchunks, rows);
+  if (masked) sum_rows<A, 3>(partial, B, nchunks, rows); else sum_rows<A, 2>(partial, B, nchunks, rows);
+  row_errors(rows, B, inv_d, masked);
   const int64_t P = B / 2;
   const A* em = rows;
   const A* er = rows + B;
   A total = 0;
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    A l = dpo_pair<A>(em[p] * inv_d, em[p + P] * inv_d, er[p] * inv_d, er[p + P] * inv_d, beta, loss_type, margin + p);
+    A l = dpo_pair<A>(em[p], em[p + P], er[p], er[p + P], beta, loss_type, margin + p);
     if (reduction == kPairNone) loss[p] = l; else total += l;
   }
   if (reduction == kPairMean) {
@@ -246,13 +266,14 @@ template <class A> __global__ void dpo_epilogue(const A* partial, int64_t B, int
 
 template <class A> __global__ void kto_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, A inv_d,
                                                 const bool* desirable, A beta, A ld, A lu, const A* kl_ref, A* loss,
-                                                A* z_out, A* g) {
+                                                A* z_out, A* g, bool masked) {
   __shared__ A smem[32];
   __shared__ A z_shared;
-  sum_rows<A, 2>(partial, B, nchunks, rows);
+  if (masked) sum_rows<A, 3>(partial, B, nchunks, rows); else sum_rows<A, 2>(partial, B, nchunks, rows);
   A s = 0;
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-    g[b] = (rows[B + b] - rows[b]) * inv_d;  // e_ref - e_model
+    const A w = masked ? inv_or_zero(rows[2 * B + b]) : inv_d;
+    g[b] = (rows[B + b] - rows[b]) * w;  // e_ref - e_model
     s += g[b];
   }
   s = block_sum(s, smem);
@@ -271,13 +292,14 @@ template <class A> __global__ void kto_epilogue(const A* partial, int64_t B, int
 
 template <class A> __global__ void step_epilogue(const A* partial, int64_t B, int64_t nchunks, A* rows, int mode,
                                                  const A* p0, const A* p1, int per_sample, A param, A inv_d, A* lp,
-                                                 A* std_out) {
-  sum_rows<A, 1>(partial, B, nchunks, rows);
+                                                 A* std_out, bool masked) {
+  if (masked) sum_rows<A, 2>(partial, B, nchunks, rows); else sum_rows<A, 1>(partial, B, nchunks, rows);
   for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
     const int64_t j = per_sample ? b : 0;
     const A s = step_coefficients<A>(mode, p0[j], p1[j], param).std;
     std_out[b] = s;
-    lp[b] = s > A(0) ? rows[b] * inv_d : A(0);
+    if (masked) lp[b] = s > A(0) ? masked_mean(rows[b], rows[B + b]) : A(0);
+    else lp[b] = s > A(0) ? rows[b] * inv_d : A(0);
   }
 }
 
@@ -307,21 +329,37 @@ template <class A, class F> int64_t launch_chunks(const F& f, int64_t B, int64_t
     case DType::kBFloat16: { using T = __nv_bfloat16; __VA_ARGS__; break; }    \
   }
 
+// The reduced output of a forward pass (rows times 1/D or 1; masked: see masked_rows_epilogue).
+template <class A> void reduce_rows(bool masked, int reduction, int64_t B, int64_t D, int64_t nchunks, void* ws,
+                                    void* out, cudaStream_t s) {
+  if (masked)
+    masked_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), B, nchunks, Work::rows<A>(ws, B * nchunks),
+                                                      reduction, static_cast<A*>(out));
+  else
+    scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), B, nchunks, Work::rows<A>(ws, B * nchunks),
+                                                     reduction_scale<A>(reduction, D), static_cast<A*>(out));
+}
+
 template <class T> void logprob_impl(const LogprobArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const int64_t nchunks = logprob_generic(a) ? launch_chunks<A>(make_logprob_forward<T, true>(a), a.B, a.D, ws, s)
-                                             : launch_chunks<A>(make_logprob_forward<T, false>(a), a.B, a.D, ws, s);
-  scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
-                                                   Work::rows<A>(ws, a.B * nchunks),
-                                                   reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
+  const bool g = logprob_generic(a), m = has_mask(a);
+  const int64_t nchunks =
+      m ? (g ? launch_chunks<A>(make_logprob_forward<T, true, true>(a), a.B, a.D, ws, s)
+             : launch_chunks<A>(make_logprob_forward<T, false, true>(a), a.B, a.D, ws, s))
+        : (g ? launch_chunks<A>(make_logprob_forward<T, true>(a), a.B, a.D, ws, s)
+             : launch_chunks<A>(make_logprob_forward<T, false>(a), a.B, a.D, ws, s));
+  reduce_rows<A>(m, a.reduction, a.B, a.D, nchunks, ws, a.out, s);
   check(cudaGetLastError(), "logprob epilogue");
 }
 
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const bool want_std = a.gstd != nullptr;
-  const int64_t nchunks = logprob_generic(a) ? launch_chunks<A>(make_logprob_backward<T, true>(a), a.B, a.D, ws, s)
-                                             : launch_chunks<A>(make_logprob_backward<T, false>(a), a.B, a.D, ws, s);
+  const bool want_std = a.gstd != nullptr, g = logprob_generic(a);
+  const int64_t nchunks =
+      has_mask(a) ? (g ? launch_chunks<A>(make_logprob_backward<T, true, true>(a), a.B, a.D, ws, s)
+                       : launch_chunks<A>(make_logprob_backward<T, false, true>(a), a.B, a.D, ws, s))
+                  : (g ? launch_chunks<A>(make_logprob_backward<T, true>(a), a.B, a.D, ws, s)
+                       : launch_chunks<A>(make_logprob_backward<T, false>(a), a.B, a.D, ws, s));
   if (want_std && a.std.layout != kFull) {
     std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                                    a.std.layout, static_cast<A*>(a.gstd), kFull, nullptr);
@@ -331,20 +369,23 @@ template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a, void* ws, cuda
 
 template <class T> void kl_impl(const KlArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const int64_t nchunks = kl_generic(a) ? launch_chunks<A>(make_kl_forward<T, true>(a), a.B, a.D, ws, s)
-                                        : launch_chunks<A>(make_kl_forward<T, false>(a), a.B, a.D, ws, s);
-  scale_rows_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks,
-                                                   Work::rows<A>(ws, a.B * nchunks),
-                                                   reduction_scale<A>(a.reduction, a.D), static_cast<A*>(a.out));
+  const bool g = kl_generic(a), m = has_mask(a);
+  const int64_t nchunks = m ? (g ? launch_chunks<A>(make_kl_forward<T, true, true>(a), a.B, a.D, ws, s)
+                                 : launch_chunks<A>(make_kl_forward<T, false, true>(a), a.B, a.D, ws, s))
+                            : (g ? launch_chunks<A>(make_kl_forward<T, true>(a), a.B, a.D, ws, s)
+                                 : launch_chunks<A>(make_kl_forward<T, false>(a), a.B, a.D, ws, s));
+  reduce_rows<A>(m, a.reduction, a.B, a.D, nchunks, ws, a.out, s);
   check(cudaGetLastError(), "kl epilogue");
 }
 
 template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const bool same = a.s2.p == nullptr;
+  const bool same = a.s2.p == nullptr, g = kl_generic(a);
   const bool w1 = a.gs1 != nullptr, w2 = a.gs2 != nullptr && !same;
-  const int64_t nchunks = kl_generic(a) ? launch_chunks<A>(make_kl_backward<T, true>(a), a.B, a.D, ws, s)
-                                        : launch_chunks<A>(make_kl_backward<T, false>(a), a.B, a.D, ws, s);
+  const int64_t nchunks = has_mask(a) ? (g ? launch_chunks<A>(make_kl_backward<T, true, true>(a), a.B, a.D, ws, s)
+                                           : launch_chunks<A>(make_kl_backward<T, false, true>(a), a.B, a.D, ws, s))
+                                      : (g ? launch_chunks<A>(make_kl_backward<T, true>(a), a.B, a.D, ws, s)
+                                           : launch_chunks<A>(make_kl_backward<T, false>(a), a.B, a.D, ws, s));
   const bool r1 = w1 && a.s1.layout != kFull, r2 = w2 && a.s2.layout != kFull;
   if (r1 || r2) {
     std_grad_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
@@ -356,51 +397,58 @@ template <class T> void kl_bwd_impl(const KlBwdArgs& a, void* ws, cudaStream_t s
 
 template <class T> void dpo_impl(const DpoArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_sq_err<T>(a);
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const bool m = has_mask(a);
+  const int64_t nchunks = m ? launch_chunks<A>(make_sq_err<T, true>(a), a.B, a.D, ws, s)
+                            : launch_chunks<A>(make_sq_err<T>(a), a.B, a.D, ws, s);
   dpo_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                             A(1) / A(a.D), A(a.beta), a.loss_type, a.reduction,
-                                            static_cast<A*>(a.loss), static_cast<A*>(a.margin));
+                                            static_cast<A*>(a.loss), static_cast<A*>(a.margin), m);
   check(cudaGetLastError(), "dpo epilogue");
 }
 
 template <class T> void dpo_bwd_impl(const DpoBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  launch_chunks<A>(f, a.B, a.D, ws, s);
+  if (has_mask(a)) launch_chunks<A>(make_functor<T, true>(a), a.B, a.D, ws, s);
+  else launch_chunks<A>(make_functor<T>(a), a.B, a.D, ws, s);
 }
 
 template <class T> void kto_impl(const KtoArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_sq_err<T>(a);
-  const int64_t nchunks = launch_chunks<A>(f, a.B, a.D, ws, s);
+  const bool m = has_mask(a);
+  const int64_t nchunks = m ? launch_chunks<A>(make_sq_err<T, true>(a), a.B, a.D, ws, s)
+                            : launch_chunks<A>(make_sq_err<T>(a), a.B, a.D, ws, s);
   kto_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                             A(1) / A(a.D), a.desirable, A(a.beta), A(a.lambda_d), A(a.lambda_u),
                                             static_cast<const A*>(a.kl_ref), static_cast<A*>(a.loss),
-                                            static_cast<A*>(a.z), static_cast<A*>(a.g));
+                                            static_cast<A*>(a.z), static_cast<A*>(a.g), m);
   check(cudaGetLastError(), "kto epilogue");
 }
 
 template <class T> void kto_bwd_impl(const KtoBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  auto f = make_functor<T>(a);
-  launch_chunks<A>(f, a.B, a.D, ws, s);
+  if (has_mask(a)) launch_chunks<A>(make_functor<T, true>(a), a.B, a.D, ws, s);
+  else launch_chunks<A>(make_functor<T>(a), a.B, a.D, ws, s);
 }
 
 template <class T> void step_impl(const StepArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  const int64_t nchunks = step_scoring(a) ? launch_chunks<A>(make_step_forward<T, true>(a), a.B, a.D, ws, s)
-                                          : launch_chunks<A>(make_step_forward<T, false>(a), a.B, a.D, ws, s);
+  const bool m = has_mask(a), scoring = step_scoring(a);
+  const int64_t nchunks = m ? (scoring ? launch_chunks<A>(make_step_forward<T, true, true>(a), a.B, a.D, ws, s)
+                                       : launch_chunks<A>(make_step_forward<T, false, true>(a), a.B, a.D, ws, s))
+                            : (scoring ? launch_chunks<A>(make_step_forward<T, true>(a), a.B, a.D, ws, s)
+                                       : launch_chunks<A>(make_step_forward<T, false>(a), a.B, a.D, ws, s));
   step_epilogue<A><<<1, kEpiThreads, 0, s>>>(Work::partial<A>(ws), a.B, nchunks, Work::rows<A>(ws, a.B * nchunks),
                                              a.mode, static_cast<const A*>(a.p0), static_cast<const A*>(a.p1),
                                              a.per_sample, A(a.param), A(1) / A(a.D), static_cast<A*>(a.log_prob),
-                                             static_cast<A*>(a.std_out));
+                                             static_cast<A*>(a.std_out), m);
   check(cudaGetLastError(), "step epilogue");
 }
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a, void* ws, cudaStream_t s) {
   using A = typename AccOf<T>::type;
-  if (step_scoring(a)) launch_chunks<A>(make_step_backward<T, true>(a), a.B, a.D, ws, s);
+  // a drawn step's log-prob has no gradient, so only the scoring pass reads the mask
+  if (step_scoring(a) && has_mask(a)) launch_chunks<A>(make_step_backward<T, true, true>(a), a.B, a.D, ws, s);
+  else if (step_scoring(a)) launch_chunks<A>(make_step_backward<T, true>(a), a.B, a.D, ws, s);
   else launch_chunks<A>(make_step_backward<T, false>(a), a.B, a.D, ws, s);
 }
 

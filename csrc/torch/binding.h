@@ -10,6 +10,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "diffalign/kernels.h"
 #include "diffalign/math.h"
@@ -165,6 +166,42 @@ inline void check_step_args(const at::Tensor& model, const at::Tensor& sample, c
   if (has_noise) check_like(*noise, "noise", sample, "sample");
 }
 
+// ---- masks: a per-element weight of x's shape, or one broadcastable to it with the same batch size
+// (trailing dims it lacks count as 1, as for a (B,) std) ----
+inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, const char* x_name) {
+  if (!mask.has_value() || !mask->defined()) return;
+  const at::Tensor& m = *mask;
+  bool ok = m.dim() >= 1 && m.dim() <= x.dim() && m.size(0) == x.size(0);
+  for (int64_t k = 1; ok && k < m.dim(); ++k) ok = m.size(k) == x.size(k) || m.size(k) == 1;
+  TORCH_CHECK_VALUE(ok, "mask has shape ", m.sizes(), "; expected ", x_name, "'s shape ", x.sizes(),
+                    " or one broadcastable to it with the same batch size ", x.size(0));
+  TORCH_CHECK_VALUE(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()),
+                    "mask must be a bool or floating-point tensor, got ", m.scalar_type());
+  check_device(m, "mask", x, x_name);
+}
+// The mask as the kernels read it: x's shape and dtype (weights are rounded to it; 0/1 stay exact),
+// contiguous. A mask that already is so is passed through as it is, at no cost.
+inline at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, const char* x_name) {
+  if (!mask.has_value() || !mask->defined()) return at::Tensor();
+  check_mask(mask, x, x_name);
+  at::Tensor m = *mask;
+  if (m.scalar_type() != x.scalar_type()) m = m.to(x.scalar_type());
+  if (m.dim() < x.dim()) {
+    std::vector<int64_t> shape(m.sizes().begin(), m.sizes().end());
+    shape.resize(size_t(x.dim()), 1);
+    m = m.reshape(shape);
+  }
+  if (m.sizes() != x.sizes()) m = m.expand(x.sizes());
+  return m.contiguous();
+}
+inline const void* ptr_or_null_t(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+// The per-row factor of a masked "mean" for the backward passes: 1 / (sum of the row's mask), 0 for a
+// row whose mask sums to 0; acc dtype, (B,). (The forward passes sum the mask in their own loop.)
+inline at::Tensor mask_row_scale(const at::Tensor& prepared_mask, const at::Tensor& x) {
+  at::Tensor s = prepared_mask.reshape({prepared_mask.size(0), -1}).sum(1, false, acc_type(x));
+  return at::where(s > 0, s.reciprocal(), at::zeros_like(s)).contiguous();
+}
+
 // A std argument: contiguous, in the accumulation dtype, with its layout against x.
 struct PreparedStd {
   at::Tensor t;
@@ -191,13 +228,16 @@ inline std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>&
 
 // ------------------------------------------------------------------------------------------------
 template <class Backend>
-at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction) {
+at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction,
+                            const std::optional<at::Tensor>& mask_) {
   check_logprob_args(x_, mean_, std_);
   const int64_t B = x_.size(0);
   auto x = x_.contiguous(), mean = mean_.contiguous();
   auto s = prepare_std(std_, x, "std");
+  auto mask = prepare_mask(mask_, x, "x");
   auto out = at::empty({B}, x.options().dtype(acc_type(x)));
-  LogprobArgs a{dtype_of(x), B, cols(x), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction), out.data_ptr()};
+  LogprobArgs a{dtype_of(x), B, cols(x), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction), out.data_ptr(),
+                ptr_or_null_t(mask)};
   Backend::launch(a, x);
   return out;
 }
@@ -205,15 +245,17 @@ at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
     const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& std_, int64_t reduction,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, const std::optional<at::Tensor>& elem_mask) {
   const int64_t B = rows(x_, "x");
   auto x = x_.contiguous(), mean = mean_.contiguous();
   auto [grad, grad_stride] = per_sample_grad(grad_, x);
   auto s = prepare_std(std_, x, "std");
+  auto m = prepare_mask(elem_mask, x, "x");
+  auto row_scale = m.defined() && reduction == kMean ? mask_row_scale(m, x) : at::Tensor();
   auto gx = empty_like_masked(mask[0], x), gm = empty_like_masked(mask[1], x);
   auto gs = mask[2] ? at::empty_like(s.t) : at::empty({0}, s.t.options());
   LogprobBwdArgs a{dtype_of(x), B, cols(x), grad.data_ptr(), grad_stride, x.data_ptr(), mean.data_ptr(), s.view(), int(reduction),
-                   ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs)};
+                   ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
   Backend::launch(a, x);
   if (mask[2]) gs = gs.view(std_.sizes());
   return {gx, gm, gs};
@@ -221,16 +263,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
 
 template <class Backend>
 at::Tensor gaussian_kl(const at::Tensor& m1_, const at::Tensor& m2_, const at::Tensor& s1_,
-                       const std::optional<at::Tensor>& s2_, int64_t reduction) {
+                       const std::optional<at::Tensor>& s2_, int64_t reduction, const std::optional<at::Tensor>& mask_) {
   check_kl_args(m1_, m2_, s1_, s2_);
   const int64_t B = m1_.size(0);
   auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
   auto s1 = prepare_std(s1_, m1, "std");
   PreparedStd s2{at::Tensor(), kScalar};
   if (s2_.has_value() && s2_->defined()) s2 = prepare_std(*s2_, m1, "ref_std");
+  auto mask = prepare_mask(mask_, m1, "mean");
   auto out = at::empty({B}, m1.options().dtype(acc_type(m1)));
   KlArgs a{dtype_of(m1), B, cols(m1), m1.data_ptr(), m2.data_ptr(), s1.view(),
-           s2.t.defined() ? s2.view() : StdView{}, int(reduction), out.data_ptr()};
+           s2.t.defined() ? s2.view() : StdView{}, int(reduction), out.data_ptr(), ptr_or_null_t(mask)};
   Backend::launch(a, m1);
   return out;
 }
@@ -238,7 +281,8 @@ at::Tensor gaussian_kl(const at::Tensor& m1_, const at::Tensor& m2_, const at::T
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
     const at::Tensor& grad_, const at::Tensor& m1_, const at::Tensor& m2_, const at::Tensor& s1_,
-    const std::optional<at::Tensor>& s2_, int64_t reduction, std::array<bool, 4> mask) {
+    const std::optional<at::Tensor>& s2_, int64_t reduction, std::array<bool, 4> mask,
+    const std::optional<at::Tensor>& elem_mask) {
   const int64_t B = rows(m1_, "mean");
   auto m1 = m1_.contiguous(), m2 = m2_.contiguous();
   auto [grad, grad_stride] = per_sample_grad(grad_, m1);
@@ -249,9 +293,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   auto g1 = empty_like_masked(mask[0], m1), g2 = empty_like_masked(mask[1], m1);
   auto gs1 = mask[2] ? at::empty_like(s1.t) : at::empty({0}, s1.t.options());
   auto gs2 = (mask[3] && has_s2) ? at::empty_like(s2.t) : at::empty({0}, s1.t.options());
+  auto m = prepare_mask(elem_mask, m1, "mean");
+  auto row_scale = m.defined() && reduction == kMean ? mask_row_scale(m, m1) : at::Tensor();
   KlBwdArgs a{dtype_of(m1), B, cols(m1), grad.data_ptr(), grad_stride, m1.data_ptr(), m2.data_ptr(), s1.view(),
               has_s2 ? s2.view() : StdView{}, int(reduction), ptr_or_null(g1), ptr_or_null(g2), ptr_or_null(gs1),
-              ptr_or_null(gs2)};
+              ptr_or_null(gs2), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
   Backend::launch(a, m1);
   if (gs1.numel()) gs1 = gs1.view(s1_.sizes());
   if (gs2.numel()) gs2 = gs2.view(s2_->sizes());
@@ -261,28 +307,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> diffusion_dpo_loss(const at::Tensor& model_, const at::Tensor& ref_,
                                                       const at::Tensor& target_, double beta, int64_t loss_type,
-                                                      int64_t reduction) {
+                                                      int64_t reduction, const std::optional<at::Tensor>& mask_) {
   check_loss_args(model_, ref_, target_, /*pairs=*/true);
   const int64_t B = model_.size(0);
   auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
+  auto mask = prepare_mask(mask_, model, "model_pred");
   auto opts = model.options().dtype(acc_type(model));
   auto loss = reduction == kPairNone ? at::empty({B / 2}, opts) : at::empty({}, opts);
   auto margin = at::empty({B / 2}, opts);
   DpoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(), beta,
-            int(loss_type), int(reduction), loss.data_ptr(), margin.data_ptr()};
+            int(loss_type), int(reduction), loss.data_ptr(), margin.data_ptr(), ptr_or_null_t(mask)};
   Backend::launch(a, model);
   return {loss, margin};
 }
 
 template <class Backend>
 at::Tensor diffusion_dpo_loss_backward(const at::Tensor& grad_, const at::Tensor& model_, const at::Tensor& target_,
-                                       const at::Tensor& margin_, double beta, int64_t loss_type, int64_t reduction) {
+                                       const at::Tensor& margin_, double beta, int64_t loss_type, int64_t reduction,
+                                       const std::optional<at::Tensor>& elem_mask) {
   const int64_t B = rows(model_, "model_pred");
   auto model = model_.contiguous(), target = target_.contiguous();
   auto grad = grad_.to(acc_type(model)).contiguous(), margin = margin_.contiguous();
+  auto m = prepare_mask(elem_mask, model, "model_pred");
+  auto row_scale = m.defined() ? mask_row_scale(m, model) : at::Tensor();
   auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
   DpoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), margin.data_ptr(), model.data_ptr(),
-               target.data_ptr(), beta, int(loss_type), int(reduction), gmodel.data_ptr()};
+               target.data_ptr(), beta, int(loss_type), int(reduction), gmodel.data_ptr(), ptr_or_null_t(m),
+               ptr_or_null_t(row_scale)};
   Backend::launch(a, model);
   return gmodel;
 }
@@ -290,20 +341,22 @@ at::Tensor diffusion_dpo_loss_backward(const at::Tensor& grad_, const at::Tensor
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
     const at::Tensor& model_, const at::Tensor& ref_, const at::Tensor& target_, const at::Tensor& desirable_,
-    double beta, double lambda_d, double lambda_u, const std::optional<at::Tensor>& kl_ref_) {
+    double beta, double lambda_d, double lambda_u, const std::optional<at::Tensor>& kl_ref_,
+    const std::optional<at::Tensor>& mask_) {
   check_loss_args(model_, ref_, target_, /*pairs=*/false);
   const int64_t B = model_.size(0);
   check_desirable(desirable_, model_);
   check_kl_ref(kl_ref_, model_);
   auto model = model_.contiguous(), ref = ref_.contiguous(), target = target_.contiguous();
   auto desirable = desirable_.contiguous();
+  auto mask = prepare_mask(mask_, model, "model_pred");
   auto opts = model.options().dtype(acc_type(model));
   std::optional<at::Tensor> kl_ref;
   if (kl_ref_.has_value() && kl_ref_->defined()) kl_ref = kl_ref_->to(acc_type(model)).contiguous();
   auto loss = at::empty({}, opts), z = at::empty({}, opts), g = at::empty({B}, opts);
   KtoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(),
             desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, ptr_or_null(kl_ref), loss.data_ptr(), z.data_ptr(),
-            g.data_ptr()};
+            g.data_ptr(), ptr_or_null_t(mask)};
   Backend::launch(a, model);
   return {loss, z, g};
 }
@@ -311,14 +364,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
 template <class Backend>
 at::Tensor diffusion_kto_loss_backward(const at::Tensor& grad_, const at::Tensor& model_, const at::Tensor& target_,
                                        const at::Tensor& desirable_, const at::Tensor& g_, const at::Tensor& z_,
-                                       double beta, double lambda_d, double lambda_u) {
+                                       double beta, double lambda_d, double lambda_u,
+                                       const std::optional<at::Tensor>& elem_mask) {
   const int64_t B = rows(model_, "model_pred");
   auto model = model_.contiguous(), target = target_.contiguous(), desirable = desirable_.contiguous();
   auto grad = grad_.to(acc_type(model)).contiguous(), g = g_.contiguous(), z = z_.contiguous();
+  auto m = prepare_mask(elem_mask, model, "model_pred");
+  auto row_scale = m.defined() ? mask_row_scale(m, model) : at::Tensor();
   auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
   KtoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), g.data_ptr(), z.data_ptr(),
                desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, model.data_ptr(), target.data_ptr(),
-               gmodel.data_ptr()};
+               gmodel.data_ptr(), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
   Backend::launch(a, model);
   return gmodel;
 }
@@ -342,11 +398,13 @@ inline at::Tensor schedule_arg(const at::Tensor& p, int ps, int64_t B, at::Scala
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
     const at::Tensor& model_, const at::Tensor& sample_, const at::Tensor& p0_, const at::Tensor& p1_, double param,
-    const std::optional<at::Tensor>& prev_, const std::optional<at::Tensor>& noise_, int64_t mode) {
+    const std::optional<at::Tensor>& prev_, const std::optional<at::Tensor>& noise_, int64_t mode,
+    const std::optional<at::Tensor>& mask_) {
   check_step_args(model_, sample_, p0_, p1_, prev_, noise_, mode);
   check_schedule_values(p0_, p1_, mode);
   const int64_t B = sample_.size(0);
   auto model = model_.contiguous(), sample = sample_.contiguous();
+  auto mask = prepare_mask(mask_, sample, "sample");
   auto prev = contiguous_opt(prev_), noise = contiguous_opt(noise_);
   const int ps = per_sample(p0_, p1_, B);
   auto p0 = schedule_arg(p0_, ps, B, acc_type(sample)), p1 = schedule_arg(p1_, ps, B, acc_type(sample));
@@ -359,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
   auto std_out = at::empty(std_shape, opts);
   StepArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param, model.data_ptr(),
              sample.data_ptr(), ptr_or_null(prev), ptr_or_null(noise), ptr_or_null(prev_out), mean.data_ptr(),
-             lp.data_ptr(), std_out.data_ptr()};
+             lp.data_ptr(), std_out.data_ptr(), ptr_or_null_t(mask)};
   Backend::launch(a, sample);
   return {prev_out, lp, mean, std_out};
 }
@@ -369,10 +427,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
     const std::optional<at::Tensor>& grad_prev_, const std::optional<at::Tensor>& grad_lp_,
     const std::optional<at::Tensor>& grad_mean_, const at::Tensor& model_, const at::Tensor& sample_,
     const at::Tensor& p0_, const at::Tensor& p1_, double param, const std::optional<at::Tensor>& prev_, int64_t mode,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, const std::optional<at::Tensor>& elem_mask) {
   const int64_t B = rows(sample_, "sample");
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_);
+  // only a scored step's log-prob has a gradient, and only it reads the mask
+  auto m = prev.has_value() ? prepare_mask(elem_mask, sample, "sample") : at::Tensor();
+  auto row_scale = m.defined() ? mask_row_scale(m, sample) : at::Tensor();
   auto grad_prev = contiguous_opt(grad_prev_), grad_mean = contiguous_opt(grad_mean_);
   at::Tensor grad_lp;  // read in place, strided (the gradient of .sum() is a stride-0 expand)
   int64_t grad_lp_stride = 0;
@@ -384,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
   StepBwdArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param,
                 ptr_or_null(grad_prev), grad_lp.defined() ? grad_lp.data_ptr() : nullptr, grad_lp_stride,
                 ptr_or_null(grad_mean), model.data_ptr(), sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel),
-                ptr_or_null(gsample), ptr_or_null(gprev)};
+                ptr_or_null(gsample), ptr_or_null(gprev), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
   Backend::launch(a, sample);
   return {gmodel, gsample, gprev};
 }

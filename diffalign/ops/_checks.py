@@ -116,6 +116,28 @@ def check_std(name: str, std, like: torch.Tensor, like_name: str) -> None:
         raise ValueError(f"{name} must be strictly positive (min {float(std.min()):.3g})")
 
 
+def check_mask(mask, like: torch.Tensor, like_name: str) -> None:
+    """A per-element weight (bool or float >= 0) of ``like``'s shape or broadcastable to it with the same
+    batch size; trailing dims it lacks count as 1 (as for a (B,) std). Negative weights are found where
+    values are checked (CPU tensors; accelerator tensors after set_value_checks(True))."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    shape, full = tuple(mask.shape), tuple(like.shape)
+    ok = 1 <= mask.ndim <= like.ndim and shape[0] == full[0] and all(
+        s in (f, 1) for s, f in zip(shape[1:], full[1:]))
+    if not ok:
+        raise ValueError(f"mask has shape {shape}; expected {like_name}'s shape {full} or one broadcastable to it "
+                         f"with the same batch size {full[0]}")
+    if not (mask.dtype == torch.bool or mask.is_floating_point()):
+        raise ValueError(f"mask must be a bool or floating-point tensor, got dtype {mask.dtype}")
+    if mask.device != like.device:
+        raise ValueError(f"mask is on {mask.device} but {like_name} is on {like.device}")
+    if mask.dtype != torch.bool and _want_value_check(mask) and not _all_values(mask, lambda v: v >= 0):
+        raise ValueError(f"mask must be >= 0 (min {float(mask.min()):.3g})")
+
+
 def check_reduction(reduction: str, allowed=("mean", "sum")) -> None:
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")

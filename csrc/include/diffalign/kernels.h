@@ -2,6 +2,10 @@
 // library, the CUDA objects and their C++ tests build without torch. Pointers to element data have
 // the tensor's dtype; pointers named as "acc" data (std, per-sample outputs, grads of std) are
 // double for float64 tensors and float otherwise. Null output pointers mean "not wanted".
+// Masks (the last members, so that positional initialisers without them stay valid): `mask` is the
+// per-element weight, B*D elements of the tensor's dtype (null: unmasked); `row_scale` (backward passes,
+// acc [B]) is the per-row factor of the masked reduction, 1 / sum of the row's mask (0 for an all-zero
+// row), or null where the reduction is a plain sum.
 #pragma once
 
 #include <cstddef>
@@ -16,46 +20,56 @@ struct StdView { const void* p = nullptr; int layout = 0; };  // acc data, layou
 struct LogprobArgs {
   DType dtype; int64_t B, D; const void* x; const void* mean; StdView std; int reduction;
   void* out;  // acc [B]
+  const void* mask = nullptr;
 };
 struct LogprobBwdArgs {
   DType dtype; int64_t B, D; const void* grad; int64_t grad_stride; const void* x; const void* mean; StdView std; int reduction;
   void* gx; void* gm; void* gstd;  // gstd: acc, shaped like std
+  const void* mask = nullptr; const void* row_scale = nullptr;
 };
 struct KlArgs {
   DType dtype; int64_t B, D; const void* m1; const void* m2; StdView s1; StdView s2;  // s2.p null: s2 = s1
   int reduction; void* out;
+  const void* mask = nullptr;
 };
 struct KlBwdArgs {
   DType dtype; int64_t B, D; const void* grad; int64_t grad_stride; const void* m1; const void* m2; StdView s1; StdView s2; int reduction;
   void* gm1; void* gm2; void* gs1; void* gs2;
+  const void* mask = nullptr; const void* row_scale = nullptr;
 };
 struct DpoArgs {
   DType dtype; int64_t B, D; const void* model; const void* ref; const void* target; double beta; int loss_type;
   int reduction; void* loss; void* margin;  // loss: acc [1] or [B/2]; margin: acc [B/2]
+  const void* mask = nullptr;
 };
 struct DpoBwdArgs {
   DType dtype; int64_t B, D; const void* grad_loss; const void* margin; const void* model; const void* target;
   double beta; int loss_type; int reduction; void* gmodel;
+  const void* mask = nullptr; const void* row_scale = nullptr;  // row_scale: required with a mask
 };
 struct KtoArgs {
   DType dtype; int64_t B, D; const void* model; const void* ref; const void* target; const bool* desirable;
   double beta, lambda_d, lambda_u; const void* kl_ref;  // acc [1] or null
   void* loss; void* z; void* g;  // acc [1], [1], [B]
+  const void* mask = nullptr;
 };
 struct KtoBwdArgs {
   DType dtype; int64_t B, D; const void* grad_loss; const void* g; const void* z; const bool* desirable;
   double beta, lambda_d, lambda_u; const void* model; const void* target; void* gmodel;
+  const void* mask = nullptr; const void* row_scale = nullptr;  // row_scale: required with a mask
 };
 struct StepArgs {
   DType dtype; int64_t B, D; int mode; const void* p0; const void* p1; int per_sample; double param;
   const void* model; const void* sample; const void* prev_in; const void* noise;
   void* prev_out; void* mean_out; void* log_prob; void* std_out;  // log_prob, std_out: acc [B]
+  const void* mask = nullptr;  // weights the log-prob only
 };
 struct StepBwdArgs {
   DType dtype; int64_t B, D; int mode; const void* p0; const void* p1; int per_sample; double param;
   const void* grad_prev; const void* grad_lp; int64_t grad_lp_stride; const void* grad_mean;
   const void* model; const void* sample; const void* prev_in;
   void* gmodel; void* gsample; void* gprev_in;
+  const void* mask = nullptr; const void* row_scale = nullptr;  // read when scoring; row_scale required then
 };
 
 namespace cpu {

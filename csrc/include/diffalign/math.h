@@ -52,6 +52,13 @@ template <class A> struct StdArg {
   DA_HD A at(int64_t b, int64_t idx) const { return layout == kScalar ? p[0] : (layout == kPerRow ? p[b] : p[idx]); }
 };
 
+// A masked element's contribution m * v, exactly 0 where m = 0 (a padded element may hold anything,
+// inf or NaN included: 0 * NaN would poison the row). A select, so the CPU loops still vectorise.
+template <class A> DA_HD A masked(A m, A v) { return m != A(0) ? m * v : A(0); }
+// Masked "mean" over a row: sum m*l / sum m, 0 for a row whose mask sums to 0 (never NaN).
+template <class A> DA_HD A masked_mean(A sum, A msum) { return msum > A(0) ? sum / msum : A(0); }
+template <class A> DA_HD A inv_or_zero(A msum) { return msum > A(0) ? A(1) / msum : A(0); }
+
 // ---- per-element formulas ----
 // log N(x; m, s^2)
 template <class A> DA_HD A gaussian_logprob_elem(A x, A m, A s) {
@@ -139,6 +146,12 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 //                   the math of one element from its loaded inputs v[NI] into o[NO]; NOUT values are
 //                   summed per row into acc, and reduces() says whether those sums are wanted.
 // elem() (below) is the scalar load -> compute -> store that the CPU loops and the CUDA tails use.
+//
+// Masks: M (a template parameter, so the unmasked instantiations hold no mask code and stay bit-identical)
+// adds one element input, the per-element weight m in the element dtype T, last among the inputs. A
+// masked forward sums m * l and, as its last accumulator, m itself (the row's weight, for "mean" =
+// sum m*l / sum m); a masked backward multiplies each element's gradient by m and takes its per-row
+// scale (1 / sum m, or 0 for an all-zero row) from row_scale instead of 1/D.
 // ====================================================================================
 
 template <class T> struct AccOf { using type = float; };
@@ -194,13 +207,13 @@ DA_HD void elem(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A*
 // G: the std has the full layout (read per element); otherwise the per-element work is a multiply-add
 // with row constants. G is a template parameter (as in KlFwd / KlBwd) so that the common instantiation
 // holds no per-element std code: with both paths in one loop the CPU compiler vectorised neither.
-template <class T, class A, bool G> struct LogprobFwd {
+template <class T, class A, bool G, bool M = false> struct LogprobFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 1, NI = 2, NO = 0;
+  static constexpr int NOUT = M ? 2 : 1, NI = M ? 3 : 2, NO = 0;
   DA_HD bool reduces() const { return true; }
-  const T* x; const T* mean; StdArg<A> std;
-  DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
+  const T* x; const T* mean; StdArg<A> std; const T* mask;
+  DA_HD const T* in(int i) const { return i == 0 ? x : (i == 1 ? mean : mask); }
   DA_HD T* out(int) const { return nullptr; }
   // with a scalar or per-row std: no division and no log per element
   struct Row { A half_inv_var, log_norm; };  // log_norm = log(s) + log(sqrt(2 pi))
@@ -214,7 +227,17 @@ template <class T, class A, bool G> struct LogprobFwd {
     return r;
   }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
-    if constexpr (G) {
+    if constexpr (M) {
+      A l;
+      if constexpr (G) {
+        l = gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx));
+      } else {
+        A d = v[0] - v[1];
+        l = -d * d * r.half_inv_var - r.log_norm;
+      }
+      acc[0] += masked(v[2], l);
+      acc[1] += v[2];
+    } else if constexpr (G) {
       acc[0] += gaussian_logprob_elem<A>(v[0], v[1], std.at(b, idx));
     } else {
       A d = v[0] - v[1];
@@ -226,18 +249,18 @@ template <class T, class A, bool G> struct LogprobFwd {
 // Gradients of the reduced log-prob; gx, gm may be null. G: full std layout, its gradient written per
 // element to gstd_full; otherwise the std gradient is summed per row into acc[0] (affine in d^2 there:
 // gs = k + q d^2, so the element loop only multiplies).
-template <class T, class A, bool G> struct LogprobBwd {
+template <class T, class A, bool G, bool M = false> struct LogprobBwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 3u;  // optional (nullable) in / out
-  static constexpr int NOUT = 1, NI = 2, NO = 2;
+  static constexpr int NOUT = 1, NI = M ? 3 : 2, NO = 2;
   const A* grad; int64_t grad_stride; A scale; const T* x; const T* mean; StdArg<A> std;
-  T* gx; T* gm; A* gstd_full; bool want_std;
-  DA_HD const T* in(int i) const { return i == 0 ? x : mean; }
+  T* gx; T* gm; A* gstd_full; bool want_std; const T* mask; const A* row_scale;  // row_scale: null = scale
+  DA_HD const T* in(int i) const { return i == 0 ? x : (i == 1 ? mean : mask); }
   DA_HD T* out(int i) const { return i == 0 ? gx : gm; }
   struct Row { A g, inv_var, k, q; };
   DA_HD bool reduces() const { return want_std && !G; }
   DA_HD Row row(int64_t b) const {
-    Row r{grad[b * grad_stride] * scale, A(0), A(0), A(0)};
+    Row r{grad[b * grad_stride] * (M && row_scale ? row_scale[b] : scale), A(0), A(0), A(0)};
     if constexpr (!G) {
       const A s = std.at(b, 0);
       r.inv_var = A(1) / (s * s);
@@ -248,7 +271,21 @@ template <class T, class A, bool G> struct LogprobBwd {
   }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A* o, A* acc) const {
     const A d = v[0] - v[1];
-    if constexpr (G) {
+    if constexpr (M) {
+      const A m = v[2];
+      if constexpr (G) {
+        const A s = std.at(b, idx), inv_s2 = A(1) / (s * s);
+        const A gdx = masked(m, -d * inv_s2 * r.g);
+        o[0] = gdx;
+        o[1] = -gdx;
+        if (gstd_full) gstd_full[idx] = masked(m, (d * d * inv_s2 - A(1)) / s * r.g);
+      } else {
+        const A gdx = masked(m, -d * r.inv_var * r.g);
+        o[0] = gdx;
+        o[1] = -gdx;
+        acc[0] += masked(m, r.k + r.q * d * d);
+      }
+    } else if constexpr (G) {
       const A s = std.at(b, idx), inv_s2 = A(1) / (s * s);
       const A gdx = -d * inv_s2 * r.g;
       o[0] = gdx;
@@ -267,13 +304,13 @@ template <class T, class A, bool G> struct LogprobBwd {
 // KL = c0 + d^2 / (2 s2^2), c0 = log(s2/s1) + s1^2/(2 s2^2) - 1/2, and the element loop is a multiply-add.
 // G is a template parameter, as in KlBwd: with both paths in one loop the CPU compiler vectorised
 // neither (this forward was 10% slower than the log-prob's on 2 CPU cores; now they match).
-template <class T, class A, bool G> struct KlFwd {
+template <class T, class A, bool G, bool M = false> struct KlFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 1, NI = 2, NO = 0;
+  static constexpr int NOUT = M ? 2 : 1, NI = M ? 3 : 2, NO = 0;
   DA_HD bool reduces() const { return true; }
-  const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std;
-  DA_HD const T* in(int i) const { return i == 0 ? m1 : m2; }
+  const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std; const T* mask;
+  DA_HD const T* in(int i) const { return i == 0 ? m1 : (i == 1 ? m2 : mask); }
   DA_HD T* out(int) const { return nullptr; }
   struct Row { A c0, half_inv_var2; };
   DA_HD Row row(int64_t b) const {
@@ -287,7 +324,17 @@ template <class T, class A, bool G> struct KlFwd {
   }
   DA_HD void compute(const Row& r, int64_t b, int64_t idx, const A* v, A*, A* acc) const {
     A d = v[0] - v[1];
-    if constexpr (!G) {
+    if constexpr (M) {
+      A kl;
+      if constexpr (!G) {
+        kl = r.c0 + d * d * r.half_inv_var2;
+      } else {
+        A a = s1.at(b, idx);
+        kl = same_std ? d * d / (A(2) * a * a) : gaussian_kl_elem<A>(v[0], v[1], a, s2.at(b, idx));
+      }
+      acc[0] += masked(v[2], kl);
+      acc[1] += v[2];
+    } else if constexpr (!G) {
       acc[0] += r.c0 + d * d * r.half_inv_var2;
     } else {
       A a = s1.at(b, idx);
@@ -302,18 +349,19 @@ template <class T, class A, bool G> struct KlFwd {
 // affine in d^2 (g1 = k1 + q1 d^2, g2 = k2 + q2 d^2), so the element loop only multiplies. G is a
 // template parameter so that the common per-row instantiation holds no per-element std code at all
 // (with both paths in one loop the CPU compiler vectorised neither).
-template <class T, class A, bool G> struct KlBwd {
+template <class T, class A, bool G, bool M = false> struct KlBwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 3u;  // optional (nullable) in / out
-  static constexpr int NOUT = 2, NI = 2, NO = 2;
+  static constexpr int NOUT = 2, NI = M ? 3 : 2, NO = 2;
   const A* grad; int64_t grad_stride; A scale; const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2;
   bool same_std; T* gm1; T* gm2; A* gs1_full; A* gs2_full; bool want_s1, want_s2;
-  DA_HD const T* in(int i) const { return i == 0 ? m1 : m2; }
+  const T* mask; const A* row_scale;  // row_scale: null = scale
+  DA_HD const T* in(int i) const { return i == 0 ? m1 : (i == 1 ? m2 : mask); }
   DA_HD T* out(int i) const { return i == 0 ? gm1 : gm2; }
   struct Row { A g, inv_c2, k1, q1, k2, q2; };
   DA_HD bool reduces() const { return (want_s1 && !gs1_full) || (want_s2 && !gs2_full); }
   DA_HD Row row(int64_t b) const {
-    Row r{grad[b * grad_stride] * scale, A(0), A(0), A(0), A(0), A(0)};
+    Row r{grad[b * grad_stride] * (M && row_scale ? row_scale[b] : scale), A(0), A(0), A(0), A(0), A(0)};
     if constexpr (!G) {
       const A a = s1.at(b, 0), c = same_std ? a : s2.at(b, 0);
       r.inv_c2 = A(1) / (c * c);
@@ -337,9 +385,18 @@ template <class T, class A, bool G> struct KlBwd {
       g1 = same_std ? -d * d * inv_c2 / a * r.g : (-A(1) / a + a * inv_c2) * r.g;
       g2 = (A(1) / c - (a * a + d * d) * inv_c2 / c) * r.g;
     }
-    const A gd = d * inv_c2 * r.g;
-    o[0] = gd;
-    o[1] = -gd;
+    if constexpr (M) {  // every term of this element is scaled by its weight
+      const A m = v[2];
+      g1 = masked(m, g1);
+      g2 = masked(m, g2);
+      const A gd = masked(m, d * inv_c2 * r.g);
+      o[0] = gd;
+      o[1] = -gd;
+    } else {
+      const A gd = d * inv_c2 * r.g;
+      o[0] = gd;
+      o[1] = -gd;
+    }
     if constexpr (G) {
       if (want_s1) { if (gs1_full) gs1_full[idx] = g1; else acc[0] += g1; }
       if (want_s2) { if (gs2_full) gs2_full[idx] = g2; else acc[1] += g2; }
@@ -351,41 +408,52 @@ template <class T, class A, bool G> struct KlBwd {
 };
 
 // Sum of squared errors of model and reference against the target: acc[0], acc[1].
-template <class T, class A> struct PairSqErr {
+// Masked (M): acc[0], acc[1] sum m * err^2 and acc[2] sums m.
+template <class T, class A, bool M = false> struct PairSqErr {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 2, NI = 3, NO = 0;
+  static constexpr int NOUT = M ? 3 : 2, NI = M ? 4 : 3, NO = 0;
   DA_HD bool reduces() const { return true; }
-  const T* model; const T* ref; const T* target;
-  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? ref : target); }
+  const T* model; const T* ref; const T* target; const T* mask;
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? ref : (i == 2 ? target : mask)); }
   DA_HD T* out(int) const { return nullptr; }
   struct Row {};
   DA_HD Row row(int64_t) const { return {}; }
   DA_HD void compute(const Row&, int64_t, int64_t, const A* v, A*, A* acc) const {
     A dm = v[0] - v[2], dr = v[1] - v[2];
-    acc[0] += dm * dm;
-    acc[1] += dr * dr;
+    if constexpr (M) {
+      acc[0] += masked(v[3], dm * dm);
+      acc[1] += masked(v[3], dr * dr);
+      acc[2] += v[3];
+    } else {
+      acc[0] += dm * dm;
+      acc[1] += dr * dr;
+    }
   }
 };
 
 // grad model_pred = coef[b] * 2 (model - target) / D, coef from the pair's margin.
-template <class T, class A> struct DpoBwd {
+// Masked (M): de/dpred = 2 m (pred - target) / sum m, row_scale[b] = 1 / sum m (0 for an all-zero row).
+template <class T, class A, bool M = false> struct DpoBwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 0, NI = 2, NO = 1;
+  static constexpr int NOUT = 0, NI = M ? 3 : 2, NO = 1;
   DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* margin; A beta; int loss_type; int reduction; int64_t pairs; A inv_d;
-  const T* model; const T* target; T* gmodel;
-  DA_HD const T* in(int i) const { return i == 0 ? model : target; }
+  const T* model; const T* target; T* gmodel; const T* mask; const A* row_scale;
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? target : mask); }
   DA_HD T* out(int) const { return gmodel; }
   struct Row { A coef; };
   DA_HD Row row(int64_t b) const {
     int64_t p = b < pairs ? b : b - pairs;
     A g = reduction == kPairMean ? grad_loss[0] / A(pairs) : grad_loss[p];
     A dh_de = b < pairs ? A(-0.5) : A(0.5);  // h = -((e_w - e_l)_model - ...)/2
-    return {g * dpo_pair_dloss_dh<A>(margin[p], beta, loss_type) * dh_de * A(2) * inv_d};
+    return {g * dpo_pair_dloss_dh<A>(margin[p], beta, loss_type) * dh_de * A(2) * (M ? row_scale[b] : inv_d)};
   }
-  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const { o[0] = r.coef * (v[0] - v[1]); }
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
+    if constexpr (M) o[0] = masked(v[2], r.coef * (v[0] - v[1]));
+    else o[0] = r.coef * (v[0] - v[1]);
+  }
 };
 
 template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, A lu, A grad_over_b) {
@@ -394,21 +462,24 @@ template <class A> DA_HD A kto_dloss_dg(A g, A z, bool desirable, A beta, A ld, 
   A s = sigmoid(sgn * beta * (g - z));
   return -lam * s * (A(1) - s) * sgn * beta * grad_over_b;
 }
-template <class T, class A> struct KtoBwd {
+template <class T, class A, bool M = false> struct KtoBwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 0, NI = 2, NO = 1;
+  static constexpr int NOUT = 0, NI = M ? 3 : 2, NO = 1;
   DA_HD bool reduces() const { return false; }
   const A* grad_loss; const A* g; const A* z; const bool* desirable; A beta, ld, lu; int64_t rows; A inv_d;
-  const T* model; const T* target; T* gmodel;
-  DA_HD const T* in(int i) const { return i == 0 ? model : target; }
+  const T* model; const T* target; T* gmodel; const T* mask; const A* row_scale;  // as in DpoBwd
+  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? target : mask); }
   DA_HD T* out(int) const { return gmodel; }
   struct Row { A coef; };
   DA_HD Row row(int64_t b) const {
     A dldg = kto_dloss_dg<A>(g[b], z[0], desirable[b], beta, ld, lu, grad_loss[0] / A(rows));
-    return {-dldg * A(2) * inv_d};  // g = e_ref - e_model, de_model/dpred = 2 (pred - target) / D
+    return {-dldg * A(2) * (M ? row_scale[b] : inv_d)};  // g = e_ref - e_model, de_model/dpred = 2 (pred - target) / D
   }
-  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const { o[0] = r.coef * (v[0] - v[1]); }
+  DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
+    if constexpr (M) o[0] = masked(v[2], r.coef * (v[0] - v[1]));
+    else o[0] = r.coef * (v[0] - v[1]);
+  }
 };
 
 // One step x_t -> x_{t-1}: writes mean (and prev_sample unless scoring a given one), sums the log-prob.
@@ -416,14 +487,18 @@ template <class T, class A> struct KtoBwd {
 // exactly the same value. S (scoring): inputs model, sample, prev_in; output mean. Otherwise
 // (drawing): inputs model, sample, noise; outputs prev_sample, mean. The two cases are separate
 // instantiations with nothing optional, so neither backend tests a pointer per element.
-template <class T, class A, bool S> struct StepFwd {
+// Masked (M): only the log-prob is weighted (acc[0] sums m * l, acc[1] sums m); mean and prev_sample
+// are written for every element.
+template <class T, class A, bool S, bool M = false> struct StepFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
-  static constexpr int NOUT = 1, NI = 3, NO = S ? 1 : 2;
+  static constexpr int NOUT = M ? 2 : 1, NI = M ? 4 : 3, NO = S ? 1 : 2;
   DA_HD bool reduces() const { return true; }
   int mode; const A* p0; const A* p1; int per_sample; A param;
-  const T* model; const T* sample; const T* prev_or_noise; T* mean_out; T* prev_out;
-  DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? sample : prev_or_noise); }
+  const T* model; const T* sample; const T* prev_or_noise; T* mean_out; T* prev_out; const T* mask;
+  DA_HD const T* in(int i) const {
+    return i == 0 ? model : (i == 1 ? sample : (i == 2 ? prev_or_noise : mask));
+  }
   DA_HD T* out(int i) const { return i == 0 ? mean_out : prev_out; }
   struct Row { StepCoef<A> c; A half_inv_var, log_norm; };
   DA_HD Row row(int64_t b) const {
@@ -446,7 +521,12 @@ template <class T, class A, bool S> struct StepFwd {
       o[NO - 1] = prev;
     }
     const A d = prev - mu;
-    acc[0] += -d * d * r.half_inv_var - r.log_norm;  // both 0 when std = 0: the log-prob is defined as 0
+    if constexpr (M) {
+      acc[0] += masked(v[3], -d * d * r.half_inv_var - r.log_norm);
+      acc[1] += v[3];
+    } else {
+      acc[0] += -d * d * r.half_inv_var - r.log_norm;  // both 0 when std = 0: the log-prob is defined as 0
+    }
   }
 };
 
@@ -455,17 +535,20 @@ template <class T, class A, bool S> struct StepFwd {
 // gprev_in. Drawing: prev - mean = std * noise does not depend on the inputs, so the log-prob has no
 // gradient and prev_sample's flows straight to the mean; inputs grad_prev, grad_mean (both optional:
 // absent reads as 0); outputs gmodel, gsample. Outputs are optional (not wanted: null).
-template <class T, class A, bool S> struct StepBwd {
+// Masked (M, scoring only: a drawn step's log-prob has no gradient): d lp / d prev is weighted by m and
+// scaled per row by row_scale[b] = 1 / sum m instead of 1/D; the mean's own gradient is not masked.
+template <class T, class A, bool S, bool M = false> struct StepBwd {
+  static_assert(S || !M, "a drawn step's backward takes no mask");
   using Elem = T;
   static constexpr unsigned kOptIn = S ? 0b0001u : 0b11u, kOptOut = S ? 0b111u : 0b11u;
-  static constexpr int NOUT = 0, NI = S ? 4 : 2, NO = S ? 3 : 2;
+  static constexpr int NOUT = 0, NI = S ? (M ? 5 : 4) : 2, NO = S ? 3 : 2;
   DA_HD bool reduces() const { return false; }
   int mode; const A* p0; const A* p1; int per_sample; A param; A inv_d;
   const T* grad_prev; const A* grad_lp; int64_t grad_lp_stride; const T* grad_mean;
   const T* model; const T* sample; const T* prev_in;
-  T* gmodel; T* gsample; T* gprev_in;
+  T* gmodel; T* gsample; T* gprev_in; const T* mask; const A* row_scale;
   DA_HD const T* in(int i) const {
-    if constexpr (S) return i == 0 ? grad_mean : (i == 1 ? model : (i == 2 ? sample : prev_in));
+    if constexpr (S) return i == 0 ? grad_mean : (i == 1 ? model : (i == 2 ? sample : (i == 3 ? prev_in : mask)));
     else return i == 0 ? grad_prev : grad_mean;
   }
   DA_HD T* out(int i) const { return i == 0 ? gmodel : (i == 1 ? gsample : gprev_in); }
@@ -473,14 +556,16 @@ template <class T, class A, bool S> struct StepBwd {
   DA_HD Row row(int64_t b) const {
     int64_t j = per_sample ? b : 0;
     Row r{step_coefficients<A>(mode, p0[j], p1[j], param), A(0)};
-    if (S && grad_lp && r.c.std > A(0)) r.glp_over_var = grad_lp[b * grad_lp_stride] * inv_d / (r.c.std * r.c.std);
+    if (S && grad_lp && r.c.std > A(0))
+      r.glp_over_var = grad_lp[b * grad_lp_stride] * (M ? row_scale[b] : inv_d) / (r.c.std * r.c.std);
     return r;
   }
   DA_HD void compute(const Row& r, int64_t, int64_t, const A* v, A* o, A*) const {
     A gmu;  // gradient reaching the mean
     if constexpr (S) {
       const A mu = r.c.cx * v[2] + r.c.cm * v[1];
-      const A gp = -(v[3] - mu) * r.glp_over_var;  // d lp / d prev
+      A gp = -(v[3] - mu) * r.glp_over_var;  // d lp / d prev
+      if constexpr (M) gp = masked(v[4], gp);
       gmu = v[0] - gp;
       o[2] = gp;
     } else {
