@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffalign.inference.sampler import EvalCounter, count_evaluations, draw_noise, sample_chain
+from diffalign.inference.sampler import EvalCounter, count_evaluations, draw_noise, encode_items, sample_chain
 from diffalign.mdp import DiffusionPolicy
 
 __all__ = ["AttentionStore", "StoringCrossAttnProcessor", "attention_store", "subject_token_indices",
@@ -297,7 +297,7 @@ def attend_and_excite(policy: DiffusionPolicy, prompts: Sequence[str], subjects:
                           for j, p in enumerate(chunk)]
             if any(not s for s in token_sets):
                 raise ValueError("Attend-and-Excite needs at least one subject word per prompt")
-            cond = adapter.encode_conditions(chunk)
+            cond = encode_items(adapter, chunk, seeds[start:start + config.batch_size])
             x_T, noises = draw_noise(policy, cond, seeds[start:start + config.batch_size])
             chunk_losses: List[torch.Tensor] = []
             final: List[torch.Tensor] = []

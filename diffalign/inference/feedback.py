@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from diffalign.inference.sampler import encode_items
+
 PAIRINGS = ("all", "best_worst")
 
 
@@ -131,7 +133,7 @@ def sample_decoded(cfg, adapter, policy, prompts: Sequence[str], seeds: Sequence
     bs = cfg.sampling.batch_size
     for start in tqdm(range(0, len(prompts), bs), desc=desc, disable=not progress, leave=False):
         chunk = list(prompts[start:start + bs])
-        cond = adapter.encode_conditions(chunk)
+        cond = encode_items(adapter, chunk, seeds[start:start + bs])
         gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds[start:start + bs]]  # CPU, as the trainer's
         with torch.no_grad():
             traj = policy.sample(cond, generator=gens)

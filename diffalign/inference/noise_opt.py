@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffalign.inference.sampler import (EvalCounter, concat_decoded, count_evaluations, decode_with_grad, draw_noise,
-                                         sample_chain)
+                                         encode_items, sample_chain)
 from diffalign.mdp import DiffusionPolicy
 
 __all__ = ["NoiseOptConfig", "NoiseOptResult", "optimize_noise", "shell_ratio", "chi2_regularizer",
@@ -140,7 +140,7 @@ def chi2_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 def _optimize_batch(policy, prompts, seeds, reward_fn, config: NoiseOptConfig, bar):
     adapter = policy.adapter
-    cond = adapter.encode_conditions(prompts)
+    cond = encode_items(adapter, prompts, seeds)
     x_init, noises = draw_noise(policy, cond, seeds)
     x = x_init.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=config.lr)

@@ -24,8 +24,9 @@ import torch
 from diffalign.mdp import DiffusionPolicy, run_chain
 from diffalign.mdp import draw_noise as mdp_draw_noise
 from diffalign.modalities.base import Conditions, ModalityAdapter
+from diffalign.seeding import generator
 
-__all__ = ["EvalCounter", "count_evaluations", "seeded_generators", "draw_noise", "sample_chain", "decode_with_grad",
+__all__ = ["EvalCounter", "count_evaluations", "seeded_generators", "encode_items", "draw_noise", "sample_chain", "decode_with_grad",
            "sample_images", "SampleBatch"]
 
 
@@ -74,6 +75,12 @@ def seeded_generators(seeds: Sequence[int], device="cpu") -> List[torch.Generato
         g.manual_seed(int(s))
         out.append(g)
     return out
+
+
+def encode_items(adapter: ModalityAdapter, items: Sequence, seeds: Sequence[int]) -> Conditions:
+    """The items' conditions, whatever a condition leaves random drawn per sample from (seed, "conditions"): a
+    sample depends only on its item and seed, not on its batch (and not on the noise's stream)."""
+    return adapter.encode_conditions(list(items), [generator(int(s), "conditions") for s in seeds])
 
 
 def draw_noise(policy: DiffusionPolicy, cond: Conditions, seeds: Sequence[int]
@@ -128,7 +135,7 @@ def sample_images(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Sequen
                   counter: Optional[EvalCounter] = None) -> SampleBatch:
     """Plain sampling of ``prompts`` with per-sample ``seeds`` (the baseline every method is measured
     against), in batches; decoded outputs are concatenated on the CPU."""
-    prompts, seeds = [str(p) for p in prompts], [int(s) for s in seeds]
+    prompts, seeds = [p if isinstance(p, dict) else str(p) for p in prompts], [int(s) for s in seeds]
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     adapter = policy.adapter
@@ -136,7 +143,7 @@ def sample_images(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Sequen
     with count_evaluations(adapter, counter) as c:
         start_count = c.evaluations
         for start in range(0, len(prompts), batch_size):
-            cond = adapter.encode_conditions(prompts[start:start + batch_size])
+            cond = encode_items(adapter, prompts[start:start + batch_size], seeds[start:start + batch_size])
             x_T, noises = draw_noise(policy, cond, seeds[start:start + batch_size])
             x0 = sample_chain(policy, cond, x_T, noises, checkpoint=False)
             xs.append(x0.cpu())
