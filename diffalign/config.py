@@ -425,9 +425,9 @@ def validate_data(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'data.max_records' must be > 0, got {d.max_records!r}")
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,
-                data: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """Read YAML (or take ``data``), apply overrides, type-check and validate. Raises ConfigError."""
+def read_config_data(path: Optional[str], overrides: Optional[List[str]] = None,
+                     data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The YAML mapping at ``path`` (or a copy of ``data``) with ``overrides`` applied. Raises ConfigError."""
     if data is None:
         if path is None:
             raise ConfigError("no config given")
@@ -438,7 +438,12 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
                 data = yaml.safe_load(f) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
-    data = apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
-    cfg = from_dict(TrainConfig, data)
+    return apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,
+                data: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read YAML (or take ``data``), apply overrides, type-check and validate. Raises ConfigError."""
+    cfg = from_dict(TrainConfig, read_config_data(path, overrides, data))
     validate(cfg, num_processes)
     return cfg

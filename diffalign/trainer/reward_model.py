@@ -17,7 +17,6 @@ labels in the batch.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -28,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import yaml
 
-from diffalign.config import ConfigError, apply_overrides, from_dict, parse_overrides
+from diffalign.config import ConfigError, from_dict, read_config_data
 from diffalign.rewards.training.data import Comparison, rank_tensor, read_comparisons, split_groups
 from diffalign.rewards.training.losses import TIE_POLICIES, multi_aspect_loss
 from diffalign.rewards.training.metrics import TIE_POLICY, pairwise_accuracy
@@ -165,16 +164,7 @@ def validate(cfg: RewardTrainConfig) -> None:
 def load_reward_train_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
                              data: Optional[Dict[str, Any]] = None) -> RewardTrainConfig:
     """Read YAML (or take ``data``), apply overrides, type-check and validate. Raises ConfigError."""
-    if data is None:
-        if path is None or not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
-    data = apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
-    cfg = from_dict(RewardTrainConfig, data)
+    cfg = from_dict(RewardTrainConfig, read_config_data(path, overrides, data))
     validate(cfg)
     return cfg
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from diffalign.modalities.base import Conditions, ModalityAdapter
+from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
 from diffalign.rewards.prompts import prompt_text
 
 SCHEDULERS = ("ddim", "ddpm", "flow")
@@ -58,7 +58,36 @@ def make_scheduler(kind: str, num_train_timesteps: int = 1000):
     raise ValueError(f"toy scheduler must be one of {SCHEDULERS}, got {kind!r}")
 
 
-class ToyAdapter(ModalityAdapter):
+class FullFineTuning:
+    """The toy adapters' training state: every denoiser weight trains, and the reference is a frozen copy taken
+    at construction (``_reference_denoiser``); ``denoise`` picks it while ``_in_reference``."""
+
+    denoiser: nn.Module
+    _reference_denoiser: nn.Module
+    _in_reference: bool = False
+
+    def _current_denoiser(self) -> nn.Module:
+        return self._reference_denoiser if self._in_reference else self.denoiser
+
+    def trainable_parameters(self):
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference_mode(self):
+        previous, self._in_reference = self._in_reference, True
+        try:
+            yield
+        finally:
+            self._in_reference = previous
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in unwrap(self.denoiser).state_dict().items()}
+
+    def load_trainable_state_dict(self, state):
+        unwrap(self.denoiser).load_state_dict(state)
+
+
+class ToyAdapter(FullFineTuning, ModalityAdapter):
     """Toy modality over R^dim. ``prompts`` is the list of prompt names the denoiser knows."""
 
     def __init__(self, prompts: Sequence[str], dim: int = 2, hidden: int = 64, scheduler: str = "ddim",
@@ -136,8 +165,7 @@ class ToyAdapter(ModalityAdapter):
         return torch.randn((b, self.dim), generator=generator, device=self.device).to(self.dtype)
 
     def denoise(self, x, timesteps, cond):
-        model = self._reference_denoiser if self._in_reference else self.denoiser
-        return model(x, timesteps, cond["prompt_id"])
+        return self._current_denoiser()(x, timesteps, cond["prompt_id"])
 
     def decode(self, x0, cond):
         return x0
@@ -153,22 +181,3 @@ class ToyAdapter(ModalityAdapter):
     def rewards(self):
         from diffalign.modalities.toy.rewards import TOY_REWARDS
         return dict(TOY_REWARDS)
-
-    def trainable_parameters(self):
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
-    @contextlib.contextmanager
-    def reference_mode(self):
-        previous, self._in_reference = self._in_reference, True
-        try:
-            yield
-        finally:
-            self._in_reference = previous
-
-    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        from diffalign.modalities.base import unwrap
-        return {k: v.detach().clone() for k, v in unwrap(self.denoiser).state_dict().items()}
-
-    def load_trainable_state_dict(self, state):
-        from diffalign.modalities.base import unwrap
-        unwrap(self.denoiser).load_state_dict(state)

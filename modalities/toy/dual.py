@@ -93,8 +93,7 @@ class ToyDualAdapter(ToyAdapter):
         return nothing + self.image_guidance_scale * (source_only - nothing) + scale * (both - source_only)
 
     def denoise(self, x, timesteps, cond):
-        model = self._reference_denoiser if self._in_reference else self.denoiser
-        return model(x, timesteps, cond["prompt_id"], cond["source"], cond["has_source"])
+        return self._current_denoiser()(x, timesteps, cond["prompt_id"], cond["source"], cond["has_source"])
 
     def encode(self, samples, items):
         x0, _ = super().encode(samples, [prompt_text(i, default=str(i)) for i in items])

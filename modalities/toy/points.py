@@ -16,15 +16,14 @@ tensors, one per set; the rewards in rewards.py read those.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from diffalign.modalities.base import Conditions, Generators, ModalityAdapter, item_generators, unwrap
-from diffalign.modalities.toy.adapter import make_scheduler, timestep_embedding
+from diffalign.modalities.base import Conditions, Generators, ModalityAdapter, item_generators
+from diffalign.modalities.toy.adapter import FullFineTuning, make_scheduler, timestep_embedding
 from diffalign.rewards.prompts import prompt_text
 
 __all__ = ["ToyPointsAdapter", "SetDenoiser", "center", "POINT_SCHEDULERS"]
@@ -58,7 +57,7 @@ class SetDenoiser(nn.Module):
         return self.out(torch.cat([h, pooled.expand(-1, n, -1), ctx[:, None].expand(-1, n, -1)], -1))
 
 
-class ToyPointsAdapter(ModalityAdapter):
+class ToyPointsAdapter(FullFineTuning, ModalityAdapter):
     """Point sets of min_points..max_points points in R^3; ``prompts`` are the names the denoiser knows."""
 
     def __init__(self, prompts: Sequence[Any], max_points: int = 6, min_points: int = 2, hidden: int = 64,
@@ -150,7 +149,7 @@ class ToyPointsAdapter(ModalityAdapter):
 
     # ---- the denoiser ------------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):
-        model = self._reference_denoiser if self._in_reference else self.denoiser
+        model = self._current_denoiser()
         # projected output: the posterior mean stays in the subspace, where the log-prob is a density
         return center(model(x, timesteps, cond["prompt_id"], cond["mask"]), cond["mask"])
 
@@ -176,21 +175,3 @@ class ToyPointsAdapter(ModalityAdapter):
     def rewards(self):
         from diffalign.modalities.toy.rewards import POINT_REWARDS
         return dict(POINT_REWARDS)
-
-    # ---- training state --------------------------------------------------------------------------------------
-    def trainable_parameters(self):
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
-    @contextlib.contextmanager
-    def reference_mode(self):
-        previous, self._in_reference = self._in_reference, True
-        try:
-            yield
-        finally:
-            self._in_reference = previous
-
-    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in unwrap(self.denoiser).state_dict().items()}
-
-    def load_trainable_state_dict(self, state):
-        unwrap(self.denoiser).load_state_dict(state)
