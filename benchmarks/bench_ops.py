@@ -12,6 +12,10 @@ timer on CPU), and the wall time per call in a tight loop with one sync at the e
     python benchmarks/bench_ops.py                    # CPU shapes, fp32
     python benchmarks/bench_ops.py --device cuda      # S/M/L/XL shapes in fp32 and bf16
     python benchmarks/bench_ops.py --json out.json --ops logprob,dpo --shapes S,M
+    python benchmarks/bench_ops.py --masks none,full  # also the masked rows (row key "mask")
+
+Masked rows (``--masks ...,full``) pass every op a mask of x's shape and dtype, 0/1 with about a quarter
+zeros (the kernels read it as it is; a bool or broadcast mask adds one conversion pass), to the same shapes.
 """
 from __future__ import annotations
 
@@ -47,48 +51,51 @@ def _inputs(shape, dtype, device):
         alpha_prev=torch.linspace(0.5, 0.8, b).to(device=device, dtype=acc),
         sigma=torch.linspace(0.9, 0.4, b).to(device=device, dtype=acc),
         sigma_next=torch.linspace(0.85, 0.35, b).to(device=device, dtype=acc),  # made here, not in the timed call
-        desirable=(torch.arange(b) % 2 == 0).to(device))
+        desirable=(torch.arange(b) % 2 == 0).to(device),
+        mask=(torch.rand(shape, generator=g) > 0.25).to(device=device, dtype=dtype))
 
 
 def _std4(std, like):
     return std.view((-1,) + (1,) * (like.ndim - 1))
 
 
-# Each op: fwd(provider_fn, inputs) -> tensor to reduce; `full` reduces it and calls backward.
+# Each op: fwd(provider_fn, inputs) -> tensor to reduce; `full` reduces it and calls backward. Each lambda
+# takes the mask as `m` (None for the unmasked rows).
 # bytes: minimal HBM traffic of our algorithm for (forward, forward+backward), in units of N elements
 # (the baseline's roofline counted 3N for logprob/kl and 4N for dpo fwd+bwd; ours re-reads the
 # inputs in the backward: see README).
 OPS = {
     "logprob": dict(
-        ext=lambda i: ops.gaussian_logprob(i["x"], i["mean"], i["std"]),
-        ref=lambda i: R.gaussian_logprob(i["x"], i["mean"], _std4(i["std"], i["x"])),
+        ext=lambda i, m=None: ops.gaussian_logprob(i["x"], i["mean"], i["std"], mask=m),
+        ref=lambda i, m=None: R.gaussian_logprob(i["x"], i["mean"], _std4(i["std"], i["x"]), mask=m),
         traffic=(2, 5)),
     "kl": dict(
-        ext=lambda i: ops.gaussian_kl(i["mean"], i["ref"], i["std"]),
-        ref=lambda i: R.gaussian_kl(i["mean"], i["ref"], _std4(i["std"], i["x"])),
+        ext=lambda i, m=None: ops.gaussian_kl(i["mean"], i["ref"], i["std"], mask=m),
+        ref=lambda i, m=None: R.gaussian_kl(i["mean"], i["ref"], _std4(i["std"], i["x"]), mask=m),
         traffic=(2, 5)),
     "dpo": dict(
-        ext=lambda i: ops.diffusion_dpo_loss(i["mean"], i["ref"], i["target"]),
-        ref=lambda i: R.diffusion_dpo_loss(i["mean"], i["ref"], i["target"])[0],
+        ext=lambda i, m=None: ops.diffusion_dpo_loss(i["mean"], i["ref"], i["target"], mask=m),
+        ref=lambda i, m=None: R.diffusion_dpo_loss(i["mean"], i["ref"], i["target"], mask=m)[0],
         traffic=(3, 6)),
     "kto": dict(
-        ext=lambda i: ops.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"]),
-        ref=lambda i: R.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"])[0],
+        ext=lambda i, m=None: ops.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"], mask=m),
+        ref=lambda i, m=None: R.diffusion_kto_loss(i["mean"], i["ref"], i["target"], i["desirable"], mask=m)[0],
         traffic=(3, 6)),
     # a training-time rescoring step: log-prob of a stored x_{t-1} given the model output (grad to it)
     "ddim_step": dict(
-        ext=lambda i: ops.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
-                                                 prev_sample=i["target"]).log_prob,
-        ref=lambda i: R.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
-                                               i["target"], None, "epsilon")[1],
+        ext=lambda i, m=None: ops.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
+                                                         prev_sample=i["target"], mask=m).log_prob,
+        ref=lambda i, m=None: R.ddim_step_with_logprob(i["mean"], i["x"], i["alpha_t"], i["alpha_prev"], 1.0,
+                                                       i["target"], None, "epsilon", m)[1],
         traffic=(4, 8)),
     "flow_step": dict(
-        ext=lambda i: ops.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma_next"],
-                                                     prev_sample=i["target"]).log_prob,
-        ref=lambda i: R.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma_next"], 0.7,
-                                                   i["target"], None)[1],
+        ext=lambda i, m=None: ops.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma_next"],
+                                                             prev_sample=i["target"], mask=m).log_prob,
+        ref=lambda i, m=None: R.flow_sde_step_with_logprob(i["mean"], i["x"], i["sigma"], i["sigma_next"], 0.7,
+                                                           i["target"], None, m)[1],
         traffic=(4, 8)),
 }
+MASKS = ("none", "full")  # --masks: unmasked rows, and rows with a mask of x's shape and dtype
 
 
 # --------------------------------------------------------------------------- timing ----
@@ -137,15 +144,15 @@ def copy_bandwidth(device):
     return 2 * n / (t * 1e-6)  # bytes/s, read + write
 
 
-def _make_fn(fwd, inputs, mode):
+def _make_fn(fwd, inputs, mode, mask=None):
     if mode == "forward":
         def run():
             with torch.no_grad():
-                fwd(inputs)
+                fwd(inputs, mask)
         return run
 
     def run():
-        out = fwd(inputs)
+        out = fwd(inputs, mask)
         (out if out.ndim == 0 else out.sum()).backward()
     return run
 
@@ -159,6 +166,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="float32,bfloat16 (default: both on CUDA, float32 on CPU)")
     p.add_argument("--providers", default="eager,compile,diffalign")
     p.add_argument("--modes", default="forward,full")
+    p.add_argument("--masks", default="none", help="comma-separated subset of " + ",".join(MASKS) +
+                   " (full: every op also with a mask of x's shape)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="timing window per case for the quantiles")
     p.add_argument("--wall-calls", type=int, default=200, help="calls per tight-loop wall-time measurement")
     p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
@@ -175,6 +184,10 @@ def main(argv=None):
     providers = args.providers.split(",")
     modes = args.modes.split(",")
     op_names = args.ops.split(",")
+    masks = args.masks.split(",")
+    for name in masks:
+        if name not in MASKS:
+            sys.exit(f"--masks: unknown mask {name!r}; choose from {', '.join(MASKS)}")
     for name in op_names:
         if name not in OPS:
             sys.exit(f"--ops: unknown op {name!r}; choose from {', '.join(OPS)}")
@@ -203,34 +216,40 @@ def main(argv=None):
             meta.setdefault("autograd_floor_us", {})[f"{shape_name}/{dtype_name}"] = floor_q[1]
             for op_name in op_names:
                 spec = OPS[op_name]
-                for mode in modes:
-                    units = spec["traffic"][0 if mode == "forward" else 1]
-                    roof_us = units * n * esz / bw * 1e6
-                    for provider in providers:
-                        if provider == "diffalign":
-                            fwd = spec["ext"]
-                        elif provider == "eager":
-                            fwd = spec["ref"]
-                        else:
-                            key = (op_name, dtype_name)
-                            if key not in compiled:
-                                compiled[key] = torch.compile(spec["ref"], dynamic=True)
-                            fwd = compiled[key]
-                        fn = _make_fn(fwd, inputs, mode)
-                        try:
-                            q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
-                            wall = wall_per_call(fn, dev, [m], args.wall_calls)
-                        except Exception as exc:  # report, keep going: one failing provider is a finding
-                            print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name}: FAILED {exc}", flush=True)
-                            continue
-                        row = dict(kernel=op_name, provider=provider, mode=mode, shape=shape_name, x=n,
-                                   dtype=dtype_name, p20_us=q[0], p50_us=q[1], p80_us=q[2], wall_us=wall,
-                                   roofline_us=roof_us, floor_us=floor_q[1], floor_wall_us=floor_wall,
-                                   device=device_name)
-                        rows.append(row)
-                        print(f"  {op_name:10}{provider:10}{mode:8}{shape_name:4}{dtype_name:9} p50 {q[1]:9.1f} us  "
-                              f"wall {wall:9.1f} us  x roof {q[1] / roof_us:6.2f}  x floor {q[1] / floor_q[1]:5.2f}",
-                              flush=True)
+                for mask_name in masks:  # masked and unmasked rows of one op run back to back (A/B)
+                    mask = inputs["mask"] if mask_name == "full" else None
+                    for mode in modes:
+                        # the mask is one more input read per pass (not counted in the unmasked roofline)
+                        units = spec["traffic"][0 if mode == "forward" else 1] + (
+                            (1 if mode == "forward" else 2) if mask is not None else 0)
+                        roof_us = units * n * esz / bw * 1e6
+                        for provider in providers:
+                            if provider == "diffalign":
+                                fwd = spec["ext"]
+                            elif provider == "eager":
+                                fwd = spec["ref"]
+                            else:
+                                key = (op_name, dtype_name, mask_name)
+                                if key not in compiled:
+                                    compiled[key] = torch.compile(spec["ref"], dynamic=True)
+                                fwd = compiled[key]
+                            fn = _make_fn(fwd, inputs, mode, mask)
+                            try:
+                                q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
+                                wall = wall_per_call(fn, dev, [m], args.wall_calls)
+                            except Exception as exc:  # report, keep going: one failing provider is a finding
+                                print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name} mask={mask_name}: "
+                                      f"FAILED {exc}", flush=True)
+                                continue
+                            row = dict(kernel=op_name, provider=provider, mode=mode, mask=mask_name,
+                                       shape=shape_name, x=n, dtype=dtype_name, p20_us=q[0], p50_us=q[1],
+                                       p80_us=q[2], wall_us=wall, roofline_us=roof_us, floor_us=floor_q[1], floor_wall_us=floor_wall,
+                                       device=device_name)
+                            rows.append(row)
+                            print(f"  {op_name:10}{provider:10}{mode:8}{mask_name:5}{shape_name:4}{dtype_name:9} "
+                                  f"p50 {q[1]:9.1f} us  "
+                                  f"wall {wall:9.1f} us  x roof {q[1] / roof_us:6.2f}  x floor {q[1] / floor_q[1]:5.2f}",
+                                  flush=True)
             del inputs
     print_table(rows)
     if args.json:
@@ -244,15 +263,16 @@ def print_table(rows):
     """One line per (op, mode, shape, dtype): each provider's median, and ours over floor/roofline."""
     by_key = {}
     for r in rows:
-        by_key.setdefault((r["kernel"], r["mode"], r["shape"], r["dtype"]), {})[r["provider"]] = r
+        key = (r["kernel"], r["mode"], r.get("mask", "none"), r["shape"], r["dtype"])
+        by_key.setdefault(key, {})[r["provider"]] = r
     print()
-    print(f"{'op':10}{'mode':8}{'shape':6}{'dtype':9}{'eager':>9}{'compile':>9}{'ours':>9}{'ours wall':>10}"
+    print(f"{'op':10}{'mode':8}{'mask':5}{'shape':6}{'dtype':9}{'eager':>9}{'compile':>9}{'ours':>9}{'ours wall':>10}"
           f"{'floor':>8}{'roof':>8}{'x floor':>8}{'x roof':>8}{'vs eager':>9}{'vs comp':>8}")
-    for (op, mode, shape, dtype), prov in by_key.items():
+    for (op, mode, mask, shape, dtype), prov in by_key.items():
         get = lambda k: prov[k]["p50_us"] if k in prov else float("nan")
         ours = prov.get("diffalign")
         anyrow = next(iter(prov.values()))
-        print(f"{op:10}{mode:8}{shape:6}{dtype:9}{get('eager'):9.1f}{get('compile'):9.1f}{get('diffalign'):9.1f}"
+        print(f"{op:10}{mode:8}{mask:5}{shape:6}{dtype:9}{get('eager'):9.1f}{get('compile'):9.1f}{get('diffalign'):9.1f}"
               f"{(ours['wall_us'] if ours else float('nan')):10.1f}{anyrow['floor_us']:8.1f}{anyrow['roofline_us']:8.1f}"
               f"{get('diffalign') / anyrow['floor_us']:8.2f}{get('diffalign') / anyrow['roofline_us']:8.2f}"
               f"{get('eager') / get('diffalign'):9.2f}{get('compile') / get('diffalign'):8.2f}")

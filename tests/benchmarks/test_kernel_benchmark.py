@@ -19,8 +19,10 @@ def test_kernel_benchmark_writes_rows_for_every_case(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "kernels.json"
     rows = bench.main(["--device", "cpu", "--ops", "logprob,dpo,ddim_step", "--shapes", "S", "--providers",
-                       "eager,diffalign", "--rep-ms", "3", "--wall-calls", "3", "--json", str(out)])
-    assert len(rows) == 3 * 2 * 2  # ops x modes x providers
+                       "eager,diffalign", "--masks", "none,full", "--rep-ms", "3", "--wall-calls", "3",
+                       "--json", str(out)])
+    assert len(rows) == 3 * 2 * 2 * 2  # ops x masks x modes x providers
+    assert {r["mask"] for r in rows} == {"none", "full"}
     data = json.loads(out.read_text())
     assert data["copy_GBps"] > 0 and data["rows"] == rows
     for r in rows:
@@ -37,3 +39,5 @@ def test_kernel_benchmark_rejects_unknown_names():
         bench.main(["--device", "cpu", "--ops", "nope"])
     with pytest.raises(SystemExit, match="unknown shape 'XL'"):
         bench.main(["--device", "cpu", "--shapes", "XL"])
+    with pytest.raises(SystemExit, match="unknown mask 'half'"):
+        bench.main(["--device", "cpu", "--masks", "half"])

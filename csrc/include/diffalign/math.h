@@ -9,6 +9,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "diffalign/dtypes.h"
@@ -53,8 +55,22 @@ template <class A> struct StdArg {
 };
 
 // A masked element's contribution m * v, exactly 0 where m = 0 (a padded element may hold anything,
-// inf or NaN included: 0 * NaN would poison the row). A select, so the CPU loops still vectorise.
-template <class A> DA_HD A masked(A m, A v) { return m != A(0) ? m * v : A(0); }
+// inf or NaN included: 0 * NaN would poison the row). On the CPU the zeroing is a bit-and, not a select:
+// GCC (trapping math) kept `m != 0 ? m * v : 0` as a branch, and the loops went scalar and mispredicted
+// (25x slower on a random mask); the GPU predicates the select.
+template <class A> DA_HD A masked(A m, A v) {
+  A p = m * v;
+#if defined(__CUDA_ARCH__)
+  return m != A(0) ? p : A(0);
+#else
+  using U = typename std::conditional<sizeof(A) == 8, uint64_t, uint32_t>::type;
+  U bits;
+  std::memcpy(&bits, &p, sizeof(A));
+  bits &= U(0) - U(m != A(0));
+  std::memcpy(&p, &bits, sizeof(A));
+  return p;
+#endif
+}
 // Masked "mean" over a row: sum m*l / sum m, 0 for a row whose mask sums to 0 (never NaN).
 template <class A> DA_HD A masked_mean(A sum, A msum) { return msum > A(0) ? sum / msum : A(0); }
 template <class A> DA_HD A inv_or_zero(A msum) { return msum > A(0) ? A(1) / msum : A(0); }
