@@ -56,7 +56,7 @@ stage() { [[ ",${STAGES:-tests,kernels,e2e}," == *",$1,"* ]]; }
 if stage tests; then
   t0=$(date +%s)
   python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_numerics.py tests/ops/test_ops_long_rows.py \
-    tests/ops/test_ops_masks.py \
+    tests/ops/test_ops_masks.py tests/trainer/test_fsdp_gpu.py \
     tests/ops/test_ops_api.py 2>&1 | tee "$OUT/tests.log" | tail -15
   echo "tests: $(( $(date +%s) - t0 )) s"
 fi

@@ -46,6 +46,7 @@ def test_default_runs_tests_kernels_and_one_compiled_e2e(tmp_path):
     e2e = [c for c in calls if "benchmarks/bench_e2e.py" in c]
     assert len(tests) == 1 and "tests/ops/test_ops_long_rows.py" in tests[0]
     assert "tests/ops/test_ops_masks.py" in tests[0]  # the masked CUDA kernels run on the lent GPU too
+    assert "tests/trainer/test_fsdp_gpu.py" in tests[0]  # and accelerate's own FSDP2 path
     assert len(kernels) == 1 and "--device cuda" in kernels[0] and kernels[0].endswith("--shapes S,XL")
     # one e2e run: sd15 with the compiled UNet, which also times eager, diffalign and the UNet-only floor
     assert len(e2e) == 1 and "--models sd15 --compile inductor" in e2e[0]
