@@ -52,6 +52,8 @@ def draw_noise(adapter, cond: Conditions, generators: Sequence[torch.Generator],
                      for b, g in enumerate(generators)])
     if not stochastic:
         return x_T, None
+    if num_steps == 0:  # x_T alone (D3PO / SPO draw their step noise as they branch)
+        return x_T, x_T.new_empty((n, 0) + tuple(x_T.shape[1:]))
     noise = torch.stack([draw_step_noise(adapter, cond, x_T, list(generators)) for _ in range(num_steps)], dim=1)
     return x_T, noise
 
