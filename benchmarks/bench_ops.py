@@ -12,10 +12,15 @@ timer on CPU), and the wall time per call in a tight loop with one sync at the e
     python benchmarks/bench_ops.py                    # CPU shapes, fp32
     python benchmarks/bench_ops.py --device cuda      # S/M/L/XL shapes in fp32 and bf16
     python benchmarks/bench_ops.py --json out.json --ops logprob,dpo --shapes S,M
-    python benchmarks/bench_ops.py --masks none,full  # also the masked rows (row key "mask")
+    python benchmarks/bench_ops.py --masks none,full,positions,bool --runs 3   # masked rows, A/B
 
-Masked rows (``--masks ...,full``) pass every op a mask of x's shape and dtype, 0/1 with about a quarter
-zeros (the kernels read it as it is; a bool or broadcast mask adds one conversion pass), to the same shapes.
+Masked rows (``--masks``, row key ``mask`` naming the form; 0/1 with about a quarter zeros):
+``full`` a float mask of x's shape and dtype (read as it is, one more input stream); ``positions`` a bool
+mask with one flag per position, x's shape with its last dim 1 ((16, 4, 128, 1) at M: the (B, N, 1) of a
+token / atom / horizon mask), read in place as one weight per run of the last dim; ``bool`` a bool mask
+of x's shape, read in place as bytes. With ``--runs K`` every case is timed K times, its mask forms
+back to back in each round (interleaved A/B), and a row's p50 is the minimum over the rounds (all in
+``runs_p50_us``).
 """
 from __future__ import annotations
 
@@ -52,7 +57,15 @@ def _inputs(shape, dtype, device):
         sigma=torch.linspace(0.9, 0.4, b).to(device=device, dtype=acc),
         sigma_next=torch.linspace(0.85, 0.35, b).to(device=device, dtype=acc),  # made here, not in the timed call
         desirable=(torch.arange(b) % 2 == 0).to(device),
-        mask=(torch.rand(shape, generator=g) > 0.25).to(device=device, dtype=dtype))
+        mask=_masks(shape, dtype, device))
+
+
+def _masks(shape, dtype, device):
+    """The masked rows' masks by form (see the module doc), about a quarter zeros each."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    keep = torch.rand(shape, generator=g) > 0.25
+    positions = torch.rand(tuple(shape[:-1]) + (1,), generator=g) > 0.25
+    return dict(full=keep.to(device=device, dtype=dtype), bool=keep.to(device), positions=positions.to(device))
 
 
 def _std4(std, like):
@@ -95,7 +108,12 @@ OPS = {
                                                            i["target"], None, m)[1],
         traffic=(4, 8)),
 }
-MASKS = ("none", "full")  # --masks: unmasked rows, and rows with a mask of x's shape and dtype
+MASKS = ("none", "full", "positions", "bool")  # --masks: unmasked rows, and masked rows by form (module doc)
+
+
+def _mask_bytes(name, esz):
+    """Bytes per element of x that a mask form adds to each pass's traffic."""
+    return {"none": 0.0, "full": float(esz), "bool": 1.0, "positions": 0.0}[name]
 
 
 # --------------------------------------------------------------------------- timing ----
@@ -144,6 +162,29 @@ def copy_bandwidth(device):
     return 2 * n / (t * 1e-6)  # bytes/s, read + write
 
 
+def _provider_fn(spec, provider, compiled, op_name, dtype_name, mask_name):
+    if provider == "diffalign":
+        return spec["ext"]
+    if provider == "eager":
+        return spec["ref"]
+    key = (op_name, dtype_name, mask_name)
+    if key not in compiled:
+        compiled[key] = torch.compile(spec["ref"], dynamic=True)
+    return compiled[key]
+
+
+def _cpu_name():
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _make_fn(fwd, inputs, mode, mask=None):
     if mode == "forward":
         def run():
@@ -167,7 +208,9 @@ def main(argv=None):
     p.add_argument("--providers", default="eager,compile,diffalign")
     p.add_argument("--modes", default="forward,full")
     p.add_argument("--masks", default="none", help="comma-separated subset of " + ",".join(MASKS) +
-                   " (full: every op also with a mask of x's shape)")
+                   " (full / positions / bool: every op also with that mask, see the module doc)")
+    p.add_argument("--runs", type=int, default=1, help="rounds per case, the mask forms back to back in each;"
+                   " p50 = the minimum over rounds")
     p.add_argument("--rep-ms", type=float, default=100.0, help="timing window per case for the quantiles")
     p.add_argument("--wall-calls", type=int, default=200, help="calls per tight-loop wall-time measurement")
     p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
@@ -195,7 +238,7 @@ def main(argv=None):
         if name not in shapes_all:
             sys.exit(f"--shapes: unknown shape {name!r} for {dev}; choose from {', '.join(shapes_all)}")
 
-    device_name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or platform.machine())
+    device_name = torch.cuda.get_device_name(0) if dev == "cuda" else _cpu_name()
     bw = copy_bandwidth(dev)
     print(f"device: {device_name} | torch {torch.__version__} | extension: {ops.extension_available()} "
           f"(cuda kernels: {ops.cuda_kernels_built()}) | copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
@@ -216,37 +259,39 @@ def main(argv=None):
             meta.setdefault("autograd_floor_us", {})[f"{shape_name}/{dtype_name}"] = floor_q[1]
             for op_name in op_names:
                 spec = OPS[op_name]
-                for mask_name in masks:  # masked and unmasked rows of one op run back to back (A/B)
-                    mask = inputs["mask"] if mask_name == "full" else None
-                    for mode in modes:
-                        # the mask is one more input read per pass (not counted in the unmasked roofline)
-                        units = spec["traffic"][0 if mode == "forward" else 1] + (
-                            (1 if mode == "forward" else 2) if mask is not None else 0)
-                        roof_us = units * n * esz / bw * 1e6
-                        for provider in providers:
-                            if provider == "diffalign":
-                                fwd = spec["ext"]
-                            elif provider == "eager":
-                                fwd = spec["ref"]
-                            else:
-                                key = (op_name, dtype_name, mask_name)
-                                if key not in compiled:
-                                    compiled[key] = torch.compile(spec["ref"], dynamic=True)
-                                fwd = compiled[key]
-                            fn = _make_fn(fwd, inputs, mode, mask)
-                            try:
-                                q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
-                                wall = wall_per_call(fn, dev, [m], args.wall_calls)
-                            except Exception as exc:  # report, keep going: one failing provider is a finding
-                                print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name} mask={mask_name}: "
-                                      f"FAILED {exc}", flush=True)
+                for mode in modes:
+                    for provider in providers:
+                        # the mask forms of one case run back to back in each round (interleaved A/B)
+                        timed = {name: [] for name in masks}
+                        for _ in range(max(1, args.runs)):
+                            for mask_name in masks:
+                                mask = None if mask_name == "none" else inputs["mask"][mask_name]
+                                fn = _make_fn(_provider_fn(spec, provider, compiled, op_name, dtype_name, mask_name),
+                                              inputs, mode, mask)
+                                try:
+                                    q = time_quantiles(fn, dev, [m], rep_ms=args.rep_ms)
+                                    wall = wall_per_call(fn, dev, [m], args.wall_calls)
+                                except Exception as exc:  # report, keep going: one failing provider is a finding
+                                    print(f"  {op_name} {provider} {mode} {shape_name} {dtype_name} "
+                                          f"mask={mask_name}: FAILED {exc}", flush=True)
+                                    continue
+                                timed[mask_name].append((q, wall))
+                        for mask_name in masks:
+                            if not timed[mask_name]:
                                 continue
+                            q, wall = min(timed[mask_name], key=lambda t: t[0][1])
+                            # traffic of the unmasked algorithm plus what the mask form adds per pass
+                            passes = 1 if mode == "forward" else 2
+                            traffic = spec["traffic"][0 if mode == "forward" else 1] * esz + \
+                                passes * _mask_bytes(mask_name, esz)
+                            roof_us = traffic * n / bw * 1e6
                             row = dict(kernel=op_name, provider=provider, mode=mode, mask=mask_name,
                                        shape=shape_name, x=n, dtype=dtype_name, p20_us=q[0], p50_us=q[1],
-                                       p80_us=q[2], wall_us=wall, roofline_us=roof_us, floor_us=floor_q[1], floor_wall_us=floor_wall,
-                                       device=device_name)
+                                       p80_us=q[2], wall_us=wall, roofline_us=roof_us, floor_us=floor_q[1],
+                                       floor_wall_us=floor_wall, device=device_name,
+                                       runs_p50_us=[t[0][1] for t in timed[mask_name]])
                             rows.append(row)
-                            print(f"  {op_name:10}{provider:10}{mode:8}{mask_name:5}{shape_name:4}{dtype_name:9} "
+                            print(f"  {op_name:10}{provider:10}{mode:8}{mask_name:10}{shape_name:4}{dtype_name:9} "
                                   f"p50 {q[1]:9.1f} us  "
                                   f"wall {wall:9.1f} us  x roof {q[1] / roof_us:6.2f}  x floor {q[1] / floor_q[1]:5.2f}",
                                   flush=True)
@@ -266,13 +311,13 @@ def print_table(rows):
         key = (r["kernel"], r["mode"], r.get("mask", "none"), r["shape"], r["dtype"])
         by_key.setdefault(key, {})[r["provider"]] = r
     print()
-    print(f"{'op':10}{'mode':8}{'mask':5}{'shape':6}{'dtype':9}{'eager':>9}{'compile':>9}{'ours':>9}{'ours wall':>10}"
+    print(f"{'op':10}{'mode':8}{'mask':10}{'shape':6}{'dtype':9}{'eager':>9}{'compile':>9}{'ours':>9}{'ours wall':>10}"
           f"{'floor':>8}{'roof':>8}{'x floor':>8}{'x roof':>8}{'vs eager':>9}{'vs comp':>8}")
     for (op, mode, mask, shape, dtype), prov in by_key.items():
         get = lambda k: prov[k]["p50_us"] if k in prov else float("nan")
         ours = prov.get("diffalign")
         anyrow = next(iter(prov.values()))
-        print(f"{op:10}{mode:8}{mask:5}{shape:6}{dtype:9}{get('eager'):9.1f}{get('compile'):9.1f}{get('diffalign'):9.1f}"
+        print(f"{op:10}{mode:8}{mask:10}{shape:6}{dtype:9}{get('eager'):9.1f}{get('compile'):9.1f}{get('diffalign'):9.1f}"
               f"{(ours['wall_us'] if ours else float('nan')):10.1f}{anyrow['floor_us']:8.1f}{anyrow['roofline_us']:8.1f}"
               f"{get('diffalign') / anyrow['floor_us']:8.2f}{get('diffalign') / anyrow['roofline_us']:8.2f}"
               f"{get('eager') / get('diffalign'):9.2f}{get('compile') / get('diffalign'):8.2f}")

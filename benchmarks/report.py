@@ -432,6 +432,33 @@ def render_kernels_cpu_ab(name: str, data: dict) -> List[str]:
     return lines
 
 
+def render_masks_cpu(name: str, data: dict) -> List[str]:
+    """Masked over unmasked time per op, dtype and mask form (bench_ops.py --masks)."""
+    lines = ["### CPU ops with masks", "", clean(data.get("what", "")), "",
+             f"CPU: {data.get('cpu')}, {data.get('threads')} threads. Each cell: masked / unmasked time, "
+             "forward / forward+backward (the minimum p50 of the interleaved rounds).", ""]
+    cells: Dict[Tuple[str, str], Dict[Tuple[str, str], dict]] = {}
+    for r in data["min_p50_us"]:
+        cells.setdefault((r["op"], r["dtype"]), {})[(r["mask"], r["mode"])] = r
+    order = ["logprob", "kl", "dpo", "kto", "ddim_step", "flow_step"]
+    forms = [m for m in ("positions", "bool", "full") if any(k[0] == m for c in cells.values() for k in c)]
+    keys = sorted(cells, key=lambda k: (k[1] != "float32", order.index(k[0]) if k[0] in order else 99, k[0]))
+    rows = []
+    for op, dtype in keys:
+        c = cells[(op, dtype)]
+        base = {mode: r["unmasked_us"] for (m, mode), r in c.items()}
+        row = [f"{op} {dtype}", f"{base.get('forward', float('nan')):.0f} / {base.get('full', float('nan')):.0f}"]
+        for m in forms:
+            f, b = c.get((m, "forward")), c.get((m, "full"))
+            row.append(f"{f['ratio']:.2f}x / {b['ratio']:.2f}x" if f and b else "-")
+        rows.append(row)
+    lines += table(["op, dtype", "unmasked µs (fwd / fwd+bwd)"] + [f"{m} mask" for m in forms], rows)
+    if data.get("notes"):
+        lines += ["", clean(data["notes"])]
+    lines += ["", source_line(name), ""]
+    return lines
+
+
 KERNEL_GPU_NOTES = {
     "kernels_h100_2026-11-26.json": """\
 At S and M every op is host-bound (a forward alone is 8-15 µs of GPU time). At XL every float32 pass runs
@@ -595,6 +622,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_train_*.json", render_demo_train),
     ("demo", "demo_cpu_*.json", render_demo_cpu),
     ("kernels", "kernels_*_ab_*.json", render_kernels_cpu_ab),
+    ("kernels", "masks_cpu_*.json", render_masks_cpu),
     ("kernels", "host_overhead_*.json", render_host_overhead),
     ("kernels", "kernels_*.json", render_kernels),
     ("e2e", "e2e_*.json", render_e2e),

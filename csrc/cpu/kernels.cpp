@@ -2,6 +2,9 @@
 // Partial sums are combined in a fixed order, so results do not depend on the thread count.
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -94,6 +97,145 @@ DA_CPU_CLONES Sums<A> run_range(const F& f, const typename F::Row& row, int64_t 
   }
 }
 
+// How a masked functor's mask is stored (kernels.h, MaskKind); run_rows reads kMaskElem as the
+// functor's last input, the compact forms through run_range_masked.
+struct MaskRead { const void* p = nullptr; int kind = kMaskElem; int64_t inner = 1; };
+template <class Args> MaskRead mask_read(const Args& a) { return {a.mask, a.mask_kind, a.mask_inner}; }
+
+// One element of a masked functor (its mask is the last input) with the mask value m given by the caller.
+template <class F, class A>
+inline void elem_with_mask(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A m, A* acc) {
+  A v[F::NI];
+  A o[F::NO > 0 ? F::NO : 1];
+  load_all(f, idx, v, std::make_integer_sequence<int, F::NI - 1>{});
+  v[F::NI - 1] = m;
+  f.compute(r, b, idx, v, o, acc);
+  store_all(f, idx, o, std::make_integer_sequence<int, F::NO>{});
+}
+
+// The lane loop of run_range over [j0, j1) for one(idx, acc): element j0 + j goes to lane j % kLanes.
+template <class A, int N, class One>
+inline void lane_loop(A (&l0)[kLanes], A (&l1)[kLanes], A (&l2)[kLanes], int64_t j0, int64_t j1, const One& one) {
+  if constexpr (N == 0) {
+    A none[1] = {A(0)};
+#pragma omp simd
+    for (int64_t idx = j0; idx < j1; ++idx) one(idx, none);
+  } else {
+    // local copies of the lanes: the caller's arrays live across its outer loop, and GCC kept them in
+    // memory there (a store-to-load round trip per lane group, 3x slower)
+    A a0[kLanes], a1[kLanes], a2[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      a0[l] = l0[l];
+      a1[l] = l1[l];
+      a2[l] = l2[l];
+    }
+    int64_t idx = j0;
+    for (; idx + kLanes <= j1; idx += kLanes)
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        A acc[3] = {A(0), A(0), A(0)};
+        one(idx + l, acc);
+        a0[l] += acc[0];
+        if constexpr (N >= 2) a1[l] += acc[1];
+        if constexpr (N >= 3) a2[l] += acc[2];
+      }
+    for (int l = 0; idx < j1; ++idx, ++l) {
+      A acc[3] = {A(0), A(0), A(0)};
+      one(idx, acc);
+      a0[l] += acc[0];
+      if constexpr (N >= 2) a1[l] += acc[1];
+      if constexpr (N >= 3) a2[l] += acc[2];
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      l0[l] = a0[l];
+      l1[l] = a1[l];
+      l2[l] = a2[l];
+    }
+  }
+}
+
+// A segment mask whose runs do not hold whole lane groups, run by run (own function: lanes whose address
+// is passed on stay in memory, and run_range_masked's must not)
+template <class A, class F>
+DA_CPU_CLONES Sums<A> run_runs(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
+                               const typename F::Elem* ms, int64_t inner) {
+  constexpr int N = F::NOUT;
+  A l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {};
+  for (int64_t s = i0 / inner, j0 = i0; j0 < i1; ++s) {
+    const int64_t j1 = std::min(i1, (s + 1) * inner);
+    const A m = to_acc<A>(ms[s]);
+    lane_loop<A, N>(l0, l1, l2, j0, j1, [&](int64_t idx, A* acc) { elem_with_mask(f, row, b, idx, m, acc); });
+    j0 = j1;
+  }
+  return {N >= 1 ? sum_lanes(l0) : A(0), N >= 2 ? sum_lanes(l1) : A(0), N >= 3 ? sum_lanes(l2) : A(0)};
+}
+
+// run_range for a masked functor whose mask is compact (K): kMaskBytes reads one byte per element
+// (a bool mask in place); kMaskSegments reads one weight per run of `inner` elements, so no per-element
+// index arithmetic. Written as run_range is (lanes local to this function, one lane group per step:
+// GCC then keeps the lanes in registers and vectorises the group), with the group's 16 mask values
+// loaded first: bytes converted, or one run's weight repeated. A run whose length is a multiple of the
+// lane count holds whole groups (the ranges start at multiples of it), so a group's weight is one load
+// and a counter says when the next run starts. Element idx goes to lane (idx - i0) % kLanes as in
+// run_range, so a compact mask gives the same bits as the same weights of x's shape. Shorter or odd
+// runs go run by run (lane_loop, lanes restarting at each run).
+template <int K, class A, class F>
+DA_CPU_CLONES Sums<A> run_range_masked(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
+                                       const void* mp, int64_t inner) {
+  static_assert(K == kMaskBytes || K == kMaskSegments, "compact mask kinds: bytes, segments");
+  constexpr int N = F::NOUT;
+  using T = typename F::Elem;
+  if constexpr (K == kMaskSegments) {
+    if (inner % kLanes != 0) return run_runs<A>(f, row, b, i0, i1, static_cast<const T*>(mp), inner);
+  }
+  const uint8_t* m8 = static_cast<const uint8_t*>(mp);
+  const T* ms = static_cast<const T*>(mp);
+  // Bytes are converted to A a block at a time in a loop of their own (vpmovzxbd + vcvtdq2ps): inside
+  // the element loop GCC converted them one byte at a time (a load and a cvtsi2ss each).
+  constexpr int64_t kBlock = 32 * kLanes;
+  alignas(64) A buf[K == kMaskBytes ? kBlock : 1];
+  int64_t seg = i0 / inner, left = (seg + 1) * inner - i0;  // segments: the run holding idx, its rest
+  A lane0[kLanes] = {}, lane1[kLanes] = {}, lane2[kLanes] = {};
+  int64_t idx = i0;
+  for (int64_t j0 = i0; j0 < i1; j0 += kBlock) {
+    const int64_t j1 = std::min(i1, j0 + kBlock);
+    if constexpr (K == kMaskBytes)
+      for (int64_t k = 0; k < j1 - j0; ++k) buf[k] = A(m8[j0 + k]);
+    for (; idx + kLanes <= j1; idx += kLanes) {
+      A mv[kLanes];
+      if constexpr (K == kMaskBytes) {
+        for (int l = 0; l < kLanes; ++l) mv[l] = buf[idx - j0 + l];
+      } else {
+        if (left == 0) { ++seg; left = inner; }
+        left -= kLanes;
+        const A m = to_acc<A>(ms[seg]);
+        for (int l = 0; l < kLanes; ++l) mv[l] = m;
+      }
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        A one[3] = {A(0), A(0), A(0)};
+        elem_with_mask(f, row, b, idx + l, mv[l], one);
+        if constexpr (N >= 1) lane0[l] += one[0];
+        if constexpr (N >= 2) lane1[l] += one[1];
+        if constexpr (N >= 3) lane2[l] += one[2];
+      }
+    }
+  }
+  // the last partial group (bytes only: a segment mask's runs fill whole groups) in its own sums: a
+  // lane picked by a run-time index kept every lane in memory, a store and a load per group
+  A tail[3] = {A(0), A(0), A(0)};
+  for (; idx < i1; ++idx) elem_with_mask(f, row, b, idx, A(m8[idx]), tail);
+  return {N >= 1 ? sum_lanes(lane0) + tail[0] : A(0), N >= 2 ? sum_lanes(lane1) + tail[1] : A(0),
+          N >= 3 ? sum_lanes(lane2) + tail[2] : A(0)};
+}
+
+// run_range for mask kind K (kMaskElem: the mask, if any, is an ordinary input of f)
+template <int K, class A, class F>
+Sums<A> run_any(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, const MaskRead& mr) {
+  if constexpr (K == kMaskElem) return run_range<A>(f, row, b, i0, i1);
+  else return run_range_masked<K, A>(f, row, b, i0, i1, mr.p, mr.inner);
+}
+
 // Bit i: optional input i; bit NI + k: optional output k. presence_mask: those present in f.
 template <class F> constexpr unsigned kOptionalMask = F::kOptIn | (F::kOptOut << F::NI);
 template <class F> unsigned presence_mask(const F& f) {
@@ -108,25 +250,28 @@ template <class F> unsigned presence_mask(const F& f) {
 // Runs f over a range with the presence of its optional data fixed at compile time (one instantiation
 // per combination; M counts down through the combinations' masks): GCC unswitches a per-element null
 // test only for small loop bodies, and the 16-bit loops stayed scalar.
-template <class A, class F, unsigned M>
-Sums<A> run_known(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, unsigned mask) {
+template <int K, class A, class F, unsigned M>
+Sums<A> run_known(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1, unsigned mask,
+                  const MaskRead& mr) {
   if constexpr ((M & ~kOptionalMask<F>) == 0u) {
     if (mask == M)
-      return run_range<A>(KnownPresence<F, M & ((1u << F::NI) - 1u), (M >> F::NI)>(f), row, b, i0, i1);
+      return run_any<K, A>(KnownPresence<F, M & ((1u << F::NI) - 1u), (M >> F::NI)>(f), row, b, i0, i1, mr);
   }
-  if constexpr (M == 0u) return run_range<A>(f, row, b, i0, i1);  // not reached: mask is a valid mask
-  else return run_known<A, F, M - 1u>(f, row, b, i0, i1, mask);
+  if constexpr (M == 0u) return run_any<K, A>(f, row, b, i0, i1, mr);  // not reached: mask is a valid mask
+  else return run_known<K, A, F, M - 1u>(f, row, b, i0, i1, mask, mr);
 }
 
-template <class A, class F>
-Sums<A> run_range_dispatch(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
-  if constexpr (kOptionalMask<F> == 0u) return run_range<A>(f, row, b, i0, i1);
-  else return run_known<A, F, kOptionalMask<F>>(f, row, b, i0, i1, presence_mask(f));
+template <int K, class A, class F>
+Sums<A> run_range_dispatch(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
+                           const MaskRead& mr) {
+  if constexpr (kOptionalMask<F> == 0u) return run_any<K, A>(f, row, b, i0, i1, mr);
+  else return run_known<K, A, F, kOptionalMask<F>>(f, row, b, i0, i1, presence_mask(f), mr);
 }
 
 // Runs f over every element; returns the per-row sums of its NOUT accumulators as sums[k * B + b].
-template <class A, class F>
-std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
+// K: how a masked f's mask is stored (kMaskElem for an unmasked f).
+template <class A, class F, int K = kMaskElem>
+std::vector<A> run_rows(const F& f, int64_t B, int64_t D, const MaskRead& mr = {}) {
   constexpr int N = F::NOUT;
   const int64_t nchunks = std::max<int64_t>(1, (D + kChunk - 1) / kChunk);
   const int64_t tasks = B * nchunks;
@@ -135,7 +280,7 @@ std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / nchunks, c = t % nchunks;
     const int64_t i0 = b * D + c * kChunk, i1 = b * D + std::min(D, (c + 1) * kChunk);
-    const Sums<A> s = run_range_dispatch<A>(f, f.row(b), b, i0, i1);
+    const Sums<A> s = run_range_dispatch<K, A>(f, f.row(b), b, i0, i1, mr);
     for (int k = 0; k < N; ++k) partial[size_t(k) * tasks + t] = s[k];
   }
   std::vector<A> sums(size_t(N > 0 ? N : 1) * B, A(0));
@@ -146,6 +291,17 @@ std::vector<A> run_rows(const F& f, int64_t B, int64_t D) {
       sums[size_t(k) * B + b] = s;
     }
   return sums;
+}
+
+// run_rows for a masked functor, by how its mask is stored (one instantiation per kind: a kind is a
+// different loop; the run length of a segment mask is a run-time count)
+template <class A, class F>
+std::vector<A> run_rows_masked(const F& f, int64_t B, int64_t D, const MaskRead& mr) {
+  switch (mr.kind) {
+    case kMaskBytes: return run_rows<A, F, kMaskBytes>(f, B, D, mr);
+    case kMaskSegments: return run_rows<A, F, kMaskSegments>(f, B, D, mr);
+    default: return run_rows<A, F, kMaskElem>(f, B, D, mr);
+  }
 }
 
 // Writes per-row sums into a std gradient of scalar or per-row layout (full layouts were written
@@ -183,8 +339,8 @@ template <class A> void store_reduced(const std::vector<A>& sums, bool masked, i
 template <class T> void logprob_impl(const LogprobArgs& a) {
   using A = typename AccOf<T>::type;
   const bool g = logprob_generic(a), m = has_mask(a);
-  auto sums = m ? (g ? run_rows<A>(make_logprob_forward<T, true, true>(a), a.B, a.D)
-                     : run_rows<A>(make_logprob_forward<T, false, true>(a), a.B, a.D))
+  auto sums = m ? (g ? run_rows_masked<A>(make_logprob_forward<T, true, true>(a), a.B, a.D, mask_read(a))
+                     : run_rows_masked<A>(make_logprob_forward<T, false, true>(a), a.B, a.D, mask_read(a)))
                 : (g ? run_rows<A>(make_logprob_forward<T, true>(a), a.B, a.D)
                      : run_rows<A>(make_logprob_forward<T, false>(a), a.B, a.D));
   store_reduced<A>(sums, m, a.reduction, a.B, a.D, a.out);
@@ -193,8 +349,8 @@ template <class T> void logprob_impl(const LogprobArgs& a) {
 template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool g = logprob_generic(a);
-  auto sums = has_mask(a) ? (g ? run_rows<A>(make_logprob_backward<T, true, true>(a), a.B, a.D)
-                               : run_rows<A>(make_logprob_backward<T, false, true>(a), a.B, a.D))
+  auto sums = has_mask(a) ? (g ? run_rows_masked<A>(make_logprob_backward<T, true, true>(a), a.B, a.D, mask_read(a))
+                               : run_rows_masked<A>(make_logprob_backward<T, false, true>(a), a.B, a.D, mask_read(a)))
                           : (g ? run_rows<A>(make_logprob_backward<T, true>(a), a.B, a.D)
                                : run_rows<A>(make_logprob_backward<T, false>(a), a.B, a.D));
   store_std_grad<A>(sums.data(), a.B, a.std.layout, a.gstd);
@@ -203,8 +359,8 @@ template <class T> void logprob_bwd_impl(const LogprobBwdArgs& a) {
 template <class T> void kl_impl(const KlArgs& a) {
   using A = typename AccOf<T>::type;
   const bool g = kl_generic(a), m = has_mask(a);
-  auto sums = m ? (g ? run_rows<A>(make_kl_forward<T, true, true>(a), a.B, a.D)
-                     : run_rows<A>(make_kl_forward<T, false, true>(a), a.B, a.D))
+  auto sums = m ? (g ? run_rows_masked<A>(make_kl_forward<T, true, true>(a), a.B, a.D, mask_read(a))
+                     : run_rows_masked<A>(make_kl_forward<T, false, true>(a), a.B, a.D, mask_read(a)))
                 : (g ? run_rows<A>(make_kl_forward<T, true>(a), a.B, a.D)
                      : run_rows<A>(make_kl_forward<T, false>(a), a.B, a.D));
   store_reduced<A>(sums, m, a.reduction, a.B, a.D, a.out);
@@ -213,8 +369,8 @@ template <class T> void kl_impl(const KlArgs& a) {
 template <class T> void kl_bwd_impl(const KlBwdArgs& a) {
   using A = typename AccOf<T>::type;
   const bool same = a.s2.p == nullptr, g = kl_generic(a);
-  auto sums = has_mask(a) ? (g ? run_rows<A>(make_kl_backward<T, true, true>(a), a.B, a.D)
-                               : run_rows<A>(make_kl_backward<T, false, true>(a), a.B, a.D))
+  auto sums = has_mask(a) ? (g ? run_rows_masked<A>(make_kl_backward<T, true, true>(a), a.B, a.D, mask_read(a))
+                               : run_rows_masked<A>(make_kl_backward<T, false, true>(a), a.B, a.D, mask_read(a)))
                           : (g ? run_rows<A>(make_kl_backward<T, true>(a), a.B, a.D)
                                : run_rows<A>(make_kl_backward<T, false>(a), a.B, a.D));
   store_std_grad<A>(sums.data(), a.B, a.s1.layout, a.gs1);
@@ -235,7 +391,7 @@ template <class A> void row_errors(std::vector<A>& sums, bool masked, int64_t B,
 template <class T> void dpo_impl(const DpoArgs& a) {
   using A = typename AccOf<T>::type;
   const bool m = has_mask(a);
-  auto sums = m ? run_rows<A>(make_sq_err<T, true>(a), a.B, a.D) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
+  auto sums = m ? run_rows_masked<A>(make_sq_err<T, true>(a), a.B, a.D, mask_read(a)) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
   row_errors(sums, m, a.B, a.D);
   const int64_t P = a.B / 2;
   const A beta = A(a.beta);
@@ -253,14 +409,14 @@ template <class T> void dpo_impl(const DpoArgs& a) {
 
 template <class T> void dpo_bwd_impl(const DpoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  if (has_mask(a)) run_rows<A>(make_functor<T, true>(a), a.B, a.D);
+  if (has_mask(a)) run_rows_masked<A>(make_functor<T, true>(a), a.B, a.D, mask_read(a));
   else run_rows<A>(make_functor<T>(a), a.B, a.D);
 }
 
 template <class T> void kto_impl(const KtoArgs& a) {
   using A = typename AccOf<T>::type;
   const bool m = has_mask(a);
-  auto sums = m ? run_rows<A>(make_sq_err<T, true>(a), a.B, a.D) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
+  auto sums = m ? run_rows_masked<A>(make_sq_err<T, true>(a), a.B, a.D, mask_read(a)) : run_rows<A>(make_sq_err<T>(a), a.B, a.D);
   A* g = static_cast<A*>(a.g);
   A mean_g = 0;
   for (int64_t b = 0; b < a.B; ++b) {
@@ -279,15 +435,17 @@ template <class T> void kto_impl(const KtoArgs& a) {
 
 template <class T> void kto_bwd_impl(const KtoBwdArgs& a) {
   using A = typename AccOf<T>::type;
-  if (has_mask(a)) run_rows<A>(make_functor<T, true>(a), a.B, a.D);
+  if (has_mask(a)) run_rows_masked<A>(make_functor<T, true>(a), a.B, a.D, mask_read(a));
   else run_rows<A>(make_functor<T>(a), a.B, a.D);
 }
 
 template <class T> void step_impl(const StepArgs& a) {
   using A = typename AccOf<T>::type;
   const bool m = has_mask(a);
-  auto run = [&](const auto& f) {
-    auto sums = run_rows<A>(f, a.B, a.D);
+  auto run = [&](const auto& f, auto masked) {  // masked: std::bool_constant
+    std::vector<A> sums;
+    if constexpr (decltype(masked)::value) sums = run_rows_masked<A>(f, a.B, a.D, mask_read(a));
+    else sums = run_rows<A>(f, a.B, a.D);
     A* lp = static_cast<A*>(a.log_prob);
     A* std_out = static_cast<A*>(a.std_out);
     for (int64_t b = 0; b < a.B; ++b) {
@@ -299,24 +457,61 @@ template <class T> void step_impl(const StepArgs& a) {
   };
   const bool scoring = step_scoring(a);
   if (m) {
-    if (scoring) run(make_step_forward<T, true, true>(a));
-    else run(make_step_forward<T, false, true>(a));
+    if (scoring) run(make_step_forward<T, true, true>(a), std::true_type{});
+    else run(make_step_forward<T, false, true>(a), std::true_type{});
   } else {
-    if (scoring) run(make_step_forward<T, true>(a));
-    else run(make_step_forward<T, false>(a));
+    if (scoring) run(make_step_forward<T, true>(a), std::false_type{});
+    else run(make_step_forward<T, false>(a), std::false_type{});
   }
 }
 
 template <class T> void step_bwd_impl(const StepBwdArgs& a) {
   using A = typename AccOf<T>::type;
   // a drawn step's log-prob has no gradient, so only the scoring pass reads the mask
-  if (step_scoring(a) && has_mask(a)) run_rows<A>(make_step_backward<T, true, true>(a), a.B, a.D);
+  if (step_scoring(a) && has_mask(a)) run_rows_masked<A>(make_step_backward<T, true, true>(a), a.B, a.D, mask_read(a));
   else if (step_scoring(a)) run_rows<A>(make_step_backward<T, true>(a), a.B, a.D);
   else run_rows<A>(make_step_backward<T, false>(a), a.B, a.D);
 }
 
+// Row sums of a weight mask in the lane scheme of run_range.
+// A bool mask's row: a count, in integers (a plain widening sum GCC vectorises; exact), in blocks that
+// cannot overflow 32 bits.
+DA_CPU_CLONES int64_t count_row(const uint8_t* p, int64_t n) {
+  int64_t total = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += (int64_t(1) << 24)) {
+    const int64_t i1 = std::min(n, i0 + (int64_t(1) << 24));
+    uint32_t c = 0;
+    for (int64_t i = i0; i < i1; ++i) c += p[i];
+    total += c;
+  }
+  return total;
+}
+template <class V, class A> DA_CPU_CLONES A sum_row(const V* p, int64_t n) {
+  A lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += to_acc<A>(p[i + l]);
+  for (int l = 0; i < n; ++i, ++l) lane[l] += to_acc<A>(p[i]);
+  return sum_lanes(lane);
+}
+
+template <class T> void mask_row_scale_impl(const MaskRowArgs& a) {
+  using A = typename AccOf<T>::type;
+  const bool seg = a.mask_kind == kMaskSegments;
+  const int64_t n = seg ? a.D / a.mask_inner : a.D;  // mask values per row
+  const A w = seg ? A(a.mask_inner) : A(1);             // elements each value covers
+  A* out = static_cast<A*>(a.out);
+#pragma omp parallel for schedule(static) if (a.B * n > 4 * kChunk)
+  for (int64_t b = 0; b < a.B; ++b) {
+    const A s = a.mask_kind == kMaskBytes ? A(count_row(static_cast<const uint8_t*>(a.mask) + b * n, n))
+                                          : sum_row<T, A>(static_cast<const T*>(a.mask) + b * n, n);
+    out[b] = inv_or_zero(s * w);
+  }
+}
+
 }  // namespace
 
+void mask_row_scale(const MaskRowArgs& a) { DA_CPU_DISPATCH(a.dtype, mask_row_scale_impl<T>(a)); }
 void gaussian_logprob(const LogprobArgs& a) { DA_CPU_DISPATCH(a.dtype, logprob_impl<T>(a)); }
 void gaussian_logprob_backward(const LogprobBwdArgs& a) { DA_CPU_DISPATCH(a.dtype, logprob_bwd_impl<T>(a)); }
 void gaussian_kl(const KlArgs& a) { DA_CPU_DISPATCH(a.dtype, kl_impl<T>(a)); }

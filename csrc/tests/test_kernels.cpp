@@ -205,6 +205,62 @@ static void test_bf16_inputs_accumulate_in_float() {
   EXPECT_NEAR(out[0], D * normal_logpdf(1.0, 0.0, 1.0), 5e-4);
 }
 
+// Masks in each stored form (weights of x's shape, bytes, one weight per run of `inner` elements) against
+// closed forms: the masked "mean" log-prob sum m*l / sum m, its gradient m * -(x - mean) / s^2 * (1 / sum m)
+// with the row factor from mask_row_scale, and an all-zero row giving 0. Runs of 32 (whole lane groups)
+// and of 40 (run by run), rows longer than a CPU chunk (runs crossing its boundary).
+static void test_masked_forms_closed_form() {
+  for (int64_t inner : {32, 40}) {
+    const int64_t B = 3, N = 500, D = N * inner;  // D > 16384: several chunks per row
+    auto x = randn(B * D, 11), m = randn(B * D, 12);
+    std::vector<double> s = {0.7, 1.3, 2.0};
+    std::vector<double> run_w(B * N);  // the per-run weights; row 1 all zero
+    std::mt19937 gen(13);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < N; ++r) run_w[b * N + r] = b == 1 ? 0.0 : double(gen() % 3 == 0 ? 0 : 1);
+    std::vector<double> elem_w(B * D);
+    std::vector<uint8_t> bytes(B * D);
+    for (int64_t i = 0; i < B * D; ++i) {
+      elem_w[i] = run_w[i / inner];
+      bytes[i] = uint8_t(elem_w[i] != 0.0);
+    }
+    struct Form { const void* p; int kind; };
+    for (Form form : {Form{elem_w.data(), kMaskElem}, Form{bytes.data(), kMaskBytes},
+                      Form{run_w.data(), kMaskSegments}}) {
+      std::vector<double> out(B), scale(B);
+      LogprobArgs fa{DType::kFloat64, B, D, x.data(), m.data(), {s.data(), kPerRow}, kMean, out.data()};
+      fa.mask = form.p;
+      fa.mask_kind = form.kind;
+      fa.mask_inner = inner;
+      cpu::gaussian_logprob(fa);
+      cpu::mask_row_scale({DType::kFloat64, B, D, form.p, form.kind, inner, scale.data()});
+      std::vector<double> grad(B, 1.0), gx(B * D);
+      LogprobBwdArgs ba{DType::kFloat64, B, D, grad.data(), 1, x.data(), m.data(), {s.data(), kPerRow}, kMean,
+                        gx.data(), nullptr, nullptr};
+      ba.mask = form.p;
+      ba.row_scale = scale.data();
+      ba.mask_kind = form.kind;
+      ba.mask_inner = inner;
+      cpu::gaussian_logprob_backward(ba);
+      for (int64_t b = 0; b < B; ++b) {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          const double w = elem_w[b * D + i];
+          if (w != 0) num += w * normal_logpdf(x[b * D + i], m[b * D + i], s[b]);
+          den += w;
+        }
+        EXPECT_NEAR(out[b], den > 0 ? num / den : 0.0, 1e-12);
+        EXPECT_NEAR(scale[b], den > 0 ? 1.0 / den : 0.0, 1e-15);
+        for (int64_t i = 0; i < D; i += 97) {
+          const double w = elem_w[b * D + i];
+          const double e = den > 0 ? w * -(x[b * D + i] - m[b * D + i]) / (s[b] * s[b]) / den : 0.0;
+          EXPECT_NEAR(gx[b * D + i], e, 1e-12);
+        }
+      }
+    }
+  }
+}
+
 int main() {
   const std::vector<std::pair<const char*, std::function<void()>>> tests = {
       {"logprob_closed_form", test_logprob_closed_form},
@@ -215,6 +271,7 @@ int main() {
       {"flow_step_is_finite_at_sigma_one", test_flow_step_is_finite_at_sigma_one},
       {"half_and_bfloat16_conversions", test_half_and_bfloat16_conversions},
       {"bf16_inputs_accumulate_in_float", test_bf16_inputs_accumulate_in_float},
+      {"masked_forms_closed_form", test_masked_forms_closed_form},
   };
   int passed = 0, failed = 0;
   for (auto& [name, fn] : tests) {

@@ -179,26 +179,60 @@ inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& 
                     "mask must be a bool or floating-point tensor, got ", m.scalar_type());
   check_device(m, "mask", x, x_name);
 }
-// The mask as the kernels read it: x's shape and dtype (weights are rounded to it; 0/1 stay exact),
-// contiguous. A mask that already is so is passed through as it is, at no cost.
-inline at::Tensor prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, const char* x_name) {
-  if (!mask.has_value() || !mask->defined()) return at::Tensor();
+// The mask as the kernels read it (kernels.h, MaskKind), in place where its form allows:
+// - on the CPU, a bool mask of x's shape is read as bytes (no float copy);
+// - on the CPU, a per-position mask whose trailing dims are all 1 after some leading dims equal to x's
+//   ((B, N, 1) over (B, N, F); (B,) over anything) is read as one weight per run of `inner` contiguous
+//   elements of x, from a copy in x's dtype of the small mask (B*N values) when it is not one already;
+//   runs shorter than kMinSegment elements are expanded instead (a run that short is no cheaper);
+// - otherwise (a float mask of x's shape; other broadcast patterns such as (B, 1, F); every mask on the
+//   GPU, whose kernels read this form only) the weights of x's shape and dtype (rounded to it: 0/1 stay
+//   exact), contiguous: a mask that already is so is passed through at no cost, others are expanded.
+struct PreparedMask {
+  at::Tensor t;  // undefined: unmasked
+  int kind = kMaskElem;
+  int64_t inner = 1;
+  const void* ptr() const { return t.defined() ? t.data_ptr() : nullptr; }
+  bool defined() const { return t.defined(); }
+};
+constexpr int64_t kMinSegment = 16;
+inline const void* ptr_or_null_t(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+inline PreparedMask prepare_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, const char* x_name) {
+  if (!mask.has_value() || !mask->defined()) return {};
   check_mask(mask, x, x_name);
   at::Tensor m = *mask;
-  if (m.scalar_type() != x.scalar_type()) m = m.to(x.scalar_type());
   if (m.dim() < x.dim()) {
     std::vector<int64_t> shape(m.sizes().begin(), m.sizes().end());
     shape.resize(size_t(x.dim()), 1);
     m = m.reshape(shape);
   }
+  const bool is_bool = m.scalar_type() == at::kBool;
+  if (x.is_cpu()) {
+    if (is_bool && m.sizes() == x.sizes()) return {m.contiguous(), kMaskBytes, 1};
+    int64_t j = m.dim() - 1;  // the last dim the mask does not broadcast over
+    while (j > 0 && m.size(j) == 1) --j;
+    bool leading = true;
+    for (int64_t k = 0; k <= j; ++k) leading = leading && m.size(k) == x.size(k);
+    int64_t inner = 1;
+    for (int64_t k = j + 1; k < x.dim(); ++k) inner *= x.size(k);
+    if (leading && inner >= kMinSegment) return {m.to(x.scalar_type()).contiguous(), kMaskSegments, inner};
+    if (is_bool) return {m.expand(x.sizes()).contiguous(), kMaskBytes, 1};  // 1 byte per element, not 2-8
+  }
+  if (m.scalar_type() != x.scalar_type()) m = m.to(x.scalar_type());
   if (m.sizes() != x.sizes()) m = m.expand(x.sizes());
-  return m.contiguous();
+  return {m.contiguous(), kMaskElem, 1};
 }
-inline const void* ptr_or_null_t(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 // The per-row factor of a masked "mean" for the backward passes: 1 / (sum of the row's mask), 0 for a
-// row whose mask sums to 0; acc dtype, (B,). (The forward passes sum the mask in their own loop.)
-inline at::Tensor mask_row_scale(const at::Tensor& prepared_mask, const at::Tensor& x) {
-  at::Tensor s = prepared_mask.reshape({prepared_mask.size(0), -1}).sum(1, false, acc_type(x));
+// row whose mask sums to 0; acc dtype, (B,). (The forward passes sum the mask in their own loop.) On the
+// CPU one kernel pass over the mask in its stored form (a compact mask: B*N values); on the GPU torch ops.
+inline at::Tensor mask_row_scale(const PreparedMask& pm, const at::Tensor& x) {
+  const int64_t B = x.size(0);
+  if (x.is_cpu()) {
+    at::Tensor out = at::empty({B}, x.options().dtype(acc_type(x)));
+    cpu::mask_row_scale({dtype_of(x), B, cols(x), pm.ptr(), pm.kind, pm.inner, out.data_ptr()});
+    return out;
+  }
+  at::Tensor s = pm.t.reshape({B, -1}).sum(1, false, acc_type(x));
   return at::where(s > 0, s.reciprocal(), at::zeros_like(s)).contiguous();
 }
 
@@ -237,7 +271,7 @@ at::Tensor gaussian_logprob(const at::Tensor& x_, const at::Tensor& mean_, const
   auto mask = prepare_mask(mask_, x, "x");
   auto out = at::empty({B}, x.options().dtype(acc_type(x)));
   LogprobArgs a{dtype_of(x), B, cols(x), x.data_ptr(), mean.data_ptr(), s.view(), int(reduction), out.data_ptr(),
-                ptr_or_null_t(mask)};
+                mask.ptr(), mask.kind, mask.inner};
   Backend::launch(a, x);
   return out;
 }
@@ -255,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_logprob_backward(
   auto gx = empty_like_masked(mask[0], x), gm = empty_like_masked(mask[1], x);
   auto gs = mask[2] ? at::empty_like(s.t) : at::empty({0}, s.t.options());
   LogprobBwdArgs a{dtype_of(x), B, cols(x), grad.data_ptr(), grad_stride, x.data_ptr(), mean.data_ptr(), s.view(), int(reduction),
-                   ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
+                   ptr_or_null(gx), ptr_or_null(gm), ptr_or_null(gs), m.ptr(), ptr_or_null_t(row_scale), m.kind, m.inner};
   Backend::launch(a, x);
   if (mask[2]) gs = gs.view(std_.sizes());
   return {gx, gm, gs};
@@ -273,7 +307,7 @@ at::Tensor gaussian_kl(const at::Tensor& m1_, const at::Tensor& m2_, const at::T
   auto mask = prepare_mask(mask_, m1, "mean");
   auto out = at::empty({B}, m1.options().dtype(acc_type(m1)));
   KlArgs a{dtype_of(m1), B, cols(m1), m1.data_ptr(), m2.data_ptr(), s1.view(),
-           s2.t.defined() ? s2.view() : StdView{}, int(reduction), out.data_ptr(), ptr_or_null_t(mask)};
+           s2.t.defined() ? s2.view() : StdView{}, int(reduction), out.data_ptr(), mask.ptr(), mask.kind, mask.inner};
   Backend::launch(a, m1);
   return out;
 }
@@ -297,7 +331,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward(
   auto row_scale = m.defined() && reduction == kMean ? mask_row_scale(m, m1) : at::Tensor();
   KlBwdArgs a{dtype_of(m1), B, cols(m1), grad.data_ptr(), grad_stride, m1.data_ptr(), m2.data_ptr(), s1.view(),
               has_s2 ? s2.view() : StdView{}, int(reduction), ptr_or_null(g1), ptr_or_null(g2), ptr_or_null(gs1),
-              ptr_or_null(gs2), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
+              ptr_or_null(gs2), m.ptr(), ptr_or_null_t(row_scale), m.kind, m.inner};
   Backend::launch(a, m1);
   if (gs1.numel()) gs1 = gs1.view(s1_.sizes());
   if (gs2.numel()) gs2 = gs2.view(s2_->sizes());
@@ -316,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor> diffusion_dpo_loss(const at::Tensor& model_, 
   auto loss = reduction == kPairNone ? at::empty({B / 2}, opts) : at::empty({}, opts);
   auto margin = at::empty({B / 2}, opts);
   DpoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(), beta,
-            int(loss_type), int(reduction), loss.data_ptr(), margin.data_ptr(), ptr_or_null_t(mask)};
+            int(loss_type), int(reduction), loss.data_ptr(), margin.data_ptr(), mask.ptr(), mask.kind, mask.inner};
   Backend::launch(a, model);
   return {loss, margin};
 }
@@ -332,8 +366,8 @@ at::Tensor diffusion_dpo_loss_backward(const at::Tensor& grad_, const at::Tensor
   auto row_scale = m.defined() ? mask_row_scale(m, model) : at::Tensor();
   auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
   DpoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), margin.data_ptr(), model.data_ptr(),
-               target.data_ptr(), beta, int(loss_type), int(reduction), gmodel.data_ptr(), ptr_or_null_t(m),
-               ptr_or_null_t(row_scale)};
+               target.data_ptr(), beta, int(loss_type), int(reduction), gmodel.data_ptr(), m.ptr(),
+               ptr_or_null_t(row_scale), m.kind, m.inner};
   Backend::launch(a, model);
   return gmodel;
 }
@@ -356,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diffusion_kto_loss(
   auto loss = at::empty({}, opts), z = at::empty({}, opts), g = at::empty({B}, opts);
   KtoArgs a{dtype_of(model), B, cols(model), model.data_ptr(), ref.data_ptr(), target.data_ptr(),
             desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, ptr_or_null(kl_ref), loss.data_ptr(), z.data_ptr(),
-            g.data_ptr(), ptr_or_null_t(mask)};
+            g.data_ptr(), mask.ptr(), mask.kind, mask.inner};
   Backend::launch(a, model);
   return {loss, z, g};
 }
@@ -374,7 +408,7 @@ at::Tensor diffusion_kto_loss_backward(const at::Tensor& grad_, const at::Tensor
   auto gmodel = at::empty_like(model, at::MemoryFormat::Contiguous);
   KtoBwdArgs a{dtype_of(model), B, cols(model), grad.data_ptr(), g.data_ptr(), z.data_ptr(),
                desirable.data_ptr<bool>(), beta, lambda_d, lambda_u, model.data_ptr(), target.data_ptr(),
-               gmodel.data_ptr(), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
+               gmodel.data_ptr(), m.ptr(), ptr_or_null_t(row_scale), m.kind, m.inner};
   Backend::launch(a, model);
   return gmodel;
 }
@@ -417,7 +451,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_step(
   auto std_out = at::empty(std_shape, opts);
   StepArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param, model.data_ptr(),
              sample.data_ptr(), ptr_or_null(prev), ptr_or_null(noise), ptr_or_null(prev_out), mean.data_ptr(),
-             lp.data_ptr(), std_out.data_ptr(), ptr_or_null_t(mask)};
+             lp.data_ptr(), std_out.data_ptr(), mask.ptr(), mask.kind, mask.inner};
   Backend::launch(a, sample);
   return {prev_out, lp, mean, std_out};
 }
@@ -432,7 +466,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
   auto model = model_.contiguous(), sample = sample_.contiguous();
   auto prev = contiguous_opt(prev_);
   // only a scored step's log-prob has a gradient, and only it reads the mask
-  auto m = prev.has_value() ? prepare_mask(elem_mask, sample, "sample") : at::Tensor();
+  auto m = prev.has_value() ? prepare_mask(elem_mask, sample, "sample") : PreparedMask{};
   auto row_scale = m.defined() ? mask_row_scale(m, sample) : at::Tensor();
   auto grad_prev = contiguous_opt(grad_prev_), grad_mean = contiguous_opt(grad_mean_);
   at::Tensor grad_lp;  // read in place, strided (the gradient of .sum() is a stride-0 expand)
@@ -445,7 +479,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_step_backward(
   StepBwdArgs a{dtype_of(sample), B, cols(sample), int(mode), p0.data_ptr(), p1.data_ptr(), ps, param,
                 ptr_or_null(grad_prev), grad_lp.defined() ? grad_lp.data_ptr() : nullptr, grad_lp_stride,
                 ptr_or_null(grad_mean), model.data_ptr(), sample.data_ptr(), ptr_or_null(prev), ptr_or_null(gmodel),
-                ptr_or_null(gsample), ptr_or_null(gprev), ptr_or_null_t(m), ptr_or_null_t(row_scale)};
+                ptr_or_null(gsample), ptr_or_null(gprev), m.ptr(), ptr_or_null_t(row_scale), m.kind, m.inner};
   Backend::launch(a, sample);
   return {gmodel, gsample, gprev};
 }

@@ -18,6 +18,12 @@ broadcastable to it with the same batch size (trailing dims it lacks count as 1:
 step ops weight only their log-prob; DPO/KTO take e = sum m (pred - target)^2 / sum m per sample. Masked-
 out elements contribute exactly 0 whatever they hold (padding), the weights are read in the input's dtype
 (0/1 exactly), and the mask gets no gradient. mask=None runs the unmasked kernels, unchanged.
+
+Cost on the CPU: the kernels read a per-position mask in place (x's leading dims, then 1s: (B, N, 1) for
+(B, N, F) with F >= 16, or (B,)) as one weight per run of F elements, and a bool mask of x's shape as bytes;
+a float mask of x's shape and dtype is read as it is. Other forms ((B, 1, F), F < 16, a float mask of
+another dtype) are first expanded to weights of x's shape and dtype (one extra pass), as every mask is on
+the GPU. docs/results.md has the measured cost of each form.
 """
 from __future__ import annotations
 

@@ -19,18 +19,21 @@ def test_kernel_benchmark_writes_rows_for_every_case(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "kernels.json"
     rows = bench.main(["--device", "cpu", "--ops", "logprob,dpo,ddim_step", "--shapes", "S", "--providers",
-                       "eager,diffalign", "--masks", "none,full", "--rep-ms", "3", "--wall-calls", "3",
-                       "--json", str(out)])
-    assert len(rows) == 3 * 2 * 2 * 2  # ops x masks x modes x providers
-    assert {r["mask"] for r in rows} == {"none", "full"}
+                       "eager,diffalign", "--masks", "none,full,positions,bool", "--runs", "2", "--rep-ms", "3",
+                       "--wall-calls", "3", "--json", str(out)])
+    assert len(rows) == 3 * 4 * 2 * 2  # ops x masks x modes x providers
+    assert {r["mask"] for r in rows} == {"none", "full", "positions", "bool"}
+    assert all(len(r["runs_p50_us"]) == 2 and r["p50_us"] == min(r["runs_p50_us"]) for r in rows)
+    printed = capsys.readouterr().out
+    assert "FAILED" not in printed and "x floor" in printed and "positions" in printed
     data = json.loads(out.read_text())
     assert data["copy_GBps"] > 0 and data["rows"] == rows
     for r in rows:
         assert {"kernel", "provider", "mode", "shape", "dtype", "p20_us", "p50_us", "p80_us", "wall_us", "device",
                 "roofline_us", "floor_us"} <= set(r)
         assert 0 < r["p20_us"] <= r["p50_us"] <= r["p80_us"]
-    table = capsys.readouterr().out
-    assert "x floor" in table and "ddim_step" in table
+    data_rows = {(r["kernel"], r["mode"], r["mask"]) for r in rows}
+    assert ("ddim_step", "full", "positions") in data_rows
 
 
 def test_kernel_benchmark_rejects_unknown_names():

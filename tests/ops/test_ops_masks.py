@@ -473,3 +473,150 @@ def test_direct_op_calls_check_the_mask_in_cpp():
         d.gaussian_logprob(_x, _x, torch.ones(()), 0, torch.ones(3))
     with pytest.raises(ValueError, match="mask has shape"):
         d.diffusion_dpo_loss(_x.requires_grad_(False), _x, _x, 1.0, 0, 0, torch.ones(2, 4))
+
+
+# ------------------------------------------------------- compact masks (read in place on the CPU) ----
+# A (B, N, 1) mask over (B, N, F) is read as one weight per run of F elements, a bool mask of x's shape
+# as bytes; both must give exactly what the same 0/1 weights of x's shape and dtype give (the CPU loops
+# assign elements to the same partial sums), and match float64 formulas. Shapes: F a multiple of 16 (one
+# weight per lane group), F >= 16 but not (run by run), F < 16 (expanded), rows longer than a chunk with
+# runs crossing chunk boundaries (48 does not divide 16384).
+COMPACT_SHAPES = [(3, 4, 32), (3, 4, 20), (3, 4, 5), (2, 400, 48)]
+
+
+def _compact_forms(shape, device, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(shape[:-1] + (1,), generator=g) > 0.3
+    pos[1] = False  # an all-zero row
+    full = torch.rand(shape, generator=g) > 0.4
+    return {"positions_bool": (pos, pos.expand(shape)), "positions_float": (pos.double(), pos.expand(shape)),
+            "per_row": (pos[:, 0, 0], pos[:, :1, :1].expand(shape)), "bool_full": (full, full)}
+
+
+def _all_masked_outputs(shape, dtype, mask, device):
+    """Every op's outputs and gradients under `mask` (fixed inputs), as one flat list."""
+    x = make(shape, dtype, device, requires_grad=True)
+    mean = make(shape, dtype, device, seed=1, requires_grad=True)
+    tgt = make(shape, dtype, device, seed=2)
+    std = (torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.5).to(device).requires_grad_()
+    a_t = torch.linspace(0.3, 0.6, shape[0], device=device)
+    des = torch.arange(shape[0], device=device) % 2 == 0
+    b2 = shape[0] - shape[0] % 2
+    outs = []
+    for red in ("mean", "sum"):
+        for out in (ops.gaussian_logprob(x, mean, std, red, mask=mask), ops.gaussian_kl(x, mean, std, reduction=red, mask=mask)):
+            outs += [out, *torch.autograd.grad(out.sum(), [x, mean, std])]
+    loss = ops.diffusion_dpo_loss(x[:b2], mean[:b2].detach(), tgt[:b2], 10.0, reduction="none", mask=mask[:b2])
+    outs += [loss, *torch.autograd.grad(loss.sum(), [x])]
+    loss = ops.diffusion_kto_loss(x, mean.detach(), tgt, des, 3.0, mask=mask)
+    outs += [loss, *torch.autograd.grad(loss, [x])]
+    step = ops.ddim_step_with_logprob(x, mean, a_t, a_t + 0.2, 1.0, prev_sample=tgt, mask=mask)
+    outs += [step.log_prob, step.mean, *torch.autograd.grad(step.log_prob.sum() + step.mean.sum(), [x, mean])]
+    return [o.detach() for o in outs]
+
+
+@requires_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", COMPACT_SHAPES)
+def test_compact_masks_give_the_bits_of_the_full_float_mask(dtype, shape):
+    for name, (compact, full) in _compact_forms(shape, "cpu").items():
+        got = _all_masked_outputs(shape, dtype, compact, "cpu")
+        want = _all_masked_outputs(shape, dtype, full.to(dtype).contiguous(), "cpu")
+        for i, (g, w) in enumerate(zip(got, want)):
+            if shape[-1] % 16 == 0:  # whole lane groups: the same partial sums
+                assert torch.equal(g, w), f"{name} {shape} output {i}"
+            else:  # run by run, or a row's last partial lane group: partial sums in another order
+                assert_close(g, w, dtype, f"{name} {shape} output {i}")
+
+
+@requires_ext
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", COMPACT_SHAPES)
+def test_compact_masks_match_float64_formulas(dtype, shape):
+    x, mean = make(shape, dtype, "cpu"), make(shape, dtype, "cpu", seed=1)
+    std = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.5
+    lp = torch.distributions.Normal(mean.double(), std.double().view(-1, 1, 1)).log_prob(x.double())
+    kl = (x.double() - mean.double()) ** 2 / (2 * std.double().view(-1, 1, 1) ** 2)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for name, (compact, full) in _compact_forms(shape, "cpu").items():
+        m = full.double()
+        for red in ("mean", "sum"):
+            assert_close(ops.gaussian_logprob(x, mean, std, red, mask=compact), _weighted(lp, m, red).to(acc), dtype,
+                         f"logprob {name} {red}")
+            assert_close(ops.gaussian_kl(x, mean, std, reduction=red, mask=compact), _weighted(kl, m, red).to(acc),
+                         dtype, f"kl {name} {red}")
+
+
+@requires_ext
+def test_gradcheck_float64_with_compact_masks():
+    shape = (3, 2, 16)
+    d = lambda seed: make(shape, torch.float64, "cpu", seed=seed, requires_grad=True)
+    x, mean, prev = d(0), d(1), d(8)
+    s_row = std_of("row", shape, "cpu").requires_grad_()
+    tgt = make(shape, torch.float64, "cpu", seed=2)
+    pos = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]], [[0.0], [0.0]]], dtype=torch.float64)
+    a_t = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
+    for mask in (pos, pos > 0, torch.rand(shape, generator=torch.Generator().manual_seed(4)) > 0.5):
+        for red in ("mean", "sum"):
+            assert torch.autograd.gradcheck(lambda a, b, s: ops.gaussian_logprob(a, b, s, red, mask=mask),
+                                            (x, mean, s_row))
+            assert torch.autograd.gradcheck(lambda a, b, s: ops.gaussian_kl(a, b, s, reduction=red, mask=mask),
+                                            (x, mean, s_row))
+        assert torch.autograd.gradcheck(
+            lambda a: ops.diffusion_kto_loss(a, mean.detach(), tgt, torch.tensor([True, False, True]), 3.0,
+                                             kl_ref=torch.tensor(0.1, dtype=torch.float64), mask=mask),
+            (x,))
+        assert torch.autograd.gradcheck(
+            lambda a, p: ops.ddim_step_with_logprob(a, mean.detach(), a_t, a_t + 0.2, 1.0, prev_sample=p,
+                                                    mask=mask).log_prob, (x, prev))
+
+
+@requires_ext
+@pytest.mark.parametrize("case", range(4))
+def test_opcheck_compact_masks(case):
+    shape = (4, 3, 16)
+    x = make(shape, torch.float32, "cpu", requires_grad=True)
+    mean = make(shape, torch.float32, "cpu", seed=1, requires_grad=True)
+    s = (torch.rand(4) + 0.5).requires_grad_()
+    pos = torch.tensor([[True], [False], [True]]).expand(4, 3, 1).contiguous()
+    full = _mask("bool_full", shape, "cpu")
+    prev = make(shape, torch.float32, "cpu", seed=6, requires_grad=True)
+    a_t = torch.tensor([0.3, 0.5, 0.7, 0.6])
+    d = torch.ops.diffalign
+    op, args = [(d.gaussian_logprob.default, (x, mean, s, 0, pos)),
+                (d.gaussian_kl.default, (x, mean, s, None, 1, full)),
+                (d.diffusion_dpo_loss.default, (x, mean, prev, 3.0, 0, 0, pos.float())),
+                (d.gaussian_step.default, (x, mean, a_t, a_t * 0.5, 0.7, prev, None, 3, pos))][case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_padded_samples_with_a_position_mask_equal_each_unpadded_sample(backend, dtype, monkeypatch):
+    """(B, max L, F) with a (B, max L, 1) mask, F = 32: the per-position form the CPU reads in place."""
+    _backend(backend, monkeypatch)
+    f = 32
+    x, mask = _padded(LENGTHS, f, dtype, "cpu", 0, garbage=1e30)
+    mean, _ = _padded(LENGTHS, f, dtype, "cpu", 1, garbage=-7.0)
+    tgt, _ = _padded(LENGTHS, f, dtype, "cpu", 2, garbage=-3.0)
+    x.requires_grad_()
+    mask = mask[..., None]
+    std = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=dtype)
+    a_t = torch.tensor([0.3, 0.4, 0.5, 0.6], dtype=dtype)
+    fns = [lambda a, m, r, rows: ops.gaussian_logprob(a, mean[rows, :a.shape[1]], std[rows], r, mask=m),
+           lambda a, m, r, rows: ops.gaussian_kl(a, mean[rows, :a.shape[1]], std[rows], None, r, mask=m),
+           lambda a, m, r, rows: ops.ddim_step_with_logprob(a, mean[rows, :a.shape[1]], a_t[rows], a_t[rows] + 0.2,
+                                                            1.0, prev_sample=tgt[rows, :a.shape[1]], mask=m).log_prob]
+    for reduction in ("mean", "sum"):
+        for k, fn in enumerate(fns):
+            if k == 2 and reduction == "sum":
+                continue
+            batch = fn(x, mask, reduction, slice(None))
+            (gx,) = torch.autograd.grad(batch.sum(), [x])
+            for i, n in enumerate(LENGTHS):
+                xi = x[i:i + 1, :n].detach().requires_grad_()
+                alone = fn(xi, None, reduction, slice(i, i + 1))
+                torch.testing.assert_close(batch[i:i + 1], alone, **TIGHT[dtype])
+                (gxi,) = torch.autograd.grad(alone.sum(), [xi])
+                torch.testing.assert_close(gx[i:i + 1, :n], gxi, **TIGHT[dtype])
+                assert torch.equal(gx[i, n:], torch.zeros_like(gx[i, n:]))
