@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from diffalign.trainer.checkpoint import latest_checkpoint, load_checkpoint
@@ -29,7 +28,7 @@ def launch(tmp_path, path, *overrides, port_salt=""):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in json.loads(line[len("HISTORY "):])]
 
 
-@pytest.mark.slow  # three 2-process runs: about 2 minutes on 2 CPU cores
+# three 2-process runs: about 30 s on 2 quiet CPU cores
 def test_fsdp2_checkpoints_are_full_and_resume_exactly(tiny_config, tmp_path):
     path = write_yaml(tmp_path / "cfg.yaml", tiny_config)
     full = launch(tmp_path, path, f"output_dir={tmp_path / 'full'}", port_salt="full")
