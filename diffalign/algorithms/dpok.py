@@ -13,7 +13,6 @@ needs no extra model), "batch" the batch mean, "none" no baseline (the paper's b
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -77,15 +76,11 @@ class DPOK(DDPO):
         loss = pg
         if self.config.beta > 0:
             ref = reference.transition(batch.x_t, batch.steps, batch.cond, prev_sample=batch.x_prev)
+            # summed over the elements the adapter's mask keeps, per dimension as the policy's log-probs
             mask = policy.adapter.logprob_mask(batch.cond, batch.x_t)
-            if mask is None and policy.adapter.logprob_dims(batch.cond, batch.x_t) is None:
-                kl = ops.gaussian_kl(out.mean, ref.mean.detach(), out.std, reduction="mean")
-                if policy.logprob_reduction == "sum":
-                    kl = kl * math.prod(batch.x_t.shape[1:])
-            else:  # padded / pinned elements count nowhere; per dimension as the policy's log-probs
-                extra = {} if mask is None else {"mask": mask}
-                kl = policy.reduce_sum(ops.gaussian_kl(out.mean, ref.mean.detach(), out.std, reduction="sum", **extra),
-                                       batch.x_t, batch.cond)
+            extra = {} if mask is None else {"mask": mask}
+            kl = policy.reduce_sum(ops.gaussian_kl(out.mean, ref.mean.detach(), out.std, reduction="sum", **extra),
+                                   batch.x_t, batch.cond)
             kl_sum = batch.num_steps * kl.mean()  # unbiased estimate of sum_t KL_t
             loss = pg + self.config.beta * kl_sum
             metrics["kl"] = kl_sum.detach()

@@ -22,7 +22,8 @@ import torch
 
 from diffalign import ops
 from diffalign.algorithms.base import DataPath
-from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, denoiser_outputs, masked_mse
+from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, denoiser_outputs
+from diffalign.ops.reference import per_sample_mse
 
 
 @dataclasses.dataclass
@@ -54,7 +55,7 @@ class KTO(OfflinePreferenceAlgorithm):
 
     def label_loss(self, model_pred, ref_pred, target, desirable, all_reduce_mean=lambda t: t, mask=None):
         c = self.config
-        g = (masked_mse(ref_pred, target, mask) - masked_mse(model_pred.detach(), target, mask))
+        g = (per_sample_mse(ref_pred, target, mask) - per_sample_mse(model_pred.detach(), target, mask))
         z = kto_reference_point(g, all_reduce_mean)
         extra = {} if mask is None else {"mask": mask}
         loss = ops.diffusion_kto_loss(model_pred, ref_pred, target, desirable, beta=c.beta,

@@ -38,17 +38,6 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(R,) mean over each row's elements of (pred - target)^2, weighted by ``mask`` (broadcast to pred; a row
-    whose mask is all zero gives 0). Without a mask: the ops' per-sample error, bit for bit."""
-    if mask is None:
-        return per_sample_mse(pred, target)
-    err = (pred.float() - target.float()) ** 2
-    m = mask.to(err.dtype).expand_as(err).flatten(1)
-    count = m.sum(1)
-    return torch.where(count > 0, (err.flatten(1) * m).sum(1) / count.clamp_min(1e-12), torch.zeros_like(count))
-
-
 def _mask(batch) -> Optional[torch.Tensor]:
     """The batch's element mask (None without one, or for a bare pair_loss call with no batch)."""
     return getattr(batch, "mask", None)
@@ -130,7 +119,7 @@ class DPOConfig:
 
 
 def _mse_metrics(model_pred, target, mask=None):
-    e = masked_mse(model_pred.detach(), target, mask)
+    e = per_sample_mse(model_pred.detach(), target, mask)
     p = e.shape[0] // 2
     return {"mse_w": e[:p].mean(), "mse_l": e[p:].mean()}
 
@@ -175,7 +164,7 @@ class E2POConfig:
 
 def e2po_loss(model_pred, ref_pred, target, reward_w, reward_l, beta: float, beta_r: float, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) of E2PO on rows [winners; losers]."""
-    e_m, e_r = masked_mse(model_pred, target, mask), masked_mse(ref_pred.detach(), target, mask)
+    e_m, e_r = per_sample_mse(model_pred, target, mask), per_sample_mse(ref_pred.detach(), target, mask)
     p = e_m.shape[0] // 2
     d = (e_m[:p] - e_r[:p]) - (e_m[p:] - e_r[p:])
     label = torch.sigmoid(beta_r * (reward_w - reward_l).to(d))

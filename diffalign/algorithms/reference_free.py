@@ -38,7 +38,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mask, _mse_metrics, masked_mse
+from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_positive, _mask, _mse_metrics
+from diffalign.ops.reference import per_sample_mse
 
 
 @dataclasses.dataclass
@@ -55,7 +56,7 @@ class SimPOConfig:
 
 def simpo_loss(model_pred, target, beta: float, gamma: float, sft_weight: float = 0.0, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
-    e = masked_mse(model_pred, target, mask)
+    e = per_sample_mse(model_pred, target, mask)
     p = e.shape[0] // 2
     margin = beta * (e[p:] - e[:p])
     loss = -F.logsigmoid(margin - gamma).mean() + sft_weight * e[:p].mean()
@@ -98,7 +99,7 @@ def log_odds(e: torch.Tensor, kappa: float) -> torch.Tensor:
 
 def orpo_loss(model_pred, target, kappa: float, lam: float, sft_weight: float = 1.0, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
-    e = masked_mse(model_pred, target, mask)
+    e = per_sample_mse(model_pred, target, mask)
     p = e.shape[0] // 2
     ratio = log_odds(e[:p], kappa) - log_odds(e[p:], kappa)
     loss = sft_weight * e[:p].mean() + lam * -F.logsigmoid(ratio).mean()

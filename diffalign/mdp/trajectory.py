@@ -23,6 +23,7 @@ from diffalign.mdp.steps import StepRule
 from diffalign.modalities.base import (Conditions, Generators, ModalityAdapter, batch_size_of, cat_conditions,
                                        index_conditions)
 from diffalign.ops import StepOutput
+from diffalign.ops.reference import per_sample_mse
 
 __all__ = ["DiffusionPolicy", "Trajectory", "element_count"]
 
@@ -173,13 +174,7 @@ class DiffusionPolicy:
     def sample_mse(self, pred: torch.Tensor, target: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """(B,) float32 mean of (pred - target)^2 over each sample's elements, weighted by the adapter's
         ``logprob_mask`` (padded or pinned elements count nowhere): what denoising losses average."""
-        err = (pred.float() - target.float()) ** 2
-        mask = self.adapter.logprob_mask(cond, pred)
-        if mask is None:
-            return err.flatten(1).mean(1)
-        m = mask.to(err.dtype).expand_as(err)
-        count = m.flatten(1).sum(1)
-        return torch.where(count > 0, (err * m).flatten(1).sum(1) / count.clamp_min(1e-12), torch.zeros_like(count))
+        return per_sample_mse(pred, target, self.adapter.logprob_mask(cond, pred))
 
     # ---- a rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
