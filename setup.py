@@ -113,6 +113,8 @@ setup(
         # reward backbones (HPS v2 is an open_clip model) and the evaluation suite (FID / KID / IS)
         "rewards": ["open_clip_torch>=2.20", "scipy"],
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
+        # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
+        "video": ["imageio>=2.30", "av>=12"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

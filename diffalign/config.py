@@ -415,8 +415,9 @@ def validate_data(cfg: TrainConfig) -> None:
             raise ConfigError(f"config key 'data.num_pairs' must be > 0, got {d.num_pairs!r}")
     elif not os.path.exists(d.path) and not looks_like_hub_id(d.path):
         raise ConfigError(f"config key 'data.path': {d.path!r} is neither an existing file or folder nor a hub id")
-    if d.format is not None and d.format not in FORMATS:
-        raise ConfigError(f"config key 'data.format' must be one of {FORMATS}, got {d.format!r}")
+    formats = tuple(FORMATS) + tuple(_modality_entry(cfg.modality.name).readers())  # the modality's own layouts
+    if d.format is not None and d.format not in formats:
+        raise ConfigError(f"config key 'data.format' must be one of {formats}, got {d.format!r}")
     if d.eval_samples < 0:
         raise ConfigError(f"config key 'data.eval_samples' must be >= 0, got {d.eval_samples!r}")
     if d.streaming and d.max_records is None:

@@ -50,10 +50,13 @@ class ModalityEntry:
     build:   ``build(options, prompts, device) -> ModalityAdapter``.
     rewards: the modality's own rewards by name (what its adapter's ``rewards()`` returns), so the config
              check resolves ``reward.name`` / ``reward.kwargs`` without loading a model.
+    readers: the modality's own preference-data layouts by ``data.format`` name (video clips: the data layer
+             reads images and vectors only): ``reader(path, verify, max_records) -> PreferenceDataset``.
     """
     options: type
     build: Callable[[Any, List[Any], Any], Any]
     rewards: Callable[[], Mapping[str, Callable]] = dict
+    readers: Callable[[], Mapping[str, Callable]] = dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,7 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "toy_points": "diffalign.modalities.toy.entry:POINTS",
     "toy_dual": "diffalign.modalities.toy.entry:DUAL",
     "image": "diffalign.modalities.image.entry:MODALITY",
+    "video": "diffalign.modalities.video.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
     # plain callables

@@ -167,12 +167,19 @@ class ModalityAdapter(abc.ABC):
         import inspect
         return inspect.unwrap(type(self).decode)(self, x0, cond)
 
+    def load_sample(self, ref: Any) -> Any:
+        """One stored sample (a path, bytes, an array) -> what ``encode`` takes. Default:
+        :func:`diffalign.data.load_sample` (PIL images, float tensors); a modality whose samples are not single
+        images (a video file, a frame folder) reads them itself."""
+        from diffalign.data.types import load_sample
+        return load_sample(ref)
+
     def encode(self, samples: Sequence[Any], items: Sequence[Any]) -> Tuple[torch.Tensor, Conditions]:
         """Stored samples and their prompt items -> (x0 (B, ...), conditions), for offline data
         (preference pairs, binary feedback). The conditions come from the item AND the stored sample
         where it holds some (a molecule's atom count is its mask).
 
-        ``samples`` are what :func:`diffalign.data.load_sample` returns: PIL images or float tensors.
+        ``samples`` are what ``load_sample`` returns (by default PIL images or float tensors).
         The inverse of ``decode`` up to its information loss (e.g. VAE encode for images).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot encode stored samples (no offline data path)")

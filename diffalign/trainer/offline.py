@@ -33,7 +33,7 @@ import torch
 
 from diffalign.algorithms.base import DataPath
 from diffalign.algorithms.preference import OfflineBatch
-from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data, load_sample
+from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
 from diffalign.modalities.toy.synthetic import toy_preference_pairs
@@ -47,6 +47,10 @@ def build_preference_data(cfg, prompts: Optional[List[str]] = None) -> Preferenc
     if d.path.startswith("synthetic:"):
         dim = int(cfg.modality.options.get("dim", 2))
         return toy_preference_pairs(prompts, d.num_pairs, dim=dim, seed=cfg.seed)
+    from diffalign.registry import modalities
+    readers = modalities[cfg.modality.name].readers()  # layouts the modality reads itself (video clips)
+    if d.format in readers:
+        return readers[d.format](d.path, d.verify_images, d.max_records)
     return load_preference_data(d.path, d.format, d.split, d.verify_images, d.max_records, d.streaming)
 
 
@@ -95,7 +99,8 @@ class OfflineTrainer(Trainer):
         cache = self.cfg.data.cache_latents
         todo = [j for j, k in enumerate(keys) if k not in self._cache] if cache else list(range(len(keys)))
         if todo:
-            x0, cond = self.adapter.encode([load_sample(samples[j]) for j in todo], [items[j] for j in todo])
+            x0, cond = self.adapter.encode([self.adapter.load_sample(samples[j]) for j in todo],
+                                           [items[j] for j in todo])
             if not cache:
                 return x0, cond
             for n, j in enumerate(todo):

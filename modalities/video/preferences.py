@@ -1,0 +1,86 @@
+"""The video preference layout: JSONL, one comparison per line,
+``{"prompt": str, "video_0": path, "video_1": path, "label": 0 | 1 | 0.5}``.
+
+``label`` is the index of the preferred clip (0.5: a tie, counted and skipped); paths are video files or frame
+folders, relative to the file's folder. Every line that cannot be used is counted by reason in the
+:class:`~diffalign.data.types.LoadReport` (ties, undecodable clips, missing captions, malformed lines), as the
+image readers (diffalign/data/readers.py) count theirs; a file with no usable pair is a PreferenceDataError
+naming it. The data layer stays modality-free: this reader lives with the video adapter, which registers it
+as ``data.format: video_jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Optional
+
+from diffalign.data.types import LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, resolve_path
+
+FORMAT = "video_jsonl"
+
+
+def _check_clip(path: str) -> Optional[str]:
+    from diffalign.modalities.video.io import read_video
+    try:
+        read_video(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def load_video_preferences(path: str, verify: bool = True, max_records: Optional[int] = None) -> PreferenceDataset:
+    """Pairs from a video preference JSONL (module docstring). ``verify`` decodes every clip at load, so a
+    broken one is counted here rather than hit mid-training."""
+    if not os.path.isfile(path):
+        raise PreferenceDataError(f"video preference file {path!r} does not exist")
+    root = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    report = LoadReport(path, FORMAT)
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if max_records is not None and report.rows >= max_records:
+            break
+        if not line.strip():
+            continue
+        report.rows += 1
+        where = f"{name} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.skip("malformed", f"{where}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            report.skip("malformed", f"{where}: not a JSON object")
+            continue
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            report.skip("missing_caption", where)
+            continue
+        clips = [row.get("video_0"), row.get("video_1")]
+        if not all(isinstance(c, str) and c for c in clips):
+            report.skip("malformed", f"{where}: needs 'video_0' and 'video_1' paths")
+            continue
+        label = row.get("label")
+        if isinstance(label, bool) or label not in (0, 1, 0.5):
+            report.skip("malformed", f"{where}: 'label' must be 0, 1 (the preferred clip) or 0.5 (a tie), "
+                                     f"got {label!r}")
+            continue
+        if label == 0.5:
+            report.skip("ties", where)
+            continue
+        clips = [resolve_path(c, root) for c in clips]
+        why = next((w for w in map(_check_clip, clips) if w is not None), None) if verify else None
+        if why is not None:
+            report.skip("undecodable", f"{where}: {why}")
+            continue
+        chosen, rejected = (clips[0], clips[1]) if label == 0 else (clips[1], clips[0])
+        pairs.append(PreferencePair(prompt.strip(), chosen, rejected))
+        report.kept += 1
+    if report.kept == 0:
+        raise PreferenceDataError(f"no usable preference data in {path}: {report.summary()}")
+    if report.skipped:
+        warnings.warn(f"preference data: {report.summary()}", stacklevel=2)
+    return PreferenceDataset(pairs, [], report)

@@ -1,0 +1,135 @@
+"""The video adapter on random tiny diffusers models and the demo preset (nothing downloaded)."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffalign.mdp import DiffusionPolicy, make_step_rule  # noqa: E402
+from diffalign.modalities.video import VideoAdapter, VideoOptions  # noqa: E402
+
+PROMPTS = ["a red cat", "a dog", "blue"]
+# few frames keep the tests fast; wan needs 1 + 4k (its VAE compresses time by 4)
+FRAMES = {"animatediff": 4, "wan": 5}
+LATENT = {"animatediff": (4, 4, 16, 16), "wan": (4, 2, 8, 8)}  # (C, F, h, w) at 32x32 pixels
+
+
+def adapter_for(arch="animatediff", **kw):
+    kw.setdefault("num_frames", FRAMES[arch])
+    return VideoAdapter.from_options(VideoOptions(architecture=arch, **kw))
+
+
+def policy_for(arch="animatediff", steps=3, **kw):
+    adapter = adapter_for(arch, **kw)
+    return DiffusionPolicy(adapter, make_step_rule(adapter.default_step_rule, adapter.scheduler, steps),
+                           guidance_scale=4.0)
+
+
+def perturb(adapter, scale=0.05):
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("arch", ["animatediff", "wan"])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_rollout_shapes_and_logprob_reproduced_at_training_time(arch, batch):
+    policy = policy_for(arch)
+    cond = policy.adapter.encode_conditions((PROMPTS * 3)[:batch])
+    traj = policy.sample(cond, generator=torch.Generator().manual_seed(0))
+    assert traj.latents.shape == (batch, 4) + LATENT[arch]
+    steps = torch.randint(3, (batch,), generator=torch.Generator().manual_seed(1))
+    x_t, x_prev, old = traj.states_at(steps)
+    new = policy.transition(x_t, steps, cond, prev_sample=x_prev).log_prob
+    assert (new - old).abs().max().item() <= 1e-5  # on policy the importance ratio is exactly 1
+    frames = policy.adapter.decode(traj.x0, cond)
+    assert frames.shape == (batch, FRAMES[arch], 3, 32, 32) and frames.min() >= 0 and frames.max() <= 1
+
+
+@pytest.mark.parametrize("arch", ["animatediff", "wan"])
+def test_decode_with_grad_reaches_the_latents(arch):
+    adapter = adapter_for(arch)
+    x0 = (0.5 * torch.randn((2,) + LATENT[arch])).requires_grad_(True)
+    frames = adapter.decode_with_grad(x0, {})
+    assert frames.requires_grad and frames.shape == (2, FRAMES[arch], 3, 32, 32)
+    frames[:, -1].mean().backward()  # a reward on the last frame
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
+    torch.testing.assert_close(frames.detach(), adapter.decode(x0.detach(), {}))
+
+
+def test_wan_decode_undoes_the_latent_normalisation():
+    # decode(z) must be the VAE's decode of z * std + mean (Wan's per-channel latents_mean / latents_std)
+    adapter = adapter_for("wan")
+    cfg = adapter.vae.config
+    z = torch.randn((1,) + LATENT["wan"])
+    raw = z * torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1) + torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        expected = ((adapter.vae.decode(raw).sample + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(adapter.decode(z, {}), expected)
+
+
+@pytest.mark.parametrize("arch,lora_rank", [("animatediff", 4), ("animatediff", 0), ("wan", 4)])
+def test_reference_is_the_frozen_base(arch, lora_rank):
+    policy = policy_for(arch, lora_rank=lora_rank)
+    cond = policy.adapter.encode_conditions(PROMPTS)
+    x, steps = torch.randn((3,) + LATENT[arch]), torch.tensor([0, 1, 2])
+    base = policy.predict(x, steps, cond).detach()
+    perturb(policy.adapter)
+    assert not torch.allclose(policy.predict(x, steps, cond), base)
+    torch.testing.assert_close(policy.reference().predict(x, steps, cond), base)
+
+
+@pytest.mark.parametrize("layers", ["motion", "image", "both"])
+@pytest.mark.parametrize("lora_rank", [4, 0])
+def test_lora_layers_option_picks_motion_or_image_layers(layers, lora_rank):
+    names = adapter_for(lora_rank=lora_rank, lora_layers=layers).trained_layer_names()
+    motion = [n for n in names if "motion_modules" in n]
+    assert names and (len(motion) > 0) == (layers != "image") and (len(motion) < len(names)) == (layers != "motion")
+    if lora_rank:
+        assert all("lora_" in n for n in names)
+    else:  # full fine-tuning of the chosen layers: every parameter there, none elsewhere
+        adapter = adapter_for(lora_rank=0, lora_layers=layers)
+        from diffalign.modalities.video.adapter import in_layers
+        all_names = [n for n, _ in adapter.denoiser.named_parameters()]
+        assert names == [n for n in all_names if in_layers(n, layers)]
+
+
+def test_bad_options_name_the_key():
+    with pytest.raises(ValueError, match="modality.options.architecture"):
+        VideoOptions(architecture="cogvideox")
+    with pytest.raises(ValueError, match="modality.options.num_frames.*1 \\+ 4k"):
+        VideoOptions(architecture="wan", num_frames=8)
+    with pytest.raises(ValueError, match="modality.options.lora_layers"):
+        VideoOptions(lora_layers="temporal")
+    with pytest.raises(ValueError, match="modality.options.lora_layers.*animatediff only"):
+        VideoOptions(architecture="wan", num_frames=5, lora_layers="image")
+    with pytest.raises(ValueError, match="modality.options.model.*does not exist"):
+        VideoOptions(model="/no/such/model/dir")
+    with pytest.raises(ValueError, match="modality.options.motion_adapter.*does not exist"):
+        VideoOptions(motion_adapter="./no/such/adapter")
+    with pytest.raises(ValueError, match="modality.options.model' 'demo'"):
+        VideoOptions(model="demo", resolution=64)
+    with pytest.raises(ValueError, match="modality.options.lora_targets': no module"):
+        adapter_for(lora_targets=["no_such_layer"])
+
+
+@pytest.mark.parametrize("arch,lora_rank", [("animatediff", 4), ("wan", 4), ("animatediff", 0)])
+def test_trainable_state_round_trips(arch, lora_rank):
+    a = adapter_for(arch, lora_rank=lora_rank)
+    perturb(a)
+    state = a.trainable_state_dict()
+    b = adapter_for(arch, lora_rank=lora_rank)
+    assert not all(torch.equal(state[k], v) for k, v in b.trainable_state_dict().items())
+    b.load_trainable_state_dict(state)
+    assert all(torch.equal(state[k], v) for k, v in b.trainable_state_dict().items())
+    if not lora_rank:
+        with pytest.raises(ValueError, match="trainable state does not match"):
+            b.load_trainable_state_dict({k: v for k, v in list(state.items())[1:]})
+
+
+def test_sample_grid_shows_one_row_of_frames_per_clip():
+    frames = torch.rand(5, 4, 3, 8, 8)
+    grid = adapter_for().sample_grid(frames)
+    assert grid.shape == (3, 2 + 4 * 10, 2 + 4 * 10)  # 4 clips (rows) x 4 frames, make_grid's 2-pixel padding
+    torch.testing.assert_close(grid[:, 2:10, 12:20], frames[0, 1])
