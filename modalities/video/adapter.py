@@ -99,11 +99,20 @@ class VideoAdapter(ModalityAdapter):
         if not matched:  # peft's own error does not name the config key
             raise ValueError(f"config key 'modality.options.lora_targets': no module of the {layers!r} layers of the "
                              f"denoiser matches {targets!r}")
-        if fresh_motion and layers == "motion" and not any(n.endswith("proj_out") for n in matched):
-            # a fresh motion module's output projection is zero (demo.py), so everything before it gets no gradient
-            raise ValueError("config key 'modality.options.lora_targets': a freshly initialised motion adapter has "
-                             "zeroed output projections, so LoRA on its other layers gets no gradient; train it with "
-                             "lora_rank 0 (as AnimateDiff trains motion modules) or add 'proj_out' to lora_targets")
+        keyword_called = [n for n in matched if _MOTION in n.split(".") and n.endswith(("proj_in", "proj_out"))
+                          and ".transformer_blocks." not in n]
+        if keyword_called:
+            # diffusers' AnimateDiffTransformer3D calls these as proj_out(input=...), which peft's LoRA layer (whose
+            # argument is x) rejects: measured with diffusers 0.42.1 / peft 0.21.2
+            raise ValueError(f"config key 'modality.options.lora_targets': LoRA cannot wrap the motion modules' "
+                             f"proj_in / proj_out (diffusers calls them by keyword), matched {keyword_called[:2]}")
+        if fresh_motion and layers == "motion":
+            # a fresh motion module's output projection is zero (demo.py), so every layer before it gets no
+            # gradient, and the projection itself cannot take LoRA (above)
+            raise ValueError("config key 'modality.options.lora_rank': a freshly initialised motion adapter has "
+                             "zeroed output projections, so LoRA on its layers gets no gradient; train it with "
+                             "lora_rank 0 (as AnimateDiff trains motion modules) or load trained motion weights "
+                             "(modality.options.motion_adapter)")
         # seeded: an unseeded LoRA init (A drawn, B zero) would make two runs of one config differ
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(o.seed)

@@ -133,3 +133,103 @@ def test_sample_grid_shows_one_row_of_frames_per_clip():
     grid = adapter_for().sample_grid(frames)
     assert grid.shape == (3, 2 + 4 * 10, 2 + 4 * 10)  # 4 clips (rows) x 4 frames, make_grid's 2-pixel padding
     torch.testing.assert_close(grid[:, 2:10, 12:20], frames[0, 1])
+
+
+# ---- saved weights load into diffusers ------------------------------------------------------------------
+def test_animatediff_lora_loads_into_a_fresh_pipeline(tmp_path):
+    from diffusers import AnimateDiffPipeline
+    from diffalign.modalities.image.tiny import tiny_components
+    from diffalign.modalities.video.tiny import tiny_motion_adapter
+    adapter = adapter_for(lora_layers="both")
+    perturb(adapter)
+    adapter.save_pretrained(str(tmp_path))
+    # the same seeded tiny parts, assembled by diffusers: the pipeline turns the image UNet into a UNetMotionModel
+    unet, vae, text_encoder, _, scheduler = tiny_components("sd", 32, 0, "v_prediction")
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet,
+                               motion_adapter=tiny_motion_adapter(unet.config.block_out_channels, 1),
+                               scheduler=scheduler)
+    cond = adapter.encode_conditions(PROMPTS)
+    x, t = torch.randn((3,) + LATENT["animatediff"]), torch.tensor([999, 500, 1])
+    before = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"].repeat_interleave(4, 0)).sample
+    pipe.load_lora_weights(str(tmp_path))
+    got = pipe.unet(x, t, encoder_hidden_states=cond["prompt_embeds"].repeat_interleave(4, 0)).sample
+    expected = adapter.denoise(x, t, cond)
+    assert not torch.allclose(before, expected, atol=1e-4)  # the LoRA changes the output ...
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)  # ... and diffusers' loader reproduces it
+
+
+def test_wan_lora_loads_into_a_fresh_pipeline(tmp_path):
+    from diffusers import WanPipeline
+    from diffalign.modalities.video.tiny import tiny_wan
+    adapter = adapter_for("wan")
+    perturb(adapter)
+    adapter.save_pretrained(str(tmp_path))
+    transformer, vae, _, _, scheduler = tiny_wan(32)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
+    pipe.load_lora_weights(str(tmp_path))
+    cond = adapter.encode_conditions(PROMPTS)
+    x, t = torch.randn((3,) + LATENT["wan"]), torch.tensor([999.0, 500.0, 1.0])
+    got = pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond["prompt_embeds"]).sample
+    torch.testing.assert_close(got, adapter.denoise(x, t, cond), atol=1e-5, rtol=1e-4)
+
+
+def test_fully_trained_motion_modules_save_as_a_motion_adapter(tmp_path):
+    from diffusers import MotionAdapter, UNetMotionModel
+    from diffalign.modalities.image.tiny import tiny_components
+    adapter = adapter_for(lora_rank=0)
+    perturb(adapter)
+    adapter.save_pretrained(str(tmp_path))
+    unet = tiny_components("sd", 32, 0, "v_prediction")[0]
+    model = UNetMotionModel.from_unet2d(unet, MotionAdapter.from_pretrained(str(tmp_path)))
+    cond = adapter.encode_conditions(PROMPTS)
+    x, t = torch.randn((3,) + LATENT["animatediff"]), torch.tensor([999, 500, 1])
+    with torch.no_grad():
+        got = model(x, t, encoder_hidden_states=cond["prompt_embeds"].repeat_interleave(4, 0)).sample
+    torch.testing.assert_close(got, adapter.denoise(x, t, cond), atol=1e-5, rtol=1e-4)
+
+
+# ---- the demo preset ------------------------------------------------------------------------------------
+def test_demo_preset_starts_as_the_image_model_frame_by_frame():
+    from diffalign.modalities.image.demo_model import load_demo_model
+    adapter = adapter_for(model="demo", lora_rank=0, num_frames=8)
+    assert adapter.latent_shape == (3, 8, 32, 32) and adapter.vae is None
+    assert adapter.trained_layer_names() and all("motion_modules" in n for n in adapter.trained_layer_names())
+    unet, *_ = load_demo_model()
+    cond = adapter.encode_conditions(["a red circle", "two blue squares"])
+    x, t = torch.rand(2, 3, 8, 32, 32) * 2 - 1, torch.tensor([900, 30])
+    with torch.no_grad():
+        per_frame = unet(x.permute(0, 2, 1, 3, 4).reshape(16, 3, 32, 32), t.repeat_interleave(8),
+                         encoder_hidden_states=cond["prompt_embeds"].repeat_interleave(8, 0)).sample
+    video = adapter.denoise(x, t, cond)
+    torch.testing.assert_close(video, per_frame.reshape(2, 8, 3, 32, 32).permute(0, 2, 1, 3, 4),
+                               atol=1e-5, rtol=1e-4)
+    # the zero output projections are what makes it so: perturbed, the frames interact
+    perturb(adapter, 0.1)
+    assert not torch.allclose(adapter.denoise(x, t, cond), video, atol=1e-3)
+    frames = adapter.decode(x, cond)  # pixel space: decode is the rescale to [0, 1]
+    torch.testing.assert_close(frames, ((x + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4))
+
+
+def test_demo_motion_adapter_loads_from_a_folder(tmp_path):
+    trained = adapter_for(model="demo", lora_rank=0, num_frames=8)
+    perturb(trained)
+    trained.save_pretrained(str(tmp_path))
+    loaded = adapter_for(model="demo", lora_rank=0, num_frames=8, motion_adapter=str(tmp_path))
+    cond = trained.encode_conditions(["a red circle"])
+    x, t = torch.randn(1, 3, 8, 32, 32), torch.tensor([500])
+    torch.testing.assert_close(loaded.denoise(x, t, cond), trained.denoise(x, t, cond))
+
+
+def test_demo_lora_on_a_fresh_motion_adapter_is_refused():
+    # the zeroed proj_out blocks every gradient before it, and diffusers calls proj_out by keyword, which peft's
+    # LoRA layer rejects: LoRA on a fresh adapter could never train, so the options say how to train it instead
+    with pytest.raises(ValueError, match="zeroed output projections"):
+        adapter_for(model="demo", lora_rank=4, num_frames=8)
+    with pytest.raises(ValueError, match="proj_in / proj_out"):
+        adapter_for(lora_targets=["proj_out"])
+    adapter = adapter_for(model="demo", lora_rank=0, num_frames=8)
+    cond = adapter.encode_conditions(["a red circle"])
+    adapter.denoise(torch.randn(1, 3, 8, 32, 32), torch.tensor([500]), cond).square().mean().backward()
+    grads = {n: p.grad for n, p in adapter.denoiser.named_parameters() if p.requires_grad}
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if "proj_out" not in n)
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if n.endswith("proj_out.weight"))  # trains from here
