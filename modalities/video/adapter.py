@@ -44,6 +44,20 @@ def in_layers(name: str, layers: str) -> bool:
     return (_MOTION in name.split(".")) == (layers == "motion")
 
 
+def cast_frozen(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model.to(device, dtype)`` except the modules the model keeps in float32 (diffusers'
+    ``_keep_in_fp32_modules``: Wan's norms, time embedder and modulation table), as ``from_pretrained(torch_dtype=)``
+    loads them; casting those down changes Wan's outputs in bfloat16."""
+    model.to(device, dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32 and keep:
+        # by name parts: scale_shift_table is a parameter, not a module; rope holds buffers
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if any(k in name.split(".") for k in keep) and t.is_floating_point():
+                t.data = t.data.float()
+    return model
+
+
 class VideoAdapter(ModalityAdapter):
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler, options: VideoOptions,
                  device: torch.device, pipeline=None, fresh_motion: bool = False):
@@ -68,7 +82,7 @@ class VideoAdapter(ModalityAdapter):
             denoiser.to(self.device, torch.float32).requires_grad_(False)
             for name, p in denoiser.named_parameters():
                 p.requires_grad_(in_layers(name, layers))
-            self._frozen_copy = copy.deepcopy(denoiser).to(self.dtype).requires_grad_(False).eval()
+            self._frozen_copy = cast_frozen(copy.deepcopy(denoiser), self.device, self.dtype).requires_grad_(False).eval()
         if options.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         self.denoiser = denoiser
@@ -90,7 +104,7 @@ class VideoAdapter(ModalityAdapter):
     def _add_lora(self, denoiser, layers: str, fresh_motion: bool):
         from peft import LoraConfig
         o = self.options
-        denoiser.to(self.device, self.dtype).requires_grad_(False)
+        cast_frozen(denoiser, self.device, self.dtype).requires_grad_(False)
         targets = list(o.lora_targets or _LORA_TARGETS)
         # full module names, so that peft adapts exactly the chosen layers (motion modules and image layers
         # share their leaf names: to_q, proj_out, ...)

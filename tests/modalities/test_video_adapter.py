@@ -95,6 +95,17 @@ def test_lora_layers_option_picks_motion_or_image_layers(layers, lora_rank):
         assert names == [n for n in all_names if in_layers(n, layers)]
 
 
+def test_wan_in_bfloat16_keeps_its_float32_modules():
+    adapter = adapter_for("wan", dtype="bfloat16")
+    dtypes = {n: p.dtype for n, p in adapter.denoiser.named_parameters()}
+    assert dtypes["scale_shift_table"] == torch.float32 and dtypes["blocks.0.norm2.weight"] == torch.float32
+    assert dtypes["blocks.0.attn1.to_q.base_layer.weight"] == torch.bfloat16
+    assert all(dtypes[n] == torch.float32 for n in dtypes if "lora_" in n)  # adapters train in float32
+    cond = adapter.encode_conditions(PROMPTS[:1])
+    out = adapter.denoise(torch.randn((1,) + LATENT["wan"]), torch.tensor([500.0]), cond)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match="modality.options.architecture"):
         VideoOptions(architecture="cogvideox")
