@@ -35,6 +35,7 @@ from diffalign.rewards.prompts import prompt_text
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # default of modality.options.lora_targets
 _MOTION = "motion_modules"  # UNetMotionModel's name for the temporal layers
+_VAE_CHUNK = 16  # frames per 2-D VAE call (AnimateDiffPipeline's decode_chunk_size default): bounds its memory
 
 
 def in_layers(name: str, layers: str) -> bool:
@@ -264,7 +265,8 @@ class VideoAdapter(ModalityAdapter):
         else:  # a 2-D VAE, frame by frame
             b, c, f, h, w = x0.shape
             z = x0.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(self.dtype) / self.vae.config.scaling_factor
-            images = self.vae.decode(z).sample.float()
+            images = torch.cat([self.vae.decode(z[i:i + _VAE_CHUNK]).sample.float()
+                                for i in range(0, z.shape[0], _VAE_CHUNK)])
             video = images.reshape(b, f, *images.shape[1:]).permute(0, 2, 1, 3, 4)
         return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
 
@@ -294,7 +296,8 @@ class VideoAdapter(ModalityAdapter):
             return (z - mean) / std, cond
         b, c, f, h, w = video.shape
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(self.dtype)
-        z = self.vae.encode(frames).latent_dist.mean.float() * self.vae.config.scaling_factor
+        z = torch.cat([self.vae.encode(frames[i:i + _VAE_CHUNK]).latent_dist.mean.float()
+                       for i in range(0, frames.shape[0], _VAE_CHUNK)]) * self.vae.config.scaling_factor
         return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous(), cond
 
     def sample_grid(self, decoded):

@@ -69,6 +69,18 @@ def test_wan_decode_undoes_the_latent_normalisation():
     torch.testing.assert_close(adapter.decode(z, {}), expected)
 
 
+def test_animatediff_decodes_frame_by_frame_in_chunks():
+    # 5 clips x 4 frames = 20 frames: two VAE calls (16 + 4); each frame must be the VAE's decode of its latent
+    adapter = adapter_for()
+    z = torch.randn((5,) + LATENT["animatediff"])
+    frames = adapter.decode(z, {})
+    assert frames.shape == (5, 4, 3, 32, 32)
+    with torch.no_grad():
+        for b, f in [(0, 0), (3, 3), (4, 2)]:  # frames 0, 15 and 18: both chunks
+            image = adapter.vae.decode(z[b, :, f][None] / adapter.vae.config.scaling_factor).sample[0]
+            torch.testing.assert_close(frames[b, f], ((image + 1) / 2).clamp(0, 1), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch,lora_rank", [("animatediff", 4), ("animatediff", 0), ("wan", 4)])
 def test_reference_is_the_frozen_base(arch, lora_rank):
     policy = policy_for(arch, lora_rank=lora_rank)
