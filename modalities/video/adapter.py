@@ -271,9 +271,14 @@ class VideoAdapter(ModalityAdapter):
         return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
 
     def load_sample(self, ref):
-        """A stored clip (a video file, a folder of frames, frames) -> frames (F, 3, H, W) in [0, 1]."""
-        from diffalign.modalities.video.io import read_video
-        return read_video(ref)
+        """A stored clip (a video file, a folder of frames, frames) -> the ``num_frames`` x ``resolution`` frames
+        ``encode`` takes (see there); errors name the clip."""
+        from diffalign.modalities.video.io import fit_clip, read_video
+        try:
+            return fit_clip(read_video(ref), self.options.num_frames, self.options.resolution)
+        except ValueError as exc:
+            where = repr(ref) if isinstance(ref, str) else f"a {type(ref).__name__} clip"
+            raise ValueError(f"{where}: {exc}") from None
 
     @torch.no_grad()
     def encode(self, samples, items):

@@ -79,6 +79,16 @@ def test_encode_gives_latents_that_decode_back_to_shape(tmp_path, arch, frames):
     assert adapter.decode(x0, cond).shape == (2, frames, 3, 32, 32)
 
 
+def test_load_sample_fits_the_clip_and_names_it_when_it_cannot(tmp_path):
+    adapter = VideoAdapter.from_options(VideoOptions(num_frames=4))
+    path = str(tmp_path / "short.gif")
+    write_video(path, moving_square(frames=3))
+    with pytest.raises(ValueError, match="short.gif.*3 frames is shorter than modality.options.num_frames = 4"):
+        adapter.load_sample(path)
+    write_video(path, moving_square(frames=7, side=40))
+    assert adapter.load_sample(path).shape == (4, 3, 32, 32)
+
+
 def test_demo_encode_is_the_inverse_of_decode(tmp_path):
     adapter = VideoAdapter.from_options(VideoOptions(model="demo", lora_rank=0))
     clip = moving_square(frames=8)

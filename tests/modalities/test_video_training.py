@@ -99,3 +99,22 @@ def test_dpo_trains_on_video_preference_pairs_through_the_offline_loop(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ConfigError, match="data.format.*video_jsonl"):  # the video layout is the video modality's
         load_config(data=dict(cfg, modality={"name": "toy"}, prompts={"list": ["a"]}))
+
+
+def test_grpo_trains_one_epoch_on_wan_through_the_flow_sde(tmp_path, video_reward):
+    from diffalign.trainer import make_trainer
+    cfg = {"output_dir": str(tmp_path / "run"), "seed": 0, "epochs": 1,
+           "modality": {"name": "video", "options": {"architecture": "wan", "num_frames": 5, "lora_rank": 4}},
+           "prompts": {"list": ["a cat", "a dog"]},
+           "sampling": {"num_steps": 3, "noise_level": 0.7, "guidance_scale": 3.0, "batch_size": 4},
+           "reward": {"name": video_reward},
+           "algorithm": {"name": "grpo", "group_size": 2, "clip_range": 0.0001, "beta": 0.004},
+           "train": {"batch_size": 2, "learning_rate": 0.003}, "logging": QUIET}
+    trainer = make_trainer(load_config(data=cfg))
+    assert trainer.adapter.default_step_rule == "flow_sde"
+    before = {k: v.clone() for k, v in trainer.adapter.trainable_state_dict().items()}
+    trainer.train()
+    line = [m for m in read_metrics(str(tmp_path / "run" / "metrics.jsonl")) if "epoch" in m][-1]
+    assert line["epoch"] == 0 and torch.isfinite(torch.tensor(line["reward_mean"]))
+    after = trainer.adapter.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
