@@ -133,6 +133,12 @@ def test_bad_options_name_the_key():
         VideoOptions(motion_adapter="./no/such/adapter")
     with pytest.raises(ValueError, match="modality.options.model' 'demo'"):
         VideoOptions(model="demo", resolution=64)
+    with pytest.raises(ValueError, match="modality.options.flow_shift"):
+        VideoOptions(flow_shift=3.0)  # an animatediff option set
+    with pytest.raises(ValueError, match="modality.options.motion_adapter.*animatediff only"):
+        VideoOptions(architecture="wan", num_frames=5, motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2")
+    with pytest.raises(ValueError, match="modality.options.num_frames.*holds 32 frames"):
+        adapter_for(model="demo", lora_rank=0, num_frames=33)
     with pytest.raises(ValueError, match="modality.options.lora_targets': no module"):
         adapter_for(lora_targets=["no_such_layer"])
 
@@ -212,6 +218,19 @@ def test_fully_trained_motion_modules_save_as_a_motion_adapter(tmp_path):
 
 
 # ---- the demo preset ------------------------------------------------------------------------------------
+def test_fresh_motion_adapter_zeroes_every_motion_output_projection():
+    from diffalign.modalities.video.demo import fresh_motion_adapter, zero_motion_outputs
+    adapter = fresh_motion_adapter((32, 64, 64), 1, seed=0)
+    projections = {n: m for n, m in adapter.named_modules() if n.endswith("proj_out")}
+    # one motion module per resnet: 3 down blocks x 1 layer + 3 up blocks x 2 layers, no mid block
+    assert len(projections) == 9 and all(m.weight.abs().sum() == 0 and m.bias.abs().sum() == 0
+                                         for m in projections.values())
+    assert any(p.abs().sum() > 0 for n, p in adapter.named_parameters() if "proj_in" in n)  # the rest is drawn
+    seeded = fresh_motion_adapter((32, 64, 64), 1, seed=0).state_dict()
+    assert all(torch.equal(v, seeded[k]) for k, v in adapter.state_dict().items())
+    assert zero_motion_outputs(torch.nn.Linear(2, 2)) == 0  # nothing outside motion modules is touched
+
+
 def test_demo_preset_starts_as_the_image_model_frame_by_frame():
     from diffalign.modalities.image.demo_model import load_demo_model
     adapter = adapter_for(model="demo", lora_rank=0, num_frames=8)
