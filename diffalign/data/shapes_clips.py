@@ -14,7 +14,7 @@ Captions come in two kinds (:func:`clip_kind`):
 
 A clip is ``frames`` x 3 x ``size`` x ``size`` floats in [0, 1] (8 x 3 x 32 x 32 by default) on black. Moving
 objects travel :data:`MIN_SPEED`-:data:`MAX_SPEED` px per frame at 32 px (scaled with ``size``), 10-14 px over 8
-frames; x grows right and y grows down, so ``up`` means a decreasing y. Objects have "radius" 4-5.5 px (smaller
+frames; x grows right and y grows down, so ``up`` means a decreasing y. Objects have "radius" 4.5-5.5 px (smaller
 than the image world's 4-7, so a moving object has room to travel) and at least 2 px of black between bounding
 boxes. :class:`Clip` carries the ground truth: each object's centre in each frame (``tracks``).
 
@@ -45,7 +45,7 @@ HELDOUT_FRACTION = 0.2
 HELDOUT_MIN_PER_KIND = 8
 NUM_FRAMES = 8
 MIN_SPEED, MAX_SPEED = 1.5, 2.0    # px per frame at 32 px
-MIN_RADIUS, MAX_RADIUS = 4.0, 5.5  # px at 32 px
+MIN_RADIUS, MAX_RADIUS = 4.5, 5.5  # px at 32 px (below ~4.5 the image detector takes some pixelated circles for squares)
 GAP = 2.0                          # px of black between bounding boxes at 32 px
 
 
