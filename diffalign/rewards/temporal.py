@@ -16,6 +16,7 @@ A one-frame video has no consecutive pair; both rewards then give their maximum 
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -87,7 +88,7 @@ def load_temporal_consistency(directory: Optional[str], device=None, dtype=None,
     source = resolve(directory, model) or directory or DEFAULT_MODEL
     clip = from_pretrained(CLIPModel, source, "temporal_consistency", how_to_download(source),
                            local_files_only=local_files_only)
-    pre: Dict[str, Any] = read_preprocessor(source) if isinstance(source, str) else {}
+    pre: Dict[str, Any] = read_preprocessor(source) if os.path.isdir(source) else {}
     pre.update({k: v for k, v in dict(image_size=image_size, image_mean=image_mean, image_std=image_std).items()
                 if v is not None})
     return CLIPTemporalConsistency(clip, **pre)

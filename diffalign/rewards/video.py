@@ -147,7 +147,8 @@ class VideoReward(Reward):
 class PerFrameReward(Reward):
     """An image reward applied to the frames of a video and reduced per clip (see the module doc).
 
-    ``last_index`` holds the frames (B, K) scored by the last call and ``last_scores`` their detached scores, so
+    Returns float32, or float64 where the image reward scored in float64 (as the differentiable rewards do on
+    float64 frames). ``last_index`` holds the frames (B, K) scored by the last call and ``last_scores`` their detached scores, so
     a caller (a report, a test) can see which frames the reward looked at.
     """
 
@@ -169,9 +170,7 @@ class PerFrameReward(Reward):
                              "use one")
         if frames is not None and int(frames) < 1:
             raise ValueError(f"per_frame: frames must be >= 1, got {frames}")
-        self.reward = reward
-        if isinstance(reward, torch.nn.Module):
-            self.reward_module = reward  # so .to() / .eval() reach it
+        self.reward = reward  # a torch Module becomes a submodule, so .to() / .eval() reach it
         self.reduce, self.segments, self.attenuation = reduce, int(segments), float(attenuation)
         self.segment_frame, self.frames, self.generator = segment_frame, frames, generator
         self.differentiable = bool(getattr(reward, "differentiable", False) if differentiable is None else differentiable)
@@ -196,7 +195,8 @@ class PerFrameReward(Reward):
         scores = score_frames(self.reward, gather_frames(videos, index), prompts)
         weights = attenuation_weights(index, f, self.attenuation) if self.reduce == "segmental" else None
         self.last_index, self.last_scores = index, scores.detach()
-        return reduce_scores(scores, self.reduce, weights).float()
+        out = reduce_scores(scores, self.reduce, weights)
+        return out if out.dtype == torch.float64 else out.float()  # float64 stays (gradient checks in float64)
 
 
 def resolve_image_reward(name: str, device=None, dtype=None, kwargs: Optional[Mapping[str, Any]] = None):

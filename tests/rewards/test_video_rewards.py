@@ -37,8 +37,9 @@ def test_mean_and_min_match_hand_computation():
     mean = V.PerFrameReward(mean_pixel, reduce="mean")
     low = V.PerFrameReward(mean_pixel, reduce="min")
     for b, row in enumerate(VALUES):
-        assert mean(video)[b].item() == pytest.approx(sum(row) / len(row), abs=1e-6)
-        assert low(video)[b].item() == pytest.approx(min(row), abs=1e-6)
+        assert mean(video)[b].item() == pytest.approx(sum(row) / len(row), abs=1e-12)
+        assert low(video)[b].item() == pytest.approx(min(row), abs=1e-12)
+    assert mean(video).dtype == torch.float64 and mean(video.float()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("segment_frame,offset", [("first", 0), ("middle", 0)])
@@ -49,7 +50,7 @@ def test_segmental_fixed_frames_match_instructvideo_rule(segment_frame, offset):
     for b, row in enumerate(VALUES):
         frames = [2 * s + offset for s in range(4)]
         hand = sum(math.exp(-0.5 * abs(i - 4)) * row[i] for i in frames) / 4
-        assert out[b].item() == pytest.approx(hand, abs=1e-6)
+        assert out[b].item() == pytest.approx(hand, abs=1e-12)
     assert reward.last_index.tolist() == [[0, 2, 4, 6]] * 2
 
 
@@ -59,7 +60,7 @@ def test_segmental_middle_frame_of_longer_segments_and_unscored_tail():
     reward = V.PerFrameReward(mean_pixel, reduce="segmental", segments=3, attenuation=1.0, segment_frame="middle")
     out = reward(level_video(values))
     hand = sum(math.exp(-abs(i - 5)) * values[0][i] for i in (1, 4, 7)) / 3
-    assert out.item() == pytest.approx(hand, abs=1e-6)
+    assert out.item() == pytest.approx(hand, abs=1e-12)
 
 
 def test_segmental_random_draws_one_frame_inside_each_segment_and_weights_it():
@@ -76,13 +77,13 @@ def test_segmental_random_draws_one_frame_inside_each_segment_and_weights_it():
         seen.update(idx.flatten().tolist())
         for b in range(3):
             hand = sum(math.exp(-0.3 * abs(i - 5)) * values[b][i] for i in idx[b].tolist()) / 4
-            assert out[b].item() == pytest.approx(hand, abs=1e-6)
+            assert out[b].item() == pytest.approx(hand, abs=1e-12)
     assert seen == set(range(8))
 
 
 def test_attenuation_zero_is_the_plain_mean_of_the_sampled_frames():
     reward = V.PerFrameReward(mean_pixel, reduce="segmental", segments=8, attenuation=0.0, segment_frame="first")
-    assert reward(level_video(VALUES)).tolist() == pytest.approx([sum(r) / 8 for r in VALUES], abs=1e-6)
+    assert reward(level_video(VALUES)).tolist() == pytest.approx([sum(r) / 8 for r in VALUES], abs=1e-12)
 
 
 def test_subsampled_frames_alone_receive_gradients():
@@ -139,6 +140,16 @@ def test_config_level_per_frame_reward_and_bad_options():
         load_reward("per_frame", reward="brightness")(video[:, 0], prompts)
     with pytest.raises(ValueError, match="do not fit"):
         bind_reward_kwargs(resolve_reward("per_frame"), "per_frame", {"reduction": "mean"})
+
+
+def test_video_rewards_mix_in_a_weighted_sum():
+    video = level_video(VALUES).float()
+    mixed = load_reward("weighted_sum", components=[
+        {"name": "per_frame", "kwargs": {"reward": "differentiable_brightness", "reduce": "min"}},
+        {"name": "frame_difference", "weight": 0.5}])
+    hand = [min(r) + 0.5 * (1 - np.mean(np.abs(np.diff(r)))) for r in VALUES]
+    assert mixed(video, ["a", "b"]).tolist() == pytest.approx(hand, abs=1e-6)
+    assert mixed.differentiable
 
 
 def test_per_frame_wraps_a_model_reward_by_directory(tmp_path):
