@@ -260,6 +260,20 @@ def test_xclip_score_shape_formula_gradient_and_frame_sampling(xclip_dir):
     assert X.uniform_frame_index(2, 4).tolist() == [0, 0, 1, 1]
 
 
+def test_xclip_gradient_ascent_ranks_the_moved_video_above_the_start(xclip_dir):
+    # random weights know no captions, so the known pair is made: a few ascent steps on the pixels along the reward's
+    # gradient must give a video the reward ranks above the start (a wrong or detached gradient would not)
+    reward = load_reward(xclip_dir)
+    start = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    prompts = ["a red circle moving right", "two blue squares"]
+    video = start.clone().requires_grad_(True)
+    for _ in range(3):
+        grad, = torch.autograd.grad(reward(video, prompts).sum(), video)
+        video = (video + 0.05 * grad.sign()).clamp(0, 1).detach().requires_grad_(True)
+    with torch.no_grad():
+        assert (reward(video, prompts) > reward(start, prompts)).all()
+
+
 def test_xclip_score_through_the_registry_and_missing_weights(xclip_dir, tmp_path):
     video = torch.rand(2, 4, 3, 40, 48, generator=torch.Generator().manual_seed(1))
     by_dir = call_reward(resolve_reward(xclip_dir), video, ["a", "b"], "cpu")
@@ -315,6 +329,21 @@ def test_wrong_clips_fail_exactly_their_attribute(shown, asked, wrong):
         assert failed(r) == wrong and r.reward < 1.0
         for attr in VC.VIDEO_ATTRIBUTES:
             assert (r.values[attr] < 1.0) == (attr in wrong)
+
+
+def test_shapes_video_thresholds_from_a_config():
+    clip = clip_of("a red circle moving right")
+    flicker = clip.frames.clone()
+    flicker[[2, 5]] = 0.0
+    default = call_reward(resolve_reward("shapes_video"), flicker[None], [clip.caption], "cpu")
+    # the clip travels 10.5-14 px: asking for 20 turns the direction value from 1 to 0, a fifth of the reward
+    far = bind_reward_kwargs(resolve_reward("shapes_video"), "shapes_video", {"min_travel": 20.0})
+    assert call_reward(far, flicker[None], [clip.caption], "cpu").item() == pytest.approx(default.item() - 0.2)
+    with pytest.raises(ValueError, match="do not fit"):
+        bind_reward_kwargs(resolve_reward("shapes_video"), "shapes_video", {"min_travl": 3.0})
+    with pytest.raises(ValueError, match="min_fraction"):
+        call_reward(bind_reward_kwargs(resolve_reward("shapes_video"), "shapes_video", {"min_fraction": 1.5}),
+                    flicker[None], [clip.caption], "cpu")
 
 
 def test_jerky_and_flickering_tracks_fail_smoothness():
