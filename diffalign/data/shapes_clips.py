@@ -51,7 +51,7 @@ GAP = 2.0                          # px of black between bounding boxes at 32 px
 
 @dataclass(frozen=True)
 class ClipScene:
-    """What a clip shows: one object spec (``scene.objects[0]``) and its direction (None: still)."""
+    """What a clip shows: one object spec (colour, shape, count) and the direction all its objects move (None: still)."""
     obj: ObjectSpec
     direction: Optional[str] = None
 
@@ -162,7 +162,9 @@ def _check_split(split: str):
 
 def clip_captions(split: Optional[str] = None, kind: Optional[str] = None) -> Tuple[str, ...]:
     """Every clip caption of ``split`` (or both) and ``kind`` (or both), in a fixed order."""
-    caps = _SPLITS["train"] + _SPLITS["heldout"] if split is None else (_check_split(split) or _SPLITS[split])
+    if split is not None:
+        _check_split(split)
+    caps = _SPLITS["train"] + _SPLITS["heldout"] if split is None else _SPLITS[split]
     if kind is not None:
         if kind not in CLIP_KINDS:
             raise ValueError(f"kind {kind!r} is not one of {list(CLIP_KINDS)}")
