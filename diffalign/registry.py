@@ -87,6 +87,8 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "brightness": "diffalign.rewards.color:brightness",
     "color_target": "diffalign.rewards.color:color_target",
     "compositional": "diffalign.rewards.compositional:compositional_reward",  # the shapes demo's reward
+    "frame_difference": "diffalign.rewards.temporal:frame_difference",  # video rewards take (B, F, C, H, W)
+    "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -96,6 +98,9 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "image_reward": "diffalign.rewards.image_reward:IMAGE_REWARD",
     "weighted_sum": "diffalign.rewards.combine:WEIGHTED_SUM",
     "preference_model": "diffalign.rewards.training.model:PREFERENCE_MODEL",
+    "per_frame": "diffalign.rewards.video:PER_FRAME",
+    "temporal_consistency": "diffalign.rewards.temporal:TEMPORAL_CONSISTENCY",
+    "xclip_score": "diffalign.rewards.video_text:XCLIP_SCORE",
 }
 
 
