@@ -185,6 +185,24 @@ def render_demo_default(name: str, data: dict) -> List[str]:
     return lines
 
 
+# ---- the demo: the offline losses on stored AI feedback (demo_offline_<algo>_<cpu>_<date>.json) ------------------
+DEMO_OFFLINE_NOTES = """\
+Short runs, so that every offline loss could be measured on a shared 2-core machine: each seed's AI-feedback
+pairs (96 training captions x 4 base samples, same-caption pairs labelled by the compositional reward) were
+sampled once and every loss trained on the same file (`demo.feedback=...`), for 3 minutes of training at one
+torch thread, float32, evaluated on 32 samples per caption kind (96 images, about +-9 points). Two demos ran at
+a time beside other engineers' jobs, so a run's training steps vary with the load; "minutes" is the whole demo.
+Compare the losses only with each other, not with the 10-minute headline runs.
+"""
+
+
+def render_demo_offline(name: str, data: dict) -> List[str]:
+    """One offline loss's runs (``benchmarks/bench_demo.py --json`` with ``demo.feedback``): the default
+    renderer's table plus the conditions these short runs share."""
+    lines = render_demo_default(name, data)
+    return lines[:-2] + [DEMO_OFFLINE_NOTES] + lines[-2:]
+
+
 # ---- the demo: every run of the demo_rwr file ---------------------------------------------------------------
 TRAIN_PROMPTS_SHORT = (("every training caption once", "every caption once"),
                        ("balanced over the caption kinds", "kind-balanced"),
@@ -621,6 +639,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),
     ("demo", "demo_cpu_*.json", render_demo_cpu),
+    ("demo", "demo_offline_*.json", render_demo_offline),
     ("kernels", "kernels_*_ab_*.json", render_kernels_cpu_ab),
     ("kernels", "masks_cpu_*.json", render_masks_cpu),
     ("kernels", "host_overhead_*.json", render_host_overhead),
