@@ -42,10 +42,14 @@ def _keys(acc: dict) -> dict:
             if k in acc}
 
 
+def seed_args(demo_args, seed: int):
+    """The demo arguments of one seed's run: ``{seed}`` becomes the seed (e.g. each seed's own stored feedback)."""
+    return [a.replace("{seed}", str(seed)) for a in demo_args]
+
+
 def run_one(seed: int, out: str, demo_args, env) -> dict:
     """One ``diffalign demo`` in a subprocess; its report's headline fields and the measured wall time."""
-    demo_args = [a.replace("{seed}", str(seed)) for a in demo_args]  # e.g. each seed's own stored feedback
-    cmd = [sys.executable, "-m", "diffalign.cli", "demo", "--output", out, "--seed", str(seed), *demo_args]
+    cmd = [sys.executable, "-m", "diffalign.cli", "demo", "--output", out, "--seed", str(seed), *seed_args(demo_args, seed)]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     wall = time.perf_counter() - start
