@@ -39,7 +39,9 @@ the base model's d on the held-out pairs has mean 3e-5 and spread (std) 6.9e-4 a
 Four epochs at lr 5e-4 (what the toy configs use) move d by 2.7e-5 on average, identically under DPO
 (beta 50) and SimPO (beta 50): 72% of held-out pairs move towards the winner under both, so the
 adaptation learns what DPO learns, yet SimPO's own held-out accuracy stays at 0.50 (ORPO, defaults: 0.53)
-because a 2.7e-5 shift cannot reorder gaps spread over 6.9e-4. At lr 5e-3 for 8 epochs the shift is 1.9e-3
+because a 2.7e-5 shift cannot reorder gaps spread over 6.9e-4 (which is also why ORPO's and SimPO's
+training accuracies matched epoch by epoch: both are the sign of the barely moved base model's gap on the
+same seeded noise and timesteps). At lr 5e-3 for 8 epochs the shift is 1.9e-3
 and both reach 1.00 with the defaults (DPO 1.00). So:
 
 - the learning rate (or the number of steps) must carry the shift past the base model's spread of d: a
