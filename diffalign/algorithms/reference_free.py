@@ -54,6 +54,15 @@ and both reach 1.00 with the defaults (DPO 1.00). So:
 - ORPO needs kappa e >> 1 for its odds ratio to carry a preference: the toy's kappa = 1 on images makes
   the ratio ~1.6 (e_l - e_w), a gradient ~1e-3 of the SFT term's, so ORPO is then plain SFT on the winners
   (held-out 0.56 at lr 5e-3).
+
+Learning the ranking is not yet aligning a model. On the demo's AI feedback (docs/results.md, "The offline
+losses on the same AI feedback": 3 minutes, lr 2e-5, 3 seeds) both losses raise their training implicit
+accuracy from ~0.53 to ~0.72, but they do it mostly by making the *losers* harder to denoise: the losers'
+per-dim error goes from ~0.064 to ~0.15 and the winners' from ~0.06 to 0.08-0.125, so the whole model
+denoises worse and the held-out compositional accuracy falls (SimPO and ORPO both -5.6 points on average),
+while DPO, whose reference anchors both errors (0.051 -> 0.058), gains. Nothing in a reference-free loss
+stops it from pushing e_l up without bound; ORPO's SFT term (and SimPO's optional ``sft_weight``) only pulls
+e_w down. So on images they are not listed as working for alignment (README).
 """
 from __future__ import annotations
 
