@@ -61,8 +61,8 @@ accuracy from ~0.53 to ~0.72, but they do it mostly by making the *losers* harde
 per-dim error goes from ~0.064 to ~0.15 and the winners' from ~0.06 to 0.08-0.125, so the whole model
 denoises worse and the held-out compositional accuracy falls (SimPO and ORPO both -5.6 points on average),
 while DPO, whose reference anchors both errors (0.051 -> 0.058), gains. Nothing in a reference-free loss
-stops it from pushing e_l up without bound; ORPO's SFT term (and SimPO's optional ``sft_weight``) only pulls
-e_w down. So on images they are not listed as working for alignment (README).
+stops it from pushing e_l up without bound; ORPO's SFT term (and SimPO's optional ``sft_weight``, -4.5
+points at 1) only pulls e_w down. So on images they are not listed as working for alignment (README).
 """
 from __future__ import annotations
 
