@@ -5,6 +5,7 @@ docs/results.md).
     python benchmarks/bench_demo.py --seeds 0,1,2,3,4 --json benchmarks/results/demo_default_cpu_2core_DATE.json
     python benchmarks/bench_demo.py --seeds 0 --emulate-avx2      # a CPU without bf16 units, on one that has them
     python benchmarks/bench_demo.py --seeds 0 -- --algo grpo train.learning_rate=3e-4   # demo options after --
+    python benchmarks/bench_demo.py --seeds 0,1 -- --algo ipo demo.feedback=runs/fb/seed{seed}  # {seed}: the run's
 
 ``--emulate-avx2`` runs each demo with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=avx2``: oneDNN and
 torch's own kernels then use AVX2 only, as on a CPU without AVX-512 or bf16 units, so bf16 autocast is slow
@@ -41,9 +42,14 @@ def _keys(acc: dict) -> dict:
             if k in acc}
 
 
+def seed_args(demo_args, seed: int):
+    """The demo arguments of one seed's run: ``{seed}`` becomes the seed (e.g. each seed's own stored feedback)."""
+    return [a.replace("{seed}", str(seed)) for a in demo_args]
+
+
 def run_one(seed: int, out: str, demo_args, env) -> dict:
     """One ``diffalign demo`` in a subprocess; its report's headline fields and the measured wall time."""
-    cmd = [sys.executable, "-m", "diffalign.cli", "demo", "--output", out, "--seed", str(seed), *demo_args]
+    cmd = [sys.executable, "-m", "diffalign.cli", "demo", "--output", out, "--seed", str(seed), *seed_args(demo_args, seed)]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     wall = time.perf_counter() - start

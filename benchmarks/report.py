@@ -185,6 +185,49 @@ def render_demo_default(name: str, data: dict) -> List[str]:
     return lines
 
 
+# ---- the demo: the offline losses on stored AI feedback (demo_offline_<algo>_<cpu>_<date>.json) ------------------
+DEMO_OFFLINE_NOTES = """\
+Short runs, so that every offline loss could be measured on a shared 2-core machine: each seed's AI-feedback
+pairs (96 training captions x 4 base samples, same-caption pairs labelled by the compositional reward) were
+sampled once and every loss trained on the same file (`demo.feedback=...`), for 3 minutes of training at one
+torch thread, float32, evaluated on 32 samples per caption kind (96 images, about +-9 points). Two demos ran at
+a time beside other engineers' jobs, so a run's training steps vary with the load; "minutes" is the whole demo.
+Compare the losses only with each other, not with the 10-minute headline runs.
+"""
+
+
+def render_demo_offline(name: str, data: dict) -> List[str]:
+    """One offline loss's runs (``benchmarks/bench_demo.py --json`` with ``demo.feedback``): the default
+    renderer's block; the conditions they share are in :func:`render_demo_offline_summary`."""
+    return render_demo_default(name, data)
+
+
+def _algo_of(data: dict) -> str:
+    """``--algo NAME`` and any ``algorithm.*`` overrides of a bench_demo command."""
+    words = str(data.get("command", "")).split()
+    algo = words[words.index("--algo") + 1] if "--algo" in words[:-1] else "?"
+    extra = [w for w in words if w.startswith("algorithm.")]
+    return f"`{algo}`" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def render_demo_offline_summary(files: Sequence[Tuple[str, dict]]) -> List[str]:
+    """Every offline loss's demo runs side by side: accuracy after and the change per seed, with the mean."""
+    rows = []
+    for name, data in files:
+        runs = data.get("runs", [])
+        deltas = [(r["after"]["accuracy"] - r["before"]["accuracy"]) * 100 for r in runs]
+        rows.append([_algo_of(data), str(len(runs)), pct((data.get("base") or {}).get("accuracy")),
+                     " / ".join(pct(r["after"]["accuracy"]) for r in runs),
+                     " / ".join(f"{d:+.1f}" for d in deltas),
+                     f"{sum(deltas) / len(deltas):+.1f}" if deltas else "-",
+                     " / ".join(num(None if _run_seconds(r) is None else _run_seconds(r) / 60) for r in runs),
+                     f"{sum(r.get('improved', 0) for r in runs)} / {sum(r.get('worsened', 0) for r in runs)}"])
+    lines = ["### The offline losses on the same AI feedback", "", DEMO_OFFLINE_NOTES]
+    lines += table(["loss", "seeds", "accuracy before", "after, per seed", "change per seed, points",
+                    "mean change", "minutes per seed (whole demo)", "fixed / broken (all seeds)"], rows)
+    return lines + [""]
+
+
 # ---- the demo: every run of the demo_rwr file ---------------------------------------------------------------
 TRAIN_PROMPTS_SHORT = (("every training caption once", "every caption once"),
                        ("balanced over the caption kinds", "kind-balanced"),
@@ -621,6 +664,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),
     ("demo", "demo_cpu_*.json", render_demo_cpu),
+    ("demo", "demo_offline_*.json", render_demo_offline),
     ("kernels", "kernels_*_ab_*.json", render_kernels_cpu_ab),
     ("kernels", "masks_cpu_*.json", render_masks_cpu),
     ("kernels", "host_overhead_*.json", render_host_overhead),
@@ -687,6 +731,10 @@ def render_results(results: Path = RESULTS) -> str:
         section, fn = renderer_for(path.name)
         order = next((i for i, (_, pattern, _) in enumerate(RENDERERS) if fnmatch.fnmatch(path.name, pattern)), 99)
         parts[section].append((order, fn(path.name, load(path))))
+    offline = [(p.name, load(p)) for p in result_files(results) if fnmatch.fnmatch(p.name, "demo_offline_*.json")]
+    if offline:  # one table over the per-loss files, before their blocks
+        order = next(i for i, (_, pattern, _) in enumerate(RENDERERS) if pattern == "demo_offline_*.json")
+        parts["demo"].append((order - 0.5, render_demo_offline_summary(offline)))
     lines = [PREAMBLE]
     for key, (title, intro) in SECTIONS.items():
         if not parts[key]:

@@ -13,6 +13,13 @@ on the global batch (equal local batch sizes), and passes it to ``ops.diffusion_
 Metrics: ``implicit_acc`` = share of samples on the right side of z (g > z desirable, g < z
 undesirable); ``reward_margin`` = beta (mean g over desirable - mean g over undesirable) of the batch;
 ``kl_ref`` = z.
+
+On images it has not been shown to learn (tests/algorithms/test_offline_losses_image.py, a strict expected
+failure): on the tiny random SD UNet, bright flat winners against dark noisy losers, held-out accuracy stays
+at 0.44-0.53 (lr 5e-4 and 5e-3, beta 50 and 1000, with or without the clamp of z), every sample's error rising
+above the reference's so that z sits at 0. With lambda_undesirable 0.1 the margin turns positive (winners'
+g above losers') but accuracy is 0.39: unlike a pair, each sample has its own timestep and noise, and the
+timestep-dependent spread of g dwarfs the preference against one batch-wide z.
 """
 from __future__ import annotations
 

@@ -30,6 +30,39 @@ log(e_l / e_w), a scale-free ratio of the errors.
 
 ``implicit_acc`` is the share of pairs whose reward (SimPO: -beta e; ORPO: the log odds) ranks the
 winner first; ``reward_margin`` is the mean of that reward difference.
+
+What it takes to learn an image preference (issue 27). The implicit reward of a reference-free loss is
+the *absolute* error gap d = e_l - e_w, where Diffusion-DPO's is d_theta - d_ref: DPO's reference removes
+the base model's own gap, which on images is large. Measured on the tiny random SD UNet (LoRA rank 4,
+32x32, 64 training and 32 held-out pairs, winner bright and flat, loser dark noise, batch 8, float32):
+the base model's d on the held-out pairs has mean 3e-5 and spread (std) 6.9e-4 at per-dim errors near 1.06.
+Four epochs at lr 5e-4 (what the toy configs use) move d by 2.7e-5 on average, identically under DPO
+(beta 50) and SimPO (beta 50): 72% of held-out pairs move towards the winner under both, so the
+adaptation learns what DPO learns, yet SimPO's own held-out accuracy stays at 0.50 (ORPO, defaults: 0.53)
+because a 2.7e-5 shift cannot reorder gaps spread over 6.9e-4 (which is also why ORPO's and SimPO's
+training accuracies matched epoch by epoch: both are the sign of the barely moved base model's gap on the
+same seeded noise and timesteps). At lr 5e-3 for 8 epochs the shift is 1.9e-3
+and both reach 1.00 with the defaults (DPO 1.00). So:
+
+- the learning rate (or the number of steps) must carry the shift past the base model's spread of d: a
+  reference-free loss needs far more movement than DPO needs to report the same preference; about 10x
+  DPO's learning rate on the tiny UNet (tests/algorithms/test_offline_losses_image.py);
+- beta (SimPO) and kappa (ORPO) set the margin's scale: beta x spread(d) near 1 keeps the sigmoid out of
+  saturation (the defaults: 2000 and 1000 for spreads near 7e-4, per-dim errors near 1); the demo model's
+  own samples have per-dim errors near 0.04-0.15 and gaps spread over ~0.03, so its configs use 50 (beta 500
+  there gave a loss of 11, nearly every pair saturated, and gradient norms of 300 against the clip of 1);
+- ORPO needs kappa e >> 1 for its odds ratio to carry a preference: the toy's kappa = 1 on images makes
+  the ratio ~1.6 (e_l - e_w), a gradient ~1e-3 of the SFT term's, so ORPO is then plain SFT on the winners
+  (held-out 0.56 at lr 5e-3).
+
+Learning the ranking is not yet aligning a model. On the demo's AI feedback (docs/results.md, "The offline
+losses on the same AI feedback": 3 minutes, lr 2e-5, 3 seeds) both losses raise their training implicit
+accuracy from ~0.53 to ~0.72, but they do it mostly by making the *losers* harder to denoise: the losers'
+per-dim error goes from ~0.064 to ~0.15 and the winners' from ~0.06 to 0.08-0.125, so the whole model
+denoises worse and the held-out compositional accuracy falls (SimPO and ORPO both -5.6 points on average),
+while DPO, whose reference anchors both errors (0.051 -> 0.058), gains. Nothing in a reference-free loss
+stops it from pushing e_l up without bound; ORPO's SFT term (and SimPO's optional ``sft_weight``, -4.5
+points at 1) only pulls e_w down. So on images they are not listed as working for alignment (README).
 """
 from __future__ import annotations
 

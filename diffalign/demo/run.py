@@ -75,7 +75,9 @@ AfterStage = Callable[[DemoContext], AfterResult]
 
 # ---- training prompts ----------------------------------------------------------------------------------
 # a demo config's optional ``demo:`` section (not a trainer key; overridable as ``demo.<key>=...``)
-DEMO_OPTIONS = {"train_kinds": "caption kinds the training prompts are drawn from (default: all three)"}
+DEMO_OPTIONS = {"train_kinds": "caption kinds the training prompts are drawn from (default: all three)",
+                "feedback": "offline algorithms: the pairs.jsonl (or its folder) an earlier demo's feedback stage wrote, "
+                            "trained on instead of sampling new pairs (the whole budget then trains)"}
 
 
 def training_prompts(kinds: Optional[Sequence[str]] = None) -> List[str]:
@@ -292,18 +294,26 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         if _is_offline(cfg):
             # AI feedback: FEEDBACK["samples_per_prompt"] base samples for each of a fixed subset of the
             # training prompts, same-prompt pairs labelled by the reward; the budget includes this
-            from diffalign.inference.feedback import generate_feedback
             n = 4 if ctx.quick else FEEDBACK["prompts"]
             picks = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(ctx.seed))[:n]
             fb_prompts = [train_prompts[i] for i in sorted(picks.tolist())]
-            fb_cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra)
-            fb = generate_feedback(fb_cfg, os.path.join(ctx.output, "feedback"),
-                                   samples_per_prompt=FEEDBACK["samples_per_prompt"], threshold=FEEDBACK["threshold"])
-            info["feedback"] = {k: v for k, v in dataclasses.asdict(fb).items()} \
-                if dataclasses.is_dataclass(fb) else str(fb)
+            if opts.get("feedback") is not None:
+                # every offline algorithm of a seed samples the same pairs (the feedback depends on the seed, the
+                # base model and the sampler only), so a comparison can label them once and train each on them
+                fb_path = reused_feedback(opts["feedback"])
+                info["feedback"] = {"path": fb_path, "reused": True}
+            else:
+                from diffalign.inference.feedback import generate_feedback
+                fb_cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra)
+                fb = generate_feedback(fb_cfg, os.path.join(ctx.output, "feedback"),
+                                       samples_per_prompt=FEEDBACK["samples_per_prompt"],
+                                       threshold=FEEDBACK["threshold"])
+                fb_path = fb.path
+                info["feedback"] = {k: v for k, v in dataclasses.asdict(fb).items()} \
+                    if dataclasses.is_dataclass(fb) else str(fb)
             info["feedback_seconds"] = time.perf_counter() - start
             budget = max(ctx.minutes - info["feedback_seconds"] / 60, 0.05)
-            cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb.path)
+            cfg = load_demo_config(algo, out_dir, fb_prompts, ctx.model, extra, data_path=fb_path)
         # the trainer holds the budget (train.max_minutes): it stops between rollout batches and optimiser steps
         cfg.train.max_minutes = budget
         from diffalign.trainer import make_trainer
@@ -328,6 +338,15 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
         return AfterResult(sampler, curve, info)
     return stage
+
+
+def reused_feedback(path: str) -> str:
+    """``demo.feedback``: a pairs.jsonl, or the feedback folder holding one; an error names a missing file."""
+    file = os.path.join(path, "pairs.jsonl") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ValueError(f"demo.feedback: {path!r} is neither a pairs.jsonl nor a folder holding one "
+                         "(an earlier demo's DIR/feedback)")
+    return file
 
 
 def _kinds(value) -> List[str]:

@@ -123,3 +123,28 @@ def test_replace_block_needs_the_markers():
         report.replace_block("# no markers here\n", "x")
     text = f"a\n{report.HEADLINE_START}\nold\n{report.HEADLINE_END}\nb\n"
     assert report.replace_block(text, "new") == f"a\n{report.HEADLINE_START}\nnew\n{report.HEADLINE_END}\nb\n"
+
+
+def test_demo_offline_renderer_shows_the_runs_and_their_short_run_conditions(tmp_path):
+    report = _load()
+    results = tmp_path / "results"
+    results.mkdir()
+    name = "demo_offline_simpo_cpu_2core_2026-12-07.json"
+    (results / name).write_text(json.dumps(dict(_demo_default("bench"), what="diffalign demo --algo simpo",
+                                                 command="diffalign demo --algo simpo demo.feedback=fb/seed{seed}")))
+    assert report.renderer_for(name) == ("demo", report.render_demo_offline)
+    doc = report.render_results(results)
+    assert "### diffalign demo --algo simpo" in doc and "demo.feedback=" in doc
+    assert "26.0% -> 41.7%" in doc.replace("**", "") and "AMD EPYC 7B13" in doc
+    # the summary over every offline loss's file comes first, with the conditions the short runs share
+    assert doc.index("### The offline losses on the same AI feedback") < doc.index("demo.feedback=") < \
+        doc.index("### diffalign demo --algo simpo")
+    assert "| `simpo` | 2 | 26.0% | 41.7% / 39.9% | +15.6 / +13.9 | +14.8 | 13.5 / 13.6 | 123 / 32 |" in doc
+
+
+def test_bench_demo_gives_each_seed_its_own_arguments():
+    spec = importlib.util.spec_from_file_location("bench_demo", ROOT / "benchmarks" / "bench_demo.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.seed_args(["--algo", "ipo", "demo.feedback=fb/seed{seed}"], 2) == \
+        ["--algo", "ipo", "demo.feedback=fb/seed2"]

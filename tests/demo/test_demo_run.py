@@ -16,7 +16,7 @@ from diffalign.rewards.compositional import compositional_report, compositional_
 from diffalign.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from diffalign.trainer.logging import read_metrics
 
-ONLINE, OFFLINE = ("ddpo", "grpo", "dpok", "rwr"), ("dpo", "kto")
+ONLINE, OFFLINE = ("ddpo", "grpo", "dpok", "rwr"), ("dpo", "kto", "ipo", "orpo", "simpo", "e2po")
 
 
 def _cli(argv):
@@ -113,6 +113,17 @@ def test_quick_demo_offline_algorithm_uses_ai_feedback(tmp_path):
         pairs = [json.loads(line) for line in f]
     assert all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)
     assert {shapes.caption_kind(p["prompt"]) for p in pairs} <= {"single", "count"}
+    # demo.feedback: another offline loss (E2PO reads the stored rewards) trains on the very same pairs
+    again = str(tmp_path / "again")
+    stage = demo_run.train_stage("e2po", {"demo.feedback": os.path.join(out, "feedback")})
+    report = demo_run.run_demo(again, stage, {"algo": "e2po"}, quick=True)
+    assert report["info"]["feedback"] == {"path": os.path.join(out, "feedback", "pairs.jsonl"), "reused": True}
+    assert not os.path.exists(os.path.join(again, "feedback"))
+    with open(os.path.join(again, "train", "data_report.json")) as f:
+        assert json.load(f)["source"] == os.path.join(out, "feedback", "pairs.jsonl")
+    with pytest.raises(ValueError, match="demo.feedback"):
+        demo_run.train_stage("ipo", {"demo.feedback": str(tmp_path / "nowhere")})(
+            demo_run.DemoContext("demo", None, ["a red circle"], str(tmp_path / "x"), 0.1, quick=True))
 
 
 def test_quick_demo_direct_reward_algorithm_backpropagates_the_relaxed_reward(tmp_path):
