@@ -34,7 +34,7 @@ backward pass; the noise is pre-drawn, so the recomputation is exact (tests comp
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +133,7 @@ class DirectRewardConfig:
     checkpointing: bool = True       # torch.utils.checkpoint on every step that keeps its graph
     lora_scale: float = 1.0          # LoRA scale of the evaluation samples (DRaFT's over-optimisation control)
     # InstructVideo's partial chains (module doc): {tau: fraction of the chain re-run, source: generated | data}
-    partial_chain: Optional[dict] = None
+    partial_chain: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
         if self.partial_chain is not None:
