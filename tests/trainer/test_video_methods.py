@@ -30,8 +30,8 @@ def mean(values):
 
 
 # name, epochs run, metric, required rise of the last 3 epochs' mean over the first 3 (measured rise)
-DIRECT = [("video_vader_tiny", 6, "eval_reward", 0.004),          # measured 0.0xx
-          ("video_instructvideo_tiny", 6, "eval_reward", 0.003)]  # measured 0.0xx
+DIRECT = [("video_vader_tiny", 6, "eval_reward", 0.002),          # measured 0.4824 -> 0.4867
+          ("video_instructvideo_tiny", 6, "eval_reward", 0.002)]  # measured 0.2748 -> 0.2789, rising every epoch
 
 
 @pytest.mark.parametrize("name,epochs,metric,margin", DIRECT, ids=[c[0] for c in DIRECT])
@@ -87,8 +87,8 @@ def test_preference_methods_on_video_pairs_raise_the_implicit_accuracy(tmp_path,
 def test_training_free_methods_on_video_beat_plain_sampling(tmp_path):
     out = tmp_path / "bon"
     with pytest.raises(SystemExit) as done:
-        main(["sample", "video_ddpo_tiny", "--method", "best_of_n", "--budget", "4", "--baseline", "--no-progress",
-              "--output", str(out), "sampling.batch_size=8"])
+        main(["sample", "video_ddpo_tiny", "sampling.batch_size=8", "train.batch_size=8", "--method", "best_of_n", "--budget", "4",
+              "--baseline", "--no-progress", "--output", str(out)])
     assert done.value.code in (0, None)
     report = json.loads((out / "results.json").read_text())
     assert report["reward_mean"] > report["plain_reward_mean"], report
