@@ -18,7 +18,7 @@ the VAE decoder add their activations on top, the same for every setting). Align
 its random truncations; its peak is that of the deepest truncation drawn.
 
 Video rows (model ``video``): one VADER update (Prabhudesai et al. 2024; DRaFT-K with K = 1, VADER's default
-backprop_mode 'last') on the video modality's tiny AnimateDiff preset (the image tiny UNet + a motion adapter,
+backprop_mode 'last', and K = all steps) on the video modality's tiny AnimateDiff preset (the image tiny UNet + a motion adapter,
 LoRA rank 4 on the motion modules), with and without gradient checkpointing of the graph-keeping step, and with
 and without VADER's frame subsampling (``--video-kept`` of the ``--video-frames`` frames, per_frame ``frames``).
 The reward is the per-frame reward ``tiny_cnn`` (a fixed random CNN) of the decoded frames, so the rows include the
@@ -86,10 +86,10 @@ def build_video(device, lora_rank, dtype, frames, resolution):
 
 def settings(steps: int, model: str = "tiny", kept: int = VIDEO_SHAPE["kept"]):
     """(method, K) rows: DRaFT with K = 1, 5, all and AlignProp; each with and without checkpointing. Video:
-    VADER (K = 1) with and without checkpointing, every frame or ``kept`` frames scored."""
-    if model == "video":
-        return [{"method": "vader", "K": 1, "checkpointing": ckpt, "reward_frames": f}
-                for ckpt in (False, True) for f in (None, kept)]
+    VADER with K = 1 and K = all steps, each with and without checkpointing, every frame or ``kept`` frames scored."""
+    if model == "video":  # K = 1 is VADER's default (backprop_mode 'last'); K = T backpropagates the whole chain
+        return [{"method": "vader", "K": k, "checkpointing": ckpt, "reward_frames": f}
+                for k in (1, steps) for ckpt in (False, True) for f in (None, kept)]
     out = []
     for ckpt in (False, True):
         for k in sorted({1, min(5, steps), steps}):

@@ -51,9 +51,9 @@ def test_gpu_model_is_skipped_on_cpu_and_json_written(tmp_path, capsys):
 def test_video_rows_cover_checkpointing_and_frame_subsampling_and_run():
     bench = _load()
     rows = bench.settings(10, "video", kept=2)
-    assert [(r["checkpointing"], r["reward_frames"]) for r in rows] == [(False, None), (False, 2), (True, None),
-                                                                        (True, 2)]
-    assert all(r["method"] == "vader" and r["K"] == 1 for r in rows)
+    assert [(r["K"], r["checkpointing"], r["reward_frames"]) for r in rows] == [
+        (k, ckpt, f) for k in (1, 10) for ckpt in (False, True) for f in (None, 2)]
+    assert all(r["method"] == "vader" for r in rows)
     row = bench.run_setting("video", "cpu", 2, 1, 1, 0, rows[3], video_shape={"frames": 3, "resolution": 16})
     assert row["model"] == "video" and row["frames"] == 3 and row["resolution"] == 16 and row["reward_frames"] == 2
-    assert row["s_per_update"] > 0 and row["mean_K"] == 1 and "error" not in row
+    assert row["s_per_update"] > 0 and row["mean_K"] == 1 and row["checkpointing"] and "error" not in row
