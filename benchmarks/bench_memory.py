@@ -233,6 +233,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", default=None, help="write the rows and machine facts to this file")
+    p.add_argument("--note", default=None, help="a remark stored with the rows (e.g. that the machine was shared)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -258,7 +259,8 @@ def main(argv=None):
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_facts(args.device), "rows": rows}, f, indent=1)
+            json.dump({"machine": machine_facts(args.device), "rows": rows,
+                       **({"note": args.note} if args.note else {})}, f, indent=1)
     return rows
 
 
