@@ -40,10 +40,11 @@ def test_one_setting_runs_in_a_subprocess_and_the_table_prints(tmp_path, capsys)
 def test_gpu_model_is_skipped_on_cpu_and_json_written(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "m.json"
-    assert bench.main(["--device", "cpu", "--models", "sd15", "--json", str(out)]) == []
+    assert bench.main(["--device", "cpu", "--models", "sd15", "--json", str(out), "--note", "shared"]) == []
     assert "sd15: it runs on CUDA only" in capsys.readouterr().err
     data = json.loads(out.read_text())
-    assert data["rows"] == [] and data["machine"]["torch"]
+    assert data["rows"] == [] and data["machine"]["torch"] and data["machine"]["cpu_model"]
+    assert data["note"] == "shared"
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--models", "sdxl"])
 
