@@ -18,9 +18,10 @@ the VAE decoder add their activations on top, the same for every setting). Align
 its random truncations; its peak is that of the deepest truncation drawn.
 
 Video rows (model ``video``): one VADER update (Prabhudesai et al. 2024; DRaFT-K with K = 1, VADER's default
-backprop_mode 'last', and K = all steps) on the video modality's tiny AnimateDiff preset (the image tiny UNet + a motion adapter,
-LoRA rank 4 on the motion modules), with and without gradient checkpointing of the graph-keeping step, and with
-and without VADER's frame subsampling (``--video-kept`` of the ``--video-frames`` frames, per_frame ``frames``).
+backprop_mode 'last', and K = all steps) on the video modality's tiny AnimateDiff preset (the image tiny UNet +
+a motion adapter, LoRA rank 4 on the motion modules), with and without gradient checkpointing of the
+graph-keeping steps, and with and without VADER's frame subsampling (``--video-kept`` of the ``--video-frames``
+frames, per_frame ``frames``).
 The reward is the per-frame reward ``tiny_cnn`` (a fixed random CNN) of the decoded frames, so the rows include the
 VAE decoder's and the reward's activations: subsampling drops the reward's share for the frames not kept (the VAE
 still decodes every frame, as the per_frame reward subsamples decoded clips). ``--video-resolution`` and
@@ -118,7 +119,8 @@ def run_setting(model: str, device: str, steps: int, batch: int, repeats: int, w
     policy = DiffusionPolicy(adapter, make_step_rule("ddim", adapter.scheduler, steps, eta=1.0), guidance)
     reward = _latent_reward
     if model == "video":  # VADER: a per-frame reward of the decoded clip, subsampled or not
-        frame_reward = PerFrameReward(tiny_cnn, frames=setting["reward_frames"], generator=torch.Generator().manual_seed(0))
+        frame_reward = PerFrameReward(tiny_cnn, frames=setting["reward_frames"],
+                                      generator=torch.Generator().manual_seed(0))
 
         def reward(x0):
             return frame_reward(adapter.decode_with_grad(x0, cond), ["p"] * batch)
@@ -190,8 +192,8 @@ def _run_child(args_list) -> dict:
 
 
 def print_table(rows):
-    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'scored':>6} {'peak MiB':>9} "
-              f"{'s/update':>9}")
+    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'scored':>6} "
+              f"{'peak MiB':>9} {'s/update':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -87,8 +87,8 @@ def test_preference_methods_on_video_pairs_raise_the_implicit_accuracy(tmp_path,
 def test_training_free_methods_on_video_beat_plain_sampling(tmp_path):
     out = tmp_path / "bon"
     with pytest.raises(SystemExit) as done:
-        main(["sample", "video_ddpo_tiny", "sampling.batch_size=8", "train.batch_size=8", "--method", "best_of_n", "--budget", "4",
-              "--baseline", "--no-progress", "--output", str(out)])
+        main(["sample", "video_ddpo_tiny", "sampling.batch_size=8", "train.batch_size=8", "--method", "best_of_n",
+              "--budget", "4", "--baseline", "--no-progress", "--output", str(out)])
     assert done.value.code in (0, None)
     report = json.loads((out / "results.json").read_text())
     assert report["reward_mean"] > report["plain_reward_mean"], report
