@@ -18,6 +18,15 @@ term (``pretrain_weight`` beta): with no pre-training set at hand, beta ||eps_th
 detached samples re-noised to a random step, as RWR's Eq. 16 term (see algorithms/rwr.py for why this equals
 the denoising loss up to a constant).
 
+Partial chains (``partial_chain: {tau, source}``, InstructVideo, Yuan et al. 2024; any of the methods above): instead
+of starting from x_T, start from a clean sample x0 noised to the chain's step s = T - round(tau T) with the forward
+process, x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps (a flow: (1 - sigma_s) x0 + sigma_s eps), and denoise only steps
+s .. T-1; the method's truncation then counts within those steps. ``source: generated`` samples x0 by a full chain
+without gradient; ``source: data`` takes x0 from the batch (``SamplingBatch.x0``, e.g. encoded dataset clips, what
+VGen's InstructVideo config uses: reward_source 'gt'). Either way x0 is a constant: gradients reach the weights
+through the re-denoised steps only. VGen's InstructVideo config: 20 DDIM steps, starting_partial 0.6 (tau),
+truncated backprop through the last step (trunc_backprop_timestep 1), LoRA rank 4, lr 1e-5, gradient checkpointing.
+
 Gradient checkpointing (``checkpointing``): each step that keeps its graph runs under
 torch.utils.checkpoint, so only its input state is stored and the UNet activations are recomputed in the
 backward pass; the noise is pre-drawn, so the recomputation is exact (tests compare the gradients).
@@ -25,7 +34,7 @@ backward pass; the noise is pre-drawn, so the recomputation is exact (tests comp
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +45,11 @@ from diffalign.mdp.chain import run_chain
 from diffalign.modalities.base import Conditions
 
 REWARD_LOSSES = ("linear", "hinge")
+PARTIAL_SOURCES = ("generated", "data")
 
 __all__ = ["DirectRewardConfig", "ReFLConfig", "DRaFTConfig", "AlignPropConfig", "ReFL", "DRaFT", "AlignProp",
-           "SamplingBatch", "reward_loss", "sample_chain", "predicted_x0", "REWARD_LOSSES"]
+           "SamplingBatch", "reward_loss", "sample_chain", "predicted_x0", "partial_start_step", "noised_start",
+           "REWARD_LOSSES", "PARTIAL_SOURCES"]
 
 
 # ---- pure pieces ---------------------------------------------------------------------------------------
@@ -73,11 +84,24 @@ def predicted_x0(rule, i, model_output: torch.Tensor, x: torch.Tensor) -> torch.
 
 
 def sample_chain(policy, cond: Conditions, x_T: torch.Tensor, noise: torch.Tensor, grad_from: int,
-                 checkpointing: bool = True, stop: Optional[int] = None) -> torch.Tensor:
-    """Run steps 0 .. stop-1 (default all T) from x_T with pre-drawn noise (B, T, ...), through the one chain
-    runner (diffalign.mdp.run_chain). Steps before ``grad_from`` run under no_grad (DRaFT's stop-gradient);
-    the rest keep their graph, each under torch.utils.checkpoint when ``checkpointing``. Returns the last state."""
-    return run_chain(policy, cond, x_T, noise=noise, grad_from=grad_from, checkpoint=checkpointing, stop=stop).x
+                 checkpointing: bool = True, stop: Optional[int] = None, start: int = 0) -> torch.Tensor:
+    """Run steps start .. stop-1 (default all T) from x_T (the state before step ``start``) with pre-drawn noise
+    (B, T, ...), through the one chain runner (diffalign.mdp.run_chain). Steps before ``grad_from`` run under
+    no_grad (DRaFT's stop-gradient); the rest keep their graph, each under torch.utils.checkpoint when
+    ``checkpointing``. Returns the last state."""
+    return run_chain(policy, cond, x_T, noise=noise, grad_from=grad_from, checkpoint=checkpointing, start=start,
+                     stop=stop).x
+
+
+def partial_start_step(num_steps: int, tau: float) -> int:
+    """The step a partial chain starts at: s = T - round(tau T), so round(tau T) >= 1 steps are re-run."""
+    return num_steps - max(1, int(round(tau * num_steps)))
+
+
+def noised_start(rule, x0: torch.Tensor, eps: torch.Tensor, start: int) -> torch.Tensor:
+    """x0 noised to the state before step ``start`` by the forward process q(x_s | x0) (the rule's add_noise)."""
+    steps = torch.full((x0.shape[0],), int(start), dtype=torch.long)
+    return rule.add_noise(x0, eps, steps)
 
 
 def _one_step(policy, cond: Conditions, x: torch.Tensor, i: int, noise: torch.Tensor) -> torch.Tensor:
@@ -96,6 +120,7 @@ class SamplingBatch:
     noise: torch.Tensor                                # (B, T, ...) step noise
     reward: Callable[[torch.Tensor], torch.Tensor]     # x0 (B, ...) -> (B,) rewards, differentiable
     generator: torch.Generator                         # draws of the method (ReFL's step, AlignProp's K, ...)
+    x0: Optional[torch.Tensor] = None                  # given clean samples (partial_chain source "data")
 
 
 # ---- configs -----------------------------------------------------------------------------------------------
@@ -107,8 +132,12 @@ class DirectRewardConfig:
     pretrain_weight: float = 0.0     # beta of the pre-training (distillation to the frozen base) term
     checkpointing: bool = True       # torch.utils.checkpoint on every step that keeps its graph
     lora_scale: float = 1.0          # LoRA scale of the evaluation samples (DRaFT's over-optimisation control)
+    # InstructVideo's partial chains (module doc): {tau: fraction of the chain re-run, source: generated | data}
+    partial_chain: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
+        if self.partial_chain is not None:
+            self.partial_chain = _check_partial_chain(self.partial_chain)
         if self.reward_loss not in REWARD_LOSSES:
             raise ValueError(f"algorithm.reward_loss must be one of {REWARD_LOSSES}, got {self.reward_loss!r}")
         if not self.reward_weight > 0:
@@ -117,6 +146,19 @@ class DirectRewardConfig:
             raise ValueError(f"algorithm.pretrain_weight must be >= 0, got {self.pretrain_weight}")
         if not self.lora_scale >= 0:
             raise ValueError(f"algorithm.lora_scale must be >= 0, got {self.lora_scale}")
+
+
+def _check_partial_chain(value) -> dict:
+    """{tau, source} with tau in (0, 1] and a known source; ValueError naming algorithm.partial_chain otherwise."""
+    key = "algorithm.partial_chain"
+    if not isinstance(value, dict) or set(value) - {"tau", "source"} or "tau" not in value:
+        raise ValueError(f"{key} must be a mapping {{tau: (0, 1], source: {'|'.join(PARTIAL_SOURCES)}}}, got {value!r}")
+    tau, source = value["tau"], value.get("source", "generated")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1:
+        raise ValueError(f"{key}.tau must be a fraction of the sampling chain in (0, 1], got {tau!r}")
+    if source not in PARTIAL_SOURCES:
+        raise ValueError(f"{key}.source must be one of {PARTIAL_SOURCES}, got {source!r}")
+    return {"tau": float(tau), "source": source}
 
 
 @dataclasses.dataclass
@@ -185,6 +227,40 @@ class DirectReward(Algorithm):
         """(rewards with a graph (B,) or (n, B), the detached sample for the pre-training term, metrics)."""
         raise NotImplementedError
 
+    def first_step(self, num_steps: int) -> int:
+        """The step the chains start at: 0, or the partial chain's s = T - round(tau T)."""
+        pc = self.config.partial_chain
+        return 0 if pc is None else partial_start_step(num_steps, pc["tau"])
+
+    def steps_run(self, num_steps: int) -> str:
+        """The steps a chain runs, for error messages."""
+        if self.config.partial_chain is None:
+            return f"sampling.num_steps = {num_steps}"
+        return (f"the {num_steps - self.first_step(num_steps)} steps of algorithm.partial_chain.tau = "
+                f"{self.config.partial_chain['tau']} of sampling.num_steps = {num_steps}")
+
+    def chain_start(self, batch: SamplingBatch, policy) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """(the state the chain starts from, its step noise (B, T, ...), its first step): (x_T, batch noise, 0), or a
+        partial chain's x_s = q(x_s | x0) with x0 given (source data) or sampled without gradient (generated)
+        and fresh step noise from the method's generator (independent of the chain that generated x0)."""
+        pc, T = self.config.partial_chain, policy.rule.num_steps
+        if pc is None:
+            return batch.x_T, batch.noise, 0
+        if pc["source"] == "data":
+            if batch.x0 is None:
+                raise ValueError("algorithm.partial_chain.source 'data' needs clean samples in the batch (x0); "
+                                 "use source 'generated' to start from the model's own samples")
+            x0 = batch.x0.detach().to(batch.x_T)
+        else:
+            with torch.no_grad():
+                x0 = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T)
+        start = self.first_step(T)
+        x_s = noised_start(policy.rule, x0, _draw(policy, batch, x0), start)
+        noise = None
+        if batch.noise is not None:
+            noise = torch.stack([_draw(policy, batch, x0) for _ in range(T)], dim=1)
+        return x_s, noise, start
+
     def loss(self, batch: SamplingBatch, policy, reference):
         c = self.config
         rewards, x0, metrics = self.scored(batch, policy)
@@ -223,8 +299,9 @@ class ReFL(DirectReward):
     config_class = ReFLConfig
 
     def check_steps(self, num_steps):
-        if self.config.late_steps > num_steps:
-            raise ValueError(f"algorithm.late_steps = {self.config.late_steps} exceeds sampling.num_steps = {num_steps}")
+        run = num_steps - self.first_step(num_steps)
+        if self.config.late_steps > run:
+            raise ValueError(f"algorithm.late_steps = {self.config.late_steps} exceeds {self.steps_run(num_steps)}")
 
     def grad_step(self, T: int, generator: torch.Generator) -> int:
         return T - 1 - int(torch.randint(self.config.late_steps, (1,), generator=generator))
@@ -232,8 +309,9 @@ class ReFL(DirectReward):
     def scored(self, batch, policy):
         T = policy.rule.num_steps
         j = self.grad_step(T, batch.generator)
+        x_s, noise, start = self.chain_start(batch, policy)
         with torch.no_grad():
-            x_j = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T, stop=j)
+            x_j = sample_chain(policy, batch.cond, x_s, noise, grad_from=T, stop=j, start=start)
         out = policy.predict(x_j, j, batch.cond)
         x0_hat = predicted_x0(policy.rule, j, out, x_j)
         return batch.reward(x0_hat), x0_hat, {"grad_step": torch.tensor(float(j))}
@@ -244,17 +322,19 @@ class DRaFT(DirectReward):
     config_class = DRaFTConfig
 
     def check_steps(self, num_steps):
-        if self.config.truncation > num_steps:
-            raise ValueError(f"algorithm.truncation = {self.config.truncation} exceeds sampling.num_steps = {num_steps}")
+        run = num_steps - self.first_step(num_steps)
+        if self.config.truncation > run:
+            raise ValueError(f"algorithm.truncation = {self.config.truncation} exceeds {self.steps_run(num_steps)}")
 
     def scored(self, batch, policy):
         c, T = self.config, policy.rule.num_steps
+        x_s, noise, start = self.chain_start(batch, policy)
         if c.lv_samples == 0:
-            x0 = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T - c.truncation,
-                              checkpointing=c.checkpointing)
+            x0 = sample_chain(policy, batch.cond, x_s, noise, grad_from=T - c.truncation,
+                              checkpointing=c.checkpointing, start=start)
             return batch.reward(x0), x0, {"truncation": torch.tensor(float(c.truncation))}
         with torch.no_grad():
-            x0 = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T)
+            x0 = sample_chain(policy, batch.cond, x_s, noise, grad_from=T, start=start)
         rewards = []
         for _ in range(c.lv_samples):  # x_1 ~ q(x_1 | x0), then the last step with its graph
             eps, step_noise = _draw(policy, batch, x0), _draw(policy, batch, x0)
@@ -272,17 +352,21 @@ class AlignProp(DirectReward):
     config_class = AlignPropConfig
 
     def check_steps(self, num_steps):
-        if self.config.min_truncation > num_steps:
-            raise ValueError(f"algorithm.min_truncation = {self.config.min_truncation} exceeds sampling.num_steps = "
-                             f"{num_steps}")
+        run = num_steps - self.first_step(num_steps)
+        if self.config.min_truncation > run:
+            raise ValueError(f"algorithm.min_truncation = {self.config.min_truncation} exceeds "
+                             f"{self.steps_run(num_steps)}")
 
     def truncation(self, T: int, generator: torch.Generator) -> int:
-        lo, hi = self.config.min_truncation, min(self.config.max_truncation or T, T)
+        """K ~ U{min_truncation .. max_truncation}, capped by the steps the chain runs (T, or a partial chain's)."""
+        run = T - self.first_step(T)
+        lo, hi = self.config.min_truncation, min(self.config.max_truncation or run, run)
         return lo + int(torch.randint(hi - lo + 1, (1,), generator=generator))
 
     def scored(self, batch, policy):
         T = policy.rule.num_steps
         k = self.truncation(T, batch.generator)
-        x0 = sample_chain(policy, batch.cond, batch.x_T, batch.noise, grad_from=T - k,
-                          checkpointing=self.config.checkpointing)
+        x_s, noise, start = self.chain_start(batch, policy)
+        x0 = sample_chain(policy, batch.cond, x_s, noise, grad_from=T - k,
+                          checkpointing=self.config.checkpointing, start=start)
         return batch.reward(x0), x0, {"truncation": torch.tensor(float(k))}

@@ -6,6 +6,10 @@ train.batch_size samples; each minibatch is one ``algorithm.loss`` (a chain samp
 gradient) and the optimiser steps every train.gradient_accumulation_steps minibatches. As in the online loop,
 every draw comes from a generator seeded by (seed, epoch, batch, global sample index), so a resumed run or a
 different process count draws the same x_T and step noise.
+
+``algorithm.partial_chain.source: data`` (InstructVideo's partial chains from given clips): every prompt item is a
+mapping whose ``"sample"`` names a stored sample (a video file, a frame folder, an image: whatever the adapter's
+``load_sample`` reads); the batch's clean samples x0 are those, encoded by the adapter.
 """
 from __future__ import annotations
 
@@ -26,6 +30,18 @@ class DifferentiableTrainer(SampledTrainer):
     def __init__(self, cfg, accelerator=None):
         super().__init__(cfg, accelerator)
         self.algorithm.check_steps(self.policy.rule.num_steps)
+        pc = getattr(self.algorithm.config, "partial_chain", None)
+        self.given_samples = pc is not None and pc["source"] == "data"
+        if self.given_samples:
+            for i, item in enumerate(self.prompts):
+                if not isinstance(item, dict) or not item.get("sample"):
+                    raise ValueError(f"algorithm.partial_chain.source 'data' needs every prompt item to be a mapping "
+                                     f"with a 'sample' (a stored sample to start from); prompt item {i} is {item!r}")
+
+    def _given_x0(self, items) -> torch.Tensor:
+        """The clean samples the items name, encoded by the adapter (partial chains from data)."""
+        x0, _ = self.adapter.encode([self.adapter.load_sample(item["sample"]) for item in items], items)
+        return x0
 
     def _reward(self, cond, prompts):
         def reward(x0: torch.Tensor) -> torch.Tensor:
@@ -53,7 +69,8 @@ class DifferentiableTrainer(SampledTrainer):
                 gens = [generator(cfg.seed, epoch, n, g, "noise") for g in range(g0, g0 + len(mine))]
                 x_T, noise = draw_noise(self.adapter, cond, gens, s.num_steps)
                 batch = SamplingBatch(cond, mine, x_T, noise, self._reward(cond, mine),
-                                      generator(cfg.seed, epoch, n, g0, "method"))
+                                      generator(cfg.seed, epoch, n, g0, "method"),
+                                      x0=self._given_x0(mine) if self.given_samples else None)
                 minibatch += 1
                 last = minibatch % t.gradient_accumulation_steps == 0
                 with self.acc.autocast():

@@ -40,9 +40,21 @@ def test_one_setting_runs_in_a_subprocess_and_the_table_prints(tmp_path, capsys)
 def test_gpu_model_is_skipped_on_cpu_and_json_written(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "m.json"
-    assert bench.main(["--device", "cpu", "--models", "sd15", "--json", str(out)]) == []
+    assert bench.main(["--device", "cpu", "--models", "sd15", "--json", str(out), "--note", "shared"]) == []
     assert "sd15: it runs on CUDA only" in capsys.readouterr().err
     data = json.loads(out.read_text())
-    assert data["rows"] == [] and data["machine"]["torch"]
+    assert data["rows"] == [] and data["machine"]["torch"] and data["machine"]["cpu_model"]
+    assert data["note"] == "shared"
     with pytest.raises(SystemExit):
         bench.main(["--device", "cpu", "--models", "sdxl"])
+
+
+def test_video_rows_cover_checkpointing_and_frame_subsampling_and_run():
+    bench = _load()
+    rows = bench.settings(10, "video", kept=2)
+    assert [(r["K"], r["checkpointing"], r["reward_frames"]) for r in rows] == [
+        (k, ckpt, f) for k in (1, 10) for ckpt in (False, True) for f in (None, 2)]
+    assert all(r["method"] == "vader" for r in rows)
+    row = bench.run_setting("video", "cpu", 2, 1, 1, 0, rows[3], video_shape={"frames": 3, "resolution": 16})
+    assert row["model"] == "video" and row["frames"] == 3 and row["resolution"] == 16 and row["reward_frames"] == 2
+    assert row["s_per_update"] > 0 and row["mean_K"] == 1 and row["checkpointing"] and "error" not in row

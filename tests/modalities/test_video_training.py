@@ -31,14 +31,12 @@ def video_reward():
     registry.rewards.unregister("test_video_redness")
 
 
-@pytest.mark.parametrize("name", ["video_animatediff_ddpo", "video_wan_grpo"])
+@pytest.mark.parametrize("name", ["video_animatediff_ddpo", "video_wan_grpo", "video_vader_animatediff"])
 def test_shipped_video_configs_validate_without_downloading(tmp_path, name):
     from diffalign.cli import shipped_config
     overrides = [f"output_dir={tmp_path}"]
-    if "per_frame" not in registry.rewards:  # the per-frame reward wrapper lands with the video rewards
-        overrides += ["reward.name=brightness", "reward.kwargs={}"]
     cfg = load_config(shipped_config(name), overrides)
-    assert cfg.modality.name == "video"
+    assert cfg.modality.name == "video" and cfg.reward.name == "per_frame"
     with pytest.raises(ConfigError, match="modality.options.num_frames"):
         load_config(shipped_config(name), overrides + ["modality.options.architecture=wan",
                                                        "modality.options.num_frames=16"])
