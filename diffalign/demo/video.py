@@ -34,6 +34,7 @@ CONFIG_PREFIX = "video_"   # demo_video_<algo>.yaml among the demo configs
 SAMPLES_PER_KIND = 24
 QUICK_SAMPLES_PER_KIND = 2
 GIF_SCALE = 4              # a 32-px frame becomes 128 px in the GIFs (whole multiples keep colours exact)
+GIF_FPS = 4.0
 FILMSTRIP_CLIPS = 6        # before/after rows of the first clip of this many distinct captions
 
 
@@ -113,7 +114,7 @@ def save_video_samples(output: str, prompts: Sequence[str], seeds: Sequence[int]
         os.makedirs(os.path.join(output, "samples", stage), exist_ok=True)
         for i, (clip, prompt, seed) in enumerate(zip(stage_clips, prompts, seeds)):
             name = f"{stage}/{i:04d}.gif"
-            save_gif(os.path.join(output, "samples", name), clip.float() / 255, scale=GIF_SCALE)
+            save_gif(os.path.join(output, "samples", name), clip.float() / 255, fps=GIF_FPS, scale=GIF_SCALE)
             index[name] = {"prompt": prompt, "seed": int(seed), "correct": bool(correct[stage][i])}
     with open(os.path.join(output, "samples", "prompts.json"), "w") as f:
         json.dump(index, f, indent=1)
@@ -121,10 +122,16 @@ def save_video_samples(output: str, prompts: Sequence[str], seeds: Sequence[int]
 
 
 def read_gif_clip(path: str) -> torch.Tensor:
-    """A GIF written by :func:`save_video_samples` -> uint8 (F, 3, 32, 32) as scored (the enlargement undone)."""
-    import imageio.v3 as iio
-    frames = np.asarray(iio.imread(path, index=None))[..., :3]
-    return torch.from_numpy(frames[:, ::GIF_SCALE, ::GIF_SCALE].copy()).permute(0, 3, 1, 2).contiguous()
+    """A GIF written by :func:`save_video_samples` -> uint8 (F, 3, 32, 32) as scored (the enlargement undone).
+    Pillow's GIF writer merges runs of identical frames into one longer frame, so each stored frame is repeated
+    by its duration over the writer's frame duration (``GIF_FPS``)."""
+    from PIL import Image, ImageSequence
+    frames = []
+    with Image.open(path) as gif:
+        for frame in ImageSequence.Iterator(gif):
+            repeat = max(1, round(frame.info.get("duration", 1000.0 / GIF_FPS) * GIF_FPS / 1000.0))
+            frames += [np.asarray(frame.convert("RGB"))[::GIF_SCALE, ::GIF_SCALE]] * repeat
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
 
 def _pct(v) -> str:
