@@ -12,10 +12,10 @@ direction and smoothness of motion). Stages, as the image demo (:mod:`diffalign.
    on the training clip captions;
 3. sample and score the same captions and seeds again, and write ``report.json`` / ``report.md`` (the image
    demo's schema with ``modality: video``), ``reward_curve.png``, ``filmstrip.png`` (before/after rows) and every
-   clip as ``samples/{before,after}/NNNN.gif`` with ``samples/prompts.json``.
+   clip as ``samples/{before,after}/NNNN.gif`` (and its frames as NNNN.png) with ``samples/prompts.json``.
 
-Scores are computed on the 8-bit frames the GIFs hold (each pixel enlarged ``GIF_SCALE`` times, colours exact),
-so re-scoring the GIFs reproduces the report.
+Scores are computed on 8-bit frames, saved losslessly next to each GIF as ``NNNN.png`` (frames left to right), so
+re-scoring those PNGs reproduces the report.
 """
 from __future__ import annotations
 
@@ -109,24 +109,39 @@ def paired_video_report(prompts: Sequence[str], before: Sequence[bool], after: S
 
 def save_video_samples(output: str, prompts: Sequence[str], seeds: Sequence[int], clips: Dict[str, torch.Tensor],
                        correct: Dict[str, Sequence[bool]]) -> Dict[str, dict]:
-    """samples/{before,after}/NNNN.gif and samples/prompts.json (file -> prompt, seed, verdict)."""
+    """samples/{before,after}/NNNN.gif (to watch) and NNNN.png (the scored 8-bit frames left to right, lossless:
+    a GIF's palette cannot hold every colour of a noisy clip) and samples/prompts.json (GIF -> prompt, seed,
+    verdict, its frames PNG)."""
+    from PIL import Image
+
     from diffalign.eval.video_writers import save_gif
     index: Dict[str, dict] = {}
     for stage, stage_clips in clips.items():
         os.makedirs(os.path.join(output, "samples", stage), exist_ok=True)
         for i, (clip, prompt, seed) in enumerate(zip(stage_clips, prompts, seeds)):
-            name = f"{stage}/{i:04d}.gif"
+            name, frames = f"{stage}/{i:04d}.gif", f"{stage}/{i:04d}.png"
             save_gif(os.path.join(output, "samples", name), clip.float() / 255, fps=GIF_FPS, scale=GIF_SCALE)
-            index[name] = {"prompt": prompt, "seed": int(seed), "correct": bool(correct[stage][i])}
+            strip = clip.permute(2, 0, 3, 1).reshape(clip.shape[2], -1, 3)  # (H, F * W, 3)
+            Image.fromarray(strip.numpy()).save(os.path.join(output, "samples", frames))
+            index[name] = {"prompt": prompt, "seed": int(seed), "correct": bool(correct[stage][i]), "frames": frames}
     with open(os.path.join(output, "samples", "prompts.json"), "w") as f:
         json.dump(index, f, indent=1)
     return index
 
 
+def read_frames_png(path: str, frames: int) -> torch.Tensor:
+    """A frames PNG written by :func:`save_video_samples` -> uint8 (F, 3, H, W), exactly the scored frames."""
+    from PIL import Image
+    strip = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())  # (H, F * W, 3)
+    if strip.shape[1] % frames:
+        raise ValueError(f"{path}: width {strip.shape[1]} is not a multiple of {frames} frames")
+    return strip.reshape(strip.shape[0], frames, -1, 3).permute(1, 3, 0, 2).contiguous()
+
+
 def read_gif_clip(path: str) -> torch.Tensor:
-    """A GIF written by :func:`save_video_samples` -> uint8 (F, 3, 32, 32) as scored (the enlargement undone).
-    Pillow's GIF writer merges runs of identical frames into one longer frame, so each stored frame is repeated
-    by its duration over the writer's frame duration (``GIF_FPS``)."""
+    """A GIF written by :func:`save_video_samples` -> uint8 (F, 3, 32, 32) (the enlargement undone; colours as
+    the GIF palette kept them). Pillow's GIF writer merges runs of identical frames into one longer frame, so
+    each stored frame is repeated by its duration over the writer's frame duration (``GIF_FPS``)."""
     from PIL import Image, ImageSequence
     frames = []
     with Image.open(path) as gif:

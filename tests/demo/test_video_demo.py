@@ -54,8 +54,11 @@ def test_quick_video_demo_gifs_reproduce_the_report(quick_run):
     verdicts = {}
     for stage in ("before", "after"):
         names = [f"{stage}/{i:04d}.gif" for i in range(n)]
-        clips = torch.stack([video.read_gif_clip(os.path.join(out, "samples", name)) for name in names])
+        clips = torch.stack([video.read_frames_png(os.path.join(out, "samples", index[name]["frames"]), 8)
+                             for name in names])
         assert clips.shape == (n, 8, 3, 32, 32)
+        for name, clip in zip(names, clips):  # each GIF shows the clip's 8 frames
+            assert video.read_gif_clip(os.path.join(out, "samples", name)).shape == clip.shape
         prompts = [index[name]["prompt"] for name in names]
         acc, correct, _ = video.score_video_samples(clips, prompts)
         for k, v in report[stage].items():
@@ -100,8 +103,15 @@ def test_clips_uint8_and_gif_round_trip(tmp_path):
     few[:, 2, 20:30, 3:9] = 200
     index = video.save_video_samples(str(tmp_path), ["a red circle"], [7], {"before": few[None]},
                                      {"before": [True]})
-    assert index == {"before/0000.gif": {"prompt": "a red circle", "seed": 7, "correct": True}}
+    assert index == {"before/0000.gif": {"prompt": "a red circle", "seed": 7, "correct": True,
+                                         "frames": "before/0000.png"}}
     assert torch.equal(video.read_gif_clip(str(tmp_path / "samples" / "before" / "0000.gif")), few)
+    # the frames PNG is exact for any colours (a GIF palette holds 256)
+    noisy = (torch.rand(1, 8, 3, 32, 32) * 255).to(torch.uint8)
+    video.save_video_samples(str(tmp_path / "noisy"), ["a red circle"], [7], {"after": noisy}, {"after": [False]})
+    assert torch.equal(video.read_frames_png(str(tmp_path / "noisy" / "samples" / "after" / "0000.png"), 8), noisy[0])
+    with pytest.raises(ValueError, match="not a multiple of 3 frames"):
+        video.read_frames_png(str(tmp_path / "noisy" / "samples" / "after" / "0000.png"), 3)
 
 
 def test_filmstrip_rows_alternate_the_kinds():
