@@ -624,7 +624,8 @@ VIDEO_HEADLINE_END = "<!-- generated:video-demo-headline:end -->"
 def demo_video_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
     header = ["seed", "epochs", "minutes (whole demo)", "accuracy before -> after", "change, points (95% CI)",
               "McNemar p", "fixed / broken", "moving / still after, %",
-              "color / shape / count / direction / smoothness after, %", "precision"]
+              "color / shape / count / direction / smoothness before -> after, %", "reward before -> after",
+              "precision"]
     rows = []
     for run in data["runs"]:
         b, a = run["before"]["accuracy"], run["after"]["accuracy"]
@@ -634,8 +635,9 @@ def demo_video_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
                      f"{pct(b)} -> **{pct(a)}**", f"**{100 * run['delta']:+.1f}** [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
                      f"{run['mcnemar_p']:.2g}", f"{run['fixed']} / {run['broken']}",
                      " / ".join(num(100 * run["after"].get(f"accuracy/{k}", float("nan")), 1) for k in VIDEO_KINDS),
-                     " / ".join(f"{100 * run['after'][k]:.0f}" for k in VIDEO_ATTRIBUTES),
-                     _precision(run["precision"])])
+                     " / ".join(f"{100 * run['before'][k]:.0f}" for k in VIDEO_ATTRIBUTES) + " -> "
+                     + " / ".join(f"{100 * run['after'][k]:.0f}" for k in VIDEO_ATTRIBUTES),
+                     f"{run['before']['reward']:.3f} -> {run['after']['reward']:.3f}", _precision(run["precision"])])
     return header, rows
 
 
@@ -679,7 +681,7 @@ def render_video_headline(results: Path = RESULTS) -> str:
     for path in files:
         data = load(path)
         header, rows = demo_video_rows(data)
-        keep = [0, 1, 2, 3, 4, 5, 7, 9]
+        keep = [0, 1, 2, 3, 4, 5, 8, 9, 10]
         lines += [f"Measured on {_video_machine(data)}, `{data.get('command', 'diffalign demo video')}`, one run per "
                   f"training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out video accuracy, moving "
                   "and still captions weighted equally:", ""]
