@@ -8,10 +8,12 @@ is fixed text kept here, next to the function that renders that kind of file. Th
 shape, so each kind has its own renderer, picked by file name (``RENDERERS``); a file that matches
 none is listed under "Other results" with its top-level fields, so nothing committed goes unshown.
 
-README.md holds one generated block, between ``<!-- generated:demo-headline:start -->`` and
+README.md holds generated blocks: one between ``<!-- generated:demo-headline:start -->`` and
 ``<!-- generated:demo-headline:end -->``: the demo's headline (the default algorithm's runs, accuracy
 before -> after per seed, with the CPU). It reads ``demo_default_<cpu>_<date>.json`` files when there are
-any, else the default-config rows of the earlier demo_rwr file.
+any, else the default-config rows of the earlier demo_rwr file. The other, between
+``<!-- generated:video-demo-headline:start -->`` and its end marker, holds the runs of ``diffalign demo video``
+from ``demo_video_<cpu>_<date>.json`` (benchmarks/video_demo_results.py collects them).
 """
 from __future__ import annotations
 
@@ -655,11 +657,92 @@ def render_other(name: str, data) -> List[str]:
     return lines
 
 
+# ---- the video demo: runs of `diffalign demo video` (demo_video_<cpu>_<date>.json) -------------------------
+VIDEO_KINDS = ("moving", "still")
+VIDEO_ATTRIBUTES = ("color", "shape", "count", "direction", "smoothness")
+VIDEO_HEADLINE_START = "<!-- generated:video-demo-headline:start -->"
+VIDEO_HEADLINE_END = "<!-- generated:video-demo-headline:end -->"
+
+
+def demo_video_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
+    header = ["seed", "epochs", "minutes (whole demo)", "accuracy before -> after", "change, points (95% CI)",
+              "McNemar p", "fixed / broken", "moving / still after, %",
+              "color / shape / count / direction / smoothness before -> after, %", "reward before -> after",
+              "precision"]
+    rows = []
+    for run in data["runs"]:
+        b, a = run["before"]["accuracy"], run["after"]["accuracy"]
+        ci = run["ci95"]
+        seconds = _run_seconds(run)
+        rows.append([str(run["seed"]), str(run["epochs"]), "-" if seconds is None else num(seconds / 60),
+                     f"{pct(b)} -> **{pct(a)}**", f"**{100 * run['delta']:+.1f}** [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
+                     f"{run['mcnemar_p']:.2g}", f"{run['fixed']} / {run['broken']}",
+                     " / ".join(num(100 * run["after"].get(f"accuracy/{k}", float("nan")), 1) for k in VIDEO_KINDS),
+                     " / ".join(f"{100 * run['before'][k]:.0f}" for k in VIDEO_ATTRIBUTES) + " -> "
+                     + " / ".join(f"{100 * run['after'][k]:.0f}" for k in VIDEO_ATTRIBUTES),
+                     f"{run['before']['reward']:.3f} -> {run['after']['reward']:.3f}", _precision(run["precision"])])
+    return header, rows
+
+
+def _video_summary(data: dict) -> List[str]:
+    deltas = [100 * r["delta"] for r in data["runs"]]
+    if not deltas:
+        return []
+    return [f"{len(deltas)} seed(s): change {min(deltas):+.1f} to {max(deltas):+.1f} points, mean "
+            f"{sum(deltas) / len(deltas):+.1f}; {sum(d >= 10 for d in deltas)} of {len(deltas)} reach +10."]
+
+
+def _video_machine(data: dict) -> str:
+    flags = ", ".join(data.get("cpu_flags") or []) or "none of the listed flags"
+    return f"{data.get('cpu', 'unknown CPU')} (flags: {flags}), {data.get('threads', '?')} torch threads"
+
+
+def render_demo_video(name: str, data: dict) -> List[str]:
+    """A file of `diffalign demo video` runs (benchmarks/video_demo_results.py writes it)."""
+    runs = data.get("runs", [])
+    base = runs[0]["before"] if runs else {}
+    lines = [f"### {clean(data.get('what', 'diffalign demo video'))}", "",
+             f"Machine: {_video_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.",
+             "", f"Base model (held-out, before): {pct(base.get('accuracy'))} (moving / still "
+                 f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in VIDEO_KINDS)}; color / shape / count / "
+                 f"direction / smoothness {' / '.join(pct(base.get(k)) for k in VIDEO_ATTRIBUTES)}).", ""]
+    if data.get("note"):
+        lines += [clean(data["note"]), ""]
+    header, rows = demo_video_rows(data)
+    lines += table(header, rows)
+    summary = _video_summary(data)
+    if summary:
+        lines += [""] + summary
+    lines += ["", source_line(name), ""]
+    return lines
+
+
+def render_video_headline(results: Path = RESULTS) -> str:
+    """The inside of README's video block (without the markers)."""
+    lines: List[str] = []
+    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, "demo_video_*.json")]
+    for path in files:
+        data = load(path)
+        header, rows = demo_video_rows(data)
+        keep = [0, 1, 2, 3, 4, 5, 8, 9, 10]
+        lines += [f"Measured on {_video_machine(data)}, `{data.get('command', 'diffalign demo video')}`, one run per "
+                  f"training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out video accuracy, moving "
+                  "and still captions weighted equally:", ""]
+        lines += table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
+        lines += [""] + _video_summary(data) + [""]
+        if data.get("note"):
+            lines += [clean(data["note"]), ""]
+    if not files:
+        lines += ["No measured run of `diffalign demo video` is committed yet.", ""]
+    return "\n".join(lines).rstrip()
+
+
 # ---- the document ----------------------------------------------------------------------------------------
 Renderer = Callable[[str, dict], List[str]]
 # (section, file-name pattern, renderer); a file goes to the first pattern it matches
 RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_default_*.json", render_demo_default),
+    ("demo", "demo_video_*.json", render_demo_video),
     ("demo", "demo_rwr_*.json", render_demo_rwr),
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),
@@ -802,12 +885,12 @@ def render_headline(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, inner: str) -> str:
+def replace_block(text: str, inner: str, start_marker: str = HEADLINE_START, end_marker: str = HEADLINE_END) -> str:
     """README text with the generated block's inside replaced; ValueError if the markers are missing."""
-    start, end = text.find(HEADLINE_START), text.find(HEADLINE_END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {HEADLINE_START} ... {HEADLINE_END} block")
-    return text[:start + len(HEADLINE_START)] + "\n" + inner + "\n" + text[end:]
+        raise ValueError(f"README has no {start_marker} ... {end_marker} block")
+    return text[:start + len(start_marker)] + "\n" + inner + "\n" + text[end:]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -820,7 +903,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     outputs = {args.doc: render_results(args.results)}
     readme_text = args.readme.read_text(encoding="utf-8")
-    outputs[args.readme] = replace_block(readme_text, render_headline(args.results))
+    readme_text = replace_block(readme_text, render_headline(args.results))
+    if VIDEO_HEADLINE_START in readme_text:  # the video demo's block (README: "The video demo")
+        readme_text = replace_block(readme_text, render_video_headline(args.results), VIDEO_HEADLINE_START,
+                                    VIDEO_HEADLINE_END)
+    outputs[args.readme] = readme_text
     stale = [path for path, text in outputs.items()
              if not path.is_file() or path.read_text(encoding="utf-8") != text]
     if args.check:

@@ -1,6 +1,7 @@
-"""``diffalign demo [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the shipped tiny
-model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
-diffalign/inference; the report adds the model evaluations the method spent)."""
+"""``diffalign demo [image|video] [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the
+shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
+diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns the shipped tiny
+text-to-video model (diffalign/demo/video.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,17 +10,24 @@ import sys
 HELP = "measure, align and re-measure the shipped tiny text-to-image model against a compositional reward (CPU)"
 
 
+MODALITIES = ("image", "video")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from diffalign.demo.run import DEFAULT_ALGO, SAMPLES_PER_KIND, available_algos
+    # optional: a first positional that is a dotted.key=value is an override of the image demo (run() moves it)
+    p.add_argument("modality", nargs="?", default="image",
+                   help=f"what to align: {' or '.join(MODALITIES)} (default image; video: the tiny text-to-video "
+                        "model, its own --algo choices: diffalign/configs/demo_video_<algo>.yaml)")
     p.add_argument("--output", default="demo_output", help="folder for report.json, report.md, PNGs and samples")
-    p.add_argument("--algo", default=DEFAULT_ALGO,
+    p.add_argument("--algo", default=None,
                    help=f"alignment algorithm, one of {', '.join(available_algos())} (a shipped "
-                        f"diffalign/configs/demo_<algo>.yaml; default {DEFAULT_ALGO})")
+                        f"diffalign/configs/demo_<algo>.yaml; default {DEFAULT_ALGO}; for video see diffalign demo video)")
     p.add_argument("--quick", action="store_true", help="a few prompts and training steps (checks the pipeline)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the alignment stage")
-    p.add_argument("--samples-per-kind", type=int, default=SAMPLES_PER_KIND,
+    p.add_argument("--samples-per-kind", type=int, default=None,
                    help="evaluation samples of each caption kind (single, count, relation), over the held-out "
-                        f"captions (default {SAMPLES_PER_KIND})")
+                        f"captions (default {SAMPLES_PER_KIND}; video: moving, still)")
     p.add_argument("--model", default="demo", help="'demo' (the shipped model) or a folder saved by "
                                                   "scripts/train_demo_model.py")
     p.add_argument("--seed", type=int, default=0, help="training seed (evaluation seeds are fixed)")
@@ -58,16 +66,64 @@ def _check(args) -> str:
     return ""
 
 
+def _check_video(args) -> str:
+    from diffalign.demo.video import video_algos
+    if args.algo not in video_algos():
+        return f"unknown --algo {args.algo!r} for video; choose one of: {', '.join(video_algos())}"
+    if args.method is not None or args.budget is not None or args.model != "demo":
+        return "--method, --budget and --model apply to the image demo only"
+    if not args.minutes > 0:
+        return f"--minutes must be > 0, got {args.minutes}"
+    if args.samples_per_kind < 1:
+        return f"--samples-per-kind must be >= 1, got {args.samples_per_kind}"
+    bad = [o for o in args.overrides if "=" not in o]
+    return f"overrides must be dotted.key=value, got {bad}" if bad else ""
+
+
+def _overrides(items):
+    import yaml
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in items)}
+    if overrides.get("train.mixed_precision") is False:  # YAML reads a bare `no` as false
+        overrides["train.mixed_precision"] = "no"
+    return overrides
+
+
+def run_video(args) -> int:
+    from diffalign.demo.video import DEFAULT_VIDEO_ALGO, SAMPLES_PER_KIND
+    args.algo = DEFAULT_VIDEO_ALGO if args.algo is None else args.algo
+    args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
+    error = _check_video(args)
+    if error:
+        print(f"diffalign demo video: {error}", file=sys.stderr)
+        return 2
+    from diffalign.demo.video import run_video_demo
+    report = run_video_demo(args.output, args.algo, quick=args.quick, minutes=args.minutes,
+                            samples_per_kind=args.samples_per_kind, seed=args.seed,
+                            overrides=_overrides(args.overrides))
+    b, a = report["before"]["accuracy"], report["after"]["accuracy"]
+    print(f"diffalign demo video ({args.algo}): held-out video accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
+          f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
+    return 0
+
+
 def run(args) -> int:
+    if "=" in args.modality:  # no modality given: the first positional is an override
+        args.overrides, args.modality = [args.modality, *args.overrides], "image"
+    if args.modality not in MODALITIES:
+        print(f"diffalign demo: unknown modality {args.modality!r}; choose one of: {', '.join(MODALITIES)}",
+              file=sys.stderr)
+        return 2
+    if args.modality == "video":
+        return run_video(args)
+    from diffalign.demo.run import DEFAULT_ALGO, SAMPLES_PER_KIND
+    args.algo = DEFAULT_ALGO if args.algo is None else args.algo
+    args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
     error = _check(args)
     if error:
         print(f"diffalign demo: {error}", file=sys.stderr)
         return 2
     from diffalign.demo.run import demo_precision, run_demo, train_stage
-    import yaml
-    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    if overrides.get("train.mixed_precision") is False:  # YAML reads a bare `no` as false
-        overrides["train.mixed_precision"] = "no"
+    overrides = _overrides(args.overrides)
     stage, label = train_stage(args.algo, overrides), {"algo": args.algo}
     precision = demo_precision(args.algo, overrides) if args.method is None else "auto"
     if args.method is not None:

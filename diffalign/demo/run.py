@@ -114,13 +114,23 @@ def demo_options(algo: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ---- algorithms ----------------------------------------------------------------------------------------
-def available_algos() -> List[str]:
-    """Algorithms with a shipped demo config (diffalign/configs/demo_<algo>.yaml)."""
-    return sorted(os.path.basename(p)[len("demo_"):-len(".yaml")] for p in glob.glob(os.path.join(CONFIG_DIR, "demo_*.yaml")))
+# demo configs of other modalities are named demo_<modality>_<algo>.yaml (diffalign/demo/video.py)
+OTHER_MODALITIES = ("video",)
+
+
+def available_algos(modality: str = "image") -> List[str]:
+    """Algorithms with a shipped demo config: diffalign/configs/demo_<algo>.yaml for images; for another
+    modality its demo_<modality>_<algo>.yaml, named ``<modality>_<algo>``."""
+    names = sorted(os.path.basename(p)[len("demo_"):-len(".yaml")] for p in glob.glob(os.path.join(CONFIG_DIR, "demo_*.yaml")))
+    if modality == "image":
+        return [n for n in names if not n.startswith(tuple(m + "_" for m in OTHER_MODALITIES))]
+    if modality not in OTHER_MODALITIES:
+        raise ValueError(f"unknown demo modality {modality!r}; choose one of {['image', *OTHER_MODALITIES]}")
+    return [n for n in names if n.startswith(modality + "_")]
 
 
 def demo_config_path(algo: str) -> str:
-    algos = available_algos()
+    algos = [a for m in ("image", *OTHER_MODALITIES) for a in available_algos(m)]
     if algo not in algos:
         raise ValueError(f"unknown demo algorithm {algo!r}; choose one of {algos}")
     return os.path.join(CONFIG_DIR, f"demo_{algo}.yaml")
@@ -400,6 +410,7 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
 
     from diffalign.demo.report import write_outputs
     report = {
+        "modality": "image",
         **label,
         "model": model,
         "before": before,
