@@ -109,6 +109,10 @@ PLANS: Dict[str, Plan] = {
         ("bash -n scripts/install.sh", ".venv/bin/diffalign demo --quick --output demo_out"),
         "the install made the environment this test runs in (a test must not reinstall): the script is only "
         "syntax-checked; the 10-minute demo runs as --quick, the same pipeline on a few prompts and steps"),
+    "diffalign demo video --output video_out": Plan(
+        (".venv/bin/diffalign demo video --quick --output video_out",),
+        "the video demo (10 minutes of alignment and two evaluations) runs as --quick, the same pipeline on a "
+        "few captions and steps"),
     '.venv/bin/python -m pytest -q -m "not slow" tests': Plan(
         ('.venv/bin/python -m pytest -q -m "not slow" tests --collect-only -p no:cacheprovider',),
         "this test is part of that run; collecting the suite from the clean layout checks that every test "
