@@ -70,10 +70,18 @@ KTO_FAILS = pytest.mark.xfail(strict=True, reason="Diffusion-KTO learns no image
                                                    "(README, 'Offline losses on images')")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after it (a leaked setting changed later tests' metrics)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("loss", [pytest.param(name, marks=KTO_FAILS) if name == "kto" else name
                                   for name in sorted(LOSSES)])
-def test_heldout_implicit_accuracy_rises_on_images(tmp_path, loss):
-    torch.set_num_threads(1)
+def test_heldout_implicit_accuracy_rises_on_images(tmp_path, loss, one_thread):
     train = _write_pairs(str(tmp_path / "train"), 32, seed=0)
     test = _write_pairs(str(tmp_path / "test"), 16, seed=1)
     trainer = make_trainer(_config(train, str(tmp_path / "run"), LOSSES[loss], eval_samples=0))
