@@ -89,6 +89,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "compositional": "diffalign.rewards.compositional:compositional_reward",  # the shapes demo's reward
     "frame_difference": "diffalign.rewards.temporal:frame_difference",  # video rewards take (B, F, C, H, W)
     "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
+    "edit_preservation": "diffalign.rewards.editing:edit_preservation",  # edit rewards take edit prompt items
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -101,6 +102,9 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "per_frame": "diffalign.rewards.video:PER_FRAME",
     "temporal_consistency": "diffalign.rewards.temporal:TEMPORAL_CONSISTENCY",
     "xclip_score": "diffalign.rewards.video_text:XCLIP_SCORE",
+    "clip_directional_similarity": "diffalign.rewards.editing:CLIP_DIRECTIONAL_SIMILARITY",
+    "clip_instruction_similarity": "diffalign.rewards.editing:CLIP_INSTRUCTION_SIMILARITY",
+    "clip_image_similarity": "diffalign.rewards.editing:CLIP_IMAGE_SIMILARITY",
 }
 
 
