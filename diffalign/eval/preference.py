@@ -114,7 +114,7 @@ def evaluate_preference(reward, data: str, format: Optional[str] = None, split: 
         raise ValueError(f"{data} labels several aspects {named}: choose one with --aspect")
     key = label if label is not None else "__plain__"
     ranks = rank_tensor(groups, [key], primary=key)[..., 0]
-    items = [(s, g.prompt) for g in groups for s in g.samples]
+    items = [(s, g.item) for g in groups for s in g.samples]  # ranked edits: the edit item with the input image
     flat = score_samples(reward, items, batch_size, device, progress)
     scores = torch.full(ranks.shape, float("nan"), dtype=torch.float64)
     pos = 0

@@ -13,6 +13,7 @@ from typing import Dict, List
 import torch
 
 from diffalign.algorithms.base import TransitionBatch
+from diffalign.algorithms.reward_condition import level_items, top_items
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
 from diffalign.rewards.prompts import prompt_key
@@ -55,9 +56,11 @@ class OnlineTrainer(Trainer):
         for n in range(s.num_batches_per_epoch):
             global_prompts = self._batch_prompts(epoch, n)
             mine = global_prompts[local]
+            # reward conditioning (HIVE): sampling asks for the top reward level; the reward sees the plain items
+            asked = top_items(mine, self._reward_condition) if self._reward_condition is not None else mine
             # conditions a modality draws (an atom count, a start state) come from per-sample generators too
             cond = self.adapter.encode_conditions(
-                mine, [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(local.start, local.stop)])
+                asked, [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(local.start, local.stop)])
             gens = [generator(self.cfg.seed, epoch, n, g, "noise") for g in range(local.start, local.stop)]
             with self.acc.autocast():
                 traj = self.policy.sample(cond, generator=gens)
@@ -117,10 +120,28 @@ class OnlineTrainer(Trainer):
                         return self.reduce_metrics(sums, count)
         return self.reduce_metrics(sums, count)
 
+    @property
+    def _reward_condition(self):
+        return getattr(self.algorithm.config, "reward_condition", None)
+
+    def condition_on_rewards(self, epoch: int, traj: Trajectory, rewards: torch.Tensor, prompts: list) -> None:
+        """Reward conditioning (HIVE): re-encode each local sample's condition at the level its reward reached
+        in the global batch (the same levels on every process; the conditions' own draws as in the rollout)."""
+        leveled = level_items(prompts, rewards, self._reward_condition)
+        b = self.cfg.sampling.batch_size
+        conds = []
+        for n in range(traj.batch_size // b):
+            start = n * b * self.world + self.rank * b
+            gens = [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(self.rank * b, (self.rank + 1) * b)]
+            conds.append(self.adapter.encode_conditions(leveled[start:start + b], gens))
+        traj.cond = cat_conditions(conds)
+
     def run_epoch(self, epoch: int) -> Dict[str, float]:
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, self.rank, "torch"))  # e.g. RWR's re-noising
         start = time.perf_counter()
         traj, rewards, prompts, decoded = self.rollout(epoch)
+        if self._reward_condition is not None:
+            self.condition_on_rewards(epoch, traj, rewards.cpu(), prompts)
         rollout_s = time.perf_counter() - start
         # groups (GRPO) and per-prompt statistics (DDPO) are keyed by a stable text of each prompt item
         adv = self.algorithm.advantages(rewards.cpu(), [prompt_key(p) for p in prompts])
