@@ -13,6 +13,11 @@ bins (rewards outside fall into the end bins); without a range each rollout batc
 quantiles, level = 1 + floor(N * rank / B) with rank 0 for the lowest reward (ties broken by order),
 so every level is used whatever the reward's scale.
 
+In the online loop (``algorithm.reward_condition`` of RWR, trainer/online.py) the rollouts sample the
+plain prompts, as HIVE collects the editor's own edits of the plain instructions; after scoring, each
+sample's condition is re-encoded at its level (:func:`level_items`) for the loss. Sampling afterwards
+asks for the top level (:func:`top_items`).
+
 The option rewrites prompt items only (:func:`condition_item`: a text, or a mapping's "text" /
 "prompt" entry), so it is modality-generic: an edit item keeps its input image.
 """

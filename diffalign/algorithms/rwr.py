@@ -33,9 +33,10 @@ HIVE's two ways of fine-tuning an editor on a learned reward (Zhang et al. 2023)
 reward-weighted fine-tuning is this loss with ``reward.name`` a trained reward model (a reward directory,
 e.g. ``diffalign reward train``'s OUTPUT_DIR/reward), which scores every rollout and weights it;
 reward-conditioned fine-tuning is ``reward_condition`` (:mod:`diffalign.algorithms.reward_condition`):
-rollouts are sampled asking for the top reward level, then each sample is trained on with its condition
-rewritten to the level its reward reached, with ``weighting: uniform`` (w = 1 for every sample, HIVE's
-plain denoising loss) or any weighting above.
+rollouts are sampled from the plain prompts (HIVE's data: the model's own outputs), then each sample is
+trained on with its prompt rewritten to the level its reward reached, with ``weighting: uniform`` (w = 1
+for every sample, HIVE's plain denoising loss) or any weighting above; sampling then asks for the top
+level (``reward_condition.top_items``). The logged ``reward_mean`` is that of the plain prompts' rollouts.
 
 ``guided`` trains the classifier-free-guided output (the rollouts' own predictor) instead of the plain
 conditional one. Rollouts sampled with guidance w are then fitted by the model that drew them; fitting

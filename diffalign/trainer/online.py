@@ -13,7 +13,7 @@ from typing import Dict, List
 import torch
 
 from diffalign.algorithms.base import TransitionBatch
-from diffalign.algorithms.reward_condition import level_items, top_items
+from diffalign.algorithms.reward_condition import level_items
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
 from diffalign.rewards.prompts import prompt_key
@@ -56,11 +56,9 @@ class OnlineTrainer(Trainer):
         for n in range(s.num_batches_per_epoch):
             global_prompts = self._batch_prompts(epoch, n)
             mine = global_prompts[local]
-            # reward conditioning (HIVE): sampling asks for the top reward level; the reward sees the plain items
-            asked = top_items(mine, self._reward_condition) if self._reward_condition is not None else mine
             # conditions a modality draws (an atom count, a start state) come from per-sample generators too
             cond = self.adapter.encode_conditions(
-                asked, [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(local.start, local.stop)])
+                mine, [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(local.start, local.stop)])
             gens = [generator(self.cfg.seed, epoch, n, g, "noise") for g in range(local.start, local.stop)]
             with self.acc.autocast():
                 traj = self.policy.sample(cond, generator=gens)
@@ -125,8 +123,10 @@ class OnlineTrainer(Trainer):
         return getattr(self.algorithm.config, "reward_condition", None)
 
     def condition_on_rewards(self, epoch: int, traj: Trajectory, rewards: torch.Tensor, prompts: list) -> None:
-        """Reward conditioning (HIVE): re-encode each local sample's condition at the level its reward reached
-        in the global batch (the same levels on every process; the conditions' own draws as in the rollout)."""
+        """Reward conditioning (HIVE): the rollouts sampled the plain items (HIVE's data are the editor's own
+        edits of the plain instruction); re-encode each local sample's condition at the level its reward
+        reached in the global batch (the same levels on every process; the conditions' own draws as in the
+        rollout), so the loss teaches level k -> samples of reward level k."""
         leveled = level_items(prompts, rewards, self._reward_condition)
         b = self.cfg.sampling.batch_size
         conds = []
