@@ -132,7 +132,8 @@ class OnlineTrainer(Trainer):
         conds = []
         for n in range(traj.batch_size // b):
             start = n * b * self.world + self.rank * b
-            gens = [generator(self.cfg.seed, epoch, n, g, "conditions") for g in range(self.rank * b, (self.rank + 1) * b)]
+            mine = range(self.rank * b, (self.rank + 1) * b)
+            gens = [generator(self.cfg.seed, epoch, n, g, "conditions") for g in mine]
             conds.append(self.adapter.encode_conditions(leveled[start:start + b], gens))
         traj.cond = cat_conditions(conds)
 

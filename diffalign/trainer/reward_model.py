@@ -254,8 +254,13 @@ class RewardTrainer:
         return img, txt, inp
 
     def _input_pixels(self, model: PreferenceRewardModel, groups: Sequence[Comparison]) -> torch.Tensor:
+        """Each group's input read as scoring reads it (rewards/editing_inputs.py: at its first edit's size), so
+        the trained model scores a held-out edit as `diffalign eval preference` will."""
         from diffalign.data.types import load_sample
-        return model.pixel_values([load_sample(g.input) for g in groups])
+        from diffalign.rewards.base import as_pixels
+        from diffalign.rewards.editing_inputs import input_images
+        sizes = [tuple(as_pixels([load_sample(g.samples[0])])[0].shape[-2:]) for g in groups]
+        return torch.cat([model.pixel_values(input_images([g.item], size)) for g, size in zip(groups, sizes)])
 
     def _embed_prompts(self, model: PreferenceRewardModel, prompts: Sequence[str]) -> torch.Tensor:
         unique = list(dict.fromkeys(prompts))

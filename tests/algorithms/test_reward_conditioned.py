@@ -21,7 +21,8 @@ def test_quantize_quantiles_and_fixed_range():
     # rank 0..7 -> 1 + floor(4 * rank / 8): two samples per level, in reward order
     assert quantize(r, cfg).tolist() == [3, 1, 4, 2, 3, 2, 4, 1]
     fixed = RewardConditionConfig(levels=5, range=[0.0, 1.0])
-    assert quantize(torch.tensor([-0.5, 0.0, 0.19, 0.2, 0.5, 0.99, 1.0, 7.0]), fixed).tolist() == [1, 1, 1, 2, 3, 5, 5, 5]
+    r = torch.tensor([-0.5, 0.0, 0.19, 0.2, 0.5, 0.99, 1.0, 7.0])
+    assert quantize(r, fixed).tolist() == [1, 1, 1, 2, 3, 5, 5, 5]
 
 
 def test_condition_items_hive_form():
@@ -30,7 +31,8 @@ def test_condition_items_hive_form():
     # HIVE's released sampler: instruction + ", image quality is five out of five"
     assert top_items(["make it snowy"], cfg) == ["make it snowy, image quality is five out of five"]
     edit = {"text": "make it snowy", "image": "in.png"}
-    assert condition_item(edit, 2, cfg) == {"text": "make it snowy, image quality is two out of five", "image": "in.png"}
+    want = {"text": "make it snowy, image quality is two out of five", "image": "in.png"}
+    assert condition_item(edit, 2, cfg) == want
     assert edit["text"] == "make it snowy"   # the item itself is left as it was
     short = RewardConditionConfig(levels=3, template="{level}/{levels} {text}", words=False)
     assert level_items(["a", "b", "c"], torch.tensor([5.0, -1.0, 0.0]), short) == ["3/3 a", "1/3 b", "2/3 c"]

@@ -35,7 +35,8 @@ def test_synthetic_edit_ranks_follow_the_closed_form(tmp_path):
     import numpy as np
 
     def colour(name):  # the picture's mean colour: the pattern and noise are shared, so differences are the change
-        return torch.from_numpy(np.asarray(Image.open(os.path.join(tmp_path, name)), dtype=np.float64) / 255).mean((0, 1))
+        pixels = np.asarray(Image.open(os.path.join(tmp_path, name)), dtype=np.float64) / 255
+        return torch.from_numpy(pixels).mean((0, 1))
     for r in rows:
         change = torch.stack([colour(n) for n in r["images"]]) - colour(r["input"])
         q = edit_quality(change, r["prompt"])

@@ -237,7 +237,8 @@ def read_comparisons(path: str, format: Optional[str] = None, split: str = "trai
 def write_ranked(groups: Sequence[Comparison], path: str) -> bool:
     """Write groups in the ranked layout (absolute image paths). False, writing nothing, when a sample
     is not a file path (Pick-a-Pic bytes, decoded images, vectors), which JSON cannot reference."""
-    if not all(isinstance(s, str) for g in groups for s in list(g.samples) + ([g.input] if g.input is not None else [])):
+    refs = [s for g in groups for s in list(g.samples) + ([g.input] if g.input is not None else [])]
+    if not all(isinstance(s, str) for s in refs):
         return False
     with open(path, "w", encoding="utf-8") as f:
         for g in groups:

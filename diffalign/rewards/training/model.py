@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +171,7 @@ class PreferenceRewardModel(Reward):
         items = [""] * image_embeds.shape[0] if prompts is None else list(prompts)
         if len(items) != image_embeds.shape[0]:
             raise ValueError(f"{MODEL_TYPE}: {image_embeds.shape[0]} images but {len(items)} prompts")
-        texts = [prompt_text(p) if not isinstance(p, str) else p for p in items]
+        texts = [prompt_text(p) if isinstance(p, Mapping) else str(p) for p in items]
         inputs = self.input_embeds(images, items) if self.input_image else None
         return self.head_scores(image_embeds, self.text_embeds(texts), inputs)
 
