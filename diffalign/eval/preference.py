@@ -59,9 +59,10 @@ def _as_tensor(sample) -> torch.Tensor:
     return torch.from_numpy(np.asarray(sample.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def score_samples(reward, items: Sequence[Tuple[Any, str]], batch_size: int, device=None,
+def score_samples(reward, items: Sequence[Tuple[Any, Any]], batch_size: int, device=None,
                   progress: bool = True) -> torch.Tensor:
-    """Float64 scores of (sample ref, prompt) items, ``batch_size`` per reward call.
+    """Float64 scores of (sample ref, prompt item) items, ``batch_size`` per reward call (the prompt item is
+    the text, or for ranked edits the edit item with its input image).
 
     Samples of one shape share a call (images of different sizes are scored in separate calls, so
     plain rewards that want one (B, 3, H, W) tensor work on mixed-size data).

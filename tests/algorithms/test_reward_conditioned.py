@@ -84,7 +84,7 @@ def _trained_gap(tmp_path, sign):
     return before, after
 
 
-def test_conditioning_on_the_top_level_raises_the_reward(tmp_path):
+def test_reward_levels_raise_the_top_level_reward_against_a_reversed_control(tmp_path):
     torch.set_num_threads(1)
     before, up = _trained_gap(tmp_path, +1.0)
     # control: the same run with the levels assigned by the negated reward (top level = the worst samples)
@@ -95,7 +95,7 @@ def test_conditioning_on_the_top_level_raises_the_reward(tmp_path):
     # 3 short epochs do not undo the untrained model's arbitrary gap between the two prompts (both runs shrink
     # it alike); what the levels teach is the difference between the runs: asking for the top level gives more
     # reward after training on the reward's levels than after training on reversed ones, on the same seeds.
-    # (The shipped 24-epoch config, measured in docs/usage.md, makes the top level beat the bottom one.)
+    # (Longer runs do not make the top level beat the bottom one outright on this random model: docs/experiments.md.)
     assert float((up - down).mean()) > 3 * se, (up.tolist(), down.tolist())
 
 
