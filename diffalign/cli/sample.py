@@ -100,8 +100,9 @@ def sample(cfg, args) -> dict:
     report = {"method": args.method, "budget": args.budget if args.budget is not None else DEFAULT_BUDGETS[args.method],
               "reward": spec if isinstance(spec, str) else cfg.reward.name,
               "model_evaluations": out.evaluations,
-              "plain_model_evaluations": plain_evaluations(policy, len(all_prompts)),
-              "evaluation_unit": "one denoiser forward on one sample (a guided step costs 2 per sample)",
+              "plain_model_evaluations": plain_evaluations(policy, len(all_prompts), all_prompts[0]),
+              "evaluation_unit": "one denoiser forward on one sample (a guided step costs one per guidance branch: "
+                                 "2 per sample for classifier-free guidance)",
               "reward_mean": float(rewards.mean()), "seconds": round(seconds, 3), "output": out_dir, "samples": rows}
     if args.baseline:
         base = run_method(policy, "plain", all_prompts, seeds, batch_size=cfg.sampling.batch_size, progress=False)
