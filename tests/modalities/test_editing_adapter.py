@@ -274,3 +274,14 @@ def test_demo_preset_loads_the_demo_editor_in_pixel_space(monkeypatch):
     assert traj.x0.shape == (2, 3, RES, RES) and adapter.decode(traj.x0, cond).shape == (2, 3, RES, RES)
     with pytest.raises(ValueError, match="modality.options.resolution.*resolution 16"):
         tiny(model="demo", resolution=32)
+
+
+# ---- shipped configs ----------------------------------------------------------------------------------------------
+def test_full_size_config_validates_without_downloading(tmp_path):
+    from diffalign.cli import shipped_config
+    from diffalign.config import ConfigError, load_config
+    cfg = load_config(shipped_config("editing_ip2p_ddpo"), [f"output_dir={tmp_path}"])
+    assert cfg.modality.name == "editing" and cfg.modality.options["model"] == "timbrooks/instruct-pix2pix"
+    assert all(isinstance(p, dict) and p.get("image") for p in cfg.prompts.list)
+    with pytest.raises(ConfigError, match="modality.options.architecture"):
+        load_config(shipped_config("editing_ip2p_ddpo"), [f"output_dir={tmp_path}", "modality.options.architecture=sdxl"])

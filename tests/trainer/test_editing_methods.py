@@ -84,7 +84,7 @@ def test_preference_methods_on_edit_pairs_raise_the_implicit_accuracy(tmp_path, 
     lines = train(name, tmp_path / "run", f"data.path={data}")
     # on the first 8 pairs with fixed noise and t: before training, then after each epoch
     acc = [lines[0]["eval_implicit_acc_initial"]] + [m["eval_implicit_acc"] for m in lines]
-    assert acc[-1] >= acc[0] + 0.25, acc
+    assert acc[-1] >= acc[0] + 0.25, acc  # measured 0 -> 0.625 (DPO, 4 epochs), 0 -> 0.5 (KTO, 6 epochs)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["layout"] == "editing_jsonl" and report["kept"] == 8
     print(name, "eval implicit accuracy per epoch", acc)
@@ -97,7 +97,7 @@ def test_training_free_best_of_n_on_editing_beats_plain_sampling(tmp_path):
               "--budget", "4", "--baseline", "--no-progress", "--output", str(out)])
     assert done.value.code in (0, None)
     report = json.loads((out / "results.json").read_text())
-    assert report["reward_mean"] > report["plain_reward_mean"], report
+    assert report["reward_mean"] > report["plain_reward_mean"], report  # measured -0.3183 -> -0.3102
     # plain sampling: 2 samples x 6 steps x 3 rows (the dual guidance branches); best-of-4 draws 4 times that
     assert report["plain_model_evaluations"] == 2 * 6 * 3 and report["model_evaluations"] == 4 * 2 * 6 * 3
     assert len(report["samples"]) == 2 and all(os.path.isfile(out / s["file"]) for s in report["samples"])
