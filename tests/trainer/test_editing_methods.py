@@ -10,6 +10,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffalign.cli import main, shipped_config  # noqa: E402
@@ -101,3 +102,18 @@ def test_training_free_best_of_n_on_editing_beats_plain_sampling(tmp_path):
     # plain sampling: 2 samples x 6 steps x 3 rows (the dual guidance branches); best-of-4 draws 4 times that
     assert report["plain_model_evaluations"] == 2 * 6 * 3 and report["model_evaluations"] == 4 * 2 * 6 * 3
     assert len(report["samples"]) == 2 and all(os.path.isfile(out / s["file"]) for s in report["samples"])
+
+
+def test_dpo_takes_its_items_from_the_edit_file_when_no_prompts_are_given(tmp_path):
+    from diffalign.trainer import make_trainer
+    data = write_edits(tmp_path, n=4)
+    cfg = load_config(shipped_config("editing_dpo_tiny"), [f"output_dir={tmp_path / 'run'}", f"data.path={data}",
+                                                           "prompts.list=null", "data.eval_samples=0", "epochs=1", *QUIET])
+    trainer = make_trainer(cfg)
+    # the file's items, one per distinct (instruction, input): what the adapter conditions each edit on
+    assert trainer.prompts == [{"text": f"make it {c}", "image": str(tmp_path / f"in{i}.png")}
+                               for i, c in enumerate(["red", "blue", "red", "blue"])]
+    before = {k: v.clone() for k, v in trainer.adapter.trainable_state_dict().items()}
+    trainer.train()
+    after = trainer.adapter.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
