@@ -21,14 +21,13 @@ Families:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
+from diffalign.modalities.base import Conditions, ModalityAdapter, PeftOrFrozenReference, unwrap
 from diffalign.modalities.video.options import VideoOptions
 from diffalign.rewards.prompts import prompt_text
 
@@ -59,7 +58,7 @@ def cast_frozen(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.
     return model
 
 
-class VideoAdapter(ModalityAdapter):
+class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler, options: VideoOptions,
                  device: torch.device, pipeline=None, fresh_motion: bool = False):
         self.options = options
@@ -219,11 +218,7 @@ class VideoAdapter(ModalityAdapter):
 
     # ---- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):
-        if self._in_reference and self._frozen_copy is not None:
-            model = self._frozen_copy
-        else:
-            model = self.denoiser
-        dtype = self.dtype if self._frozen_copy is None or model is self._frozen_copy else torch.float32
+        model, dtype = self._active_denoiser()
         emb = cond["prompt_embeds"].to(dtype)
         if self.architecture == "wan":
             out = model(hidden_states=x.to(dtype), timestep=timesteps, encoder_hidden_states=emb,
@@ -234,20 +229,6 @@ class VideoAdapter(ModalityAdapter):
             frames = x.shape[2]
             out = model(x.to(dtype), timesteps, encoder_hidden_states=emb.repeat_interleave(frames, dim=0)).sample
         return out.to(x.dtype)
-
-    @contextlib.contextmanager
-    def reference_mode(self):
-        lora = self._frozen_copy is None
-        model = unwrap(self.denoiser)
-        previous, self._in_reference = self._in_reference, True
-        if lora:
-            model.disable_adapters()
-        try:
-            yield
-        finally:
-            if lora:
-                model.enable_adapters()
-            self._in_reference = previous
 
     # ---- what rewards see ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -312,9 +293,6 @@ class VideoAdapter(ModalityAdapter):
         return make_grid(clips.flatten(0, 1), nrow=clips.shape[1])
 
     # ---- training state ----------------------------------------------------------------------------
-    def trainable_parameters(self):
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         model = unwrap(self.denoiser)
         if self._frozen_copy is None:
