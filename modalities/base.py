@@ -24,7 +24,8 @@ What each hook is for, and which modality in this package uses it:
 - ``guidance_branches`` / ``combine_guidance``: the condition sets guidance evaluates as one batch and
   how their outputs combine; classifier-free guidance by default, three branches in toy_dual.
 - ``denoise``, ``decode`` / ``decode_with_grad``, ``encode`` (offline data: x0 and conditions from a
-  stored sample), ``rewards``, ``sample_grid``, and the training-state methods.
+  stored sample), ``load_sample`` / ``save_sample`` (stored samples), ``rewards``, ``sample_grid``, and the
+  training-state methods.
 
 Modalities in this package: image (modalities/image: x = VAE latents, text conditions, UNet or SD3
 transformer, VAE decode), toy (modalities/toy: x in R^d, closed-form rewards) and its variants
@@ -174,6 +175,13 @@ class ModalityAdapter(abc.ABC):
         images (a video file, a frame folder) reads them itself."""
         from diffalign.data.types import load_sample
         return load_sample(ref)
+
+    def save_sample(self, sample: Any, folder: str, name: str) -> str:
+        """One decoded sample -> a file (or folder) in ``folder`` named after ``name`` that ``load_sample`` reads
+        back and a person can open; returns its name relative to ``folder``. Default:
+        :func:`diffalign.data.save_sample` (a PNG for an image (C, H, W), else an exact .npy)."""
+        from diffalign.data.types import save_sample
+        return save_sample(sample, folder, name)
 
     def encode(self, samples: Sequence[Any], items: Sequence[Any]) -> Tuple[torch.Tensor, Conditions]:
         """Stored samples and their prompt items -> (x0 (B, ...), conditions), for offline data

@@ -261,6 +261,23 @@ class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
             where = repr(ref) if isinstance(ref, str) else f"a {type(ref).__name__} clip"
             raise ValueError(f"{where}: {exc}") from None
 
+    def save_sample(self, sample, folder, name):
+        """A clip (F, 3, H, W) in [0, 1] -> ``name/`` holding one lossless PNG per frame (what ``load_sample``
+        reads back, exact to 8 bits) and ``name.gif`` beside it to watch; returns ``name``."""
+        from PIL import Image
+
+        from diffalign.modalities.video.io import write_video
+        clip = sample.detach().float().cpu()
+        if clip.ndim != 4 or clip.shape[1] != 3:
+            raise ValueError(f"save_sample: a clip is (frames, 3, H, W), got shape {tuple(clip.shape)}")
+        frames_dir = os.path.join(folder, name)
+        os.makedirs(frames_dir, exist_ok=True)
+        pixels = (clip.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, frame in enumerate(pixels):
+            Image.fromarray(frame).save(os.path.join(frames_dir, f"{i:04d}.png"))
+        write_video(os.path.join(folder, name + ".gif"), clip)
+        return name
+
     @torch.no_grad()
     def encode(self, samples, items):
         """Stored clips -> (latents x0, the items' conditions): ``num_frames`` frames evenly spaced over each clip,
