@@ -22,6 +22,7 @@ Families:
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -87,6 +88,8 @@ class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
             denoiser.enable_gradient_checkpointing()
         self.denoiser = denoiser
         self._in_reference = False
+        self._frame_generator = torch.Generator().manual_seed(options.seed)  # reward_frames' draws
+        self.last_reward_frames: Optional[torch.Tensor] = None
 
     def _latent_shape(self):
         """(C, F, h, w) of one sample's state."""
@@ -250,6 +253,21 @@ class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
                                 for i in range(0, z.shape[0], _VAE_CHUNK)])
             video = images.reshape(b, f, *images.shape[1:]).permute(0, 2, 1, 3, 4)
         return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
+
+    def decode_with_grad(self, x0, cond):
+        """``decode`` keeping the graph; with ``reward_frames: K``, only K frames per clip, drawn at random and
+        sorted (VADER's decode_frame), so the VAE runs and keeps activations for K / F of the frames.
+        ``last_reward_frames`` holds the (B, K) frame indices of the last call."""
+        decode = inspect.unwrap(type(self).decode)  # without its no_grad
+        k = self.options.reward_frames
+        if k is None or k == x0.shape[2]:
+            self.last_reward_frames = None
+            return decode(self, x0, cond)
+        b, f = x0.shape[0], x0.shape[2]
+        index = torch.rand(b, f, generator=self._frame_generator).argsort(dim=1)[:, :k].sort(dim=1).values
+        self.last_reward_frames = index
+        gather = index.to(x0.device).view(b, 1, k, 1, 1).expand(-1, x0.shape[1], -1, x0.shape[3], x0.shape[4])
+        return decode(self, x0.gather(2, gather), cond)
 
     def load_sample(self, ref):
         """A stored clip (a video file, a folder of frames, frames) -> the ``num_frames`` x ``resolution`` frames
