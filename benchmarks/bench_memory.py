@@ -23,8 +23,8 @@ a motion adapter, LoRA rank 4 on the motion modules), with and without gradient 
 graph-keeping steps, and with and without VADER's frame subsampling (the adapter's ``reward_frames``: only
 ``--video-kept`` of the ``--video-frames`` frames are decoded, drawn per clip).
 The reward is the per-frame reward ``tiny_cnn`` (a fixed random CNN) of the decoded frames, so the rows include the
-VAE decoder's and the reward's activations, which subsampling shrinks for the frames not decoded. ``--video-resolution`` and
-``--video-frames`` select bigger shapes on a GPU.
+VAE decoder's and the reward's activations, which subsampling shrinks for the frames not decoded.
+``--video-resolution`` and ``--video-frames`` select bigger shapes on a GPU.
 
 Models:
   tiny  the image modality's tiny preset (~0.8M-parameter UNet, 16x16x4 latents), LoRA rank 4, fp32 (CPU)
@@ -193,7 +193,7 @@ def _run_child(args_list) -> dict:
 
 
 def print_table(rows):
-    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'scored':>6} "
+    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'decoded':>7} "
               f"{'peak MiB':>9} {'s/update':>9}")
     print(header)
     print("-" * len(header))
@@ -202,7 +202,7 @@ def print_table(rows):
         t = f"{r['s_per_update']:.3f}" if r["s_per_update"] is not None else r.get("error", "")[:20]
         scored = "-" if "reward_frames" not in r else f"{r['reward_frames'] or r['frames']}/{r['frames']}"
         print(f"{r['model']:5} {r['device']:4} {r['batch']:>2} {r['steps']:>3} {r['method']:9} {k:>6} "
-              f"{'yes' if r['checkpointing'] else 'no':>5} {scored:>6} {r['peak_mib']:>9.1f} {t:>9}")
+              f"{'yes' if r['checkpointing'] else 'no':>5} {scored:>7} {r['peak_mib']:>9.1f} {t:>9}")
 
 
 def _cpu_model() -> str:
