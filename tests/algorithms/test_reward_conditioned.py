@@ -148,3 +148,43 @@ def test_reward_weighted_with_a_trained_edit_reward_model(tmp_path):
     lines = make_trainer(cfg).train()
     assert len(lines) == 1 and lines[0]["reward_std"] > 0 and lines[0]["weight_mean"] == pytest.approx(1.0, abs=1e-5)
     assert os.path.isfile(os.path.join(tmp_path, "run", "final", "config.json"))
+
+
+def test_reward_conditioning_on_the_editing_modality(tmp_path, monkeypatch):
+    """The same option on the InstructPix2Pix adapter: the levels rewrite the instruction and keep the input image,
+    and an edit reward of this package (pixel preservation, reading the items' inputs) scores the rollouts."""
+    torch.set_num_threads(1)
+    from diffalign.trainer import make_trainer
+    cfg = load_config(shipped_config("editing_ddpo_tiny"), [
+        f"output_dir={tmp_path}", "epochs=1", "sampling.batch_size=4", "sampling.num_steps=2", "train.batch_size=4",
+        "reward.name=edit_preservation",
+        "algorithm={name: rwr, weighting: uniform, reward_condition: {levels: 2}}"])
+    trainer = make_trainer(cfg)
+    seen = []
+    encode = trainer.adapter.encode_conditions
+
+    def spy(items, generators=None):
+        seen.append(list(items))
+        return encode(items, generators)
+    monkeypatch.setattr(trainer.adapter, "encode_conditions", spy)
+    lines = trainer.train()
+    assert len(lines) == 1 and 0 < lines[0]["reward_mean"] <= 1
+    sampled, trained = seen[0], seen[1]
+    assert all(t["image"] == s["image"] for s, t in zip(sampled, trained))
+    assert sorted(t["text"].rsplit(", ", 1)[1] for t in trained) == ["image quality is one out of two"] * 2 + \
+        ["image quality is two out of two"] * 2
+
+
+def test_reward_weighted_on_the_editing_modality(tmp_path):
+    """HIVE's reward-weighted way on the InstructPix2Pix adapter: RWR whose reward is the edit reward model."""
+    torch.set_num_threads(1)
+    from diffalign.trainer import make_trainer
+    from diffalign.trainer.reward_model import load_reward_train_config, train_reward_model
+    train_reward_model(load_reward_train_config(shipped_config("hive_reward_tiny"), [
+        f"output_dir={tmp_path / 'rm'}", "epochs=2", "data.synthetic.num_groups=16"]))
+    cfg = load_config(shipped_config("editing_ddpo_tiny"), [
+        f"output_dir={tmp_path / 'run'}", "epochs=1", "sampling.batch_size=4", "sampling.num_steps=2",
+        "train.batch_size=4", f"reward.name={tmp_path / 'rm' / 'reward'}",
+        "algorithm={name: rwr, weighting: exp, temperature: 20.0}"])
+    lines = make_trainer(cfg).train()
+    assert len(lines) == 1 and lines[0]["reward_std"] > 0 and lines[0]["weight_mean"] == pytest.approx(1.0, abs=1e-5)
