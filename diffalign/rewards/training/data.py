@@ -177,7 +177,7 @@ def read_ranked(path: str, verify_images: bool = True,
     root = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     report = LoadReport(path, RANKED_FORMAT)
-    groups = []
+    read: List[Tuple[str, Comparison]] = []   # (where, group) of the rows whose images decode
     for n, row in records:
         report.rows += 1
         where = f"{name} line {n}"
@@ -195,13 +195,12 @@ def read_ranked(path: str, verify_images: bool = True,
             if g.input is not None and (why := check_sample(g.input)) is not None:
                 report.skip("undecodable", f"{where} input image: {why}")
                 continue
-        groups.append((where, g))
-    if any(g.input is not None for _, g in groups):  # ranked edits: a group without its input cannot be scored
-        for where, g in groups:
-            if g.input is None:
-                report.skip("malformed", f"{where}: no 'input' image in a file of ranked edits")
-    edits = any(g.input is not None for _, g in groups)
-    groups = [g for _, g in groups if not edits or g.input is not None]
+        read.append((where, g))
+    edits = any(g.input is not None for _, g in read)
+    for where, g in read:  # in a file of ranked edits, a group without its input cannot be scored
+        if edits and g.input is None:
+            report.skip("malformed", f"{where}: no 'input' image in a file of ranked edits")
+    groups = [g for _, g in read if not edits or g.input is not None]
     report.kept = len(groups)
     report.ties = count_tied_pairs(groups)
     if not groups:
