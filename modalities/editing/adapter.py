@@ -30,9 +30,9 @@ from typing import Any, List, Sequence
 import torch
 
 from diffalign.modalities.base import Conditions
-from diffalign.modalities.editing.inputs import input_ref, load_input_pixels
 from diffalign.modalities.editing.options import EditingOptions
 from diffalign.modalities.image.adapter import _DTYPES, ImageAdapter
+from diffalign.rewards.editing_inputs import input_images
 
 IMAGE_KEY = "image_latents"
 
@@ -94,8 +94,8 @@ class EditingAdapter(ImageAdapter):
     def encode_input_images(self, items: Sequence[Any]) -> torch.Tensor:
         """(B, C, h, w): each item's input image at the model's resolution, through the VAE encoder's mode
         (unscaled, as diffusers' pipeline prepares them), or the pixels themselves for a pixel-space model."""
-        pixels = torch.stack([load_input_pixels(input_ref(item, f"prompt item {i}"), self.options.resolution)
-                              for i, item in enumerate(items)]).to(self.device, self.dtype)
+        side = self.options.resolution
+        pixels = (input_images(items, (side, side)) * 2 - 1).to(self.device, self.dtype)  # VAE range [-1, 1]
         if self.vae is None:
             return pixels.float()
         return self.vae.encode(pixels).latent_dist.mode().float()

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from diffalign.modalities.editing.inputs import input_ref, load_input_pixels
+from diffalign.rewards.editing_inputs import input_images
 from diffalign.rewards.prompts import prompt_text
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
@@ -43,7 +43,7 @@ def edit_tint(images: torch.Tensor, items: Sequence[Any], strength: float = 0.5,
         raise ValueError(f"edit_tint: grid must be a positive integer dividing the image sides "
                          f"{tuple(images.shape[-2:])}, got {grid!r}")
     side = images.shape[-1]
-    inputs = torch.stack([(load_input_pixels(input_ref(item), side) + 1) / 2 for item in items]).to(images)
+    inputs = input_images(items, (side, side)).to(images)
     colours = torch.stack([instruction_colour(item) for item in items]).to(images)[:, :, None, None]
     target = (1 - strength) * inputs + strength * colours
     diff = F.adaptive_avg_pool2d(images, grid) - F.adaptive_avg_pool2d(target, grid)

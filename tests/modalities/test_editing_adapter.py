@@ -131,7 +131,7 @@ def test_encode_gives_the_edit_latents_and_the_input_condition(tmp_path):
 
 def test_bad_inputs_are_named():
     adapter = tiny()
-    with pytest.raises(ValueError, match="prompt item 1.*names no input image"):
+    with pytest.raises(ValueError, match="prompt item 1.*has no 'image'"):
         adapter.encode_conditions([ITEMS[0], "make it red"])
     with pytest.raises(ValueError, match="RGB triple in \\[0, 1\\]"):
         adapter.encode_conditions([{"text": "x", "image": [2.0, 0.0, 0.0]}])

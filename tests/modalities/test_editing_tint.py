@@ -33,7 +33,7 @@ def test_edit_tint_is_minus_the_colour_distance_to_the_tinted_input(tmp_path):
 def test_edit_tint_names_bad_inputs():
     with pytest.raises(ValueError, match="exactly one of"):
         instruction_colour({"text": "make it red and blue", "image": [0, 0, 0]})
-    with pytest.raises(ValueError, match="names no input image"):
+    with pytest.raises(ValueError, match="has no 'image'"):
         edit_tint(torch.rand(1, 3, 4, 4), ["make it red"])
     with pytest.raises(ValueError, match="strength"):
         edit_tint(torch.rand(1, 3, 4, 4), [{"text": "red", "image": [0, 0, 0]}], strength=2.0)

@@ -172,3 +172,17 @@ def test_clip_edit_similarity_saves_and_reloads(clip_dir, inputs, tmp_path):
     again = load_reward(out)
     assert again.name == "clip_image_similarity"
     assert torch.allclose(again(1 - imgs, items), reward(1 - imgs, items), atol=1e-6)
+
+
+def test_inputs_are_centre_cropped_to_the_target_aspect_then_resized():
+    """The adapter conditions on, and rewards compare with, the same pixels: the centred crop, never a squash."""
+    from diffalign.rewards.editing_inputs import fit
+    wide = torch.arange(2 * 6, dtype=torch.float32).view(1, 2, 6).expand(3, 2, 6)
+    torch.testing.assert_close(fit(wide, (2, 2)), wide[:, :, 2:4])
+    tall = wide.transpose(1, 2)  # (3, 6, 2)
+    torch.testing.assert_close(fit(tall, (2, 2)), tall[:, 2:4, :])
+    image = torch.rand(3, 8, 8)
+    torch.testing.assert_close(fit(image, (8, 8)), image)
+    assert fit(image, (4, 4)).shape == (3, 4, 4)
+    flat = torch.full((3, 8, 16), 0.25)
+    torch.testing.assert_close(fit(flat, (4, 4)), torch.full((3, 4, 4), 0.25))  # resizing keeps a uniform image
