@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffalign.rewards.prompts import prompt_text
+
 ImageBatch = Union[torch.Tensor, np.ndarray, Sequence["object"]]
 
 # the CLIP image normalisation (OpenAI CLIP, open_clip and BLIP all use these constants)
@@ -144,7 +146,9 @@ class Reward(torch.nn.Module):
         pixels = as_pixels(images)
         batch = pixels if isinstance(pixels, list) else [pixels]
         n = sum(p.shape[0] for p in batch)
-        prompts = [""] * n if prompts is None else [str(p) for p in prompts]
+        # score() reads texts: a mapping item (an edit, a molecule's pocket) gives its "text" (prompt_text); a
+        # reward that needs the whole item (the input image of an edit) overrides forward
+        prompts = [""] * n if prompts is None else [prompt_text(p) for p in prompts]
         if len(prompts) != n:
             raise ValueError(f"{self.name}: {n} images but {len(prompts)} prompts")
         dev = self.device

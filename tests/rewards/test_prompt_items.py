@@ -40,3 +40,19 @@ def test_grpo_groups_by_item_key():
     items = [{"text": "a", "n": 1}, {"n": 1, "text": "a"}, {"text": "a", "n": 2}, {"text": "a", "n": 2}]
     adv = group_normalize(torch.tensor([1.0, 3.0, 5.0, 9.0]), [prompt_key(i) for i in items])
     assert torch.allclose(adv, torch.tensor([-1.0, 1.0, -1.0, 1.0]), atol=1e-3)
+
+
+def test_model_rewards_score_the_text_of_a_mapping_item():
+    """Reward.forward hands score() each item's text: clip_score on an edit item reads the instruction, not the
+    mapping's repr."""
+    import torch
+    from diffalign.rewards.base import Reward
+
+    class Texts(Reward):
+        seen = []
+
+        def score(self, inputs, prompts):
+            Texts.seen = list(prompts)
+            return inputs.mean(dim=(1, 2, 3))
+    out = Texts()(torch.rand(3, 3, 4, 4), ["a cat", {"text": "make it blue", "image": "in.png"}, {"pocket": "1abc"}])
+    assert out.shape == (3,) and Texts.seen == ["a cat", "make it blue", ""]
