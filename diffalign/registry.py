@@ -79,6 +79,7 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "toy_dual": "diffalign.modalities.toy.entry:DUAL",
     "image": "diffalign.modalities.image.entry:MODALITY",
     "video": "diffalign.modalities.video.entry:MODALITY",
+    "editing": "diffalign.modalities.editing.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
     # plain callables

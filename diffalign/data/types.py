@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -93,9 +94,14 @@ class PreferenceDataset:
         return "pairs" if self.pairs else "labels"
 
     @property
-    def prompts(self) -> List[str]:
+    def prompts(self) -> List[Any]:
+        """The distinct prompts in first-seen order; a prompt may be a mapping item (an edit's instruction and
+        input image), keyed by its sorted JSON as diffalign.rewards.prompt_key keys it."""
         seen = [p.prompt for p in self.pairs] + [s.prompt for s in self.labels]
-        return list(dict.fromkeys(seen))
+        distinct: Dict[str, Any] = {}
+        for p in seen:
+            distinct.setdefault(p if isinstance(p, str) else json.dumps(p, sort_keys=True, separators=(",", ":")), p)
+        return list(distinct.values())
 
     def as_labels(self) -> List[LabelledSample]:
         """Binary feedback; pairs become 2n samples (winner desirable, loser not), as KTO does (survey 3.2.2)."""
