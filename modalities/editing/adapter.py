@@ -76,7 +76,7 @@ class EditingAdapter(ImageAdapter):
         except ImportError as exc:
             raise ValueError("config key 'modality.options.model': 'demo' needs the shipped editing demo model "
                              f"(modalities/editing/demo_model.py), which this installation lacks: {exc}") from None
-        unet, text_encoder, tokenizer, scheduler = load_editing_demo_model()
+        unet, text_encoder, tokenizer, scheduler, _ = load_editing_demo_model()
         if options.resolution != unet.config.sample_size:
             raise ValueError(f"config key 'modality.options.resolution': the editing demo model is a pixel-space "
                              f"UNet at resolution {unet.config.sample_size}, got {options.resolution}")
