@@ -65,8 +65,13 @@ class EditingAdapter(ImageAdapter):
                                             unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
                                             feature_extractor=None, requires_safety_checker=False)
         # timbrooks/instruct-pix2pix ships an Euler-ancestral scheduler; the step rules read alphas_cumprod and T
-        # evenly spaced DDIM timesteps over the same betas (as the image adapter does for SD 1.5)
-        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        # evenly spaced DDIM timesteps over the same betas (as the image adapter does for SD 1.5). "leading"
+        # spacing: the DDIM rule steps num_train_timesteps // T back, which is diffusers' DDIM with that spacing
+        # (an Euler config may carry "linspace"); set_alpha_to_one False: the rule's last step uses
+        # alphas_cumprod[0]; clip_sample False: the rule never clips x0 (latents are not in [-1, 1]). These are SD
+        # 1.5's own DDIM settings, which an Euler config lacks (DDIMScheduler's defaults differ)
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading",
+                                              set_alpha_to_one=False, clip_sample=False)
         return cls(pipe.unet, pipe.vae, None, None, scheduler, options, device, pipeline=text_pipe)
 
     @classmethod
