@@ -262,7 +262,7 @@ def pixel_editor(seed=0):
 
 def test_demo_preset_loads_the_demo_editor_in_pixel_space(monkeypatch):
     module = types.ModuleType("diffalign.modalities.editing.demo_model")
-    module.load_editing_demo_model = pixel_editor
+    module.load_editing_demo_model = lambda *a, **k: (*pixel_editor(), {})  # the loader returns metadata last
     monkeypatch.setitem(sys.modules, "diffalign.modalities.editing.demo_model", module)
     adapter = tiny(model="demo", lora_rank=0)
     assert adapter.vae is None
