@@ -142,7 +142,9 @@ def main(argv=None) -> int:
         "command": "OMP_NUM_THREADS=1 python scripts/train_editing_demo_model.py "
                    + " ".join(sys.argv[1:] if argv is None else argv),
         "init": "the shipped image demo model (diffalign/assets/demo_model), conv_in widened with zero weights",
-        "seed": args.seed, "steps": step + 1, "planned_steps": args.steps, "batch_size": args.batch_size,
+        "seed": args.seed, "steps": step + 1, "planned_steps": args.steps,
+        # --max-minutes cut the cosine schedule short: rerunning with the same flags on a faster machine trains longer
+        "stopped_by_max_minutes": step + 1 < args.steps, "batch_size": args.batch_size,
         "learning_rate": args.lr, "ema": args.ema, "num_edits": args.num_edits,
         "drop_prob_text_image_both": args.drop_prob,
         "image_condition": "input image scaled to [-1, 1], concatenated after the sample; unconditional = zeros",
