@@ -20,12 +20,11 @@ its random truncations; its peak is that of the deepest truncation drawn.
 Video rows (model ``video``): one VADER update (Prabhudesai et al. 2024; DRaFT-K with K = 1, VADER's default
 backprop_mode 'last', and K = all steps) on the video modality's tiny AnimateDiff preset (the image tiny UNet +
 a motion adapter, LoRA rank 4 on the motion modules), with and without gradient checkpointing of the
-graph-keeping steps, and with and without VADER's frame subsampling (``--video-kept`` of the ``--video-frames``
-frames, per_frame ``frames``).
+graph-keeping steps, and with and without VADER's frame subsampling (the adapter's ``reward_frames``: only
+``--video-kept`` of the ``--video-frames`` frames are decoded, drawn per clip).
 The reward is the per-frame reward ``tiny_cnn`` (a fixed random CNN) of the decoded frames, so the rows include the
-VAE decoder's and the reward's activations: subsampling drops the reward's share for the frames not kept (the VAE
-still decodes every frame, as the per_frame reward subsamples decoded clips). ``--video-resolution`` and
-``--video-frames`` select bigger shapes on a GPU.
+VAE decoder's and the reward's activations, which subsampling shrinks for the frames not decoded.
+``--video-resolution`` and ``--video-frames`` select bigger shapes on a GPU.
 
 Models:
   tiny  the image modality's tiny preset (~0.8M-parameter UNet, 16x16x4 latents), LoRA rank 4, fp32 (CPU)
@@ -77,17 +76,19 @@ MODELS = {"tiny": (10, 4, "float32"), "sd15": (20, 1, "bfloat16"), "video": (10,
 VIDEO_SHAPE = {"frames": 8, "resolution": 32, "kept": 2}
 
 
-def build_video(device, lora_rank, dtype, frames, resolution):
-    """The tiny AnimateDiff video preset (random weights, nothing downloaded), LoRA on the motion modules."""
+def build_video(device, lora_rank, dtype, frames, resolution, reward_frames=None):
+    """The tiny AnimateDiff video preset (random weights, nothing downloaded), LoRA on the motion modules;
+    ``reward_frames``: the frames decode_with_grad decodes per clip (None: all)."""
     from diffalign.modalities.video import VideoAdapter, VideoOptions
     adapter = VideoAdapter.from_options(VideoOptions(resolution=resolution, num_frames=frames, lora_rank=lora_rank,
-                                                     lora_alpha=float(lora_rank), dtype=dtype), device=device)
+                                                     lora_alpha=float(lora_rank), dtype=dtype,
+                                                     reward_frames=reward_frames), device=device)
     return adapter, adapter.encode_conditions(["a cat walking", "a dog running"])
 
 
 def settings(steps: int, model: str = "tiny", kept: int = VIDEO_SHAPE["kept"]):
     """(method, K) rows: DRaFT with K = 1, 5, all and AlignProp; each with and without checkpointing. Video:
-    VADER with K = 1 and K = all steps, each with and without checkpointing, every frame or ``kept`` frames scored."""
+    VADER with K = 1 and K = all steps, each with and without checkpointing, every frame or ``kept`` frames decoded."""
     if model == "video":  # K = 1 is VADER's default (backprop_mode 'last'); K = T backpropagates the whole chain
         return [{"method": "vader", "K": k, "checkpointing": ckpt, "reward_frames": f}
                 for k in (1, steps) for ckpt in (False, True) for f in (None, kept)]
@@ -110,7 +111,8 @@ def run_setting(model: str, device: str, steps: int, batch: int, repeats: int, w
     dtype = MODELS[model][2]
     shape = dict(VIDEO_SHAPE, **(video_shape or {}))
     if model == "video":
-        adapter, cond2 = build_video(dev, lora_rank, dtype, shape["frames"], shape["resolution"])
+        adapter, cond2 = build_video(dev, lora_rank, dtype, shape["frames"], shape["resolution"],
+                                     setting["reward_frames"])
     else:
         e2e = _e2e()
         build = {"tiny": e2e.build_tiny, "sd15": e2e.build_sd15}[model]
@@ -118,9 +120,8 @@ def run_setting(model: str, device: str, steps: int, batch: int, repeats: int, w
     cond = {k: v[torch.arange(batch) % v.shape[0]] for k, v in cond2.items()}
     policy = DiffusionPolicy(adapter, make_step_rule("ddim", adapter.scheduler, steps, eta=1.0), guidance)
     reward = _latent_reward
-    if model == "video":  # VADER: a per-frame reward of the decoded clip, subsampled or not
-        frame_reward = PerFrameReward(tiny_cnn, frames=setting["reward_frames"],
-                                      generator=torch.Generator().manual_seed(0))
+    if model == "video":  # VADER: a per-frame reward of the decoded frames (all, or reward_frames of them)
+        frame_reward = PerFrameReward(tiny_cnn)
 
         def reward(x0):
             return frame_reward(adapter.decode_with_grad(x0, cond), ["p"] * batch)
@@ -192,7 +193,7 @@ def _run_child(args_list) -> dict:
 
 
 def print_table(rows):
-    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'scored':>6} "
+    header = (f"{'model':5} {'dev':4} {'B':>2} {'T':>3} {'method':9} {'K':>6} {'ckpt':>5} {'decoded':>7} "
               f"{'peak MiB':>9} {'s/update':>9}")
     print(header)
     print("-" * len(header))
@@ -201,7 +202,7 @@ def print_table(rows):
         t = f"{r['s_per_update']:.3f}" if r["s_per_update"] is not None else r.get("error", "")[:20]
         scored = "-" if "reward_frames" not in r else f"{r['reward_frames'] or r['frames']}/{r['frames']}"
         print(f"{r['model']:5} {r['device']:4} {r['batch']:>2} {r['steps']:>3} {r['method']:9} {k:>6} "
-              f"{'yes' if r['checkpointing'] else 'no':>5} {scored:>6} {r['peak_mib']:>9.1f} {t:>9}")
+              f"{'yes' if r['checkpointing'] else 'no':>5} {scored:>7} {r['peak_mib']:>9.1f} {t:>9}")
 
 
 def _cpu_model() -> str:
@@ -229,7 +230,7 @@ def main(argv=None):
     p.add_argument("--video-frames", type=int, default=VIDEO_SHAPE["frames"], help="video: frames per clip")
     p.add_argument("--video-resolution", type=int, default=VIDEO_SHAPE["resolution"], help="video: frame side (px)")
     p.add_argument("--video-kept", type=int, default=VIDEO_SHAPE["kept"],
-                   help="video: frames the reward scores when subsampling (VADER)")
+                   help="video: frames decoded (and scored) when subsampling (VADER)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps T (default: 10 tiny, 20 sd15)")
     p.add_argument("--batch", type=int, default=None, help="samples per update (default: 4 tiny, 1 sd15)")
     p.add_argument("--repeats", type=int, default=3)

@@ -638,8 +638,10 @@ def render_memory(name: str, data: dict) -> List[str]:
              f"{m.get('cpus')} shared cores).", ""]
     rows = []
     for r in data["rows"]:
+        # video rows: the frames the VAE decodes for the reward (the adapter's reward_frames) of the clip's frames
+        decoded = f", {r['reward_frames'] or r['frames']}/{r['frames']} frames decoded" if "frames" in r else ""
         rows.append([r["method"], str(r["K"]), num(r.get("mean_K"), 2), "yes" if r["checkpointing"] else "no",
-                     f"{r['model']} {r['device']} {r['dtype']}, batch {r['batch']}, {r['steps']} steps",
+                     f"{r['model']} {r['device']} {r['dtype']}, batch {r['batch']}, {r['steps']} steps{decoded}",
                      f"**{r['peak_mib']:.0f}**", num(r["s_per_update"], 2), str(r["repeats"])])
     lines += table(["method", "K", "mean K", "checkpointing", "setting", "peak MiB", "s per update", "repeats"], rows)
     lines += ["", source_line(name), ""]

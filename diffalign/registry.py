@@ -64,8 +64,13 @@ class RewardType:
     """A reward built from a model: ``load(directory, device, dtype, **kwargs) -> Reward | callable``.
 
     ``directory`` is None when the reward is asked for by name (kwargs such as ``model`` then say which
-    weights), or a folder whose ``diffalign_reward.json`` names this type."""
+    weights), or a folder whose ``diffalign_reward.json`` names this type.
+
+    ``check(kwargs)``, where given, raises ValueError on kwargs that ``load`` would refuse, without loading
+    anything: config validation calls it, so a wrapper's misspelt inner reward fails before training, not at
+    the first reward call."""
     load: Callable[..., Any]
+    check: Optional[Callable[[Mapping[str, Any]], None]] = None
 
 
 def _is_reward(obj) -> bool:

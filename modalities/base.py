@@ -24,7 +24,8 @@ What each hook is for, and which modality in this package uses it:
 - ``guidance_branches`` / ``combine_guidance``: the condition sets guidance evaluates as one batch and
   how their outputs combine; classifier-free guidance by default, three branches in toy_dual.
 - ``denoise``, ``decode`` / ``decode_with_grad``, ``encode`` (offline data: x0 and conditions from a
-  stored sample), ``rewards``, ``sample_grid``, and the training-state methods.
+  stored sample), ``load_sample`` / ``save_sample`` (stored samples), ``rewards``, ``sample_grid``, and the
+  training-state methods.
 
 Modalities in this package: image (modalities/image: x = VAE latents, text conditions, UNet or SD3
 transformer, VAE decode), toy (modalities/toy: x in R^d, closed-form rewards) and its variants
@@ -44,7 +45,8 @@ Conditions = Dict[str, torch.Tensor]
 #: None, one generator for the batch, or one generator per sample
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
-__all__ = ["Conditions", "Generators", "item_generators", "ModalityAdapter", "index_conditions", "cat_conditions", "batch_size_of", "unwrap"]
+__all__ = ["Conditions", "Generators", "item_generators", "ModalityAdapter", "PeftOrFrozenReference", "index_conditions",
+           "cat_conditions", "batch_size_of", "unwrap"]
 
 
 def batch_size_of(cond: Conditions) -> int:
@@ -174,6 +176,13 @@ class ModalityAdapter(abc.ABC):
         from diffalign.data.types import load_sample
         return load_sample(ref)
 
+    def save_sample(self, sample: Any, folder: str, name: str) -> str:
+        """One decoded sample -> a file (or folder) in ``folder`` named after ``name`` that ``load_sample`` reads
+        back and a person can open; returns its name relative to ``folder``. Default:
+        :func:`diffalign.data.save_sample` (a PNG for an image (C, H, W), else an exact .npy)."""
+        from diffalign.data.types import save_sample
+        return save_sample(sample, folder, name)
+
     def encode(self, samples: Sequence[Any], items: Sequence[Any]) -> Tuple[torch.Tensor, Conditions]:
         """Stored samples and their prompt items -> (x0 (B, ...), conditions), for offline data
         (preference pairs, binary feedback). The conditions come from the item AND the stored sample
@@ -218,6 +227,44 @@ class ModalityAdapter(abc.ABC):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()},
                   os.path.join(directory, "trainable.safetensors"))
 
+
+
+class PeftOrFrozenReference:
+    """The frozen reference of an adapter whose denoiser trains either by peft LoRA or fully.
+
+    LoRA: the reference is the same module with its adapters disabled (no second copy in memory). Full
+    training: ``_frozen_copy`` holds a copy of the denoiser made before training, in the adapter's dtype,
+    while the trained module stays in float32. Subclasses set ``denoiser``, ``dtype``, ``_frozen_copy``
+    (None for LoRA) and ``_in_reference = False``, and run the model that :meth:`_active_denoiser` returns.
+    """
+
+    denoiser: torch.nn.Module
+    dtype: torch.dtype
+    _frozen_copy: Optional[torch.nn.Module] = None
+    _in_reference: bool = False
+
+    def _active_denoiser(self) -> Tuple[torch.nn.Module, torch.dtype]:
+        """The module ``denoise`` runs now and the dtype to run it in (a fully trained module: float32)."""
+        if self._in_reference and self._frozen_copy is not None:
+            return self._frozen_copy, self.dtype
+        return self.denoiser, self.dtype if self._frozen_copy is None else torch.float32
+
+    @contextlib.contextmanager
+    def reference_mode(self):
+        lora = self._frozen_copy is None
+        model = unwrap(self.denoiser)
+        previous, self._in_reference = self._in_reference, True
+        if lora:
+            model.disable_adapters()
+        try:
+            yield
+        finally:
+            if lora:
+                model.enable_adapters()
+            self._in_reference = previous
+
+    def trainable_parameters(self) -> List[torch.nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -29,6 +29,15 @@ cancels within the group instead of adding variance to the update; what is left 
 the group's images. Each rollout group is then normalised on its own (a prompt drawn twice is two groups,
 each zero-sum), and the trainer puts whole groups into each minibatch (``minibatch_group_size``).
 
+HIVE's two ways of fine-tuning an editor on a learned reward (Zhang et al. 2023) are options of this loop:
+reward-weighted fine-tuning is this loss with ``reward.name`` a trained reward model (a reward directory,
+e.g. ``diffalign reward train``'s OUTPUT_DIR/reward), which scores every rollout and weights it;
+reward-conditioned fine-tuning is ``reward_condition`` (:mod:`diffalign.algorithms.reward_condition`):
+rollouts are sampled from the plain prompts (HIVE's data: the model's own outputs), then each sample is
+trained on with its prompt rewritten to the level its reward reached, with ``weighting: uniform`` (w = 1
+for every sample, HIVE's plain denoising loss) or any weighting above; sampling then asks for the top
+level (``reward_condition.top_items``). The logged ``reward_mean`` is that of the plain prompts' rollouts.
+
 ``guided`` trains the classifier-free-guided output (the rollouts' own predictor) instead of the plain
 conditional one. Rollouts sampled with guidance w are then fitted by the model that drew them; fitting
 them with the conditional branch alone moves that branch toward the guided samples, and sampling with
@@ -37,13 +46,14 @@ guidance w again applies the guidance twice.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from diffalign.algorithms.base import Algorithm, TransitionBatch
+from diffalign.algorithms.reward_condition import RewardConditionConfig
 
-WEIGHTINGS = ("exp", "sparse", "group")
+WEIGHTINGS = ("exp", "sparse", "group", "uniform")
 
 
 @dataclasses.dataclass
@@ -56,6 +66,7 @@ class RWRConfig:
     guided: bool = False          # regress the guided output (the sampler's) instead of the conditional one
     group_size: int = 1           # samples per prompt in every rollout batch ("group" weighting needs >= 2)
     common_noise: bool = False    # a group shares its trained steps and re-noising noise (see the module doc)
+    reward_condition: Optional[RewardConditionConfig] = None  # HIVE's reward-conditioned training (module doc)
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
@@ -71,6 +82,10 @@ class RWRConfig:
         if self.common_noise and self.weighting != "group":
             raise ValueError(f"algorithm.common_noise needs weighting 'group' (its groups share the noise), "
                              f"got weighting {self.weighting!r}")
+        if self.weighting == "uniform" and self.reward_condition is None:
+            raise ValueError("algorithm.weighting 'uniform' weights every sample alike, which trains the model on its "
+                             "own samples unchanged; it needs algorithm.reward_condition (HIVE's reward-conditioned "
+                             "training)")
         if self.exclude_final_steps < 0:
             raise ValueError(f"algorithm.exclude_final_steps must be >= 0, got {self.exclude_final_steps}")
 
@@ -97,6 +112,8 @@ class RWR(Algorithm):
             # group's weights sum to zero where it shares its noise (a prompt drawn twice is two groups)
             g = int(self.config.group_size)
             w = group_normalize(r, [i // g for i in range(len(r))] if self.config.common_noise else prompts).double()
+        elif self.config.weighting == "uniform":
+            w = torch.ones_like(r)
         else:
             w = (r >= self.config.threshold).double()
         return w.float()

@@ -1,7 +1,8 @@
 """``diffalign sample CONFIG --method NAME [--budget N] [--output DIR]``: training-free alignment of any
 configured model (the config's modality, prompts, sampling and reward.name), weights untouched.
 
-Writes DIR/samples/NNNN.png (images; other modalities .npy) and DIR/results.json: the method, budget,
+Writes DIR/samples/NNNN.* (the modality adapter's ``save_sample``: PNG for images, a frame folder plus a GIF
+for videos, .npy for vectors) and DIR/results.json: the method, budget,
 model evaluations spent (and what plain sampling of the same samples costs), the reward of each
 sample and their mean, and per sample its prompt, seed and what the method chose.
 """
@@ -35,9 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the config (before the --options)")
 
 
-def _save(decoded, out_dir: str, index: int) -> str:
-    from diffalign.inference.feedback import _save_sample
-    return os.path.join("samples", _save_sample(decoded, os.path.join(out_dir, "samples"), f"{index:04d}"))
 
 
 def run(args) -> int:
@@ -94,14 +92,16 @@ def sample(cfg, args) -> dict:
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     rows = []
     for i, (p, s) in enumerate(zip(all_prompts, seeds)):
-        rows.append({"file": _save(out.decoded[i], out_dir, i), "prompt": p, "seed": s, "reward": float(rewards[i]),
+        rows.append({"file": os.path.join("samples", adapter.save_sample(out.decoded[i], os.path.join(out_dir, "samples"),
+                                                                               f"{i:04d}")), "prompt": p, "seed": s, "reward": float(rewards[i]),
                      **out.info[i]})
     from diffalign.inference.methods import DEFAULT_BUDGETS
     report = {"method": args.method, "budget": args.budget if args.budget is not None else DEFAULT_BUDGETS[args.method],
               "reward": spec if isinstance(spec, str) else cfg.reward.name,
               "model_evaluations": out.evaluations,
-              "plain_model_evaluations": plain_evaluations(policy, len(all_prompts)),
-              "evaluation_unit": "one denoiser forward on one sample (a guided step costs 2 per sample)",
+              "plain_model_evaluations": plain_evaluations(policy, len(all_prompts), all_prompts[0]),
+              "evaluation_unit": "one denoiser forward on one sample (a guided step costs one per guidance branch: "
+                                 "2 per sample for classifier-free guidance)",
               "reward_mean": float(rewards.mean()), "seconds": round(seconds, 3), "output": out_dir, "samples": rows}
     if args.baseline:
         base = run_method(policy, "plain", all_prompts, seeds, batch_size=cfg.sampling.batch_size, progress=False)

@@ -4,6 +4,7 @@ A *sample* is whatever one side of a comparison holds: an image file path, encod
 Pick-a-Pic parquet cell), a PIL image (a decoded ``datasets`` Image column), or a numeric vector / tensor
 (the toy modality's points; AI feedback on non-image modalities). :func:`load_sample` turns each into a
 PIL image or a float tensor; the modality adapter's ``encode`` turns a batch of those into x0.
+:func:`save_sample` writes a decoded sample so that :func:`load_sample` reads it back.
 """
 from __future__ import annotations
 
@@ -171,6 +172,23 @@ def check_sample(ref: Any, root: Optional[str] = None) -> Optional[str]:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def save_sample(sample: torch.Tensor, folder: str, name: str) -> str:
+    """A decoded sample -> a file in ``folder`` that :func:`load_sample` reads back: an image (C, H, W) in [0, 1]
+    with 1 or 3 channels -> ``name.png`` (8 bits), anything else -> ``name.npy`` (exact). Returns the file name."""
+    sample = sample.detach().float().cpu()
+    os.makedirs(folder, exist_ok=True)
+    if sample.ndim == 3 and sample.shape[0] in (1, 3):
+        from PIL import Image
+        array = (sample.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+        Image.fromarray(array).save(os.path.join(folder, name + ".png"))
+        return name + ".png"
+    import numpy as np
+    np.save(os.path.join(folder, name + ".npy"), sample.numpy())
+    return name + ".npy"
 
 
 def load_samples(refs: Sequence[Any], root: Optional[str] = None) -> list:

@@ -96,7 +96,7 @@ def inference_stage(method: str, budget: Optional[int] = None, options: Optional
                              options=options)
             # the report is written after this sampler ran, so these land in report.json's "info"
             info["model_evaluations"] += out.evaluations
-            info["plain_model_evaluations"] += plain_evaluations(policy, len(prompts))
+            info["plain_model_evaluations"] += plain_evaluations(policy, len(prompts), prompts[0])
             info["method_seconds"] = info.get("method_seconds", 0.0) + time.perf_counter() - start
             info["per_sample"] = out.info
             return out.decoded.float()

@@ -59,9 +59,10 @@ def _as_tensor(sample) -> torch.Tensor:
     return torch.from_numpy(np.asarray(sample.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def score_samples(reward, items: Sequence[Tuple[Any, str]], batch_size: int, device=None,
+def score_samples(reward, items: Sequence[Tuple[Any, Any]], batch_size: int, device=None,
                   progress: bool = True) -> torch.Tensor:
-    """Float64 scores of (sample ref, prompt) items, ``batch_size`` per reward call.
+    """Float64 scores of (sample ref, prompt item) items, ``batch_size`` per reward call (the prompt item is
+    the text, or for ranked edits the edit item with its input image).
 
     Samples of one shape share a call (images of different sizes are scored in separate calls, so
     plain rewards that want one (B, 3, H, W) tensor work on mixed-size data).
@@ -114,7 +115,7 @@ def evaluate_preference(reward, data: str, format: Optional[str] = None, split: 
         raise ValueError(f"{data} labels several aspects {named}: choose one with --aspect")
     key = label if label is not None else "__plain__"
     ranks = rank_tensor(groups, [key], primary=key)[..., 0]
-    items = [(s, g.prompt) for g in groups for s in g.samples]
+    items = [(s, g.item) for g in groups for s in g.samples]  # ranked edits: the edit item with the input image
     flat = score_samples(reward, items, batch_size, device, progress)
     scores = torch.full(ranks.shape, float("nan"), dtype=torch.float64)
     pos = 0

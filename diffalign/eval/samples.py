@@ -163,7 +163,7 @@ def _unique_names(rewards: Sequence[Tuple[str, Dict[str, Any]]]) -> List[str]:
 def evaluate(args) -> Dict[str, Any]:
     """Everything ``run`` does, returning the report dictionary (also written to args.out)."""
     from diffalign.config import load_config, resolve_config_path
-    from diffalign.inference.feedback import _save_sample, sample_decoded
+    from diffalign.inference.feedback import sample_decoded
     from diffalign.eval import metrics
     from diffalign.eval import report as rep
     from diffalign.trainer.builders import build_adapter, build_policy
@@ -225,7 +225,7 @@ def evaluate(args) -> Dict[str, Any]:
     os.makedirs(folder, exist_ok=True)
     records = []
     for i, (p, s) in enumerate(zip(all_prompts, seeds)):
-        name = _save_sample(samples[i], folder, f"{i:06d}")
+        name = adapter.save_sample(samples[i], folder, f"{i:06d}")
         records.append({"index": i, "prompt": p, "seed": s, "file": os.path.join("samples", name),
                         "rewards": {k: float(v[i]) for k, v in scores.items()}})
 

@@ -46,7 +46,7 @@ class SelectionResult:
 def _select(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Sequence[int], reward_fn, max_candidates: int,
             threshold: Optional[float], batch_size: int, progress: bool) -> SelectionResult:
     from diffalign.rewards import call_reward
-    prompts, seeds = [str(p) for p in prompts], [int(s) for s in seeds]
+    prompts, seeds = [p if isinstance(p, dict) else str(p) for p in prompts], [int(s) for s in seeds]  # items stay mappings
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     if int(max_candidates) < 1:

@@ -15,10 +15,11 @@ import dataclasses
 import itertools
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from diffalign.data import save_sample
 from diffalign.inference.sampler import encode_items
 
 PAIRINGS = ("all", "best_worst")
@@ -75,29 +76,16 @@ def select_pairs(prompts: Sequence[str], rewards: torch.Tensor, threshold: float
     return kept, report
 
 
-def _save_sample(sample: torch.Tensor, folder: str, name: str) -> str:
-    """An image (3, H, W) in [0, 1] -> PNG; anything else -> .npy. Returns the file name."""
-    sample = sample.detach().float().cpu()
-    if sample.ndim == 3 and sample.shape[0] in (1, 3):
-        from PIL import Image
-        array = (sample.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        if array.shape[2] == 1:
-            array = array[:, :, 0]
-        Image.fromarray(array).save(os.path.join(folder, name + ".png"))
-        return name + ".png"
-    import numpy as np
-    np.save(os.path.join(folder, name + ".npy"), sample.numpy())
-    return name + ".npy"
-
-
 def write_feedback(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequence[str], rewards: torch.Tensor,
-                   pairs: Sequence[Tuple[int, int]], file_name: str = "pairs.jsonl") -> str:
-    """Save the samples used by ``pairs`` under out_dir/samples and the pairs as JSONL; returns its path."""
+                   pairs: Sequence[Tuple[int, int]], file_name: str = "pairs.jsonl",
+                   save: Callable[[torch.Tensor, str, str], str] = save_sample) -> str:
+    """Save the samples used by ``pairs`` under out_dir/samples with ``save(sample, folder, name) -> file name``
+    (an adapter's ``save_sample``, so its ``load_sample`` reads them back) and the pairs as JSONL; returns its path."""
     folder = os.path.join(out_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     names: Dict[int, str] = {}
     for i in sorted({i for pair in pairs for i in pair}):
-        names[i] = os.path.join("samples", _save_sample(samples[i], folder, f"{i:06d}"))
+        names[i] = os.path.join("samples", save(samples[i], folder, f"{i:06d}"))
     path = os.path.join(out_dir, file_name)
     r = rewards.detach().double().cpu().reshape(-1)
     with open(path, "w", encoding="utf-8") as f:
@@ -108,7 +96,8 @@ def write_feedback(out_dir: str, samples: Sequence[torch.Tensor], prompts: Seque
 
 
 def label_samples(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequence[str], reward_fn,
-                  threshold: float = 0.0, pairing: str = "all") -> FeedbackReport:
+                  threshold: float = 0.0, pairing: str = "all",
+                  save: Callable[[torch.Tensor, str, str], str] = save_sample) -> FeedbackReport:
     """Score ``samples`` (decoded: images in [0, 1], vectors...) with ``reward_fn(samples, prompts)``,
     keep same-prompt pairs whose gap exceeds ``threshold`` and write them as JSONL."""
     from diffalign.rewards import call_reward
@@ -118,7 +107,7 @@ def label_samples(out_dir: str, samples: Sequence[torch.Tensor], prompts: Sequen
     if not pairs:
         raise ValueError(f"AI feedback kept no pair: all {report.candidate_pairs} same-prompt pairs have a reward gap "
                          f"at or below the threshold {threshold}")
-    report.path = write_feedback(out_dir, batch, prompts, rewards, pairs)
+    report.path = write_feedback(out_dir, batch, prompts, rewards, pairs, save=save)
     return report
 
 
@@ -159,6 +148,6 @@ def generate_feedback(cfg, out_dir: str, samples_per_prompt: int = 4, threshold:
     decoded = sample_decoded(cfg, adapter, policy, all_prompts, seeds)
     reward_fn = make_reward_fn(cfg.reward, cfg.modality.name, adapter.rewards(), device)
     try:
-        return label_samples(out_dir, decoded, all_prompts, reward_fn, threshold, pairing)
+        return label_samples(out_dir, decoded, all_prompts, reward_fn, threshold, pairing, save=adapter.save_sample)
     finally:
         close_reward_fn(reward_fn)

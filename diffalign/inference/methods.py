@@ -44,9 +44,14 @@ class MethodOutput:
     info: List[Dict[str, Any]]        # per sample: what the method chose (seed, prompt, rewards, losses)
 
 
-def plain_evaluations(policy: DiffusionPolicy, n: int) -> int:
-    """Model evaluations of plain sampling of n samples: steps x (2 with guidance, else 1) x n."""
+def plain_evaluations(policy: DiffusionPolicy, n: int, item: Any = None) -> int:
+    """Model evaluations of plain sampling of n samples: steps x rows x n, rows = 1 without guidance, else the
+    adapter's guidance branches for ``item`` (2 for classifier-free guidance, 3 for InstructPix2Pix's dual
+    guidance); 2 when no item is given."""
     rows = 1 if policy.guidance_scale == 1.0 else 2
+    if rows > 1 and item is not None:
+        from diffalign.inference.sampler import encode_items
+        rows = len(policy.adapter.guidance_branches(encode_items(policy.adapter, [item], [0])))
     return policy.rule.num_steps * rows * int(n)
 
 
@@ -67,7 +72,7 @@ def run_method(policy: DiffusionPolicy, method: str, prompts: Sequence[str], see
     """Run ``method`` on (prompt, seed) pairs. ``reward_fn`` ranks samples (best_of_n, rejection,
     prompt_opt); ``grad_reward`` (default ``reward_fn``) is the differentiable reward noise_opt climbs;
     ``options`` are extra fields of the method's config dataclass."""
-    prompts, seeds = [str(p) for p in prompts], [int(s) for s in seeds]
+    prompts, seeds = [p if isinstance(p, dict) else str(p) for p in prompts], [int(s) for s in seeds]  # items stay mappings
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     if len(prompts) != len(seeds):

@@ -112,7 +112,7 @@ def optimize_noise(policy: DiffusionPolicy, prompts: Sequence[str], seeds: Seque
                    config: NoiseOptConfig = NoiseOptConfig(), progress: bool = True) -> NoiseOptResult:
     """Optimise x_T per sample for ``reward_fn(decoded, prompts)`` (differentiable in ``decoded``),
     starting from the seeds' own noise, with the per-step noise held fixed at the seeds' draws."""
-    prompts, seeds = [str(p) for p in prompts], [int(s) for s in seeds]
+    prompts, seeds = [p if isinstance(p, dict) else str(p) for p in prompts], [int(s) for s in seeds]  # items stay mappings
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
     counter = EvalCounter()

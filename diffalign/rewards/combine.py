@@ -155,4 +155,15 @@ def load_weighted_sum(directory: Optional[str], device=None, dtype=None,
     return WeightedSum(rewards, [c.weight for c in comps], norms, names)
 
 
-WEIGHTED_SUM = RewardType(load_weighted_sum)  # registered as 'weighted_sum' in diffalign.registry.BUILTIN_REWARDS
+def check_weighted_sum(kwargs: Mapping[str, Any]) -> None:
+    """Config validation of ``weighted_sum``'s kwargs (loads nothing): every component parses, names a reward
+    that exists and takes its kwargs."""
+    from diffalign.rewards.registry import bind_reward_kwargs, resolve_reward
+    for i, c in enumerate(parse_components(kwargs.get("components", ()))):
+        try:
+            bind_reward_kwargs(resolve_reward(c.name), c.name, c.kwargs)
+        except ValueError as exc:
+            raise ValueError(f"weighted_sum: components[{i}]: {exc}") from None
+
+
+WEIGHTED_SUM = RewardType(load_weighted_sum, check=check_weighted_sum)  # registered as 'weighted_sum' in diffalign.registry.BUILTIN_REWARDS

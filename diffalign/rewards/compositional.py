@@ -67,6 +67,8 @@ import numpy as np
 import torch
 
 from diffalign.data.shapes import COLORS, KINDS, RELATIONS, SHAPES, Scene, caption, caption_kind, parse_caption
+from diffalign.rewards.checks import Check, CheckedSample
+from diffalign.rewards.checks import accuracies as checked_accuracies
 
 ATTRIBUTES: Tuple[str, ...] = ("color", "shape", "count", "position")
 
@@ -109,41 +111,12 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class Constraint:
-    attribute: str   # one of ATTRIBUTES
-    text: str        # what was checked, e.g. "exactly 2 blue squares"
-    ok: bool
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    caption: str
-    kind: str
-    constraints: Tuple[Constraint, ...]
+class ScoreResult(CheckedSample):
+    """One image's checks (attributes in ATTRIBUTES) and the detections they were made on."""
     detections: Tuple[Detection, ...] = field(repr=False, default=())
 
-    @property
-    def reward(self) -> float:
-        """Fraction of constraints satisfied."""
-        return sum(c.ok for c in self.constraints) / len(self.constraints)
-
-    @property
-    def correct(self) -> bool:
-        """All constraints satisfied (GenEval's per-image accuracy)."""
-        return all(c.ok for c in self.constraints)
-
-    @property
-    def attributes(self) -> Dict[str, bool]:
-        """For each attribute the caption states: are all its constraints satisfied?"""
-        out: Dict[str, bool] = {}
-        for c in self.constraints:
-            out[c.attribute] = out.get(c.attribute, True) and c.ok
-        return out
-
     def as_dict(self) -> dict:
-        return {"caption": self.caption, "kind": self.kind, "reward": self.reward, "correct": self.correct,
-                "attributes": self.attributes, "constraints": [asdict(c) for c in self.constraints],
-                "detections": [asdict(d) for d in self.detections]}
+        return {**super().as_dict(), "detections": [asdict(d) for d in self.detections]}
 
 
 # ---------------------------------------------------------------- detection
@@ -410,22 +383,22 @@ def score_detections(scene_or_caption: Union[Scene, str], detections: Sequence[D
     """Check every constraint of the caption against ``detections`` (see the module doc)."""
     scene = _parse(scene_or_caption) if isinstance(scene_or_caption, str) else scene_or_caption
     dets = tuple(detections)
-    cons: List[Constraint] = []
+    cons: List[Check] = []
     if scene.relation is None:
         o = scene.objects[0]
         plural = "s" if o.count > 1 else ""
         of_color = [d for d in dets if d.color == o.color]
         matching = [d for d in of_color if d.shape == o.shape]
-        cons += [Constraint("color", f"a {o.color} object", bool(of_color)),
-                 Constraint("shape", f"a {o.color} {o.shape}", bool(matching)),
-                 Constraint("count", f"exactly {o.count} {o.color} {o.shape}{plural}", len(matching) == o.count)]
+        cons += [Check("color", f"a {o.color} object", bool(of_color)),
+                 Check("shape", f"a {o.color} {o.shape}", bool(matching)),
+                 Check("count", f"exactly {o.count} {o.color} {o.shape}{plural}", len(matching) == o.count)]
     else:
         candidates = []
         for o in scene.objects:
             of_color = [d for d in dets if d.color == o.color]
             matching = [d for d in of_color if d.shape == o.shape]
-            cons += [Constraint("color", f"a {o.color} object", bool(of_color)),
-                     Constraint("shape", f"a {o.color} {o.shape}", bool(matching))]
+            cons += [Check("color", f"a {o.color} object", bool(of_color)),
+                     Check("shape", f"a {o.color} {o.shape}", bool(matching))]
             candidates.append(matching or of_color)
         margin = config.position_margin * image_size / 32.0
         a_name, b_name = (f"{o.color} {o.shape}" for o in scene.objects)
@@ -433,11 +406,11 @@ def score_detections(scene_or_caption: Union[Scene, str], detections: Sequence[D
         a = max(candidates[0], key=lambda d: d.area, default=None)
         b = max((d for d in candidates[1] if d is not a), key=lambda d: d.area, default=None)
         ok = a is not None and b is not None and _relation_holds(scene.relation, a, b, margin)
-        cons.append(Constraint("position", f"the {a_name} {scene.relation} the {b_name}", ok))
+        cons.append(Check("position", f"the {a_name} {scene.relation} the {b_name}", ok))
         named = {c: sum(o.color == c for o in scene.objects) for c in dict.fromkeys(o.color for o in scene.objects)}
         once = all(sum(d.color == c for d in dets) == n for c, n in named.items())
         colors = " and ".join(f"{n} {c} object{'s' if n > 1 else ''}" for c, n in named.items())
-        cons.append(Constraint("count", f"exactly {colors}", once))
+        cons.append(Check("count", f"exactly {colors}", once))
     return ScoreResult(caption(scene), caption_kind(scene), tuple(cons), dets)
 
 
@@ -460,24 +433,10 @@ def score_batch(images, prompts: Sequence[Union[str, Scene]], config: DetectorCo
 
 
 def accuracies(results: Sequence[ScoreResult]) -> Dict[str, float]:
-    """Batch accuracies: ``accuracy`` (all constraints of an image hold; GenEval's score), ``reward`` (mean fraction of
-    constraints), per attribute (images whose caption states it and where it holds), and ``accuracy/<kind>``.
-
-    An attribute or kind absent from ``results`` is left out; an empty ``results`` gives an empty dict.
-    """
-    if not results:
-        return {}
-    out: Dict[str, float] = {"accuracy": float(np.mean([r.correct for r in results])),
-                             "reward": float(np.mean([r.reward for r in results])), "n": float(len(results))}
-    for attr in ATTRIBUTES:
-        vals = [r.attributes[attr] for r in results if attr in r.attributes]
-        if vals:
-            out[attr] = float(np.mean(vals))
-    for kind in KINDS:
-        vals = [r.correct for r in results if r.kind == kind]
-        if vals:
-            out[f"accuracy/{kind}"] = float(np.mean(vals))
-    return out
+    """Batch accuracies (:func:`diffalign.rewards.checks.accuracies`): ``accuracy`` (all constraints of an image hold;
+    GenEval's score), ``reward`` (mean fraction of constraints), per attribute (images whose caption states it and
+    where it holds), and ``accuracy/<kind>``."""
+    return checked_accuracies(results, ATTRIBUTES, KINDS)
 
 
 def stated_objects(scene_or_caption: Union[Scene, str]) -> int:

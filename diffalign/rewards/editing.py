@@ -96,22 +96,21 @@ class EditCLIPSimilarity(CLIPReward):
         return {"kind": self.kind}
 
 
-def _loader(kind: str):
+def _loader(own: str):
     def load(directory: Optional[str], device=None, dtype=None, model: Optional[str] = None,
              tokenizer: Optional[str] = None, image_size: Optional[int] = None,
              image_mean: Optional[Sequence[float]] = None, image_std: Optional[Sequence[float]] = None,
-             local_files_only: bool = False, **saved) -> EditCLIPSimilarity:
-        unknown = sorted(k for k in saved if k != "kind")  # a saved folder repeats its kind; nothing else is known
-        if unknown:
-            raise ValueError(f"{KINDS[kind]}: unknown keyword(s) {unknown}")
-        clip, tok, pre = load_clip_parts(directory, model, tokenizer, DEFAULT_MODEL, None, KINDS[kind],
+             local_files_only: bool = False, kind: Optional[str] = None) -> EditCLIPSimilarity:
+        if kind is not None and kind != own:  # a saved folder's diffalign_reward.json repeats its kind
+            raise ValueError(f"{KINDS[own]}: the folder holds a {kind!r} similarity, not {own!r}")
+        clip, tok, pre = load_clip_parts(directory, model, tokenizer, DEFAULT_MODEL, None, KINDS[own],
                                          local_files_only)
         pre.update({k: v for k, v in dict(image_size=image_size, image_mean=image_mean, image_std=image_std).items()
                     if v is not None})
-        return EditCLIPSimilarity(clip, tok, kind, **pre)
+        return EditCLIPSimilarity(clip, tok, own, **pre)
 
-    load.__name__ = f"load_{KINDS[kind]}"
-    load.__doc__ = f"{KINDS[kind]} on a CLIP from ``model`` (hub id or local folder; default {DEFAULT_MODEL})."
+    load.__name__ = f"load_{KINDS[own]}"
+    load.__doc__ = f"{KINDS[own]} on a CLIP from ``model`` (hub id or local folder; default {DEFAULT_MODEL})."
     return load
 
 

@@ -5,6 +5,9 @@ An edit's prompt item is ``{"text": <instruction>, "image": <path to the input i
 into the (B, 3, H, W) float tensor of their input images in [0, 1], resized to the edits' (H, W), so
 that image-space and feature-space comparisons line up pixel for pixel. Decoded files are cached by
 (path, modification time), since a training run scores the same few inputs every epoch.
+
+``"image"`` is a path (or anything else :func:`diffalign.data.load_sample` reads), or, as the editing
+adapter also accepts (modalities/editing/inputs.py), an RGB triple in [0, 1]: a uniform input of that colour.
 """
 from __future__ import annotations
 
@@ -54,12 +57,21 @@ def _decode(path: str, index: int) -> torch.Tensor:
     return _CACHE[key]
 
 
+def _is_colour(ref: Any) -> bool:
+    return isinstance(ref, (list, tuple)) and len(ref) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in ref)
+
+
 def input_images(items: Sequence[Any], size: Tuple[int, int], device=None,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1]: each item's ``"image"`` resized to ``size`` = (H, W) (bilinear, antialiased)."""
     out = []
     for i, item in enumerate(items):
-        t = _decode(str(item_field(item, "image", i)), i)
+        ref = item_field(item, "image", i)
+        if _is_colour(ref):
+            out.append(torch.tensor([float(v) for v in ref]).clamp(0, 1).view(3, 1, 1).expand(3, *size))
+            continue
+        t = _decode(str(ref), i)
         if tuple(t.shape[-2:]) != tuple(size):
             t = F.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
         out.append(t.clamp(0, 1))

@@ -194,6 +194,8 @@ def lazy_reward(name: str) -> Callable:
 
     fn.__name__ = name
     fn.__signature__ = _loader_signature(name)
+    if name in REWARD_TYPES:  # bind_reward_kwargs runs the type's own check of the kwargs
+        fn.check_kwargs = registry.rewards[name].check
     return fn
 
 

@@ -68,19 +68,25 @@ def resolve_reward(name: str, extra: Optional[Mapping[str, RewardFn]] = None) ->
 def bind_reward_kwargs(fn: RewardFn, name: str, kwargs: Optional[Mapping[str, object]]) -> RewardFn:
     """``fn`` with the config's ``reward.kwargs`` bound (keyword arguments after samples and prompts).
 
-    Checks the names against the function's signature, so a misspelt keyword fails before training.
+    Checks the names against the function's signature, so a misspelt keyword fails before training, and the
+    values with the reward type's own ``check`` where it has one (a wrapper's inner reward names).
     """
-    if not kwargs:
-        return fn
     import functools
     import inspect
-    try:
-        inspect.signature(fn).bind(None, None, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"reward.kwargs {dict(kwargs)!r} do not fit reward {name!r}: {exc}") from None
-    except ValueError:  # no signature (a builtin): let the call decide
-        pass
-    return functools.partial(fn, **kwargs)
+    if kwargs:
+        try:
+            inspect.signature(fn).bind(None, None, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"reward.kwargs {dict(kwargs)!r} do not fit reward {name!r}: {exc}") from None
+        except ValueError:  # no signature (a builtin): let the call decide
+            pass
+    check = getattr(fn, "check_kwargs", None)
+    if check is not None:
+        try:
+            check(dict(kwargs or {}))
+        except ValueError as exc:
+            raise ValueError(f"reward {name!r}: {exc}") from None
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def call_reward(fn: RewardFn, samples, prompts: Sequence[str], device) -> torch.Tensor:

@@ -144,6 +144,21 @@ class VideoReward(Reward):
         return out.float()
 
 
+def check_reduction(reduce: str = "mean", segment_frame: str = "random", attenuation: float = DEFAULT_ATTENUATION,
+                    frames: Optional[int] = None) -> None:
+    """ValueError naming the per_frame setting that is out of range."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"per_frame: reduce {reduce!r} is not one of {list(REDUCTIONS)}")
+    if segment_frame not in SEGMENT_FRAMES:
+        raise ValueError(f"per_frame: segment_frame {segment_frame!r} is not one of {list(SEGMENT_FRAMES)}")
+    if not float(attenuation) >= 0:
+        raise ValueError(f"per_frame: attenuation must be >= 0, got {attenuation}")
+    if frames is not None and reduce == "segmental":
+        raise ValueError("per_frame: frames (VADER subsampling) and reduce 'segmental' both choose frames; use one")
+    if frames is not None and int(frames) < 1:
+        raise ValueError(f"per_frame: frames must be >= 1, got {frames}")
+
+
 class PerFrameReward(Reward):
     """An image reward applied to the frames of a video and reduced per clip (see the module doc).
 
@@ -159,17 +174,7 @@ class PerFrameReward(Reward):
                  frames: Optional[int] = None, generator: Optional[torch.Generator] = None,
                  differentiable: Optional[bool] = None):
         super().__init__()
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"per_frame: reduce {reduce!r} is not one of {list(REDUCTIONS)}")
-        if segment_frame not in SEGMENT_FRAMES:
-            raise ValueError(f"per_frame: segment_frame {segment_frame!r} is not one of {list(SEGMENT_FRAMES)}")
-        if not float(attenuation) >= 0:
-            raise ValueError(f"per_frame: attenuation must be >= 0, got {attenuation}")
-        if frames is not None and reduce == "segmental":
-            raise ValueError("per_frame: frames (VADER subsampling) and reduce 'segmental' both choose frames; "
-                             "use one")
-        if frames is not None and int(frames) < 1:
-            raise ValueError(f"per_frame: frames must be >= 1, got {frames}")
+        check_reduction(reduce, segment_frame, attenuation, frames)
         self.reward = reward  # a torch Module becomes a submodule, so .to() / .eval() reach it
         self.reduce, self.segments, self.attenuation = reduce, int(segments), float(attenuation)
         self.segment_frame, self.frames, self.generator = segment_frame, frames, generator
@@ -212,16 +217,32 @@ def resolve_image_reward(name: str, device=None, dtype=None, kwargs: Optional[Ma
     return reward, bool(getattr(reward, "differentiable", False))
 
 
+def _inner_reward(name: str, kwargs: Optional[Mapping[str, Any]]):
+    """The wrapped image reward's callable, resolved by name without loading weights, kwargs checked."""
+    from diffalign.rewards.differentiable import DIFFERENTIABLE_REWARDS
+    from diffalign.rewards.registry import bind_reward_kwargs, resolve_reward
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"per_frame: reward must name an image reward, got {name!r}")
+    if name == "per_frame":
+        raise ValueError("per_frame: reward must be an image reward, not per_frame itself")
+    return bind_reward_kwargs(resolve_reward(name, DIFFERENTIABLE_REWARDS), name, kwargs)
+
+
+def check_per_frame(kwargs: Mapping[str, Any]) -> None:
+    """Config validation of ``per_frame``'s kwargs (loads nothing): the inner reward exists and takes its
+    ``reward_kwargs``, and the reduction settings are in range."""
+    _inner_reward(kwargs.get("reward", "brightness"), kwargs.get("reward_kwargs"))
+    check_reduction(kwargs.get("reduce", "mean"), kwargs.get("segment_frame", "random"),
+                    kwargs.get("attenuation", DEFAULT_ATTENUATION), kwargs.get("frames"))
+
+
 def load_per_frame(directory: Optional[str], device=None, dtype=None, reward: str = "brightness",
                    reward_kwargs: Optional[Dict[str, Any]] = None, reduce: str = "mean",
                    segments: int = DEFAULT_SEGMENTS, attenuation: float = DEFAULT_ATTENUATION,
                    segment_frame: str = "random", frames: Optional[int] = None,
                    seed: Optional[int] = 0) -> PerFrameReward:
     """A :class:`PerFrameReward` around the image reward ``reward`` (built with ``reward_kwargs``); see the module doc."""
-    if not isinstance(reward, str) or not reward:
-        raise ValueError(f"per_frame: reward must name an image reward, got {reward!r}")
-    if reward == "per_frame":
-        raise ValueError("per_frame: reward must be an image reward, not per_frame itself")
+    _inner_reward(reward, reward_kwargs)
     image_reward, differentiable = resolve_image_reward(reward, device, dtype, reward_kwargs)
     generator = None
     if seed is not None:
@@ -231,4 +252,4 @@ def load_per_frame(directory: Optional[str], device=None, dtype=None, reward: st
                           differentiable=differentiable)
 
 
-PER_FRAME = RewardType(load_per_frame)  # registered as 'per_frame' in diffalign.registry.BUILTIN_REWARDS
+PER_FRAME = RewardType(load_per_frame, check=check_per_frame)  # registered as 'per_frame' in diffalign.registry.BUILTIN_REWARDS

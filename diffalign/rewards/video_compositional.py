@@ -38,6 +38,7 @@ import torch
 
 from diffalign.data.shapes import Scene
 from diffalign.data.shapes_clips import CLIP_KINDS, DIRECTION_VECTORS, ClipScene, clip_caption, parse_clip_caption
+from diffalign.rewards.checks import Check, CheckedSample, accuracies
 from diffalign.rewards.compositional import Detection, DetectorConfig, detect_batch, score_detections
 from diffalign.rewards.video import check_video
 
@@ -62,42 +63,13 @@ class MotionConfig:
 
 
 @dataclass(frozen=True)
-class VideoConstraint:
-    attribute: str   # one of VIDEO_ATTRIBUTES
-    text: str        # what was checked
-    value: float     # in [0, 1]
-    ok: bool
-
-
-@dataclass(frozen=True)
-class VideoScoreResult:
-    caption: str
-    kind: str
-    constraints: Tuple[VideoConstraint, ...]
+class VideoScoreResult(CheckedSample):
+    """One clip's checks (one per attribute in VIDEO_ATTRIBUTES, graded), the tracks and the per-frame detections."""
     tracks: Tuple[Tuple[Optional[Tuple[float, float]], ...], ...] = field(repr=False, default=())
     detections: Tuple[Tuple[Detection, ...], ...] = field(repr=False, default=())
 
-    @property
-    def reward(self) -> float:
-        """Mean of the constraint values."""
-        return float(np.mean([c.value for c in self.constraints]))
-
-    @property
-    def correct(self) -> bool:
-        return all(c.ok for c in self.constraints)
-
-    @property
-    def attributes(self) -> Dict[str, bool]:
-        return {c.attribute: c.ok for c in self.constraints}
-
-    @property
-    def values(self) -> Dict[str, float]:
-        return {c.attribute: c.value for c in self.constraints}
-
     def as_dict(self) -> dict:
-        return {"caption": self.caption, "kind": self.kind, "reward": self.reward, "correct": self.correct,
-                "attributes": self.attributes, "constraints": [asdict(c) for c in self.constraints],
-                "tracks": [[list(p) if p is not None else None for p in t] for t in self.tracks],
+        return {**super().as_dict(), "tracks": [[list(p) if p is not None else None for p in t] for t in self.tracks],
                 "detections": [[asdict(d) for d in frame] for frame in self.detections]}
 
 
@@ -179,23 +151,22 @@ def score_clip_detections(scene_or_caption: Union[ClipScene, str], detections: S
         raise ValueError("shapes_video: a clip needs at least one frame of detections")
     scale = frame_size / 32.0
     per_frame = [score_detections(Scene((scene.obj,)), dets, frame_size, config) for dets in detections]
-    cons: List[VideoConstraint] = []
+    cons: List[Check] = []
     for attr in ("color", "shape", "count"):
         held = [r.attributes[attr] for r in per_frame]
         text = next(c.text for c in per_frame[0].constraints if c.attribute == attr)
         value = float(np.mean(held))
-        cons.append(VideoConstraint(attr, f"{text} (in {sum(held)}/{n_frames} frames)", value,
-                                    value >= motion.min_fraction))
+        cons.append(Check(attr, f"{text} (in {sum(held)}/{n_frames} frames)", value >= motion.min_fraction, value))
     points = [[d.centre for d in frame] for frame in _candidates(scene, detections)]
     tracks = link_tracks(points, motion.max_jump * scale)
     moves = [track_direction_ok(t, scene.direction, motion, scale) for t in tracks]
     way = f"moving {scene.direction}" if scene.direction else "still"
-    cons.append(VideoConstraint("direction", f"{len(tracks)} track(s) {way}: {sum(moves)} do",
-                                float(np.mean(moves)) if moves else 0.0, bool(moves) and all(moves)))
+    cons.append(Check("direction", f"{len(tracks)} track(s) {way}: {sum(moves)} do", bool(moves) and all(moves),
+                      float(np.mean(moves)) if moves else 0.0))
     smooth = [track_smoothness(t, motion, scale) for t in tracks]
     value = float(np.mean(smooth)) if smooth else 0.0
-    cons.append(VideoConstraint("smoothness", f"constant velocity (step change <= {motion.max_accel * scale:g} px)",
-                                value, bool(smooth) and value >= motion.min_fraction))
+    cons.append(Check("smoothness", f"constant velocity (step change <= {motion.max_accel * scale:g} px)",
+                      bool(smooth) and value >= motion.min_fraction, value))
     return VideoScoreResult(clip_caption(scene), scene.kind, tuple(cons),
                             tuple(tuple(p for p in t) for t in tracks), tuple(tuple(d) for d in detections))
 
@@ -219,18 +190,9 @@ def score_clips(videos, prompts: Sequence[Union[str, ClipScene]], config: Detect
 
 
 def video_accuracies(results: Sequence[VideoScoreResult]) -> Dict[str, float]:
-    """``accuracy`` (all attributes hold), ``reward`` (mean), ``n``, each attribute's accuracy and ``accuracy/<kind>``."""
-    if not results:
-        return {}
-    out: Dict[str, float] = {"accuracy": float(np.mean([r.correct for r in results])),
-                             "reward": float(np.mean([r.reward for r in results])), "n": float(len(results))}
-    for attr in VIDEO_ATTRIBUTES:
-        out[attr] = float(np.mean([r.attributes[attr] for r in results]))
-    for kind in CLIP_KINDS:
-        vals = [r.correct for r in results if r.kind == kind]
-        if vals:
-            out[f"accuracy/{kind}"] = float(np.mean(vals))
-    return out
+    """``accuracy`` (all attributes hold), ``reward`` (mean), ``n``, each attribute's accuracy and ``accuracy/<kind>``
+    (:func:`diffalign.rewards.checks.accuracies`)."""
+    return accuracies(results, VIDEO_ATTRIBUTES, CLIP_KINDS)
 
 
 def shapes_video_reward(videos, prompts: Sequence[str], min_travel: float = MotionConfig.min_travel,

@@ -13,6 +13,7 @@ from typing import Dict, List
 import torch
 
 from diffalign.algorithms.base import TransitionBatch
+from diffalign.algorithms.reward_condition import level_items
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
 from diffalign.rewards.prompts import prompt_key
@@ -117,10 +118,31 @@ class OnlineTrainer(Trainer):
                         return self.reduce_metrics(sums, count)
         return self.reduce_metrics(sums, count)
 
+    @property
+    def _reward_condition(self):
+        return getattr(self.algorithm.config, "reward_condition", None)
+
+    def condition_on_rewards(self, epoch: int, traj: Trajectory, rewards: torch.Tensor, prompts: list) -> None:
+        """Reward conditioning (HIVE): the rollouts sampled the plain items (HIVE's data are the editor's own
+        edits of the plain instruction); re-encode each local sample's condition at the level its reward
+        reached in the global batch (the same levels on every process; the conditions' own draws as in the
+        rollout), so the loss teaches level k -> samples of reward level k."""
+        leveled = level_items(prompts, rewards, self._reward_condition)
+        b = self.cfg.sampling.batch_size
+        conds = []
+        for n in range(traj.batch_size // b):
+            start = n * b * self.world + self.rank * b
+            mine = range(self.rank * b, (self.rank + 1) * b)
+            gens = [generator(self.cfg.seed, epoch, n, g, "conditions") for g in mine]
+            conds.append(self.adapter.encode_conditions(leveled[start:start + b], gens))
+        traj.cond = cat_conditions(conds)
+
     def run_epoch(self, epoch: int) -> Dict[str, float]:
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, self.rank, "torch"))  # e.g. RWR's re-noising
         start = time.perf_counter()
         traj, rewards, prompts, decoded = self.rollout(epoch)
+        if self._reward_condition is not None:
+            self.condition_on_rewards(epoch, traj, rewards.cpu(), prompts)
         rollout_s = time.perf_counter() - start
         # groups (GRPO) and per-prompt statistics (DDPO) are keyed by a stable text of each prompt item
         adv = self.algorithm.advantages(rewards.cpu(), [prompt_key(p) for p in prompts])

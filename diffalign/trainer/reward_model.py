@@ -14,6 +14,12 @@ Loss (``loss.name``): "bt" decomposes each group into its C(K, 2) pairs, Eq. 3 p
 ``loss.tie_policy``; "pl" is Eq. 5 per group (ties by Breslow's rule; tie_policy does not apply). For
 several aspects, the loss is the ``loss.aspect_weights``-weighted mean over the aspects that have
 labels in the batch.
+
+Ranked edits (HIVE's reward model): with ``model.input_image: true`` the model scores (input image,
+instruction, edit) and the data are ranked edits, rows with an ``"input"`` image
+(:mod:`diffalign.rewards.training.data`); ``data.path: synthetic:edits`` writes a synthetic set of them
+(:func:`diffalign.rewards.training.synthetic.write_synthetic_edits`). The input's embedding is cached
+with the edits' when the backbone is frozen.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ from diffalign.rewards.training.metrics import TIE_POLICY, pairwise_accuracy
 from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardModel, build_model
 
 SYNTHETIC_PATH = "synthetic:images"
+SYNTHETIC_EDITS_PATH = "synthetic:edits"
+SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH)
 LOSSES = ("bt", "pl")
 
 
@@ -48,6 +56,7 @@ class RewardModelConfig:
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_targets: List[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
+    input_image: bool = False              # score edits: (input image, instruction, edit), HIVE's reward model
 
 
 @dataclasses.dataclass
@@ -60,7 +69,8 @@ class RewardLossConfig:
 
 @dataclasses.dataclass
 class RewardDataConfig:
-    path: Optional[str] = None             # a file/folder/hub id the readers know, a ranked JSONL, or synthetic:images
+    path: Optional[str] = None             # a file/folder/hub id the readers know, a ranked JSONL, synthetic:images
+                                           # or synthetic:edits
     format: Optional[str] = None           # ranked | jsonl | pickapic | hpdv2 | imagerewarddb; default: detected
     split: str = "train"                   # hub datasets only
     verify_images: bool = True
@@ -68,7 +78,7 @@ class RewardDataConfig:
     eval_path: Optional[str] = None        # held-out comparisons; default: eval_fraction of data.path
     eval_fraction: float = 0.2
     cache_images: bool = True              # lora/full: keep every preprocessed image in memory
-    synthetic: Dict[str, Any] = dataclasses.field(default_factory=dict)  # write_synthetic_comparisons arguments
+    synthetic: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the synthetic writer's arguments
 
 
 @dataclasses.dataclass
@@ -140,11 +150,15 @@ def validate(cfg: RewardTrainConfig) -> None:
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
     if cfg.data.path is None:
-        raise ConfigError(f"config key 'data.path' is required (preference data, or {SYNTHETIC_PATH!r})")
-    if cfg.data.path.startswith("synthetic:") and cfg.data.path != SYNTHETIC_PATH:
-        raise ConfigError(f"config key 'data.path': the only synthetic set is {SYNTHETIC_PATH!r}, "
+        raise ConfigError(f"config key 'data.path' is required (preference data, or one of {SYNTHETIC_PATHS})")
+    if cfg.data.path.startswith("synthetic:") and cfg.data.path not in SYNTHETIC_PATHS:
+        raise ConfigError(f"config key 'data.path': the synthetic sets are {SYNTHETIC_PATHS}, "
                           f"got {cfg.data.path!r}")
-    if cfg.data.path != SYNTHETIC_PATH:
+    if (cfg.data.path == SYNTHETIC_EDITS_PATH) != cfg.model.input_image and cfg.data.path in SYNTHETIC_PATHS:
+        raise ConfigError(f"config key 'model.input_image' = {cfg.model.input_image!r} does not fit data.path "
+                          f"{cfg.data.path!r}: ranked edits ({SYNTHETIC_EDITS_PATH!r}) need a model of the input "
+                          "image (model.input_image: true), and only they")
+    if cfg.data.path not in SYNTHETIC_PATHS:
         from diffalign.data.readers import looks_like_hub_id
         if not os.path.exists(cfg.data.path) and not looks_like_hub_id(cfg.data.path):
             raise ConfigError(f"config key 'data.path': {cfg.data.path!r} does not exist (a file, a folder, a hub id "
@@ -152,9 +166,10 @@ def validate(cfg: RewardTrainConfig) -> None:
     elif cfg.data.synthetic:
         import inspect
 
-        from diffalign.rewards.training.synthetic import write_synthetic_comparisons
+        from diffalign.rewards.training.synthetic import write_synthetic_comparisons, write_synthetic_edits
+        writer = write_synthetic_edits if cfg.data.path == SYNTHETIC_EDITS_PATH else write_synthetic_comparisons
         try:
-            inspect.signature(write_synthetic_comparisons).bind("out", **cfg.data.synthetic)
+            inspect.signature(writer).bind("out", **cfg.data.synthetic)
         except TypeError as exc:
             raise ConfigError(f"config key 'data.synthetic' = {cfg.data.synthetic!r}: {exc}") from None
     if cfg.data.eval_path is not None and not os.path.exists(cfg.data.eval_path):
@@ -190,11 +205,23 @@ class RewardTrainer:
             from diffalign.rewards.training.synthetic import write_synthetic_comparisons
             kw = {"aspects": cfg.model.aspects, "seed": cfg.seed, **d.synthetic}
             path = write_synthetic_comparisons(os.path.join(cfg.output_dir, "synthetic_data"), **kw)
+        elif path == SYNTHETIC_EDITS_PATH:
+            from diffalign.rewards.training.synthetic import write_synthetic_edits
+            path = write_synthetic_edits(os.path.join(cfg.output_dir, "synthetic_data"),
+                                         **{"seed": cfg.seed, **d.synthetic})
         groups, report = read_comparisons(path, d.format, d.split, d.verify_images, d.max_records)
         if d.eval_path is not None:
             train, held = groups, read_comparisons(d.eval_path, d.format, d.split, d.verify_images)[0]
         else:
             train, held = split_groups(groups, d.eval_fraction, cfg.seed)
+        for key, part in (("data.path", groups), ("data.eval_path", held)):
+            edits = sum(g.input is not None for g in part)
+            if cfg.model.input_image and edits < len(part):
+                raise ValueError(f"model.input_image is true but {key} holds {len(part) - edits} comparison groups "
+                                 "without an 'input' image (ranked edits need one per row)")
+            if not cfg.model.input_image and edits:
+                raise ValueError(f"{key} holds ranked edits (rows with an 'input' image): set model.input_image: "
+                                 "true to train a reward model of (input, instruction, edit)")
         if not train:
             raise ValueError(f"data.path {d.path!r}: no training comparisons left after holding out data.eval_fraction")
         return train, held, report
@@ -205,7 +232,8 @@ class RewardTrainer:
         return model.pixel_values([load_sample(s) for s in group.samples])
 
     def _embed_groups(self, model: PreferenceRewardModel, groups: Sequence[Comparison], kmax: int, desc: str):
-        """(G, K, D) image and (G, D) prompt embeddings, no grad; padded slots zero."""
+        """(G, K, D) image, (G, D) prompt and (G, D) input-image embeddings (None unless the model scores
+        edits), no grad; padded slots zero."""
         dim = model.backbone.config.projection_dim
         img = torch.zeros(len(groups), kmax, dim)
         flat = [(gi, k) for gi, g in enumerate(groups) for k in range(len(g.samples))]
@@ -219,7 +247,20 @@ class RewardTrainer:
                 for (gi, k), e in zip(chunk, emb):
                     img[gi, k] = e
             txt = self._embed_prompts(model, [g.prompt for g in groups])
-        return img, txt
+            inp = None
+            if model.input_image:
+                inp = torch.cat([model.embed_pixels(self._input_pixels(model, groups[s:s + bs])).cpu()
+                                 for s in range(0, len(groups), bs)])
+        return img, txt, inp
+
+    def _input_pixels(self, model: PreferenceRewardModel, groups: Sequence[Comparison]) -> torch.Tensor:
+        """Each group's input read as scoring reads it (rewards/editing_inputs.py: at its first edit's size), so
+        the trained model scores a held-out edit as `diffalign eval preference` will."""
+        from diffalign.data.types import load_sample
+        from diffalign.rewards.base import as_pixels
+        from diffalign.rewards.editing_inputs import input_images
+        sizes = [tuple(as_pixels([load_sample(g.samples[0])])[0].shape[-2:]) for g in groups]
+        return torch.cat([model.pixel_values(input_images([g.item], size)) for g, size in zip(groups, sizes)])
 
     def _embed_prompts(self, model: PreferenceRewardModel, prompts: Sequence[str]) -> torch.Tensor:
         unique = list(dict.fromkeys(prompts))
@@ -259,10 +300,11 @@ class RewardTrainer:
         """(b, K, A) scores of groups[index]; from cached embeddings (frozen) or through the backbone."""
         index = list(index)
         if emb is not None:
-            img, txt = emb
+            img, txt, inp = emb
             img, txt = img[index].to(self.device), txt[index].to(self.device)
             b, k, d = img.shape
-            s = model.head_scores(img.reshape(b * k, d), txt.repeat_interleave(k, dim=0))
+            inp = inp[index].to(self.device).repeat_interleave(k, dim=0) if inp is not None else None
+            s = model.head_scores(img.reshape(b * k, d), txt.repeat_interleave(k, dim=0), inp)
             return s.view(b, k, -1)
         kmax = max(len(g.samples) for g in groups)
         pixels = []
@@ -276,9 +318,13 @@ class RewardTrainer:
             pixels.append(pix)
         sizes = [len(groups[gi].samples) for gi in index]
         img = model.embed_pixels(torch.cat(pixels).to(self.device))
-        txt = model.text_embeds([groups[gi].prompt for gi in index]).repeat_interleave(
-            torch.tensor(sizes, device=self.device), dim=0)
-        flat = model.head_scores(img, txt)
+        repeat = torch.tensor(sizes, device=self.device)
+        txt = model.text_embeds([groups[gi].prompt for gi in index]).repeat_interleave(repeat, dim=0)
+        inp = None
+        if model.input_image:
+            pix = self._input_pixels(model, [groups[gi] for gi in index]).to(self.device)
+            inp = model.embed_pixels(pix).repeat_interleave(repeat, dim=0)
+        flat = model.head_scores(img, txt, inp)
         out = flat.new_zeros(len(index), kmax, flat.shape[1])
         for row, chunk in enumerate(torch.split(flat, sizes)):
             out[row, : chunk.shape[0]] = chunk
@@ -299,7 +345,8 @@ class RewardTrainer:
             from diffalign.rewards.training.data import write_ranked
             write_ranked(held, os.path.join(cfg.output_dir, "held_out.jsonl"))
         m = cfg.model
-        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed)
+        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
+                            input_image=m.input_image)
         model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
         model.to(self.device)
         self._pixel_cache: Dict[int, torch.Tensor] = {}

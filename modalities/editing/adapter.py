@@ -15,7 +15,9 @@ with c_T the instruction (dropped: the negative prompt's embedding), c_I the inp
 s_T the run's ``sampling.guidance_scale`` and s_I the option ``image_guidance_scale``. The branch order
 [text + image, image only, neither] and the zero image latents are those of diffusers'
 StableDiffusionInstructPix2PixPipeline (pipeline_stable_diffusion_instruct_pix2pix.py), so a policy at eta 0
-reproduces that pipeline's samples (tests/modalities/test_editing_adapter.py). As there, s_T = 1 means no guidance.
+reproduces that pipeline's samples (tests/modalities/test_editing_adapter.py). As there, s_T = 1 means no guidance
+(the policy then runs the conditional branch alone); unlike there, s_I < 1 still guides (the pipeline turns all
+guidance off below 1), so that the formula holds for every scale a config gives.
 
 Stored edits (``encode``) are the image adapter's: the edited image's latents, with this adapter's conditions (input
 image included). LoRA is saved in diffusers' SD format, which ``StableDiffusionInstructPix2PixPipeline

@@ -7,14 +7,13 @@ under full fine-tuning. LoRA is saved in diffusers' format (``pipeline.load_lora
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
+from diffalign.modalities.base import Conditions, ModalityAdapter, PeftOrFrozenReference, unwrap
 from diffalign.rewards.prompts import prompt_text
 from diffalign.modalities.image.options import ImageOptions
 
@@ -22,7 +21,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # default of modality.options.lora_targets
 
 
-class ImageAdapter(ModalityAdapter):
+class ImageAdapter(PeftOrFrozenReference, ModalityAdapter):
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler, options: ImageOptions,
                  device: torch.device, pipeline=None):
         self.options = options
@@ -151,11 +150,7 @@ class ImageAdapter(ModalityAdapter):
 
     # ---- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):
-        if self._in_reference and self._frozen_copy is not None:
-            model = self._frozen_copy
-        else:
-            model = self.denoiser
-        dtype = self.dtype if self._frozen_copy is None or model is self._frozen_copy else torch.float32
+        model, dtype = self._active_denoiser()
         emb = cond["prompt_embeds"].to(dtype)
         if self.architecture == "sd3":
             out = model(hidden_states=x.to(dtype), timestep=timesteps, encoder_hidden_states=emb,
@@ -167,20 +162,6 @@ class ImageAdapter(ModalityAdapter):
                                               "time_ids": cond["time_ids"].to(dtype)}
             out = model(x.to(dtype), timesteps, encoder_hidden_states=emb, **extra).sample
         return out.to(x.dtype)
-
-    @contextlib.contextmanager
-    def reference_mode(self):
-        lora = self._frozen_copy is None
-        model = unwrap(self.denoiser)
-        previous, self._in_reference = self._in_reference, True
-        if lora:
-            model.disable_adapters()
-        try:
-            yield
-        finally:
-            if lora:
-                model.enable_adapters()
-            self._in_reference = previous
 
     # ---- what rewards see ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,9 +210,6 @@ class ImageAdapter(ModalityAdapter):
         return make_grid(decoded[:16].detach().cpu(), nrow=4)
 
     # ---- training state ----------------------------------------------------------------------------
-    def trainable_parameters(self):
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         model = unwrap(self.denoiser)
         if self._frozen_copy is None:

@@ -21,14 +21,14 @@ Families:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+import inspect
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from diffalign.modalities.base import Conditions, ModalityAdapter, unwrap
+from diffalign.modalities.base import Conditions, ModalityAdapter, PeftOrFrozenReference, unwrap
 from diffalign.modalities.video.options import VideoOptions
 from diffalign.rewards.prompts import prompt_text
 
@@ -59,7 +59,7 @@ def cast_frozen(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.
     return model
 
 
-class VideoAdapter(ModalityAdapter):
+class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
     def __init__(self, denoiser, vae, text_encoder, tokenizer, scheduler, options: VideoOptions,
                  device: torch.device, pipeline=None, fresh_motion: bool = False):
         self.options = options
@@ -88,6 +88,8 @@ class VideoAdapter(ModalityAdapter):
             denoiser.enable_gradient_checkpointing()
         self.denoiser = denoiser
         self._in_reference = False
+        self._frame_generator = torch.Generator().manual_seed(options.seed)  # reward_frames' draws
+        self.last_reward_frames: Optional[torch.Tensor] = None
 
     def _latent_shape(self):
         """(C, F, h, w) of one sample's state."""
@@ -219,11 +221,7 @@ class VideoAdapter(ModalityAdapter):
 
     # ---- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):
-        if self._in_reference and self._frozen_copy is not None:
-            model = self._frozen_copy
-        else:
-            model = self.denoiser
-        dtype = self.dtype if self._frozen_copy is None or model is self._frozen_copy else torch.float32
+        model, dtype = self._active_denoiser()
         emb = cond["prompt_embeds"].to(dtype)
         if self.architecture == "wan":
             out = model(hidden_states=x.to(dtype), timestep=timesteps, encoder_hidden_states=emb,
@@ -234,20 +232,6 @@ class VideoAdapter(ModalityAdapter):
             frames = x.shape[2]
             out = model(x.to(dtype), timesteps, encoder_hidden_states=emb.repeat_interleave(frames, dim=0)).sample
         return out.to(x.dtype)
-
-    @contextlib.contextmanager
-    def reference_mode(self):
-        lora = self._frozen_copy is None
-        model = unwrap(self.denoiser)
-        previous, self._in_reference = self._in_reference, True
-        if lora:
-            model.disable_adapters()
-        try:
-            yield
-        finally:
-            if lora:
-                model.enable_adapters()
-            self._in_reference = previous
 
     # ---- what rewards see ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -270,6 +254,21 @@ class VideoAdapter(ModalityAdapter):
             video = images.reshape(b, f, *images.shape[1:]).permute(0, 2, 1, 3, 4)
         return ((video.permute(0, 2, 1, 3, 4) + 1) / 2).clamp(0, 1)
 
+    def decode_with_grad(self, x0, cond):
+        """``decode`` keeping the graph; with ``reward_frames: K``, only K frames per clip, drawn at random and
+        sorted (VADER's decode_frame), so the VAE runs and keeps activations for K / F of the frames.
+        ``last_reward_frames`` holds the (B, K) frame indices of the last call."""
+        decode = inspect.unwrap(type(self).decode)  # without its no_grad
+        k = self.options.reward_frames
+        if k is None or k == x0.shape[2]:
+            self.last_reward_frames = None
+            return decode(self, x0, cond)
+        b, f = x0.shape[0], x0.shape[2]
+        index = torch.rand(b, f, generator=self._frame_generator).argsort(dim=1)[:, :k].sort(dim=1).values
+        self.last_reward_frames = index
+        gather = index.to(x0.device).view(b, 1, k, 1, 1).expand(-1, x0.shape[1], -1, x0.shape[3], x0.shape[4])
+        return decode(self, x0.gather(2, gather), cond)
+
     def load_sample(self, ref):
         """A stored clip (a video file, a folder of frames, frames) -> the ``num_frames`` x ``resolution`` frames
         ``encode`` takes (see there); errors name the clip."""
@@ -279,6 +278,23 @@ class VideoAdapter(ModalityAdapter):
         except ValueError as exc:
             where = repr(ref) if isinstance(ref, str) else f"a {type(ref).__name__} clip"
             raise ValueError(f"{where}: {exc}") from None
+
+    def save_sample(self, sample, folder, name):
+        """A clip (F, 3, H, W) in [0, 1] -> ``name/`` holding one lossless PNG per frame (what ``load_sample``
+        reads back, exact to 8 bits) and ``name.gif`` beside it to watch; returns ``name``."""
+        from PIL import Image
+
+        from diffalign.modalities.video.io import write_video
+        clip = sample.detach().float().cpu()
+        if clip.ndim != 4 or clip.shape[1] != 3:
+            raise ValueError(f"save_sample: a clip is (frames, 3, H, W), got shape {tuple(clip.shape)}")
+        frames_dir = os.path.join(folder, name)
+        os.makedirs(frames_dir, exist_ok=True)
+        pixels = (clip.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, frame in enumerate(pixels):
+            Image.fromarray(frame).save(os.path.join(frames_dir, f"{i:04d}.png"))
+        write_video(os.path.join(folder, name + ".gif"), clip)
+        return name
 
     @torch.no_grad()
     def encode(self, samples, items):
@@ -312,9 +328,6 @@ class VideoAdapter(ModalityAdapter):
         return make_grid(clips.flatten(0, 1), nrow=clips.shape[1])
 
     # ---- training state ----------------------------------------------------------------------------
-    def trainable_parameters(self):
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         model = unwrap(self.denoiser)
         if self._frozen_copy is None:

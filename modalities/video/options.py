@@ -33,6 +33,10 @@ class VideoOptions:
     dtype: str = "float32"             # weights of the frozen parts (VAE, text encoder, base weights under LoRA)
     negative_prompt: str = ""
     seed: int = 0                      # initialisation of the tiny preset, a fresh motion adapter and LoRA
+    # direct reward fine-tuning (VADER's decode_frame): decode_with_grad decodes only this many frames per clip,
+    # drawn at random each call (sorted), so the VAE's activations for the reward's backward pass shrink with it;
+    # animatediff only (its 2-D VAE decodes frames independently; wan's causal 3-D VAE does not); None: every frame
+    reward_frames: Optional[int] = None
     # wan: the flow-matching shift of the sampling schedule; None: the pipeline's flow_shift (3.0 for 480p Wan 2.1,
     # its model card's value), 3.0 for the tiny preset
     flow_shift: Optional[float] = None
@@ -68,6 +72,10 @@ class VideoOptions:
             if self.architecture != "animatediff" or self.resolution != 32:
                 raise ValueError(f"{key}model' 'demo' is the 32x32 pixel-space animatediff preset, got architecture "
                                  f"{self.architecture!r}, resolution {self.resolution}")
+        if self.reward_frames is not None and (self.architecture != "animatediff" or isinstance(self.reward_frames, bool)
+                                               or not 1 <= self.reward_frames <= self.num_frames):
+            raise ValueError(f"{key}reward_frames' is a frame count in [1, num_frames = {self.num_frames}] for "
+                             f"animatediff only, got {self.reward_frames!r} with architecture {self.architecture!r}")
         if self.motion_adapter is not None and self.architecture != "animatediff":
             raise ValueError(f"{key}motion_adapter' applies to animatediff only, got {self.motion_adapter!r}")
         for name in ("model", "motion_adapter"):

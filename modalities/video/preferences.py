@@ -1,5 +1,7 @@
-"""The video preference layout: JSONL, one comparison per line,
-``{"prompt": str, "video_0": path, "video_1": path, "label": 0 | 1 | 0.5}``.
+"""The video preference layout: JSONL, one comparison per line, either
+``{"prompt": str, "video_0": path, "video_1": path, "label": 0 | 1 | 0.5}`` (human labels) or
+``{"prompt": str, "chosen": path, "rejected": path, "chosen_reward": float, "rejected_reward": float}`` (what
+``diffalign feedback`` writes; the rewards are optional and kept for the losses that read them).
 
 ``label`` is the index of the preferred clip (0.5: a tie, counted and skipped); paths are video files or frame
 folders, relative to the file's folder. Every line that cannot be used is counted by reason in the
@@ -59,14 +61,24 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
         if not isinstance(prompt, str) or not prompt.strip():
             report.skip("missing_caption", where)
             continue
-        clips = [row.get("video_0"), row.get("video_1")]
+        if "chosen" in row or "rejected" in row:  # the AI-feedback form: already ordered
+            clips, label, rewards = [row.get("chosen"), row.get("rejected")], 0, \
+                [row.get("chosen_reward"), row.get("rejected_reward")]
+            fields = "'chosen' and 'rejected'"
+        else:
+            clips, label, rewards = [row.get("video_0"), row.get("video_1")], row.get("label"), [None, None]
+            fields = "'video_0' and 'video_1'"
         if not all(isinstance(c, str) and c for c in clips):
-            report.skip("malformed", f"{where}: needs 'video_0' and 'video_1' paths")
+            report.skip("malformed", f"{where}: needs {fields} paths")
             continue
-        label = row.get("label")
         if isinstance(label, bool) or label not in (0, 1, 0.5):
             report.skip("malformed", f"{where}: 'label' must be 0, 1 (the preferred clip) or 0.5 (a tie), "
                                      f"got {label!r}")
+            continue
+        if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))) for r in rewards) \
+                or (rewards[0] is None) != (rewards[1] is None):
+            report.skip("malformed", f"{where}: 'chosen_reward' and 'rejected_reward' must both be numbers, "
+                                     f"got {rewards!r}")
             continue
         if label == 0.5:
             report.skip("ties", where)
@@ -77,7 +89,7 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
             report.skip("undecodable", f"{where}: {why}")
             continue
         chosen, rejected = (clips[0], clips[1]) if label == 0 else (clips[1], clips[0])
-        pairs.append(PreferencePair(prompt.strip(), chosen, rejected))
+        pairs.append(PreferencePair(prompt.strip(), chosen, rejected, *(None if r is None else float(r) for r in rewards)))
         report.kept += 1
     if report.kept == 0:
         raise PreferenceDataError(f"no usable preference data in {path}: {report.summary()}")

@@ -130,3 +130,35 @@ def test_vader_frame_subsampling_sends_gradient_to_the_kept_frames_only(policy):
     per_frame = frames.grad.abs().flatten(2).sum(2)  # (B, F)
     kept = torch.zeros_like(per_frame, dtype=torch.bool).scatter_(1, reward.last_index, True)
     assert (per_frame[kept] > 0).all() and (per_frame[~kept] == 0).all()
+
+
+def test_reward_frames_decodes_only_the_drawn_frames(policy):
+    """``reward_frames: K`` (VADER's decode_frame): decode_with_grad returns K frames per clip, equal to those frames
+    of the full decode, drawn anew each call; the latents of the other frames get no gradient."""
+    from diffalign.modalities.video import VideoOptions
+    adapter = policy.adapter
+    batch, _ = make_batch(policy)
+    full = adapter.decode(batch.x_T, batch.cond)
+    adapter.options.reward_frames = KEPT
+    try:
+        x0 = batch.x_T.clone().requires_grad_(True)
+        part = adapter.decode_with_grad(x0, batch.cond)
+        index = adapter.last_reward_frames
+        assert part.shape == (len(PROMPTS), KEPT) + full.shape[2:] and index.shape == (len(PROMPTS), KEPT)
+        assert (index.diff(dim=1) > 0).all()  # sorted, distinct
+        torch.testing.assert_close(part.detach(), full[torch.arange(len(PROMPTS))[:, None], index])
+        part.pow(2).sum().backward()
+        kept = torch.zeros(len(PROMPTS), FRAMES, dtype=torch.bool).scatter_(1, index, True)
+        per_frame = x0.grad.abs().sum(dim=(1, 3, 4))  # (B, F) of the latents
+        assert (per_frame[kept] > 0).all() and (per_frame[~kept] == 0).all()
+        draws = set()
+        for _ in range(8):
+            adapter.decode_with_grad(batch.x_T, batch.cond)
+            draws.add(tuple(adapter.last_reward_frames.flatten().tolist()))
+        assert len(draws) > 1  # a new draw per call
+    finally:
+        adapter.options.reward_frames = None
+    with pytest.raises(ValueError, match=r"reward_frames' is a frame count in \[1, num_frames = 4\]"):
+        VideoOptions(num_frames=4, reward_frames=5)
+    with pytest.raises(ValueError, match="for animatediff only"):
+        VideoOptions(architecture="wan", num_frames=5, reward_frames=1)

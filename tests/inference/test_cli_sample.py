@@ -56,3 +56,15 @@ def test_sample_errors(cfg, tmp_path, capsys):
     assert _run(["sample", cfg, "sampling.num_steps=0", "--output", str(tmp_path / "z")]) == 2
     assert _run(["sample", cfg, "--method", "nope"]) == 2  # argparse lists the choices
     assert "best_of_n" in capsys.readouterr().err
+
+
+def test_sample_writes_what_the_modality_saves(tmp_path):
+    """Video samples become a frame folder (what the video reader loads) and a GIF, not an opaque .npy."""
+    out = tmp_path / "video"
+    assert _run(["sample", "video_ddpo_tiny", "prompts.list=[a cat]", "sampling.batch_size=1", "train.batch_size=1",
+                 "--method", "plain",
+                 "--output", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    (row,) = report["samples"]  # one clip of the config's num_frames: 2
+    assert row["file"] == "samples/0000" and (out / row["file"]).is_dir()
+    assert len(list((out / row["file"]).glob("*.png"))) == 2 and (out / "samples" / "0000.gif").is_file()

@@ -14,7 +14,8 @@ from PIL import Image  # noqa: E402
 from diffalign.mdp import DiffusionPolicy, make_step_rule  # noqa: E402
 from diffalign.modalities.editing import EditingAdapter, EditingOptions  # noqa: E402
 from diffalign.modalities.editing.adapter import IMAGE_KEY  # noqa: E402
-from tests.modalities.test_pretrained import clip_config, tiny_tokenizer, tiny_vae  # noqa: E402
+from tests.modalities.tiny_pipelines import (SD_SCHEDULE, clip_config, save_pipelines, tiny_tokenizer,  # noqa: E402
+                                             tiny_vae)
 
 RES = 16
 ITEMS = [{"text": "make it red", "image": [0.2, 0.4, 0.8]}, {"text": "a dog", "image": [0.9, 0.1, 0.1]},
@@ -155,8 +156,7 @@ def build_ip2p():
                                 block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=32,
                                 attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    scheduler = EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                                beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    scheduler = EulerAncestralDiscreteScheduler(**SD_SCHEDULE)
     return StableDiffusionInstructPix2PixPipeline(
         vae=tiny_vae(), text_encoder=CLIPTextModel(clip_config()), tokenizer=tiny_tokenizer(), unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -164,12 +164,7 @@ def build_ip2p():
 
 @pytest.fixture(scope="module")
 def ip2p_folder(tmp_path_factory):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        pipe = build_ip2p()
-    folder = str(tmp_path_factory.mktemp("ip2p"))
-    pipe.save_pretrained(folder)
-    return folder
+    return save_pipelines({"ip2p": build_ip2p}, tmp_path_factory)["ip2p"][0]
 
 
 @pytest.mark.parametrize("image_scale", [1.5, 2.5])
@@ -274,3 +269,14 @@ def test_demo_preset_loads_the_demo_editor_in_pixel_space(monkeypatch):
     assert traj.x0.shape == (2, 3, RES, RES) and adapter.decode(traj.x0, cond).shape == (2, 3, RES, RES)
     with pytest.raises(ValueError, match="modality.options.resolution.*resolution 16"):
         tiny(model="demo", resolution=32)
+
+
+# ---- shipped configs ----------------------------------------------------------------------------------------------
+def test_full_size_config_validates_without_downloading(tmp_path):
+    from diffalign.cli import shipped_config
+    from diffalign.config import ConfigError, load_config
+    cfg = load_config(shipped_config("editing_ip2p_ddpo"), [f"output_dir={tmp_path}"])
+    assert cfg.modality.name == "editing" and cfg.modality.options["model"] == "timbrooks/instruct-pix2pix"
+    assert all(isinstance(p, dict) and p.get("image") for p in cfg.prompts.list)
+    with pytest.raises(ConfigError, match="modality.options.architecture"):
+        load_config(shipped_config("editing_ip2p_ddpo"), [f"output_dir={tmp_path}", "modality.options.architecture=sdxl"])

@@ -27,15 +27,17 @@ def test_pairs_keep_the_preferred_edit_and_the_input_as_the_item(tmp_path):
     write_images(tmp_path, ["in.png", "a.png", "b.png"])
     path = write_jsonl(tmp_path / "edits.jsonl", [
         {"instruction": "make it red", "input": "in.png", "edit_0": "a.png", "edit_1": "b.png", "label": 0},
-        {"instruction": " add a hat ", "input": "in.png", "edit_0": "a.png", "edit_1": "b.png", "label": 1}])
+        {"instruction": " add a hat ", "input": "in.png", "edit_0": "a.png", "edit_1": "b.png", "label": 1},
+        {"instruction": "make it red", "input": "in.png", "edit_0": "b.png", "edit_1": "a.png", "label": 1}])
     data = load_editing_preferences(path)
-    assert data.kind == "pairs" and len(data) == 2 and data.report.kept == 2 and data.report.skipped == 0
-    first, second = data.pairs
+    assert data.kind == "pairs" and len(data) == 3 and data.report.kept == 3 and data.report.skipped == 0
+    first, second, third = data.pairs
+    assert third.prompt == first.prompt and third.chosen == first.chosen
     assert first.prompt == {"text": "make it red", "image": str(tmp_path / "in.png")}  # resolved against the file
     assert (first.chosen, first.rejected) == (str(tmp_path / "a.png"), str(tmp_path / "b.png"))
     assert (second.chosen, second.rejected) == (str(tmp_path / "b.png"), str(tmp_path / "a.png"))
     assert second.prompt["text"] == "add a hat"
-    assert data.prompts == [first.prompt, second.prompt]  # mapping prompts, distinct, in order
+    assert data.prompts == [first.prompt, second.prompt]  # mapping prompts, distinct, in first-seen order
     labels = data.as_labels()  # KTO splits each pair into a desirable and an undesirable edit
     assert [(s.sample, s.desirable) for s in labels[:2]] == [(first.chosen, True), (first.rejected, False)]
 

@@ -142,3 +142,37 @@ def test_reader_errors_name_the_file(tmp_path):
     path = write_pairs(tmp_path, [{"prompt": "a tie", "video_0": "v0.gif", "video_1": "v1.gif", "label": 0.5}])
     with pytest.raises(PreferenceDataError, match="no usable preference data in .*prefs.jsonl.*1 ties"):
         load_video_preferences(path)
+
+
+def test_saved_samples_read_back_and_ai_feedback_trains_through_the_reader(tmp_path):
+    """``save_sample`` writes a frame folder (lossless to 8 bits) + a GIF; ``label_samples`` with it writes the
+    AI-feedback rows, which the video reader takes (rewards kept) while counting malformed ones."""
+    from diffalign.inference.feedback import label_samples
+    adapter = VideoAdapter.from_options(VideoOptions(num_frames=4, resolution=32))
+    clips = torch.stack([moving_square(frames=4, seed=s) for s in range(3)])
+    clips[2] *= 0.5  # the darkest: rejected by brightness
+    name = adapter.save_sample(clips[0], str(tmp_path / "one"), "c")
+    assert name == "c" and sorted(os.listdir(tmp_path / "one")) == ["c", "c.gif"]
+    assert sorted(os.listdir(tmp_path / "one" / "c")) == [f"{i:04d}.png" for i in range(4)]
+    back = adapter.load_sample(str(tmp_path / "one" / "c"))
+    assert (back - clips[0]).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
+    assert read_video(str(tmp_path / "one" / "c.gif")).shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"a clip is \(frames, 3, H, W\), got shape \(3, 32, 32\)"):
+        adapter.save_sample(clips[0, 0], str(tmp_path), "bad")
+
+    def brightness(videos, prompts):
+        return videos.mean(dim=(1, 2, 3, 4))
+    report = label_samples(str(tmp_path / "fb"), clips, ["a cat"] * 3, brightness, save=adapter.save_sample)
+    with open(report.path) as f:
+        rows = [json.loads(line) for line in f]
+    rows.append({"prompt": "a cat", "chosen": rows[0]["chosen"], "rejected": rows[0]["rejected"],
+                 "chosen_reward": "high", "rejected_reward": 0.1})
+    with open(report.path, "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.warns(UserWarning, match="1 malformed"):
+        ds = load_video_preferences(report.path)
+    assert ds.report.kept == 3 and ds.report.malformed == 1 and ds.has_rewards
+    worst = [p for p in ds.pairs if p.rejected.endswith("000002")]
+    assert len(worst) == 2 and all(p.chosen_reward > p.rejected_reward for p in worst)
+    x0, _ = adapter.encode([adapter.load_sample(ds.pairs[0].chosen)], ["a cat"])
+    assert x0.shape[0] == 1

@@ -12,8 +12,8 @@ import torch  # noqa: E402
 
 from diffalign.mdp import DiffusionPolicy, make_step_rule  # noqa: E402
 from diffalign.modalities.video import VideoAdapter, VideoOptions  # noqa: E402
-from tests.modalities.test_pretrained import (SD_SCHEDULE, clip_config, tiny_t5, tiny_tokenizer,  # noqa: E402
-                                              tiny_unet, tiny_vae)
+from tests.modalities.tiny_pipelines import (SD_SCHEDULE, clip_config, save_pipelines, tiny_t5,  # noqa: E402
+                                             tiny_tokenizer, tiny_unet, tiny_vae)
 
 RES = 16
 PROMPTS = ["a red cat", "a dog on grass"]
@@ -51,18 +51,7 @@ def build_wan():
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    out = {}
-    for arch, build in {"animatediff": build_animatediff, "wan": build_wan}.items():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            pipe = build()
-        for module in pipe.components.values():  # built modules start in training mode (T5's dropout)
-            if isinstance(module, torch.nn.Module):
-                module.eval()
-        folder = str(tmp_path_factory.mktemp(arch))
-        pipe.save_pretrained(folder)
-        out[arch] = (folder, pipe)
-    return out
+    return save_pipelines({"animatediff": build_animatediff, "wan": build_wan}, tmp_path_factory)
 
 
 def load(saved, arch, **options):

@@ -90,3 +90,34 @@ def test_component_errors_name_the_component():
         parse_components([{"name": "brightness", "wieght": 1}])
     with pytest.raises(ValueError, match="reward 'nope' is unknown"):
         load_reward("weighted_sum", components=[{"name": "nope"}])
+
+
+def test_config_validation_refuses_wrapped_rewards_that_would_fail_at_their_first_call(monkeypatch):
+    """weighted_sum and per_frame load their inner rewards lazily; their RewardType.check runs at validation."""
+    import yaml
+    from diffalign.config import ConfigError, load_config
+    from diffalign.rewards import loading
+    calls = []
+    monkeypatch.setattr(loading, "load_reward", lambda *a, **k: calls.append(a))  # nothing may load while checking
+    with open("diffalign/configs/video_vader_tiny.yaml") as f:
+        data = yaml.safe_load(f)
+    load_config(data=data)  # the shipped config passes
+    bad = {**data, "reward": {"name": "per_frame", "kwargs": {"reward": "differentiable_brightnes", "frames": 2}}}
+    with pytest.raises(ConfigError, match="reward 'per_frame'.*'differentiable_brightnes' is unknown"):
+        load_config(data=bad)
+    bad["reward"]["kwargs"] = {"reward": "brightness", "reduce": "median"}
+    with pytest.raises(ConfigError, match="reduce 'median' is not one of"):
+        load_config(data=bad)
+    bad["reward"]["kwargs"] = {"reward": "color_target", "reward_kwargs": {"colour": [1, 0, 0]}}
+    with pytest.raises(ConfigError, match="do not fit reward 'color_target'"):
+        load_config(data=bad)
+    data = {**data, "algorithm": {"name": "ddpo"}}
+    ws = {"name": "weighted_sum", "kwargs": {"components": [{"name": "brightness"}, {"name": "jpeg_compressibilty"}]}}
+    with pytest.raises(ConfigError, match=r"weighted_sum: components\[1\]: reward.name 'jpeg_compressibilty' is unknown"):
+        load_config(data={**data, "reward": ws})
+    ws["kwargs"]["components"][1] = {"name": "per_frame", "kwargs": {"reward": "brightnes"}}  # nested twice
+    with pytest.raises(ConfigError, match=r"components\[1\]: reward 'per_frame'.*'brightnes' is unknown"):
+        load_config(data={**data, "reward": ws})
+    ws["kwargs"]["components"][1] = {"name": "per_frame", "kwargs": {"reward": "brightness", "reduce": "min"}}
+    load_config(data={**data, "reward": ws})
+    assert calls == []

@@ -287,7 +287,7 @@ def test_classify_shape_on_ideal_masks(r):
 
 def test_accuracies_closed_form():
     def res(kind, attrs):
-        cons = tuple(C.Constraint(a, a, ok) for a, ok in attrs)
+        cons = tuple(C.Check(a, a, ok) for a, ok in attrs)
         return C.ScoreResult("x", kind, cons)
     results = [res("single", [("color", True), ("shape", True), ("count", True)]),
                res("count", [("color", True), ("shape", False), ("count", False)]),

@@ -47,6 +47,9 @@ def test_input_images_reads_resizes_and_names_bad_items(inputs, tmp_path):
     flat = _save(tmp_path / "flat.png", torch.full((3, S, S), 0.4))
     assert torch.allclose(input_images([{"text": "x", "image": flat}], (8, 8)), torch.full((1, 3, 8, 8), 102 / 255),
                           atol=1e-6)
+    # an RGB triple is a uniform input (as the editing adapter reads it)
+    assert torch.equal(input_images([{"text": "x", "image": [0.2, 0.5, 1.0]}], (4, 4)),
+                       torch.tensor([0.2, 0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
     with pytest.raises(ValueError, match="prompt item 0 .* has no 'image'"):
         input_images([{"text": "x"}], (S, S))
     with pytest.raises(ValueError, match="prompt item 0 .* has no 'image'"):

@@ -30,7 +30,7 @@ def mean(values):
 
 
 # name, epochs run, metric, required rise of the last 3 epochs' mean over the first 3 (measured rise)
-DIRECT = [("video_vader_tiny", 6, "eval_reward", 0.002),          # measured 0.4824 -> 0.4867
+DIRECT = [("video_vader_tiny", 6, "eval_reward", 0.002),          # measured 0.4833 -> 0.4900
           ("video_instructvideo_tiny", 6, "eval_reward", 0.002)]  # measured 0.2748 -> 0.2789, rising every epoch
 
 

@@ -14,9 +14,15 @@ Sources (:func:`read_comparisons`):
   - ``"ranks": {"aesthetics": [...], "detail": [...], "overall": [...]}``: per-aspect rankings (MHP-style
     multi-dimensional feedback); an aspect left out is unlabelled for that group.
   - ``{"prompt", "chosen", "rejected", "tie": true|false}``: a pair with an explicit tie flag.
+  - ranked *edits* (HIVE): any of the above plus ``"input": ref`` (or ``"input_image"``), the image that
+    every sample of the group is an edit of; the prompt is then the instruction (``"instruction"`` is
+    accepted for ``"prompt"``). Such a group's :attr:`Comparison.item` is the edit prompt item
+    ``{"text": instruction, "image": input path}`` that edit rewards and the reward model read.
 
   Image refs are paths relative to the file's folder (or absolute). A malformed line is an error naming
-  the file, the line and the field.
+  the file, the line and the field. Rows that cannot be used are skipped and counted by reason in the
+  load report, naming the file and line: an edit or input image that does not decode ("undecodable"),
+  and, in a file of ranked edits, a row without an input image ("malformed").
 - anything :func:`diffalign.data.load_preference_data` reads (JSONL pairs, Pick-a-Pic parquet,
   HPD v2, ImageRewardDB, hub ids): each pair becomes a K = 2 group; ties those readers skip are
   counted in the report (``report.ties``) but are not in the groups.
@@ -45,6 +51,14 @@ class Comparison:
     prompt: str
     samples: List[Any]
     ranks: Dict[Optional[str], List[float]]   # aspect (None = the primary one) -> rank per sample, NaN unlabelled
+    input: Any = None                         # ranked edits: the input image every sample edits (a path)
+
+    @property
+    def item(self) -> Any:
+        """What a reward is called with for this group's samples: the prompt, or for edits the edit item."""
+        if self.input is None:
+            return self.prompt
+        return {"text": self.prompt, "image": self.input}
 
     def ranks_for(self, aspect: str, primary: str) -> Optional[List[float]]:
         if aspect in self.ranks:
@@ -87,8 +101,26 @@ def _rank_list(value: Any, n: int, where: str, field: str) -> List[float]:
     return out
 
 
+INPUT_FIELDS = ("input", "input_image")
+
+
+def _input_field(row: Dict[str, Any]) -> Optional[str]:
+    return next((f for f in INPUT_FIELDS if f in row), None)
+
+
 def _parse_ranked(row: Dict[str, Any], where: str) -> Comparison:
-    prompt = row.get("prompt", row.get("caption"))
+    group = _parse_ranked_samples(row, where)
+    field = _input_field(row)
+    if field is not None:
+        ref = row[field]
+        if not isinstance(ref, str) or not ref.strip():
+            raise PreferenceDataError(f"{where}: field {field!r} must be the path of the input image, got {ref!r}")
+        group.input = ref
+    return group
+
+
+def _parse_ranked_samples(row: Dict[str, Any], where: str) -> Comparison:
+    prompt = row.get("prompt", row.get("caption", row.get("instruction")))
     if not isinstance(prompt, str) or not prompt.strip():
         raise PreferenceDataError(f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
     if "tie" in row:
@@ -145,7 +177,7 @@ def read_ranked(path: str, verify_images: bool = True,
     root = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     report = LoadReport(path, RANKED_FORMAT)
-    groups = []
+    read: List[Tuple[str, Comparison]] = []   # (where, group) of the rows whose images decode
     for n, row in records:
         report.rows += 1
         where = f"{name} line {n}"
@@ -153,12 +185,22 @@ def read_ranked(path: str, verify_images: bool = True,
             raise PreferenceDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         g = _parse_ranked(row, where)
         g.samples = [resolve_path(s, root) if isinstance(s, str) else s for s in g.samples]
+        if g.input is not None:
+            g.input = resolve_path(g.input, root)
         if verify_images:
             bad = next(((i, why) for i, s in enumerate(g.samples) if (why := check_sample(s)) is not None), None)
             if bad is not None:
                 report.skip("undecodable", f"{where} image {bad[0]}: {bad[1]}")
                 continue
-        groups.append(g)
+            if g.input is not None and (why := check_sample(g.input)) is not None:
+                report.skip("undecodable", f"{where} input image: {why}")
+                continue
+        read.append((where, g))
+    edits = any(g.input is not None for _, g in read)
+    for where, g in read:  # in a file of ranked edits, a group without its input cannot be scored
+        if edits and g.input is None:
+            report.skip("malformed", f"{where}: no 'input' image in a file of ranked edits")
+    groups = [g for _, g in read if not edits or g.input is not None]
     report.kept = len(groups)
     report.ties = count_tied_pairs(groups)
     if not groups:
@@ -194,13 +236,16 @@ def read_comparisons(path: str, format: Optional[str] = None, split: str = "trai
 def write_ranked(groups: Sequence[Comparison], path: str) -> bool:
     """Write groups in the ranked layout (absolute image paths). False, writing nothing, when a sample
     is not a file path (Pick-a-Pic bytes, decoded images, vectors), which JSON cannot reference."""
-    if not all(isinstance(s, str) for g in groups for s in g.samples):
+    refs = [s for g in groups for s in list(g.samples) + ([g.input] if g.input is not None else [])]
+    if not all(isinstance(s, str) for s in refs):
         return False
     with open(path, "w", encoding="utf-8") as f:
         for g in groups:
             ranks: Any = {k: [None if math.isnan(v) else v for v in r] for k, r in g.ranks.items()}
             row = {"prompt": g.prompt, "images": [os.path.abspath(s) for s in g.samples],
                    "ranks": ranks[None] if list(ranks) == [None] else {k: v for k, v in ranks.items() if k is not None}}
+            if g.input is not None:
+                row["input"] = os.path.abspath(g.input)
             if None in ranks and len(ranks) > 1:
                 raise ValueError("a group mixing plain and per-aspect ranks cannot be written")
             f.write(json.dumps(row) + "\n")

@@ -7,6 +7,12 @@ layer MLP (``head_hidden`` > 0). The backbone is ``transformers.CLIPModel``: a h
 (with its tokenizer), or a tiny random config (``backbone: tiny``) with a character tokenizer, which
 tests and the shipped tiny config use (nothing is downloaded).
 
+With ``input_image`` (HIVE's reward model of an edit: Zhang et al. 2023, "HIVE: Harnessing Human
+Feedback for Instructional Visual Editing") the model scores (input image, instruction, edit): prompts
+are edit items ``{"text": instruction, "image": input path}`` and the head reads
+``[u, v, u * v, w, u - w, (u - w) * v]``, w the input's embedding, so the change an edit makes can be
+weighed against what the instruction asks (the same edit is good for one input and bad for another).
+
 Backbone modes: ``frozen`` (only the heads train; embeddings can be cached), ``lora`` (peft LoRA on
 the attention projections) or ``full``.
 
@@ -24,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,7 @@ from torch import nn
 from diffalign.registry import RewardType
 from diffalign.rewards.base import (CLIP_MEAN, CLIP_STD, REWARD_CONFIG_FILE, Reward, as_pixels, clip_preprocess,
                                    missing_weights)
+from diffalign.rewards.prompts import prompt_text
 
 MODEL_TYPE = "preference_model"
 CONFIG_NAME = REWARD_CONFIG_FILE
@@ -73,7 +80,8 @@ class PreferenceRewardModel(Reward):
 
     def __init__(self, backbone, tokenizer, aspects: Sequence[str], primary: Optional[str] = None,
                  head_hidden: int = 0, image_size: Optional[int] = None, image_mean: Sequence[float] = CLIP_MEAN,
-                 image_std: Sequence[float] = CLIP_STD, max_length: Optional[int] = None, tokenizer_kind: str = "char"):
+                 image_std: Sequence[float] = CLIP_STD, max_length: Optional[int] = None, tokenizer_kind: str = "char",
+                 input_image: bool = False):
         super().__init__()
         aspects = list(aspects)
         if not aspects or len(set(aspects)) != len(aspects):
@@ -90,7 +98,8 @@ class PreferenceRewardModel(Reward):
             buf = torch.tensor(list(value), dtype=torch.float32).view(1, 3, 1, 1)
             self.register_buffer(name, buf, persistent=False)
         dim = backbone.config.projection_dim
-        self.heads = nn.ModuleDict({a: _head(3 * dim, self.head_hidden) for a in aspects})
+        self.input_image = bool(input_image)
+        self.heads = nn.ModuleDict({a: _head((6 if self.input_image else 3) * dim, self.head_hidden) for a in aspects})
 
     # ---- inputs ---------------------------------------------------------------------------------------
     @property
@@ -128,19 +137,43 @@ class PreferenceRewardModel(Reward):
     def text_embeds(self, prompts: Sequence[str]) -> torch.Tensor:
         return F.normalize(_pooled(self.backbone.get_text_features(**self.tokenize(prompts))).float(), dim=-1)
 
-    def head_scores(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """(B, A) scores from (B, D) normalised embeddings (what a frozen backbone lets training cache)."""
-        h = torch.cat([image_embeds, text_embeds, image_embeds * text_embeds], dim=-1)
-        h = h.to(next(self.heads.parameters()).dtype)
+    def head_scores(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                    input_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, A) scores from (B, D) normalised embeddings (what a frozen backbone lets training cache);
+        ``input_embeds`` (the edited inputs') is required by, and only by, an ``input_image`` model."""
+        if (input_embeds is not None) != self.input_image:
+            raise ValueError(f"{MODEL_TYPE}: input image embeddings are "
+                             + ("required (the model scores edits of an input)" if self.input_image
+                                else "not used by a model without input_image"))
+        parts = [image_embeds, text_embeds, image_embeds * text_embeds]
+        if input_embeds is not None:
+            change = image_embeds - input_embeds
+            parts += [input_embeds, change, change * text_embeds]
+        h = torch.cat(parts, dim=-1).to(next(self.heads.parameters()).dtype)
         return torch.cat([self.heads[a](h) for a in self.aspects], dim=-1).float()
 
-    def scores(self, images, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """(B, A): every aspect's score, in the order of ``self.aspects``."""
+    def input_embeds(self, images, items: Sequence[Any]) -> torch.Tensor:
+        """(B, D) embeddings of the edit items' input images, each read at its edit's size."""
+        from diffalign.rewards.editing_inputs import input_images
+        pixels = as_pixels(images)
+        if isinstance(pixels, torch.Tensor):
+            values = self.pixel_values(input_images(items, tuple(pixels.shape[-2:]), self.device))
+        else:  # PIL edits of different sizes: each input at its own edit's size
+            values = torch.cat([self.pixel_values(input_images([it], tuple(p.shape[-2:]), self.device))
+                                for it, p in zip(items, pixels)])
+        with torch.no_grad():
+            return self.embed_pixels(values)
+
+    def scores(self, images, prompts: Optional[Sequence[Any]] = None) -> torch.Tensor:
+        """(B, A): every aspect's score, in the order of ``self.aspects``. ``prompts`` are texts or prompt
+        items (their text is scored); an ``input_image`` model needs edit items (module docstring)."""
         image_embeds = self.image_embeds(images)
-        prompts = [""] * image_embeds.shape[0] if prompts is None else [str(p) for p in prompts]
-        if len(prompts) != image_embeds.shape[0]:
-            raise ValueError(f"{MODEL_TYPE}: {image_embeds.shape[0]} images but {len(prompts)} prompts")
-        return self.head_scores(image_embeds, self.text_embeds(prompts))
+        items = [""] * image_embeds.shape[0] if prompts is None else list(prompts)
+        if len(items) != image_embeds.shape[0]:
+            raise ValueError(f"{MODEL_TYPE}: {image_embeds.shape[0]} images but {len(items)} prompts")
+        texts = [prompt_text(p) if isinstance(p, Mapping) else str(p) for p in items]
+        inputs = self.input_embeds(images, items) if self.input_image else None
+        return self.head_scores(image_embeds, self.text_embeds(texts), inputs)
 
     def forward(self, images, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
         return self.scores(images, prompts)[:, self.aspects.index(self.primary)]
@@ -178,7 +211,8 @@ class PreferenceRewardModel(Reward):
         meta = {"type": MODEL_TYPE, "format_version": 1, "aspects": self.aspects, "primary": self.primary,
                 "head_hidden": self.head_hidden, "image_size": self.image_size,
                 "image_mean": self.image_mean.flatten().tolist(), "image_std": self.image_std.flatten().tolist(),
-                "tokenizer": "char" if self.tokenizer_kind == "char" else "tokenizer", "max_length": self.max_length}
+                "tokenizer": "char" if self.tokenizer_kind == "char" else "tokenizer", "max_length": self.max_length,
+                "input_image": self.input_image}
         meta.update(extra or {})
         with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
@@ -186,9 +220,11 @@ class PreferenceRewardModel(Reward):
 
 
 def build_model(backbone: str = "tiny", aspects: Sequence[str] = ("overall",), primary: Optional[str] = None,
-                head_hidden: int = 0, tiny: Optional[Dict[str, Any]] = None, seed: int = 0) -> PreferenceRewardModel:
+                head_hidden: int = 0, tiny: Optional[Dict[str, Any]] = None, seed: int = 0,
+                input_image: bool = False) -> PreferenceRewardModel:
     """A fresh reward model: ``backbone`` "tiny" (random, seeded; ``tiny`` overrides tiny_clip_config's
-    arguments) or a hub id / local folder of a transformers CLIPModel with its tokenizer."""
+    arguments) or a hub id / local folder of a transformers CLIPModel with its tokenizer. ``input_image``:
+    a model of edits (input image, instruction, edit), HIVE's reward model (module docstring)."""
     from transformers import CLIPModel
     if backbone == "tiny":
         from diffalign.data.tokenizers import CharTokenizer
@@ -196,7 +232,7 @@ def build_model(backbone: str = "tiny", aspects: Sequence[str] = ("overall",), p
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             model = PreferenceRewardModel(CLIPModel(cfg), CharTokenizer(cfg.text_config.max_position_embeddings),
-                                          aspects, primary, head_hidden, tokenizer_kind="char")
+                                          aspects, primary, head_hidden, tokenizer_kind="char", input_image=input_image)
         return model
     from transformers import AutoTokenizer
     try:
@@ -217,7 +253,7 @@ def build_model(backbone: str = "tiny", aspects: Sequence[str] = ("overall",), p
         torch.manual_seed(int(seed))
         return PreferenceRewardModel(clip, tokenizer, aspects, primary, head_hidden, image_mean=mean, image_std=std,
                                      max_length=min(77, clip.config.text_config.max_position_embeddings),
-                                     tokenizer_kind="hf")
+                                     tokenizer_kind="hf", input_image=input_image)
 
 
 def load_preference_model(directory: str, device=None, dtype=None, **kwargs) -> PreferenceRewardModel:
@@ -250,7 +286,8 @@ def load_preference_model(directory: str, device=None, dtype=None, **kwargs) -> 
     if primary not in meta["aspects"]:
         raise ValueError(f"aspect {primary!r} is not one of the model's aspects {meta['aspects']}")
     model = PreferenceRewardModel(CLIPModel(cfg), tokenizer, meta["aspects"], primary, meta["head_hidden"],
-                                  meta["image_size"], meta["image_mean"], meta["image_std"], meta["max_length"], kind)
+                                  meta["image_size"], meta["image_mean"], meta["image_std"], meta["max_length"], kind,
+                                  input_image=bool(meta.get("input_image", False)))
     state = load_file(os.path.join(directory, WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # position_ids buffers differ between transformers versions; any other mismatch is a broken folder
