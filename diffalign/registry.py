@@ -96,6 +96,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "frame_difference": "diffalign.rewards.temporal:frame_difference",  # video rewards take (B, F, C, H, W)
     "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
     "edit_preservation": "diffalign.rewards.editing:edit_preservation",  # edit rewards take edit prompt items
+    "shapes_edit": "diffalign.rewards.edit_compositional:shapes_edit_reward",  # the editing demo's reward
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",

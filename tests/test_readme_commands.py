@@ -113,6 +113,10 @@ PLANS: Dict[str, Plan] = {
         (".venv/bin/diffalign demo video --quick --output video_out",),
         "the video demo (10 minutes of alignment and two evaluations) runs as --quick, the same pipeline on a "
         "few captions and steps"),
+    "diffalign demo editing --output editing_out": Plan(
+        (".venv/bin/diffalign demo editing --quick --output editing_out",),
+        "the editing demo (10 minutes of alignment and two evaluations) runs as --quick, the same pipeline on a "
+        "few edits and steps"),
     '.venv/bin/python -m pytest -q -m "not slow" tests': Plan(
         ('.venv/bin/python -m pytest -q -m "not slow" tests --collect-only -p no:cacheprovider',),
         "this test is part of that run; collecting the suite from the clean layout checks that every test "

@@ -1,7 +1,7 @@
 """``diffalign demo [image|video] [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the
 shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
 diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns the shipped tiny
-text-to-video model (diffalign/demo/video.py)."""
+text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor (diffalign/demo/editing.py)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ import sys
 HELP = "measure, align and re-measure the shipped tiny text-to-image model against a compositional reward (CPU)"
 
 
-MODALITIES = ("image", "video")
+MODALITIES = ("image", "video", "editing")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,10 +66,11 @@ def _check(args) -> str:
     return ""
 
 
-def _check_video(args) -> str:
-    from diffalign.demo.video import video_algos
-    if args.algo not in video_algos():
-        return f"unknown --algo {args.algo!r} for video; choose one of: {', '.join(video_algos())}"
+def _check_modality(args, modality: str) -> str:
+    from diffalign.demo.run import available_algos
+    algos = [a[len(modality) + 1:] for a in available_algos(modality)]
+    if args.algo not in algos:
+        return f"unknown --algo {args.algo!r} for {modality}; choose one of: {', '.join(algos)}"
     if args.method is not None or args.budget is not None or args.model != "demo":
         return "--method, --budget and --model apply to the image demo only"
     if not args.minutes > 0:
@@ -92,7 +93,7 @@ def run_video(args) -> int:
     from diffalign.demo.video import DEFAULT_VIDEO_ALGO, SAMPLES_PER_KIND
     args.algo = DEFAULT_VIDEO_ALGO if args.algo is None else args.algo
     args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
-    error = _check_video(args)
+    error = _check_modality(args, "video")
     if error:
         print(f"diffalign demo video: {error}", file=sys.stderr)
         return 2
@@ -106,6 +107,24 @@ def run_video(args) -> int:
     return 0
 
 
+def run_editing(args) -> int:
+    from diffalign.demo.editing import DEFAULT_EDITING_ALGO, SAMPLES_PER_KIND
+    args.algo = DEFAULT_EDITING_ALGO if args.algo is None else args.algo
+    args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
+    error = _check_modality(args, "editing")
+    if error:
+        print(f"diffalign demo editing: {error}", file=sys.stderr)
+        return 2
+    from diffalign.demo.editing import run_editing_demo
+    report = run_editing_demo(args.output, args.algo, quick=args.quick, minutes=args.minutes,
+                              samples_per_kind=args.samples_per_kind, seed=args.seed,
+                              overrides=_overrides(args.overrides))
+    b, a = report["before"]["accuracy"], report["after"]["accuracy"]
+    print(f"diffalign demo editing ({args.algo}): held-out edit accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
+          f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
+    return 0
+
+
 def run(args) -> int:
     if "=" in args.modality:  # no modality given: the first positional is an override
         args.overrides, args.modality = [args.modality, *args.overrides], "image"
@@ -115,6 +134,8 @@ def run(args) -> int:
         return 2
     if args.modality == "video":
         return run_video(args)
+    if args.modality == "editing":
+        return run_editing(args)
     from diffalign.demo.run import DEFAULT_ALGO, SAMPLES_PER_KIND
     args.algo = DEFAULT_ALGO if args.algo is None else args.algo
     args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind

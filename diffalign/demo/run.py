@@ -114,8 +114,8 @@ def demo_options(algo: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ---- algorithms ----------------------------------------------------------------------------------------
-# demo configs of other modalities are named demo_<modality>_<algo>.yaml (diffalign/demo/video.py)
-OTHER_MODALITIES = ("video",)
+# demo configs of other modalities are named demo_<modality>_<algo>.yaml (diffalign/demo/video.py, editing.py)
+OTHER_MODALITIES = ("video", "editing")
 
 
 def available_algos(modality: str = "image") -> List[str]:
