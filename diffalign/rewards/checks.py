@@ -68,10 +68,11 @@ class CheckedSample:
                 "attributes": self.attributes, "constraints": [c.as_dict() for c in self.constraints]}
 
 
-def accuracies(results: Sequence[CheckedSample], attributes: Sequence[str], kinds: Sequence[str]) -> Dict[str, float]:
+def accuracies(results: Sequence[CheckedSample], attributes: Sequence[str], kinds: Sequence[str],
+               attributes_per_kind: bool = False) -> Dict[str, float]:
     """Batch summary: ``accuracy`` (every check of a sample holds), ``reward`` (the mean reward), ``n``, per attribute
-    the fraction of the samples stating it where it holds, and ``accuracy/<kind>``. An attribute or kind no sample
-    has is left out; no results give an empty dict."""
+    the fraction of the samples stating it where it holds, ``accuracy/<kind>``, and with ``attributes_per_kind``
+    ``<attribute>/<kind>`` too. An attribute or kind no sample has is left out; no results give an empty dict."""
     if not results:
         return {}
     out: Dict[str, float] = {"accuracy": float(np.mean([r.correct for r in results])),
@@ -81,7 +82,12 @@ def accuracies(results: Sequence[CheckedSample], attributes: Sequence[str], kind
         if vals:
             out[attr] = float(np.mean(vals))
     for kind in kinds:
-        vals = [r.correct for r in results if r.kind == kind]
-        if vals:
-            out[f"accuracy/{kind}"] = float(np.mean(vals))
+        group = [r for r in results if r.kind == kind]
+        if not group:
+            continue
+        out[f"accuracy/{kind}"] = float(np.mean([r.correct for r in group]))
+        for attr in attributes if attributes_per_kind else ():
+            vals = [r.attributes[attr] for r in group if attr in r.attributes]
+            if vals:
+                out[f"{attr}/{kind}"] = float(np.mean(vals))
     return out

@@ -23,13 +23,14 @@ online RL or to label pairs.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from diffalign.data.shapes_edits import DIRECTION_VECTORS, EDIT_KINDS, Edit, instruction, parse_instruction
+from diffalign.rewards.checks import Check, CheckedSample, accuracies
 from diffalign.rewards.compositional import Detection, DetectorConfig, detect_batch
 
 EDIT_ATTRIBUTES: Tuple[str, ...] = ("instruction", "preserved", "no_extra")
@@ -48,31 +49,14 @@ class EditTolerance:
 
 
 @dataclass(frozen=True)
-class EditScore:
-    """One edit's verdict: the instruction, its kind, the three attribute values and the detections."""
-    instruction: str
-    kind: str
-    values: Tuple[Tuple[str, float], ...]  # (attribute, value in [0, 1]) in EDIT_ATTRIBUTES order
-    source: Tuple[Detection, ...] = ()
-    output: Tuple[Detection, ...] = ()
-
-    @property
-    def attributes(self) -> Dict[str, bool]:
-        """Each attribute holds when its value is 1."""
-        return {a: v >= 1.0 for a, v in self.values}
-
-    @property
-    def correct(self) -> bool:
-        return all(self.attributes.values())
-
-    @property
-    def reward(self) -> float:
-        return float(np.mean([v for _, v in self.values]))
+class EditScore(CheckedSample):
+    """One edit's checks (caption = the instruction; one graded check per attribute of EDIT_ATTRIBUTES, holding
+    when its value is 1) and the detections of the input (``source``) and the output."""
+    source: Tuple[Detection, ...] = field(repr=False, default=())
+    output: Tuple[Detection, ...] = field(repr=False, default=())
 
     def as_dict(self) -> dict:
-        return {"instruction": self.instruction, "kind": self.kind, "reward": self.reward, "correct": self.correct,
-                "values": dict(self.values), "attributes": self.attributes,
-                "source_detections": [_det_dict(d) for d in self.source],
+        return {**super().as_dict(), "source_detections": [_det_dict(d) for d in self.source],
                 "output_detections": [_det_dict(d) for d in self.output]}
 
 
@@ -123,8 +107,10 @@ def score_edit_detections(edit: Edit, source: Sequence[Detection], output: Seque
              for k in kept]
     preserved = float(np.mean(found)) if found else 1.0
     expected = len(source) + {"add": 1, "remove": -1}.get(edit.kind, 0)
-    values = (("instruction", float(ok)), ("preserved", preserved), ("no_extra", float(len(output) == expected)))
-    return EditScore(text, edit.kind, values, tuple(source), tuple(output))
+    checks = (Check("instruction", text, ok),
+              Check("preserved", f"{sum(found)} of {len(found)} untouched objects kept", preserved >= 1.0, preserved),
+              Check("no_extra", f"exactly {expected} objects", len(output) == expected))
+    return EditScore(text, edit.kind, checks, tuple(source), tuple(output))
 
 
 def score_edits(edited, inputs, edits: Sequence[Edit], detector: DetectorConfig = DetectorConfig(),
@@ -189,17 +175,5 @@ def shapes_edit_reward(images: torch.Tensor, items: Sequence[Any], position_tole
 
 def edit_accuracies(results: Sequence[EditScore]) -> Dict[str, float]:
     """``accuracy`` (all attributes hold), ``reward`` (mean), ``n``, each attribute's rate, ``accuracy/<kind>`` and
-    ``<attribute>/<kind>`` for every kind present; an empty ``results`` gives an empty dict."""
-    if not results:
-        return {}
-    out: Dict[str, float] = {"accuracy": float(np.mean([r.correct for r in results])),
-                             "reward": float(np.mean([r.reward for r in results])), "n": float(len(results))}
-    for attr in EDIT_ATTRIBUTES:
-        out[attr] = float(np.mean([r.attributes[attr] for r in results]))
-    for kind in EDIT_KINDS:
-        group = [r for r in results if r.kind == kind]
-        if group:
-            out[f"accuracy/{kind}"] = float(np.mean([r.correct for r in group]))
-            for attr in EDIT_ATTRIBUTES:
-                out[f"{attr}/{kind}"] = float(np.mean([r.attributes[attr] for r in group]))
-    return out
+    ``<attribute>/<kind>`` for every kind present (:func:`diffalign.rewards.checks.accuracies`)."""
+    return accuracies(results, EDIT_ATTRIBUTES, EDIT_KINDS, attributes_per_kind=True)

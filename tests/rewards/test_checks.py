@@ -24,3 +24,12 @@ def test_accuracies_count_only_the_samples_stating_an_attribute():
     assert out == {"accuracy": 0.5, "reward": 0.75, "n": 2.0, "color": 0.5, "shape": 1.0, "position": 1.0,
                    "accuracy/single": 1.0, "accuracy/relation": 0.0}
     assert accuracies([], ("color",), ("single",)) == {}
+
+
+def test_accuracies_per_kind_attributes():
+    a = CheckedSample("x", "move", (Check("instruction", "", True), Check("preserved", "", False, 0.5)))
+    b = CheckedSample("y", "move", (Check("instruction", "", False), Check("preserved", "", True, 1.0)))
+    c = CheckedSample("z", "add", (Check("instruction", "", True), Check("preserved", "", True, 1.0)))
+    out = accuracies([a, b, c], ("instruction", "preserved"), ("move", "add", "remove"), attributes_per_kind=True)
+    assert out["instruction/move"] == 0.5 and out["preserved/move"] == 0.5 and out["instruction/add"] == 1.0
+    assert "instruction/remove" not in out and out["accuracy/move"] == 0.0 and out["reward"] == (0.75 + 0.5 + 1) / 3
