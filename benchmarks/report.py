@@ -11,9 +11,10 @@ none is listed under "Other results" with its top-level fields, so nothing commi
 README.md holds generated blocks: one between ``<!-- generated:demo-headline:start -->`` and
 ``<!-- generated:demo-headline:end -->``: the demo's headline (the default algorithm's runs, accuracy
 before -> after per seed, with the CPU). It reads ``demo_default_<cpu>_<date>.json`` files when there are
-any, else the default-config rows of the earlier demo_rwr file. The other, between
-``<!-- generated:video-demo-headline:start -->`` and its end marker, holds the runs of ``diffalign demo video``
-from ``demo_video_<cpu>_<date>.json`` (benchmarks/video_demo_results.py collects them).
+any, else the default-config rows of the earlier demo_rwr file. The others, between
+``<!-- generated:<modality>-demo-headline:start -->`` and its end marker (video, editing), hold the runs of
+``diffalign demo <modality>`` from the newest ``demo_<modality>_<cpu>_<date>.json`` (benchmarks/demo_results.py
+collects them from the runs' report.json).
 """
 from __future__ import annotations
 
@@ -659,18 +660,36 @@ def render_other(name: str, data) -> List[str]:
     return lines
 
 
-# ---- the video demo: runs of `diffalign demo video` (demo_video_<cpu>_<date>.json) -------------------------
-VIDEO_KINDS = ("moving", "still")
-VIDEO_ATTRIBUTES = ("color", "shape", "count", "direction", "smoothness")
-VIDEO_HEADLINE_START = "<!-- generated:video-demo-headline:start -->"
-VIDEO_HEADLINE_END = "<!-- generated:video-demo-headline:end -->"
+# ---- demos of the other modalities: runs of `diffalign demo <modality>` (demo_<modality>_<cpu>_<date>.json) --------
+def _modality_demos() -> Dict[str, dict]:
+    """modality -> its demo's caption kinds, the reward's attributes and how the headline weighs the kinds."""
+    from diffalign.data.shapes_clips import CLIP_KINDS
+    from diffalign.data.shapes_edits import EDIT_KINDS
+    from diffalign.rewards.edit_compositional import EDIT_ATTRIBUTES
+    from diffalign.rewards.video_compositional import VIDEO_ATTRIBUTES
+    return {"video": {"kinds": CLIP_KINDS, "attributes": VIDEO_ATTRIBUTES, "unit": "video",
+                      "weighting": "moving and still captions weighted equally"},
+            "editing": {"kinds": EDIT_KINDS, "attributes": EDIT_ATTRIBUTES, "unit": "edit",
+                        "weighting": "the four kinds weighted equally"}}
 
 
-def demo_video_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
+def modality_headline_markers(modality: str) -> Tuple[str, str]:
+    return (f"<!-- generated:{modality}-demo-headline:start -->", f"<!-- generated:{modality}-demo-headline:end -->")
+
+
+VIDEO_HEADLINE_START, VIDEO_HEADLINE_END = modality_headline_markers("video")
+
+
+def demo_modality_rows(modality: str, data: dict) -> Tuple[List[str], List[List[str]]]:
+    spec = _modality_demos()[modality]
+    kinds, attributes = spec["kinds"], spec["attributes"]
     header = ["seed", "epochs", "minutes (whole demo)", "accuracy before -> after", "change, points (95% CI)",
-              "McNemar p", "fixed / broken", "moving / still after, %",
-              "color / shape / count / direction / smoothness before -> after, %", "reward before -> after",
-              "precision"]
+              "McNemar p", "fixed / broken", f"{' / '.join(kinds)} before -> after, %",
+              f"{' / '.join(attributes)} before -> after, %", "reward before -> after", "precision"]
+
+    def both(run, keys):
+        return " / ".join(num(100 * run["before"].get(k, float("nan")), 0) for k in keys) + " -> " + \
+            " / ".join(num(100 * run["after"].get(k, float("nan")), 0) for k in keys)
     rows = []
     for run in data["runs"]:
         b, a = run["before"]["accuracy"], run["after"]["accuracy"]
@@ -679,14 +698,12 @@ def demo_video_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
         rows.append([str(run["seed"]), str(run["epochs"]), "-" if seconds is None else num(seconds / 60),
                      f"{pct(b)} -> **{pct(a)}**", f"**{100 * run['delta']:+.1f}** [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
                      f"{run['mcnemar_p']:.2g}", f"{run['fixed']} / {run['broken']}",
-                     " / ".join(num(100 * run["after"].get(f"accuracy/{k}", float("nan")), 1) for k in VIDEO_KINDS),
-                     " / ".join(f"{100 * run['before'][k]:.0f}" for k in VIDEO_ATTRIBUTES) + " -> "
-                     + " / ".join(f"{100 * run['after'][k]:.0f}" for k in VIDEO_ATTRIBUTES),
+                     both(run, [f"accuracy/{k}" for k in kinds]), both(run, attributes),
                      f"{run['before']['reward']:.3f} -> {run['after']['reward']:.3f}", _precision(run["precision"])])
     return header, rows
 
 
-def _video_summary(data: dict) -> List[str]:
+def _modality_summary(data: dict) -> List[str]:
     deltas = [100 * r["delta"] for r in data["runs"]]
     if not deltas:
         return []
@@ -694,49 +711,60 @@ def _video_summary(data: dict) -> List[str]:
             f"{sum(deltas) / len(deltas):+.1f}; {sum(d >= 10 for d in deltas)} of {len(deltas)} reach +10."]
 
 
-def _video_machine(data: dict) -> str:
+def _modality_machine(data: dict) -> str:
     flags = ", ".join(data.get("cpu_flags") or []) or "none of the listed flags"
     return f"{data.get('cpu', 'unknown CPU')} (flags: {flags}), {data.get('threads', '?')} torch threads"
 
 
-def render_demo_video(name: str, data: dict) -> List[str]:
-    """A file of `diffalign demo video` runs (benchmarks/video_demo_results.py writes it)."""
+def _modality_of(name: str) -> str:
+    return name.split("_")[1]  # demo_<modality>_<cpu>_<date>.json
+
+
+def render_demo_modality(name: str, data: dict) -> List[str]:
+    """A file of `diffalign demo <modality>` runs (benchmarks/demo_results.py writes it)."""
+    modality = _modality_of(name)
+    spec = _modality_demos()[modality]
     runs = data.get("runs", [])
     base = runs[0]["before"] if runs else {}
-    lines = [f"### {clean(data.get('what', 'diffalign demo video'))}", "",
-             f"Machine: {_video_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.",
-             "", f"Base model (held-out, before): {pct(base.get('accuracy'))} (moving / still "
-                 f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in VIDEO_KINDS)}; color / shape / count / "
-                 f"direction / smoothness {' / '.join(pct(base.get(k)) for k in VIDEO_ATTRIBUTES)}).", ""]
+    lines = [f"### {clean(data.get('what', f'diffalign demo {modality}'))}", "",
+             f"Machine: {_modality_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.",
+             "", f"Base model (held-out, before): {pct(base.get('accuracy'))} ({' / '.join(spec['kinds'])} "
+                 f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in spec['kinds'])}; "
+                 f"{' / '.join(spec['attributes'])} {' / '.join(pct(base.get(k)) for k in spec['attributes'])}).", ""]
     if data.get("note"):
         lines += [clean(data["note"]), ""]
-    header, rows = demo_video_rows(data)
+    header, rows = demo_modality_rows(modality, data)
     lines += table(header, rows)
-    summary = _video_summary(data)
+    summary = _modality_summary(data)
     if summary:
         lines += [""] + summary
     lines += ["", source_line(name), ""]
     return lines
 
 
-def render_video_headline(results: Path = RESULTS) -> str:
-    """The inside of README's video block (without the markers)."""
+def render_modality_headline(modality: str, results: Path = RESULTS) -> str:
+    """The inside of README's block for ``diffalign demo <modality>`` (without the markers): the newest file's runs."""
+    spec = _modality_demos()[modality]
+    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, f"demo_{modality}_*.json")]
     lines: List[str] = []
-    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, "demo_video_*.json")]
-    for path in files:
+    for path in files[-1:]:
         data = load(path)
-        header, rows = demo_video_rows(data)
-        keep = [0, 1, 2, 3, 4, 5, 8, 9, 10]
-        lines += [f"Measured on {_video_machine(data)}, `{data.get('command', 'diffalign demo video')}`, one run per "
-                  f"training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out video accuracy, moving "
-                  "and still captions weighted equally:", ""]
+        header, rows = demo_modality_rows(modality, data)
+        keep = [0, 1, 2, 3, 4, 5, 7 if modality == "editing" else 8, 9, 10]
+        lines += [f"Measured on {_modality_machine(data)}, `{data.get('command', f'diffalign demo {modality}')}`, one "
+                  f"run per training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out {spec['unit']} "
+                  f"accuracy, {spec['weighting']}:", ""]
         lines += table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
-        lines += [""] + _video_summary(data) + [""]
+        lines += [""] + _modality_summary(data) + [""]
         if data.get("note"):
             lines += [clean(data["note"]), ""]
     if not files:
-        lines += ["No measured run of `diffalign demo video` is committed yet.", ""]
+        lines += [f"No measured run of `diffalign demo {modality}` is committed yet.", ""]
     return "\n".join(lines).rstrip()
+
+
+def render_video_headline(results: Path = RESULTS) -> str:
+    return render_modality_headline("video", results)
 
 
 # ---- the document ----------------------------------------------------------------------------------------
@@ -744,7 +772,8 @@ Renderer = Callable[[str, dict], List[str]]
 # (section, file-name pattern, renderer); a file goes to the first pattern it matches
 RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_default_*.json", render_demo_default),
-    ("demo", "demo_video_*.json", render_demo_video),
+    ("demo", "demo_video_*.json", render_demo_modality),
+    ("demo", "demo_editing_*.json", render_demo_modality),
     ("demo", "demo_rwr_*.json", render_demo_rwr),
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),
@@ -906,9 +935,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outputs = {args.doc: render_results(args.results)}
     readme_text = args.readme.read_text(encoding="utf-8")
     readme_text = replace_block(readme_text, render_headline(args.results))
-    if VIDEO_HEADLINE_START in readme_text:  # the video demo's block (README: "The video demo")
-        readme_text = replace_block(readme_text, render_video_headline(args.results), VIDEO_HEADLINE_START,
-                                    VIDEO_HEADLINE_END)
+    for modality in _modality_demos():  # the other demos' blocks (README: "The video demo", "The editing demo")
+        start_marker, end_marker = modality_headline_markers(modality)
+        if start_marker in readme_text:
+            readme_text = replace_block(readme_text, render_modality_headline(modality, args.results), start_marker,
+                                        end_marker)
     outputs[args.readme] = readme_text
     stale = [path for path, text in outputs.items()
              if not path.is_file() or path.read_text(encoding="utf-8") != text]

@@ -1,5 +1,5 @@
-"""benchmarks/video_demo_results.py collects `diffalign demo video` reports; benchmarks/report.py renders them
-(docs/results.md and README's video headline block)."""
+"""benchmarks/demo_results.py collects `diffalign demo video` / `demo editing` reports; benchmarks/report.py renders
+them (docs/results.md and README's headline block of each demo)."""
 import importlib.util
 import json
 import pathlib
@@ -33,7 +33,7 @@ def _report(seed, after):
 
 
 def test_collect_and_render(tmp_path):
-    collector, report = _load("video_demo_results"), _load("report")
+    collector, report = _load("demo_results"), _load("report")
     dirs = []
     for seed, after in ((0, 0.3125), (1, 0.1875)):
         d = tmp_path / f"run{seed}"
@@ -50,7 +50,7 @@ def test_collect_and_render(tmp_path):
     doc = report.render_results(results)
     assert "benchmarks/results/demo_video_cpu_2core_2026-12-07.json" in doc
     assert "12.5% -> **31.2%**" in doc and "**+18.8** [+11.2, +26.2]" in doc and "0.012" in doc and "9 / 2" in doc
-    assert "12.5 / 50.0" in doc and "15.0" in doc  # moving / still after; 900 s = 15 minutes
+    assert "0 / 25 -> 12 / 50" in doc and "15.0" in doc  # moving / still before -> after; 900 s = 15 minutes
     assert "change +6.2 to +18.8 points, mean +12.5; 1 of 2 reach +10" in doc and "a note" in doc
     headline = report.render_video_headline(results)
     assert "AMD EPYC 9B14" in headline and "12.5% -> **31.2%**" in headline and out.name in headline
@@ -60,14 +60,15 @@ def test_collect_and_render(tmp_path):
 
 
 def test_collect_refuses_an_image_report(tmp_path):
-    collector = _load("video_demo_results")
+    collector = _load("demo_results")
     with pytest.raises(ValueError, match="not a video demo report"):
         collector.run_row(dict(_report(0, 0.25), modality="image"))
 
 
-def test_readme_video_block_is_what_report_generates():
+@pytest.mark.parametrize("modality", ["video", "editing"])
+def test_readme_demo_blocks_are_what_report_generates(modality):
     report = _load("report")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert report.VIDEO_HEADLINE_START in readme
-    assert readme == report.replace_block(readme, report.render_video_headline(report.RESULTS),
-                                          report.VIDEO_HEADLINE_START, report.VIDEO_HEADLINE_END)
+    start, end = report.modality_headline_markers(modality)
+    assert start in readme
+    assert readme == report.replace_block(readme, report.render_modality_headline(modality, report.RESULTS), start, end)
