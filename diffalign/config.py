@@ -171,7 +171,14 @@ def _check_type(key: str, value: Any, tp) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _check_type(key, value, args[0])
+        errors = []
+        for arg in args:  # the first member type the value fits (Union[bool, List[str]]: true, or a list of words)
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {key!r}: {value!r} fits none of its types "
+                          f"({'; '.join(e.split(': ', 1)[-1] for e in errors)})")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is Any:

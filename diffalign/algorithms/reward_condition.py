@@ -24,7 +24,7 @@ The option rewrites prompt items only (:func:`condition_item`: a text, or a mapp
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
@@ -36,13 +36,19 @@ HIVE_TEMPLATE = "{text}, image quality is {level} out of {levels}"
 class RewardConditionConfig:
     levels: int = 5                       # N, HIVE's five
     template: str = HIVE_TEMPLATE         # {text}, {level} and {levels} are filled in
-    words: bool = True                    # levels as English words ("five out of five"), as HIVE writes them
+    # levels as English words ("five out of five"), as HIVE writes them; false: digits; or a list of N words
+    # naming levels 1..N (a word-level tokenizer with a small vocabulary: the editing demo's)
+    words: Union[bool, List[str]] = True
     range: Optional[List[float]] = None   # [lo, hi]: fixed equal bins; None: quantiles of each rollout batch
 
     def __post_init__(self):
         if int(self.levels) < 2:
             raise ValueError(f"algorithm.reward_condition.levels must be >= 2, got {self.levels}")
-        if self.words and int(self.levels) >= len(NUMBER_WORDS):
+        if isinstance(self.words, (list, tuple)):
+            if len(self.words) != int(self.levels) or not all(isinstance(w, str) and w.strip() for w in self.words):
+                raise ValueError(f"algorithm.reward_condition.words: a list names each of the {self.levels} levels, "
+                                 f"got {self.words!r}")
+        elif self.words and int(self.levels) >= len(NUMBER_WORDS):
             raise ValueError(f"algorithm.reward_condition.words: levels up to {len(NUMBER_WORDS) - 1} have words, "
                              f"got levels {self.levels}; set words: false")
         if "{text}" not in self.template or "{level}" not in self.template:
@@ -70,6 +76,8 @@ def quantize(rewards: torch.Tensor, config: RewardConditionConfig) -> torch.Tens
 
 
 def _number(k: int, config: RewardConditionConfig) -> str:
+    if isinstance(config.words, (list, tuple)):
+        return config.words[k - 1]
     return NUMBER_WORDS[k] if config.words else str(k)
 
 
@@ -96,6 +104,13 @@ def condition_item(item: Any, level: int, config: RewardConditionConfig) -> Any:
 def top_items(items: Sequence[Any], config: RewardConditionConfig) -> List[Any]:
     """What sampling asks for: every item at the top level N."""
     return [condition_item(it, int(config.levels), config) for it in items]
+
+
+def sampling_items(algorithm_config: Any, items: Sequence[Any]) -> List[Any]:
+    """The items a model trained with ``algorithm_config`` is sampled with: the top level when it was trained
+    reward-conditioned (its ``reward_condition``), else the items themselves."""
+    config = getattr(algorithm_config, "reward_condition", None)
+    return list(items) if config is None else top_items(items, config)
 
 
 def level_items(items: Sequence[Any], rewards: torch.Tensor, config: RewardConditionConfig) -> List[Any]:

@@ -346,8 +346,20 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         info["final"] = os.path.join(out_dir, "final")
         s = cfg.sampling
         sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
+        if getattr(trainer.algorithm.config, "reward_condition", None) is not None:
+            sampler = _asking_top_level(sampler, trainer.algorithm.config)
         return AfterResult(sampler, curve, info)
     return stage
+
+
+def _asking_top_level(sampler: Sampler, algorithm_config) -> Sampler:
+    """A reward-conditioned model (HIVE) is evaluated at the top reward level: its items rewritten before sampling
+    (the report keeps the plain items, which the reward scores)."""
+    from diffalign.algorithms.reward_condition import sampling_items
+
+    def sample(prompts, seeds):
+        return sampler(sampling_items(algorithm_config, prompts), seeds)
+    return sample
 
 
 def reused_feedback(path: str) -> str:

@@ -47,7 +47,28 @@ def test_condition_items_hive_form():
             RewardConditionConfig(**bad)
 
 
+def test_named_levels_and_what_sampling_asks_for():
+    """``words`` as a list names the levels (a small word vocabulary); a reward-conditioned model samples at the top
+    level, any other at the items themselves."""
+    from types import SimpleNamespace
+    from diffalign.algorithms.reward_condition import sampling_items
+    named = RewardConditionConfig(levels=2, template="{text} {level}", words=["two", "three"])
+    edit = {"text": "add a red circle", "image": "in.png"}
+    assert level_items([edit, edit], torch.tensor([0.1, 0.9]), named) == [
+        {"text": "add a red circle two", "image": "in.png"}, {"text": "add a red circle three", "image": "in.png"}]
+    assert sampling_items(SimpleNamespace(reward_condition=named), [edit, "a cat"]) == [
+        {"text": "add a red circle three", "image": "in.png"}, "a cat three"]
+    assert sampling_items(SimpleNamespace(reward_condition=None), [edit]) == [edit]
+    assert sampling_items(SimpleNamespace(), ["a cat"]) == ["a cat"]
+    with pytest.raises(ValueError, match="a list names each of the 2 levels"):
+        RewardConditionConfig(levels=2, words=["one"])
+
+
 def test_config_checks():
+    cfg = load_config(shipped_config("demo_editing_hive"))  # words as a list of the levels' names
+    assert cfg.algorithm["reward_condition"]["words"] == ["two", "three"]
+    with pytest.raises(ConfigError, match=r"reward_condition.words': 3 fits none of its types \(expected true/false"):
+        load_config(shipped_config("demo_editing_hive"), ["algorithm.reward_condition.words=3"])
     with pytest.raises(ConfigError, match="needs algorithm.reward_condition"):
         load_config(shipped_config("hive_conditioned_tiny"), ["algorithm.reward_condition=null"])
     with pytest.raises(ConfigError, match="algorithm.reward_condition.levels"):
