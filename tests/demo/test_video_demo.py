@@ -179,19 +179,30 @@ def _training_script():
 
 def test_training_script_trains_motion_modules_on_training_clips(tmp_path):
     from diffusers import MotionAdapter
+    from diffalign.modalities.image.demo_model import load_demo_model
+    from diffalign.modalities.video.demo import MOTION_WORDS, load_motion_words
     script = _training_script()
-    clips, captions = script.render_clips(6, seed=0, frames=8)
-    assert clips.shape == (6, 3, 8, 32, 32) and clips.min() >= -1 and clips.max() <= 1
+    clips, captions = script.render_clips(8, seed=0, frames=8, moving_fraction=0.75)
+    assert clips.shape == (8, 3, 8, 32, 32) and clips.min() >= -1 and clips.max() <= 1
     assert all(clip_split_of(c) == "train" for c in captions)
+    assert [clip_kind(c) for c in captions].count("moving") == 6  # round(8 * 0.75), the rest still
+    assert [clip_kind(c) for c in script.render_clips(5, seed=0, frames=8, moving_fraction=0.0)[1]] == ["still"] * 5
     out = tmp_path / "motion"
     assert script.main(["--output", str(out), "--steps", "2", "--num-clips", "4", "--batch-size", "2",
-                        "--warmup", "1"]) == 0
+                        "--warmup", "1", "--moving-fraction", "1", "--caption-dropout", "0"]) == 0
     with open(out / script.METADATA) as f:
         meta = json.load(f)
     assert meta["steps"] == 2 and meta["seed"] == 0 and "--steps 2" in meta["command"]
     assert meta["trainable_params"] > 0 and {"model", "flags"} <= set(meta["cpu"])
+    assert meta["motion_words"] == list(MOTION_WORDS) and meta["moving_fraction"] == 1.0
     adapter = MotionAdapter.from_pretrained(str(out))  # a diffusers MotionAdapter folder
     outs = [m.weight for n, m in adapter.named_modules() if n.endswith("proj_out")]
     assert outs and all(w.abs().sum() > 0 for w in outs)  # the zero-initialised projections moved
-    with pytest.raises(SystemExit):
-        script.parse_args(["--caption-dropout", "1.0"])
+    # every clip moved, so "moving" and a direction word trained away from their <unk> start
+    words, rows = load_motion_words(str(out))
+    _, text_encoder, *_ = load_demo_model()
+    unk = text_encoder.get_input_embeddings().weight[3].detach()
+    assert words == list(MOTION_WORDS) and not torch.equal(rows[0], unk)
+    for argv in (["--caption-dropout", "1.0"], ["--moving-fraction", "1.5"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(argv)
