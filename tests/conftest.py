@@ -21,3 +21,17 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+_THREADS = torch.get_num_threads()  # the session's thread count, before any test or fixture changes it
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test (or a module fixture) that sets torch's thread count must not change later tests: the trainer logs
+    ``threads``, and a run's metrics then differ from a subprocess's (test_resume_after_sigkill). Restored to the
+    session's count after every test (a module fixture runs before this one, so the count at its start may
+    already be changed)."""
+    yield
+    if torch.get_num_threads() != _THREADS:
+        torch.set_num_threads(_THREADS)

@@ -93,7 +93,9 @@ def test_training_free_methods_on_video_beat_plain_sampling(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert report["reward_mean"] > report["plain_reward_mean"], report
     assert report["model_evaluations"] == 4 * report["plain_model_evaluations"]
-    assert len(report["samples"]) == 2 and all(os.path.isfile(out / s["file"]) for s in report["samples"])
+    # each clip is saved as the video adapter's save_sample writes it: a frame folder beside a GIF
+    assert len(report["samples"]) == 2 and all(os.path.isdir(out / s["file"]) and os.path.isfile(out / f"{s['file']}.gif")
+                                               for s in report["samples"])
 
 
 def test_instructvideo_partial_chains_from_given_clips_through_the_trainer(tmp_path):
