@@ -89,38 +89,28 @@ def _overrides(items):
     return overrides
 
 
-def run_video(args) -> int:
-    from diffalign.demo.video import DEFAULT_VIDEO_ALGO, SAMPLES_PER_KIND
-    args.algo = DEFAULT_VIDEO_ALGO if args.algo is None else args.algo
-    args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
-    error = _check_modality(args, "video")
-    if error:
-        print(f"diffalign demo video: {error}", file=sys.stderr)
-        return 2
-    from diffalign.demo.video import run_video_demo
-    report = run_video_demo(args.output, args.algo, quick=args.quick, minutes=args.minutes,
-                            samples_per_kind=args.samples_per_kind, seed=args.seed,
-                            overrides=_overrides(args.overrides))
-    b, a = report["before"]["accuracy"], report["after"]["accuracy"]
-    print(f"diffalign demo video ({args.algo}): held-out video accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
-          f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
-    return 0
+# the other modalities' demos: module (with DEFAULT_<NAME>_ALGO, SAMPLES_PER_KIND and run_<name>_demo), and what
+# their accuracy counts
+OTHER_DEMOS = {"video": ("diffalign.demo.video", "video"), "editing": ("diffalign.demo.editing", "edit")}
 
 
-def run_editing(args) -> int:
-    from diffalign.demo.editing import DEFAULT_EDITING_ALGO, SAMPLES_PER_KIND
-    args.algo = DEFAULT_EDITING_ALGO if args.algo is None else args.algo
-    args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
-    error = _check_modality(args, "editing")
+def run_other(args) -> int:
+    """``diffalign demo video|editing``: the modality's demo module runs before -> align -> after."""
+    import importlib
+    name = args.modality
+    module_name, unit = OTHER_DEMOS[name]
+    module = importlib.import_module(module_name)
+    args.algo = getattr(module, f"DEFAULT_{name.upper()}_ALGO") if args.algo is None else args.algo
+    args.samples_per_kind = module.SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
+    error = _check_modality(args, name)
     if error:
-        print(f"diffalign demo editing: {error}", file=sys.stderr)
+        print(f"diffalign demo {name}: {error}", file=sys.stderr)
         return 2
-    from diffalign.demo.editing import run_editing_demo
-    report = run_editing_demo(args.output, args.algo, quick=args.quick, minutes=args.minutes,
-                              samples_per_kind=args.samples_per_kind, seed=args.seed,
-                              overrides=_overrides(args.overrides))
+    report = getattr(module, f"run_{name}_demo")(args.output, args.algo, quick=args.quick, minutes=args.minutes,
+                                                 samples_per_kind=args.samples_per_kind, seed=args.seed,
+                                                 overrides=_overrides(args.overrides))
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
-    print(f"diffalign demo editing ({args.algo}): held-out edit accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
+    print(f"diffalign demo {name} ({args.algo}): held-out {unit} accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
           f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
     return 0
 
@@ -132,10 +122,8 @@ def run(args) -> int:
         print(f"diffalign demo: unknown modality {args.modality!r}; choose one of: {', '.join(MODALITIES)}",
               file=sys.stderr)
         return 2
-    if args.modality == "video":
-        return run_video(args)
-    if args.modality == "editing":
-        return run_editing(args)
+    if args.modality in OTHER_DEMOS:
+        return run_other(args)
     from diffalign.demo.run import DEFAULT_ALGO, SAMPLES_PER_KIND
     args.algo = DEFAULT_ALGO if args.algo is None else args.algo
     args.samples_per_kind = SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind

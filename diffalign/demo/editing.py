@@ -116,41 +116,16 @@ def paired_editing_report(items: Sequence[dict], before: Sequence[bool], after: 
     return out
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def editing_markdown(report: dict) -> str:
     """report.md of an editing demo run."""
-    b, a = report["before"], report["after"]
-    p = report["paired"]["all"]
-    lines = [f"# diffalign demo editing: algo {report['algo']}", "",
-             f"Held-out edit accuracy (the instruction holds, the rest is preserved, nothing extra) "
-             f"{_pct(b['accuracy'])} -> {_pct(a['accuracy'])} ({report['eval']['samples']} edits of "
-             f"{report['eval']['prompts']} held-out instructions on held-out input scenes, same seeds before and "
-             f"after; alignment {report['seconds']['after_stage']:.0f} s).", "",
-             f"Change {100 * p['delta']:+.1f} points, 95% CI [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]; "
-             f"{p['fixed']} edits fixed, {p['broken']} broken; McNemar exact p = {p['mcnemar_p']:.2g}. Per kind: "
-             + ", ".join(f"{k} {100 * v['delta']:+.1f} (p = {v['mcnemar_p']:.2g})"
-                         for k, v in report["paired"].items() if k != "all") + ".", "",
-             "The four kinds (recolour, move, add, remove) have the same number of edits, so accuracy is the mean of "
-             "the kinds'.", "", "| metric | before | after | change |", "|---|---|---|---|"]
-    for k in (k for k in b if k != "n"):
-        if k == "reward":
-            lines.append(f"| reward | {b[k]:.3f} | {a[k]:.3f} | {a[k] - b[k]:+.3f} |")
-        else:
-            lines.append(f"| {k} | {_pct(b[k])} | {_pct(a.get(k))} | {100 * (a.get(k, 0) - b[k]):+.1f} pts |")
-    hw, prec = report["hardware"], report["precision"]
-    lines += ["", "![input | before | after](grid.png)", "", "![reward curve](reward_curve.png)", "",
-              "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), "",
-              f"Machine: {hw.get('model')} ({', '.join(hw.get('flags', [])) or 'no listed flags'}), "
-              f"{report['torch_threads']} torch threads; precision {prec['chosen']} (requested {prec['requested']}: "
-              f"{prec['reason']})", "",
-              "Every input is in `samples/inputs`, every edit in `samples/before` and `samples/after`; "
-              "`samples/prompts.json` maps each edit to its instruction, input file, seed and verdict."]
-    if report.get("quick"):
-        lines += ["", "**--quick run**: a few edits and training steps; the numbers only check the pipeline."]
-    return "\n".join(lines) + "\n"
+    from diffalign.demo.report import modality_markdown
+    return modality_markdown(
+        report, "edit", "edits", "held-out instructions on held-out input scenes (the instruction holds, the rest is "
+        "preserved, nothing extra)",
+        "The four kinds (recolour, move, add, remove) have the same number of edits, so accuracy is the mean of the "
+        "kinds'.", "![input | before | after](grid.png)",
+        "Every input is in `samples/inputs`, every edit in `samples/before` and `samples/after`; "
+        "`samples/prompts.json` maps each edit to its instruction, input file, seed and verdict.")
 
 
 def _grid_indices(items: Sequence[dict], n: int) -> List[int]:
@@ -202,7 +177,7 @@ def write_editing_outputs(output: str, report: dict, items: Sequence[dict], seed
     """Everything the editing demo writes, from the measured report, the uint8 edits and per-edit verdicts."""
     from PIL import Image
 
-    from diffalign.demo.report import save_curve, save_samples
+    from diffalign.demo.report import _pct, save_curve, save_samples
     index = save_samples(output, [it["text"] for it in items], seeds, images["before"], images["after"], correct)
     inputs_dir = os.path.join(output, "samples", "inputs")
     for name, entry in index.items():  # the image demo's index plus the input each edit was made from

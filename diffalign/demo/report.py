@@ -148,6 +148,38 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def modality_markdown(report: dict, unit: str, units: str, what: str, kinds_note: str, picture: str,
+                      files_note: str) -> str:
+    """report.md of a video or editing demo run (the same sections; the modality supplies its words): ``unit`` what
+    accuracy counts ("video", "edit"), ``units`` the samples ("clips", "edits"), ``what`` the held-out set, ``kinds_note`` how accuracy weighs the kinds, ``picture`` the
+    before/after figure's markdown, ``files_note`` where the samples are."""
+    b, a = report["before"], report["after"]
+    p = report["paired"]["all"]
+    lines = [f"# diffalign demo {report['modality']}: algo {report['algo']}", "",
+             f"Held-out {unit} accuracy {_pct(b['accuracy'])} -> {_pct(a['accuracy'])} ({report['eval']['samples']} {units} "
+             f"of {report['eval']['prompts']} {what}, same seeds before and after; alignment "
+             f"{report['seconds']['after_stage']:.0f} s).", "",
+             f"Change {100 * p['delta']:+.1f} points, 95% CI [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]; "
+             f"{p['fixed']} {units} fixed, {p['broken']} broken; McNemar exact p = {p['mcnemar_p']:.2g}. Per kind: "
+             + ", ".join(f"{k} {100 * v['delta']:+.1f} (p = {v['mcnemar_p']:.2g})"
+                         for k, v in report["paired"].items() if k != "all") + ".", "",
+             kinds_note, "", "| metric | before | after | change |", "|---|---|---|---|"]
+    for k in (k for k in b if k != "n"):
+        if k == "reward":
+            lines.append(f"| reward | {b[k]:.3f} | {a[k]:.3f} | {a[k] - b[k]:+.3f} |")
+        else:
+            lines.append(f"| {k} | {_pct(b[k])} | {_pct(a.get(k))} | {100 * (a.get(k, 0) - b[k]):+.1f} pts |")
+    hw, prec = report["hardware"], report["precision"]
+    lines += ["", picture, "", "![reward curve](reward_curve.png)", "",
+              "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), "",
+              f"Machine: {hw.get('model')} ({', '.join(hw.get('flags', [])) or 'no listed flags'}), "
+              f"{report['torch_threads']} torch threads; precision {prec['chosen']} (requested {prec['requested']}: "
+              f"{prec['reason']})", "", files_note]
+    if report.get("quick"):
+        lines += ["", f"**--quick run**: a few {units} and training steps; the numbers only check the pipeline."]
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(output: str, report: dict, prompts: Sequence[str], seeds: Sequence[int], before: torch.Tensor,
                   after: torch.Tensor, before_correct: Optional[Sequence[bool]] = None,
                   after_correct: Optional[Sequence[bool]] = None) -> None:

@@ -151,40 +151,15 @@ def read_gif_clip(path: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
 def video_markdown(report: dict) -> str:
     """report.md of a video demo run."""
-    b, a = report["before"], report["after"]
-    p = report["paired"]["all"]
-    lines = [f"# diffalign demo video: algo {report['algo']}", "",
-             f"Held-out video accuracy (every attribute of the caption holds) {_pct(b['accuracy'])} -> "
-             f"{_pct(a['accuracy'])} ({report['eval']['samples']} clips of {report['eval']['prompts']} held-out "
-             f"captions, same seeds before and after; alignment {report['seconds']['after_stage']:.0f} s).", "",
-             f"Change {100 * p['delta']:+.1f} points, 95% CI [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]; "
-             f"{p['fixed']} clips fixed, {p['broken']} broken; McNemar exact p = {p['mcnemar_p']:.2g}. Per kind: "
-             + ", ".join(f"{k} {100 * v['delta']:+.1f} (p = {v['mcnemar_p']:.2g})"
-                         for k, v in report["paired"].items() if k != "all") + ".", "",
-             "Moving and still captions have the same number of clips, so accuracy is the mean of the two kinds'.", "",
-             "| metric | before | after | change |", "|---|---|---|---|"]
-    for k in (k for k in b if k != "n"):
-        if k == "reward":
-            lines.append(f"| reward | {b[k]:.3f} | {a[k]:.3f} | {a[k] - b[k]:+.3f} |")
-        else:
-            lines.append(f"| {k} | {_pct(b[k])} | {_pct(a.get(k))} | {100 * (a.get(k, 0) - b[k]):+.1f} pts |")
-    hw, prec = report["hardware"], report["precision"]
-    lines += ["", "![before/after](filmstrip.png)", "", "![reward curve](reward_curve.png)", "",
-              "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()), "",
-              f"Machine: {hw.get('model')} ({', '.join(hw.get('flags', [])) or 'no listed flags'}), "
-              f"{report['torch_threads']} torch threads; precision {prec['chosen']} (requested {prec['requested']}: "
-              f"{prec['reason']})", "",
-              "Every clip is a GIF in `samples/before` and `samples/after`; `samples/prompts.json` maps each file to "
-              "its caption, seed and verdict."]
-    if report.get("quick"):
-        lines += ["", "**--quick run**: a few clips and training steps; the numbers only check the pipeline."]
-    return "\n".join(lines) + "\n"
+    from diffalign.demo.report import modality_markdown
+    return modality_markdown(
+        report, "video", "clips", "held-out captions (every attribute of the caption holds)",
+        "Moving and still captions have the same number of clips, so accuracy is the mean of the two kinds'.",
+        "![before/after](filmstrip.png)",
+        "Every clip is a GIF in `samples/before` and `samples/after`; `samples/prompts.json` maps each file to "
+        "its caption, seed and verdict.")
 
 
 def _filmstrip_indices(prompts: Sequence[str], n: int) -> List[int]:
