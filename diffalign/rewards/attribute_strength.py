@@ -175,9 +175,10 @@ def rank_normalise(values: torch.Tensor) -> torch.Tensor:
     # mid-rank = (#below + (#equal - 1) / 2); O(N log N) by sorting
     out = torch.empty_like(v)
     for a in range(v.shape[1]):
-        s = torch.sort(v[:, a]).values
-        below = torch.searchsorted(s, v[:, a], right=False)
-        upto = torch.searchsorted(s, v[:, a], right=True)
+        col = v[:, a].contiguous()
+        s = torch.sort(col).values
+        below = torch.searchsorted(s, col, right=False)
+        upto = torch.searchsorted(s, col, right=True)
         out[:, a] = (below + upto - 1).double() / 2 / (n - 1)
     return out.float()
 
