@@ -182,3 +182,21 @@ def test_matching_metrics_on_known_inputs():
         match_rate([[nan]], [[0.1]])
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
         match_rate([[0.1]], [[0.1]], -0.1)
+
+
+
+def test_shipped_config_trains_a_loadable_model(tmp_path):
+    """behaviour_strength_tiny as README names it, shortened (1 epoch, 200 pairs): the model it saves loads."""
+    from diffalign.cli.train import shipped_config
+    from diffalign.rewards.loading import load_reward
+    from diffalign.trainer.reward_model import load_reward_train_config, train_reward_model
+    out = tmp_path / "run"
+    cfg = load_reward_train_config(shipped_config("behaviour_strength_tiny"),
+                                   [f"output_dir={out}", "epochs=1", "data.synthetic.num_pairs=200",
+                                    "data.synthetic.num_segments=40"])
+    summary = train_reward_model(cfg)
+    assert summary["train_groups"] == 160 and summary["held_out_groups"] == 40
+    model = load_reward(str(out / "reward"))
+    assert isinstance(model, AttributeStrengthModel)
+    assert model.aspects == ["speed", "torso_height", "jump_height"] and model.horizon == 32
+    assert model.scores(synthetic_trajectories(3, 32)).shape == (3, 3)
