@@ -4,8 +4,12 @@ Dong et al. 2023 ("AlignDiff: Aligning Diverse Human Preferences via Behavior-Cu
 Model", arXiv:2310.02054) train a transformer encoder over a trajectory segment whose per-attribute output
 is a relative strength, with the Bradley-Terry loss per attribute on human comparisons ("which segment shows
 more <attribute>?"), then relabel the behaviour dataset with the predicted strengths normalised to [0, 1]
-by their rank over the dataset (:func:`relabel`), which is what the attribute-conditioned planner is
-trained on and asked for.
+over the dataset (:func:`relabel`), which is what the attribute-conditioned planner is trained on and asked
+for. The authors' code (github.com/ZibinDong/AlignDiff-ICLR2024, eval.py) normalises a predicted strength
+by the minimum and maximum over the relabelled dataset, (s - min) / (max - min), and scores a plan by the
+mean |normalised strength - requested| over the requested attributes; that is the default here
+(``method="minmax"``). ``method="rank"`` uses the percentile within the dataset instead (uniform
+strengths, robust to a few extreme segments).
 
 Here the model is trained by ``diffalign reward train`` (diffalign/trainer/reward_model.py, ``model.kind:
 trajectory``) on labelled segment pairs (:mod:`diffalign.data.segment_labels`), each pair a comparison
@@ -16,10 +20,11 @@ through one hidden layer). Inputs are standardised per feature with statistics o
 
 As a reward (``load_reward(DIR)``, type ``"attribute_strength"``): ``forward(trajectories, prompts)``
 gives the primary aspect's raw score; items carrying requested strengths ``{"targets": {aspect: s}}`` give
-``-mean |strength - s|`` instead, strengths from the reference scores stored by :func:`calibrate`.
+``-mean |strength - s|`` instead, strengths normalised by the dataset statistics that :func:`calibrate`
+stores (the same normalisation :func:`relabel` applies to the dataset itself).
 
 Saved folder: ``diffalign_reward.json`` (``{"type": "attribute_strength", "aspects", "primary",
-"input_dim", "horizon", "encoder", "width", "layers", "heads", "num_reference"}``) and
+"input_dim", "horizon", "encoder", "width", "layers", "heads", "num_reference", "strength_method"}``) and
 ``model.safetensors``.
 """
 from __future__ import annotations
@@ -33,10 +38,12 @@ from torch import nn
 
 from diffalign.registry import RewardType
 from diffalign.rewards.base import REWARD_CONFIG_FILE, Reward
+from diffalign.rewards.behaviour import requested_targets, target_error
 
 MODEL_TYPE = "attribute_strength"
 WEIGHTS_NAME = "model.safetensors"
 ENCODERS = ("transformer", "mlp")
+STRENGTH_METHODS = ("minmax", "rank")
 
 
 class AttributeStrengthModel(Reward):
@@ -47,7 +54,7 @@ class AttributeStrengthModel(Reward):
 
     def __init__(self, aspects: Sequence[str], input_dim: int, horizon: int, encoder: str = "transformer",
                  width: int = 32, layers: int = 2, heads: int = 2, primary: Optional[str] = None,
-                 num_reference: int = 0):
+                 num_reference: int = 0, strength_method: str = "minmax"):
         super().__init__()
         aspects = list(aspects)
         if not aspects or len(set(aspects)) != len(aspects):
@@ -64,7 +71,10 @@ class AttributeStrengthModel(Reward):
         self.width, self.layers, self.heads = int(width), int(layers), int(heads)
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_std", torch.ones(input_dim))
-        # sorted raw scores over a reference dataset, per aspect (calibrate()): strengths are their CDF
+        # calibrate(): per aspect, the dataset's (min, max) raw scores ("minmax") or all of them sorted ("rank")
+        if strength_method not in STRENGTH_METHODS:
+            raise ValueError(f"strength normalisation must be one of {STRENGTH_METHODS}, got {strength_method!r}")
+        self.strength_method = strength_method
         self.register_buffer("reference", torch.zeros(len(aspects), int(num_reference)))
         if encoder == "transformer":
             self.embed = nn.Linear(input_dim, width)
@@ -104,14 +114,17 @@ class AttributeStrengthModel(Reward):
         return self.head(h).float()
 
     def strengths(self, segments: Any) -> torch.Tensor:
-        """(B, A) strengths in [0, 1]: each raw score's fraction of the calibration reference below it."""
+        """(B, A) strengths normalised by the calibration dataset (module docstring): "minmax" maps the dataset's
+        range to [0, 1] (a new segment may fall outside it), "rank" gives the percentile within the dataset."""
         if self.reference.shape[1] == 0:
             raise ValueError(f"{MODEL_TYPE}: the model has no calibration reference; run "
                              "diffalign.rewards.attribute_strength.calibrate(model, dataset) and save it again")
-        return empirical_cdf(self.scores(segments), self.reference)
+        scores = self.scores(segments)
+        if self.strength_method == "rank":
+            return empirical_cdf(scores, self.reference)
+        return minmax_normalise(scores, self.reference[:, 0], self.reference[:, -1])
 
     def forward(self, segments: Any, prompts: Optional[Sequence[Any]] = None) -> torch.Tensor:
-        from diffalign.rewards.behaviour import requested_targets, target_error
         x = self._check(segments)
         targets = requested_targets(prompts, x.shape[0])
         if not any(targets):
@@ -126,7 +139,8 @@ class AttributeStrengthModel(Reward):
     def config(self) -> Dict[str, Any]:
         return {"type": MODEL_TYPE, "format_version": 1, "aspects": self.aspects, "primary": self.primary,
                 "input_dim": self.input_dim, "horizon": self.horizon, "encoder": self.encoder, "width": self.width,
-                "layers": self.layers, "heads": self.heads, "num_reference": int(self.reference.shape[1])}
+                "layers": self.layers, "heads": self.heads, "num_reference": int(self.reference.shape[1]),
+                "strength_method": self.strength_method}
 
     def save(self, directory: str, extra: Optional[Dict[str, Any]] = None) -> str:
         from safetensors.torch import save_file
@@ -183,19 +197,39 @@ def rank_normalise(values: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
-def relabel(dataset: Any, model: AttributeStrengthModel, batch_size: int = 256) -> torch.Tensor:
-    """(N, A) strengths in [0, 1] of every segment of ``dataset`` (N, T, D): the model's raw scores ranked
-    within the dataset per attribute (AlignDiff relabels its behaviour datasets with rank-normalised strengths,
-    so 0.5 means "median for this dataset"). Monotone in the raw score by construction."""
-    return rank_normalise(_batched_scores(model, dataset, batch_size))
+def minmax_normalise(scores: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(B, A) (score - low) / (high - low) per aspect (AlignDiff's eval.py); 0.5 where high == low."""
+    low, high = low.to(scores), high.to(scores)
+    span = high - low
+    return torch.where(span > 0, (scores - low) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.full_like(scores, 0.5))
 
 
-def calibrate(model: AttributeStrengthModel, dataset: Any, batch_size: int = 256) -> AttributeStrengthModel:
-    """Store the model's sorted raw scores over ``dataset`` as its reference, so :meth:`~AttributeStrengthModel.
-    strengths` of a new segment is its percentile among the dataset (what :func:`relabel` gives the dataset's
-    own segments, up to the mid-rank convention). Returns the model."""
+def _check_method(method: str) -> None:
+    if method not in STRENGTH_METHODS:
+        raise ValueError(f"strength normalisation must be one of {STRENGTH_METHODS}, got {method!r}")
+
+
+def relabel(dataset: Any, model: AttributeStrengthModel, method: str = "minmax", batch_size: int = 256) -> torch.Tensor:
+    """(N, A) strengths in [0, 1] of every segment of ``dataset`` (N, T, D): the model's raw scores normalised
+    over the dataset per attribute, by its range ("minmax", AlignDiff's) or by rank ("rank": i / (N - 1), ties
+    sharing their mean rank). Monotone in the raw score either way."""
+    _check_method(method)
+    scores = _batched_scores(model, dataset, batch_size)
+    if method == "rank":
+        return rank_normalise(scores)
+    return minmax_normalise(scores, scores.amin(dim=0), scores.amax(dim=0))
+
+
+def calibrate(model: AttributeStrengthModel, dataset: Any, method: str = "minmax",
+              batch_size: int = 256) -> AttributeStrengthModel:
+    """Store the dataset statistics :meth:`~AttributeStrengthModel.strengths` normalises by: the model's
+    (min, max) raw scores over ``dataset`` ("minmax": a dataset segment's strength is then exactly its
+    :func:`relabel` value) or all of them sorted ("rank": a segment's mid-rank percentile). Returns the model."""
+    _check_method(method)
     ref = _batched_scores(model, dataset, batch_size).T.sort(dim=1).values.contiguous()
-    model.reference = ref.to(model.input_mean.device)
+    model.reference = (ref if method == "rank" else ref[:, [0, -1]]).to(model.input_mean.device)
+    model.strength_method = method
     return model
 
 
@@ -239,7 +273,8 @@ def load_attribute_strength(directory: Optional[str], device=None, dtype=None, *
     if primary not in meta["aspects"]:
         raise ValueError(f"aspect {primary!r} is not one of the model's aspects {meta['aspects']}")
     model = AttributeStrengthModel(meta["aspects"], meta["input_dim"], meta["horizon"], meta["encoder"], meta["width"],
-                                   meta["layers"], meta["heads"], primary, meta.get("num_reference", 0))
+                                   meta["layers"], meta["heads"], primary, meta.get("num_reference", 0),
+                                   meta.get("strength_method", "minmax"))
     try:
         model.load_state_dict(load_file(os.path.join(directory, WEIGHTS_NAME)))
     except RuntimeError as exc:

@@ -8,8 +8,8 @@ import torch
 
 from diffalign.config import ConfigError
 from diffalign.rewards.attribute_strength import (AttributeStrengthModel, build_attribute_strength_model, calibrate,
-                                                  empirical_cdf, rank_normalise, read_segment_comparisons, relabel,
-                                                  segment_comparisons)
+                                                  empirical_cdf, minmax_normalise, rank_normalise,
+                                                  read_segment_comparisons, relabel, segment_comparisons)
 from diffalign.rewards.behaviour import attribute_values
 from diffalign.rewards.behaviour_annotator import synthetic_trajectories, write_synthetic_segment_labels
 from diffalign.rewards.strength_metrics import attribute_mae, match_rate, matching_metrics, per_sample_error
@@ -67,12 +67,18 @@ def test_training_raises_each_attribute_accuracy_well_above_chance(trained):
     assert summary["held_out_accuracy"] == pytest.approx(after[0], abs=1e-9)
 
 
-def test_relabel_is_rank_normalised_and_follows_the_true_attribute(trained):
+def test_relabel_normalises_over_the_dataset_and_follows_the_true_attribute(trained):
     model = trained[0].model
     data = synthetic_trajectories(120, H, seed=7)
-    s = relabel(data, model, batch_size=50)
-    assert s.shape == (120, 2) and s.min() == 0 and s.max() == 1
-    assert sorted(s[:, 0].tolist()) == pytest.approx([i / 119 for i in range(120)])   # ranks, no ties
+    raw = model.scores(data).detach()
+    s = relabel(data, model, batch_size=50)                    # AlignDiff's min-max over the dataset
+    assert s.shape == (120, 2) and (s.amin(dim=0) == 0).all() and (s.amax(dim=0) == 1).all()
+    lo, hi = raw.amin(dim=0), raw.amax(dim=0)
+    torch.testing.assert_close(s, (raw - lo) / (hi - lo))
+    ranked = relabel(data, model, method="rank")
+    assert sorted(ranked[:, 0].tolist()) == pytest.approx([i / 119 for i in range(120)])   # ranks, no ties
+    with pytest.raises(ValueError, match="must be one of"):
+        relabel(data, model, method="zscore")
     true = attribute_values(data, ASPECTS)
     for i in range(2):   # Spearman correlation of the strengths with the true attribute
         r = rank_normalise(true[:, i:i + 1])[:, 0]
@@ -83,6 +89,8 @@ def test_relabel_is_rank_normalised_and_follows_the_true_attribute(trained):
 def test_rank_normalise_and_empirical_cdf_closed_form():
     v = torch.tensor([[3.0], [1.0], [2.0], [2.0]])
     assert rank_normalise(v)[:, 0].tolist() == pytest.approx([1.0, 0.0, 0.5, 0.5])
+    assert minmax_normalise(torch.tensor([[1.0, 4.0]]), torch.tensor([0.0, 4.0]), torch.tensor([4.0, 4.0])).tolist() \
+        == [[0.25, 0.5]]                                       # a constant attribute sits at 0.5
     ref = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     cdf = empirical_cdf(torch.tensor([[-1.0], [1.0], [1.5], [9.0]]), ref)[:, 0]
     assert cdf.tolist() == pytest.approx([0.0, 1.5 / 4, 2 / 4, 1.0])
@@ -104,9 +112,14 @@ def test_saved_model_loads_by_load_reward_and_scores_requests(trained):
     torch.testing.assert_close(loaded(data[:3]), model.scores(data[:3])[:, 0].detach())            # primary aspect, no targets
     other = load_reward(out, aspect="torso_height")
     torch.testing.assert_close(other(data[:3]), model.scores(data[:3])[:, 1].detach())
-    # calibrated on the same data: strengths are the mid-rank percentiles, relabel's up to the scale N/(N-1)
+    # calibrated on the same data: a dataset segment's strength is its relabelled value
     st = loaded.strengths(data)
-    assert st.shape == (40, 2) and ((st - (relabel(data, model) * 39 + 0.5) / 40).abs() < 1e-5).all()
+    assert loaded.strength_method == "minmax" and loaded.reference.shape == (2, 2)
+    torch.testing.assert_close(st, relabel(data, model))
+    ranked = load_reward(calibrate(model, data, method="rank").save(str(tmp / "ranked")))
+    assert ranked.strength_method == "rank" and ranked.reference.shape == (2, 40)
+    # mid-rank percentiles: relabel's ranks up to the scale N / (N - 1)
+    assert ((ranked.strengths(data) - (relabel(data, model, "rank") * 39 + 0.5) / 40).abs() < 1e-5).all()
     items = [{"targets": {"speed": 0.9}}, {"targets": {"speed": 0.1, "torso_height": 0.5}}]
     reward = loaded(data[:2], items)
     expected = [-abs(st[0, 0] - 0.9), -(abs(st[1, 0] - 0.1) + abs(st[1, 1] - 0.5)) / 2]
