@@ -16,7 +16,9 @@ trajectory``) on labelled segment pairs (:mod:`diffalign.data.segment_labels`), 
 group of K = 2 labelled on one aspect. Encoders (``encoder``): ``"transformer"`` (input projection, learned
 positions, ``layers`` pre-norm transformer layers, mean pooling) or ``"mlp"`` (the flattened segment
 through one hidden layer). Inputs are standardised per feature with statistics of the training segments
-(:meth:`AttributeStrengthModel.fit_inputs`).
+(:meth:`AttributeStrengthModel.fit_inputs`). The authors' model reads observations only, through a
+transformer with an extra learned token whose output is the strengths; this one reads every value per step
+it is given (pass observation-only segments to match) and pools by the mean.
 
 As a reward (``load_reward(DIR)``, type ``"attribute_strength"``): ``forward(trajectories, prompts)``
 gives the primary aspect's raw score; items carrying requested strengths ``{"targets": {aspect: s}}`` give

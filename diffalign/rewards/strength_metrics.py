@@ -4,8 +4,11 @@ Strengths live in [0, 1] (AlignDiff's normalised attribute strengths). ``request
 (N, A) tensors; a NaN in ``requested`` means that attribute was not requested for that sample (AlignDiff
 masks the attributes a user leaves unspecified) and is ignored.
 
-- :func:`attribute_mae`: mean over samples of the mean |achieved - requested| over the requested attributes;
-- :func:`match_rate`: the fraction of samples whose every requested attribute lies within ``tolerance``.
+- :func:`attribute_mae`: mean over samples of the mean |achieved - requested| over the requested attributes
+  (the per-plan error of AlignDiff's evaluation, github.com/ZibinDong/AlignDiff-ICLR2024 eval.py: the
+  mask-weighted mean of |normalised strength - target|);
+- :func:`match_rate`: the fraction of samples whose every requested attribute lies within ``tolerance`` (the
+  issue's "match within a tolerance"; AlignDiff itself plots the fraction of plans under each MAE level).
 """
 from __future__ import annotations
 
@@ -54,5 +57,6 @@ def match_rate(requested: Any, achieved: Any, tolerance: float = 0.1) -> float:
 
 def matching_metrics(requested: Any, achieved: Any, tolerance: float = 0.1) -> Dict[str, float]:
     """``{"attribute_mae", "match_rate", "tolerance", "n"}``: what the planning demo reports before and after."""
-    return {"attribute_mae": attribute_mae(requested, achieved), "match_rate": match_rate(requested, achieved, tolerance),
+    return {"attribute_mae": attribute_mae(requested, achieved),
+            "match_rate": match_rate(requested, achieved, tolerance),
             "tolerance": float(tolerance), "n": int(per_sample_error(requested, achieved).numel())}

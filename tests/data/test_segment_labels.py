@@ -66,7 +66,8 @@ def test_bad_rows_counted_by_reason_naming_file_and_line(tmp_path):
     assert (r.rows, r.kept, r.skipped) == (12, 1, 11)
     assert any("labels.jsonl line 2" in e for e in r.examples["malformed"])
     assert r.examples["bad_label"][0].startswith("labels.jsonl line 4: label 2")
-    assert "labels.jsonl line 8" in r.examples["unknown_attribute"][0] and "'colour'" in r.examples["unknown_attribute"][0]
+    unknown = r.examples["unknown_attribute"][0]
+    assert "labels.jsonl line 8" in unknown and "'colour'" in unknown
     assert "absent.npz" in r.examples["missing_file"][0]
     assert "11 skipped" not in r.summary() and "2 bad label" in r.summary()
 

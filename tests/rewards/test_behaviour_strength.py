@@ -36,7 +36,8 @@ def _config(tmp_path, **over):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One training run (about 2 s on one thread, plus torch.optim's first import) and an independent held-out label set (other segments)."""
+    """One training run (about 2 s on one thread, plus torch.optim's first import) and an independent
+    held-out label set (other segments)."""
     torch.set_num_threads(1)
     from diffalign.trainer.reward_model import RewardTrainer
     tmp = tmp_path_factory.mktemp("strength")
@@ -109,7 +110,8 @@ def test_saved_model_loads_by_load_reward_and_scores_requests(trained):
     loaded = load_reward(out)
     assert isinstance(loaded, AttributeStrengthModel) and not loaded.training
     torch.testing.assert_close(loaded.scores(data), model.scores(data).detach())
-    torch.testing.assert_close(loaded(data[:3]), model.scores(data[:3])[:, 0].detach())            # primary aspect, no targets
+    # no targets: the primary aspect's raw score, or the aspect asked for
+    torch.testing.assert_close(loaded(data[:3]), model.scores(data[:3])[:, 0].detach())
     other = load_reward(out, aspect="torso_height")
     torch.testing.assert_close(other(data[:3]), model.scores(data[:3])[:, 1].detach())
     # calibrated on the same data: a dataset segment's strength is its relabelled value
