@@ -119,7 +119,9 @@ def step_frequency(x: torch.Tensor, spec: EnvSpec) -> torch.Tensor:
     power = torch.fft.rfft(z - z.mean(dim=1, keepdim=True), dim=1).abs()
     power[:, 0] = 0  # the mean (removed) must not win for a flat signal's rounding noise
     peak = power.argmax(dim=1).to(x.dtype)
-    return torch.where(power.amax(dim=1) > 0, peak / (x.shape[1] * spec.dt), torch.zeros_like(peak))
+    # a flat signal has no hop: its spectrum is rounding noise, far below the signal's own scale
+    noise = 1e-5 * z.shape[1] * (z.abs().amax(dim=1) + 1)
+    return torch.where(power.amax(dim=1) > noise, peak / (x.shape[1] * spec.dt), torch.zeros_like(peak))
 
 
 def energy(x: torch.Tensor, spec: EnvSpec) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -46,9 +46,11 @@ class Annotations:
 
 
 def annotate(segments: Any, attributes: Sequence[str], num_pairs: int, env: Any = "hopper", temperature: float = 0.05,
-             tie_margin: float = 0.0, seed: int = 0) -> Annotations:
+             tie_margin: float = 0.0, seed: int = 0,
+             ranges: Optional[Mapping[str, Sequence[float]]] = None) -> Annotations:
     """``num_pairs`` random pairs of distinct segments, each labelled on an attribute drawn uniformly from
-    ``attributes`` (module docstring). Seeded: the same arguments give the same labels."""
+    ``attributes`` (module docstring; ``ranges`` overrides the normalisation ranges that the temperature and
+    the tie margin are measured in). Seeded: the same arguments give the same labels."""
     if num_pairs < 1 or not attributes:
         raise ValueError(f"annotate needs num_pairs >= 1 and at least one attribute, got {num_pairs}, {attributes!r}")
     if tie_margin < 0:
@@ -56,7 +58,7 @@ def annotate(segments: Any, attributes: Sequence[str], num_pairs: int, env: Any 
     x = torch.as_tensor(segments)
     if x.ndim != 3 or x.shape[0] < 2:
         raise ValueError(f"annotate needs at least 2 segments (N, T, D), got shape {tuple(x.shape)}")
-    u = normalised_attributes(x, list(attributes), env).double()          # (N, A)
+    u = normalised_attributes(x, list(attributes), env, ranges).double()  # (N, A)
     g = torch.Generator().manual_seed(int(seed))
     n = x.shape[0]
     i = torch.randint(0, n, (num_pairs,), generator=g)

@@ -54,6 +54,9 @@ def test_zero_temperature_ties_and_margin():
     assert set(near.labels.tolist()) == {0.5}
     far = annotate(x, ["speed"], 20, temperature=0.0, tie_margin=0.01, seed=0)
     assert ((far.labels == 1) == (far.pairs[:, 0] == 1)).all()   # segment 1 is faster: always chosen
+    # the margin is in normalised units: over a 10x narrower speed range the same gap is 10x wider
+    narrow = annotate(x, ["speed"], 20, temperature=0.0, tie_margin=0.05, seed=0, ranges={"speed": [0.0, 0.3]})
+    assert 0.5 not in narrow.labels.tolist()
 
 
 def test_annotations_are_seeded_and_pairs_distinct():
