@@ -97,6 +97,15 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
     "edit_preservation": "diffalign.rewards.editing:edit_preservation",  # edit rewards take edit prompt items
     "shapes_edit": "diffalign.rewards.edit_compositional:shapes_edit_reward",  # the editing demo's reward
+    # behaviour attributes of trajectories (B, T, S + A); prompt items may request strengths (rewards/behaviour.py)
+    "behaviour_speed": "diffalign.rewards.behaviour:behaviour_speed",
+    "behaviour_torso_height": "diffalign.rewards.behaviour:behaviour_torso_height",
+    "behaviour_jump_height": "diffalign.rewards.behaviour:behaviour_jump_height",
+    "behaviour_step_frequency": "diffalign.rewards.behaviour:behaviour_step_frequency",
+    "behaviour_energy": "diffalign.rewards.behaviour:behaviour_energy",
+    "behaviour_effort": "diffalign.rewards.behaviour:behaviour_effort",
+    "behaviour_smoothness": "diffalign.rewards.behaviour:behaviour_smoothness",
+    "behaviour_match": "diffalign.rewards.behaviour:behaviour_match",
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -112,6 +121,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "clip_directional_similarity": "diffalign.rewards.editing:CLIP_DIRECTIONAL_SIMILARITY",
     "clip_instruction_similarity": "diffalign.rewards.editing:CLIP_INSTRUCTION_SIMILARITY",
     "clip_image_similarity": "diffalign.rewards.editing:CLIP_IMAGE_SIMILARITY",
+    "attribute_strength": "diffalign.rewards.attribute_strength:ATTRIBUTE_STRENGTH",  # AlignDiff's, trained
 }
 
 

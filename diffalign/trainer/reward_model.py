@@ -7,6 +7,12 @@ per AdamW step and logs to OUTPUT_DIR/metrics.jsonl (and tensorboard): the train
 loss and pairwise accuracy per aspect (tie policy of :mod:`diffalign.rewards.training.metrics`). The
 final model is saved to OUTPUT_DIR/reward, a folder ``load_reward`` accepts.
 
+Models of tensor samples (``model.kind: trajectory``, AlignDiff's attribute strength model,
+:mod:`diffalign.rewards.attribute_strength`): each comparison's samples are (T, D) tensors scored in one
+call per batch, one output per aspect; the data are labelled segment pairs (``data.format: segments``,
+:mod:`diffalign.data.segment_labels`), or ``data.path: synthetic:trajectories`` for annotator-labelled
+synthetic trajectories (:func:`diffalign.rewards.behaviour_annotator.write_synthetic_segment_labels`).
+
 With a frozen backbone, image and prompt embeddings are computed once and only the heads train (an
 epoch then costs microseconds per pair); LoRA and full tuning run the backbone every step.
 
@@ -41,8 +47,11 @@ from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardMod
 
 SYNTHETIC_PATH = "synthetic:images"
 SYNTHETIC_EDITS_PATH = "synthetic:edits"
-SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH)
+SYNTHETIC_TRAJECTORIES_PATH = "synthetic:trajectories"
+SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH, SYNTHETIC_TRAJECTORIES_PATH)
 LOSSES = ("bt", "pl")
+MODEL_KINDS = ("clip", "trajectory")     # a CLIP-like image+text model | a trajectory encoder over tensor samples
+SEGMENTS_FORMAT = "segments"             # diffalign.data.segment_labels (kept in step by a test)
 
 
 @dataclasses.dataclass
@@ -57,6 +66,9 @@ class RewardModelConfig:
     lora_alpha: float = 8.0
     lora_targets: List[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
     input_image: bool = False              # score edits: (input image, instruction, edit), HIVE's reward model
+    kind: str = "clip"                     # clip | trajectory (the fields above but aspects/primary are clip's)
+    encoder: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trajectory: build_attribute_strength_model
+                                           # arguments (encoder, width, layers, heads)
 
 
 @dataclasses.dataclass
@@ -144,9 +156,10 @@ def validate(cfg: RewardTrainConfig) -> None:
             raise ConfigError(f"config key 'loss.aspect_weights.{k}' must be a number >= 0, got {w!r}")
     from diffalign.data import FORMATS
     from diffalign.rewards.training.data import RANKED_FORMAT
-    if cfg.data.format is not None and cfg.data.format not in FORMATS + (RANKED_FORMAT,):
-        raise ConfigError(f"config key 'data.format' must be one of {FORMATS + (RANKED_FORMAT,)}, "
-                          f"got {cfg.data.format!r}")
+    formats = FORMATS + (RANKED_FORMAT, SEGMENTS_FORMAT)
+    if cfg.data.format is not None and cfg.data.format not in formats:
+        raise ConfigError(f"config key 'data.format' must be one of {formats}, got {cfg.data.format!r}")
+    _validate_kind(cfg)
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
     if cfg.data.path is None:
@@ -168,12 +181,39 @@ def validate(cfg: RewardTrainConfig) -> None:
 
         from diffalign.rewards.training.synthetic import write_synthetic_comparisons, write_synthetic_edits
         writer = write_synthetic_edits if cfg.data.path == SYNTHETIC_EDITS_PATH else write_synthetic_comparisons
+        if cfg.data.path == SYNTHETIC_TRAJECTORIES_PATH:
+            from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels as writer
         try:
             inspect.signature(writer).bind("out", **cfg.data.synthetic)
         except TypeError as exc:
             raise ConfigError(f"config key 'data.synthetic' = {cfg.data.synthetic!r}: {exc}") from None
     if cfg.data.eval_path is not None and not os.path.exists(cfg.data.eval_path):
         raise ConfigError(f"config key 'data.eval_path': {cfg.data.eval_path!r} does not exist")
+
+
+def _validate_kind(cfg: RewardTrainConfig) -> None:
+    """model.kind against the data it is given: trajectory models read segment pairs, CLIP models images."""
+    m, d = cfg.model, cfg.data
+    if m.kind not in MODEL_KINDS:
+        raise ConfigError(f"config key 'model.kind' must be one of {MODEL_KINDS}, got {m.kind!r}")
+    segments = d.path == SYNTHETIC_TRAJECTORIES_PATH or d.format == SEGMENTS_FORMAT
+    if (m.kind == "trajectory") != segments:
+        raise ConfigError(f"config key 'model.kind' = {m.kind!r} does not fit data.path {d.path!r} / data.format "
+                          f"{d.format!r}: trajectory models, and only they, read labelled segment pairs (data.format: "
+                          f"{SEGMENTS_FORMAT!r} or data.path: {SYNTHETIC_TRAJECTORIES_PATH!r})")
+    if m.kind == "trajectory":
+        if m.input_image:
+            raise ConfigError("config key 'model.input_image' must be false for model.kind 'trajectory'")
+        import inspect
+
+        from diffalign.rewards.attribute_strength import build_attribute_strength_model
+        try:
+            inspect.signature(build_attribute_strength_model).bind(m.aspects, 1, 1, **m.encoder)
+        except TypeError as exc:
+            raise ConfigError(f"config key 'model.encoder' = {m.encoder!r}: {exc}") from None
+    elif m.encoder:
+        raise ConfigError(f"config key 'model.encoder' is for model.kind 'trajectory', got {m.encoder!r} with "
+                          f"kind {m.kind!r}")
 
 
 def load_reward_train_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
@@ -209,8 +249,18 @@ class RewardTrainer:
             from diffalign.rewards.training.synthetic import write_synthetic_edits
             path = write_synthetic_edits(os.path.join(cfg.output_dir, "synthetic_data"),
                                          **{"seed": cfg.seed, **d.synthetic})
-        groups, report = read_comparisons(path, d.format, d.split, d.verify_images, d.max_records)
-        if d.eval_path is not None:
+        elif path == SYNTHETIC_TRAJECTORIES_PATH:
+            from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels
+            kw = {"aspects": cfg.model.aspects, "seed": cfg.seed, **d.synthetic}
+            path = write_synthetic_segment_labels(os.path.join(cfg.output_dir, "synthetic_data"), **kw)
+        if cfg.model.kind == "trajectory":
+            from diffalign.rewards.attribute_strength import read_segment_comparisons
+            groups, report = read_segment_comparisons(path, cfg.model.aspects, d.max_records)
+        else:
+            groups, report = read_comparisons(path, d.format, d.split, d.verify_images, d.max_records)
+        if d.eval_path is not None and cfg.model.kind == "trajectory":
+            train, held = groups, read_segment_comparisons(d.eval_path, cfg.model.aspects)[0]
+        elif d.eval_path is not None:
             train, held = groups, read_comparisons(d.eval_path, d.format, d.split, d.verify_images)[0]
         else:
             train, held = split_groups(groups, d.eval_fraction, cfg.seed)
@@ -299,6 +349,8 @@ class RewardTrainer:
     def _scores(self, model: PreferenceRewardModel, groups, emb, index) -> torch.Tensor:
         """(b, K, A) scores of groups[index]; from cached embeddings (frozen) or through the backbone."""
         index = list(index)
+        if self.cfg.model.kind != "clip":
+            return self._tensor_scores(model, groups, index)
         if emb is not None:
             img, txt, inp = emb
             img, txt = img[index].to(self.device), txt[index].to(self.device)
@@ -330,6 +382,29 @@ class RewardTrainer:
             out[row, : chunk.shape[0]] = chunk
         return out
 
+    def _tensor_scores(self, model, groups, index: List[int]) -> torch.Tensor:
+        """(b, K, A) scores of groups[index] whose samples are tensors: one ``model.scores`` call for the batch."""
+        sizes = [len(groups[gi].samples) for gi in index]
+        flat = model.scores(torch.stack([s for gi in index for s in groups[gi].samples]).to(self.device))
+        out = flat.new_zeros(len(index), max(len(g.samples) for g in groups), flat.shape[1])
+        for row, chunk in enumerate(torch.split(flat, sizes)):
+            out[row, : chunk.shape[0]] = chunk
+        return out
+
+    def _build_model(self, train: Sequence[Comparison]):
+        m, cfg = self.cfg.model, self.cfg
+        if m.kind == "trajectory":
+            from diffalign.rewards.attribute_strength import build_attribute_strength_model
+            samples = torch.stack([s for g in train for s in g.samples])
+            model = build_attribute_strength_model(m.aspects, samples.shape[-1], samples.shape[1], primary=m.primary,
+                                                   seed=cfg.seed, **m.encoder)
+            model.fit_inputs(samples)  # feature statistics of the training segments only
+            return model
+        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
+                            input_image=m.input_image)
+        model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
+        return model
+
     def train(self) -> Dict[str, Any]:
         from diffalign.trainer.logging import MetricsLogger
         cfg = self.cfg
@@ -345,9 +420,7 @@ class RewardTrainer:
             from diffalign.rewards.training.data import write_ranked
             write_ranked(held, os.path.join(cfg.output_dir, "held_out.jsonl"))
         m = cfg.model
-        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
-                            input_image=m.input_image)
-        model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
+        model = self._build_model(train)
         model.to(self.device)
         self._pixel_cache: Dict[int, torch.Tensor] = {}
         kmax = max(len(g.samples) for g in list(train) + list(held))
@@ -359,8 +432,9 @@ class RewardTrainer:
         if held and held_ranks.shape[1] < kmax:
             pad = torch.full((len(held), kmax - held_ranks.shape[1], len(m.aspects)), math.nan)
             held_ranks = torch.cat([held_ranks, pad], dim=1)
-        frozen = m.backbone_mode == "frozen"
-        model.backbone.eval()
+        frozen = m.backbone_mode == "frozen" and m.kind == "clip"
+        if m.kind == "clip":
+            model.backbone.eval()
         train_emb = self._embed_groups(model, train, kmax, "embed train") if frozen else None
         held_emb = self._embed_groups(model, held, kmax, "embed held-out") if frozen and held else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -403,6 +477,7 @@ class RewardTrainer:
         summary = {"epochs": cfg.epochs, "loss": cfg.loss.name, "tie_policy": cfg.loss.tie_policy,
                    "backbone": m.backbone, "backbone_mode": m.backbone_mode, "train_groups": len(train),
                    "held_out_groups": len(held), "held_out_accuracy": last.get("eval_accuracy"),
+                   "held_out_accuracy_by_aspect": {a: last.get(f"eval_accuracy/{a}") for a in m.aspects},
                    "accuracy_tie_policy": TIE_POLICY, "train_seconds": seconds, "data": cfg.data.path}
         model.save(out_dir, extra={"training": summary})
         with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
