@@ -115,6 +115,8 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # the molecule modality: RDKit molecules, bonds from 3-D coordinates, SDF; posebusters' complexes as test data
+        "molecule": ["rdkit>=2024.9", "posebusters>=0.6"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

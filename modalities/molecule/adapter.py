@@ -110,8 +110,9 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
             raise ValueError(f"the size distribution's counts {self.sizes.min_atoms}..{self.sizes.max_atoms} must lie "
                              f"within 1..max_atoms = {self.max_atoms}")
         self.device, self.dtype = torch.device(device), dtype
-        # E(3) diffusion's polynomial_2 schedule (used by EDM-molecules and DiffSBDD), epsilon prediction
-        self.scheduler = VPSchedule.polynomial(int(c["num_train_timesteps"]))
+        # E(3) diffusion's polynomial_2 schedule (used by EDM-molecules and DiffSBDD); the network predicts the
+        # clean ligand x0, as TargetDiff's does (egnn.py says why not the noise)
+        self.scheduler = VPSchedule.polynomial(int(c["num_train_timesteps"]), prediction_type="sample")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             net = EGNNDenoiser(len(self.atom_types), len(POCKET_ELEMENTS) + 1, int(c["hidden"]), int(c["layers"]))
@@ -128,6 +129,14 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
         self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self._in_reference = False
         self.decode_stats = DecodeStats()
+
+    def pretrain(self, items: Sequence[Any], steps: int, seed: int = 0) -> List[float]:
+        """Fit the denoiser to fragments in the pockets of ``items`` (pretrain.py: a stand-in for a pretrained base
+        model), then take the frozen reference from the result; returns the losses."""
+        from diffalign.modalities.molecule.pretrain import pretrain
+        losses = pretrain(self, items, steps, seed=seed)
+        self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        return losses
 
     @property
     def num_features(self) -> int:

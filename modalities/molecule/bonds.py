@@ -91,9 +91,11 @@ def _assign_orders(mol, pos: torch.Tensor) -> None:
 def build_molecule(coords: torch.Tensor, elements: Sequence[str]) -> Tuple[Optional[object], str]:
     """(an RDKit Mol with one 3-D conformer, "valid") or (None, the failure reason) for heavy atoms at
     ``coords`` (n, 3) angstrom with ``elements`` (n,) symbols."""
-    from rdkit import Chem
+    from rdkit import Chem, rdBase
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
+
+    block = rdBase.BlockLogs()  # failures are returned and counted; RDKit's stderr lines would flood rollouts
 
     pos = torch.as_tensor(coords, dtype=torch.float64).cpu()
     if pos.shape[0] == 0:

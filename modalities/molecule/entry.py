@@ -11,8 +11,11 @@ def build(options: MoleculeOptions, prompts, device):
     import torch
 
     from diffalign.modalities.molecule.adapter import MoleculeAdapter
-    return MoleculeAdapter(options.model, device=device, dtype=getattr(torch, options.dtype),
-                           init_seed=options.init_seed, **options.overrides())
+    adapter = MoleculeAdapter(options.model, device=device, dtype=getattr(torch, options.dtype),
+                              init_seed=options.init_seed, **options.overrides())
+    if options.pretrain_steps:
+        adapter.pretrain(prompts, options.pretrain_steps, seed=options.init_seed)
+    return adapter
 
 
 def rewards():

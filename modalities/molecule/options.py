@@ -19,6 +19,7 @@ class MoleculeOptions:
     min_atoms: Optional[int] = None
     max_pocket_atoms: Optional[int] = None
     pocket_radius: Optional[float] = None
+    pretrain_steps: int = 0             # fit the model to fragments in the prompts' pockets first (pretrain.py)
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float64"):
@@ -27,6 +28,9 @@ class MoleculeOptions:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"config key 'modality.options.{key}' must be an integer >= 1, got {value!r}")
+        if isinstance(self.pretrain_steps, bool) or not isinstance(self.pretrain_steps, int) or self.pretrain_steps < 0:
+            raise ValueError(f"config key 'modality.options.pretrain_steps' must be an integer >= 0, "
+                             f"got {self.pretrain_steps!r}")
         if self.pocket_radius is not None and not self.pocket_radius > 0:
             raise ValueError(f"config key 'modality.options.pocket_radius' must be > 0, got {self.pocket_radius!r}")
         if self.min_atoms is not None and self.max_atoms is not None and self.min_atoms > self.max_atoms:

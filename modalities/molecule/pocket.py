@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["POCKET_ELEMENTS", "read_pdb_atoms", "select_pocket", "pocket_features", "space_size"]
+__all__ = ["POCKET_ELEMENTS", "read_pdb_atoms", "select_pocket", "pocket_features", "space_size", "cut_pocket"]
 
 #: pocket atom features: one-hot over these elements, the last slot for any other heavy element (metals, Se)
 POCKET_ELEMENTS: Tuple[str, ...] = ("C", "N", "O", "S")
@@ -85,3 +85,26 @@ def space_size(coords: torch.Tensor) -> float:
         return 0.0
     d = torch.pdist(coords.double())
     return float(torch.quantile(torch.sort(d, descending=True).values[:10], 0.5))  # numpy's median (averages a tie)
+
+
+def cut_pocket(pdb_path: str, ligand_coords: torch.Tensor, out_path: str, radius: float = 10.0) -> int:
+    """Write the residues of ``pdb_path`` with any heavy atom within ``radius`` of any ligand atom (CrossDocked's
+    "pocket10" files, as TargetDiff cuts them) to ``out_path``, their ATOM/HETATM lines unchanged; returns the
+    number of atom lines written."""
+    lig = torch.as_tensor(ligand_coords, dtype=torch.float64).reshape(-1, 3)
+    with open(pdb_path, encoding="utf-8", errors="replace") as f:
+        lines = [ln for ln in f if ln.startswith(("ATOM", "HETATM"))]
+    residue = lambda ln: (ln[21], ln[22:27], ln[17:20])  # noqa: E731  chain, number + insertion code, name
+    near = set()
+    for ln in lines:
+        if _element(ln) in ("H", "D"):
+            continue
+        xyz = torch.tensor([float(ln[30:38]), float(ln[38:46]), float(ln[46:54])], dtype=torch.float64)
+        if float((lig - xyz).norm(dim=-1).min()) <= radius:
+            near.add(residue(ln))
+    kept = [ln for ln in lines if residue(ln) in near]
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.write(f"REMARK   cut from {os.path.basename(pdb_path)}: residues within {radius} A of the ligand\n")
+        f.writelines(kept)
+        f.write("END\n")
+    return len(kept)
