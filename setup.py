@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"diffalign": "diffalign", "diffalign.modalities": "modalities"},
-    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"]},
+    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"], "diffalign.modalities": ["molecule/pockets/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
