@@ -124,7 +124,7 @@ def test_complexes_reader_keeps_the_posebusters_complexes_and_counts_bad_rows(tm
                               "too_many_atoms": 1, "unreadable_pocket": 0, "empty_pocket": 1}  # 1s3v: 27 atoms
     assert "nopocket" in report.summary() and "Br" in report.summary()
     one = next(c for c in complexes if c.id == "1uou")
-    torch.testing.assert_close(torch.tensor(one.center), torch.tensor(lig.GetConformer().GetPositions()).mean(0))
+    torch.testing.assert_close(torch.tensor(one.center, dtype=torch.float64), torch.tensor(lig.GetConformer().GetPositions()).mean(0))
     # each kept complex is a prompt item the adapter conditions on
     a = MoleculeAdapter(max_atoms=20, hidden=8, layers=1)
     cond = a.encode_conditions([c.item() for c in complexes], [torch.Generator().manual_seed(i) for i in range(4)])
