@@ -33,7 +33,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from diffalign.mdp.schedules import VPSchedule
 from diffalign.modalities.base import (Conditions, Generators, ModalityAdapter, PeftOrFrozenReference,
                                        item_generators, unwrap)
 from diffalign.modalities.molecule.bonds import DecodeStats, build_molecule
@@ -42,11 +41,21 @@ from diffalign.modalities.molecule.pocket import (POCKET_ELEMENTS, pocket_featur
                                                   space_size)
 from diffalign.modalities.molecule.sizes import SizeDistribution
 
-__all__ = ["MoleculeAdapter", "ModelConfig", "center_ligand", "ATOM_TYPES", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["MoleculeAdapter", "ModelConfig", "make_scheduler", "center_ligand", "ATOM_TYPES", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 #: TargetDiff's heavy ligand elements (its atom-type set without hydrogen)
 ATOM_TYPES = ("C", "N", "O", "F", "P", "S", "Cl")
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def make_scheduler(num_train_timesteps: int):
+    """DDIM over the cosine schedule (Nichol & Dhariwal 2021, diffusers' "squaredcos_cap_v2"), the network
+    predicting the clean ligand x0 as TargetDiff's does (egnn.py says why not the noise). A diffusers scheduler
+    rather than diffalign.mdp's VPSchedule (E(3) diffusion's polynomial schedule): modalities sit below mdp in
+    the layer order and may not import it."""
+    from diffusers import DDIMScheduler
+    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="sample", clip_sample=False, set_alpha_to_one=False)
 
 
 def center_ligand(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,7 +99,7 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
     """Ligands for protein pockets. ``model``: "tiny" (a random EGNN built from ``config``) or a folder with
     config.json + model.safetensors (what :meth:`save_pretrained` writes)."""
 
-    default_step_rule = "vp"
+    default_step_rule = "ddim"
 
     def __init__(self, model: str = "tiny", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  init_seed: int = 0, **overrides):
@@ -110,9 +119,7 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
             raise ValueError(f"the size distribution's counts {self.sizes.min_atoms}..{self.sizes.max_atoms} must lie "
                              f"within 1..max_atoms = {self.max_atoms}")
         self.device, self.dtype = torch.device(device), dtype
-        # E(3) diffusion's polynomial_2 schedule (used by EDM-molecules and DiffSBDD); the network predicts the
-        # clean ligand x0, as TargetDiff's does (egnn.py says why not the noise)
-        self.scheduler = VPSchedule.polynomial(int(c["num_train_timesteps"]), prediction_type="sample")
+        self.scheduler = make_scheduler(int(c["num_train_timesteps"]))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             net = EGNNDenoiser(len(self.atom_types), len(POCKET_ELEMENTS) + 1, int(c["hidden"]), int(c["layers"]))
@@ -213,7 +220,8 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
     def denoise(self, x, timesteps, cond):
         model = self._frozen_copy if self._in_reference else self.denoiser  # both in self.dtype
         dtype = self.dtype
-        out = model(x.to(dtype), timesteps.to(self.device), cond["mask"], cond["pocket_pos"].to(dtype),
+        t = timesteps.to(self.device, torch.float64) / self.scheduler.config.num_train_timesteps  # in [0, 1)
+        out = model(x.to(dtype), t, cond["mask"], cond["pocket_pos"].to(dtype),
                     cond["pocket_feat"].to(dtype), cond["pocket_mask"])
         # projected output: the posterior mean stays in the subspace, where the log-prob is a density
         return center_ligand(out, cond["mask"]).to(x.dtype)

@@ -19,8 +19,8 @@ origin rotates the predicted coordinate noise (tested in float64).
 Output, in the layout of x (B, N, 3 + K): the predicted clean ligand, as TargetDiff's network predicts x0
 rather than the noise: the coordinates where the layers moved the ligand atoms (equivariant) and type features
 from an MLP on the final ligand features (invariant). An epsilon predictor must be nearly exact at the noisiest
-steps, where x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) multiplies its error by 1 / sqrt(a) (about 300 under the
-polynomial schedule's a = 1e-5): with a few sampling steps an untrained or briefly trained one blew samples up
+steps, where x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) multiplies its error by 1 / sqrt(a) (over 300 at the
+cosine schedule's noisiest a): with a few sampling steps an untrained or briefly trained one blew samples up
 to thousands of angstrom (measured); an x0 predictor starts at x_t and stays bounded.
 """
 from __future__ import annotations

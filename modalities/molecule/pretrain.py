@@ -57,8 +57,7 @@ def pretrain(adapter, items: Sequence[Any], steps: int, batch: int = 16, lr: flo
     g = torch.Generator().manual_seed(seed)
     model = adapter.denoiser
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ac = adapter.scheduler.alphas_cumprod
-    times = adapter.scheduler.model_times
+    ac = adapter.scheduler.alphas_cumprod.to(torch.float64)
     losses = []
     for _ in range(int(steps)):
         picks = torch.randint(len(frags), (batch,), generator=g).tolist()
@@ -75,7 +74,7 @@ def pretrain(adapter, items: Sequence[Any], steps: int, batch: int = 16, lr: flo
         a = ac[t].to(adapter.device, adapter.dtype).reshape(-1, 1, 1)
         noise = adapter.project_noise(torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0), cond)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = adapter.denoise(x_t, times[t].to(adapter.device), cond)
+        pred = adapter.denoise(x_t, t.to(adapter.device), cond)
         m = cond["mask"].unsqueeze(-1)
         loss = (((pred - x0) ** 2) * m).sum() / (m.sum() * adapter.num_features)  # the model predicts x0
         opt.zero_grad()
