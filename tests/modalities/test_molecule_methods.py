@@ -14,7 +14,7 @@ from diffalign.trainer import make_trainer
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POCKET = {"pocket": os.path.join(REPO, "modalities", "molecule", "pockets", "1uou_pocket10.pdb"),
           "center": [-3.483, 2.004, 29.185]}
-FAST = ["logging.tensorboard=false", "logging.progress_bar=false", "modality.options.pretrain_steps=50", "sampling.num_steps=6",
+FAST = ["logging.tensorboard=false", "logging.progress_bar=false", "modality.options.pretrain_steps=50",
         "prompts.list=" + json.dumps([POCKET])]
 
 
@@ -33,7 +33,7 @@ def online(name, tmp_path, *extra):
 
 
 def test_ddpo_raises_pocket_contact_and_rewards_see_molecules_or_none(tmp_path):
-    trainer, history, seen = online("molecule_ddpo_tiny", tmp_path, "epochs=6")
+    trainer, history, seen = online("molecule_ddpo_tiny", tmp_path, "epochs=6", "sampling.num_steps=6")
     rewards = [h["reward_mean"] for h in history]
     assert mean(rewards[-2:]) > rewards[0] + 1.0, rewards
     from rdkit import Chem
@@ -47,16 +47,18 @@ def test_ddpo_raises_pocket_contact_and_rewards_see_molecules_or_none(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_raises_pocket_contact(tmp_path):
-    _, history, _ = online("molecule_grpo_tiny", tmp_path, "epochs=6")
+    _, history, _ = online("molecule_grpo_tiny", tmp_path, "epochs=6", "sampling.num_steps=6")
     rewards = [h["reward_mean"] for h in history]
     assert mean(rewards[-2:]) > rewards[0] + 1.0, rewards
 
 
-def ai_feedback_pairs(cfg, out_dir, n=128):
-    """Sample n ligands for the pocket with the config's base model, score them with pocket_contact and pair the
-    k-th best valid one with the k-th worst (the core's write_feedback stores SDFs and the JSONL)."""
-    from diffalign.inference.feedback import write_feedback
+def ai_feedback_pairs(cfg, out_dir, n=128, threshold=0.1):
+    """Sample n ligands for the pocket with the config's base model, score them with pocket_contact and keep every
+    pair of valid ones whose reward gap exceeds ``threshold`` (the core's select_pairs and write_feedback, which
+    stores the SDFs and the JSONL); invalid samples (None) have no file to store and are left out."""
+    from diffalign.inference.feedback import select_pairs, write_feedback
     from diffalign.modalities.molecule.rewards import pocket_contact
+    from diffalign.rewards.prompts import prompt_key
     from diffalign.trainer.builders import build_adapter, build_policy
     adapter = build_adapter(cfg, [POCKET], torch.device("cpu"))
     policy = build_policy(cfg, adapter)
@@ -66,9 +68,9 @@ def ai_feedback_pairs(cfg, out_dir, n=128):
     with torch.no_grad():
         mols = adapter.decode(policy.sample(cond, generator=gens).x0, cond)
     rewards = pocket_contact(mols, items)
-    valid = sorted((i for i, m in enumerate(mols) if m is not None), key=lambda i: -float(rewards[i]))
-    half = len(valid) // 2
-    pairs = [(valid[k], valid[-1 - k]) for k in range(half)]
+    valid = [i for i, m in enumerate(mols) if m is not None]
+    pairs, _ = select_pairs([prompt_key(items[i]) for i in valid], rewards[valid], threshold=threshold)
+    pairs = [(valid[w], valid[l]) for w, l in pairs]
     return write_feedback(str(out_dir), mols, items, rewards, pairs, save=adapter.save_sample), len(pairs)
 
 
