@@ -73,11 +73,24 @@ class ModelConfig(dict):
                 "max_pocket_atoms": 48, "pocket_radius": 10.0, "feature_scale": 0.25, "num_train_timesteps": 500,
                 "size_distribution": None}
 
+    POSITIVE_INTS = ("hidden", "layers", "max_atoms", "min_atoms", "max_pocket_atoms", "num_train_timesteps")
+
     def __init__(self, **kwargs):
         unknown = sorted(set(kwargs) - set(self.DEFAULTS))
         if unknown:
             raise ValueError(f"unknown molecule model config keys {unknown}; known: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **kwargs})
+        for key in self.POSITIVE_INTS:
+            if isinstance(self[key], bool) or not isinstance(self[key], int) or self[key] < 1:
+                raise ValueError(f"molecule model config key {key!r} must be an integer >= 1, got {self[key]!r}")
+        for key in ("pocket_radius", "feature_scale"):
+            if isinstance(self[key], bool) or not isinstance(self[key], (int, float)) or not self[key] > 0:
+                raise ValueError(f"molecule model config key {key!r} must be a number > 0, got {self[key]!r}")
+        types = self["atom_types"]
+        if not isinstance(types, (list, tuple)) or not types or not all(isinstance(t, str) for t in types) \
+                or len(set(types)) != len(types):
+            raise ValueError(f"molecule model config key 'atom_types' must be a list of distinct element symbols, "
+                             f"got {types!r}")
 
     @classmethod
     def read(cls, folder: str) -> "ModelConfig":
@@ -144,6 +157,14 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
         losses = pretrain(self, items, steps, seed=seed)
         self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         return losses
+
+    def fit_sizes(self, items: Sequence[Any], atom_counts: Sequence[int], bounds: Sequence[float]) -> SizeDistribution:
+        """Fit the atom-count distribution to training complexes (their pocket items and ligand atom counts, as
+        data.read_complexes gives them), binned by pocket size at ``bounds``; it becomes the model's and is saved
+        with it."""
+        sizes = [space_size(self.pocket_of(item)[0]) for item in items]
+        self.sizes = SizeDistribution.fit(sizes, atom_counts, bounds, self.min_atoms, self.max_atoms)
+        return self.sizes
 
     @property
     def num_features(self) -> int:

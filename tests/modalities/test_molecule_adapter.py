@@ -163,6 +163,20 @@ def test_atom_counts_are_drawn_per_sample_from_the_pocket_size_bin():
     torch.testing.assert_close(restored.probabilities(size + 1), a.sizes.probabilities(size + 1))
 
 
+def test_sizes_fitted_from_complexes_follow_their_pocket_bins():
+    a = MoleculeAdapter(**SMALL)
+    small, large = posebusters_item("1uou"), posebusters_item("1of6")
+    size_small, size_large = (space_size(a.pocket_of(it)[0]) for it in (small, large))
+    bound = (size_small + size_large) / 2
+    if size_small > size_large:
+        small, large = large, small
+    a.fit_sizes([small, large, large], [3, 6, 8], bounds=[bound])
+    torch.testing.assert_close(a.sizes.probabilities(min(size_small, size_large)),
+                               torch.tensor([1.0, 0, 0, 0, 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(a.sizes.probabilities(max(size_small, size_large)),
+                               torch.tensor([0, 0, 0, 0.5, 0, 0.5], dtype=torch.float64))
+
+
 def test_size_distribution_refuses_bad_input():
     with pytest.raises(ValueError, match="min_atoms <= max_atoms"):
         SizeDistribution(5, 3)
@@ -198,6 +212,10 @@ def test_bad_models_options_and_items_are_named(tmp_path):
     (tmp_path / "m" / "config.json").write_text('{"hidden": 8, "colour": 1}')
     with pytest.raises(ValueError, match=r"config.json: unknown molecule model config keys \['colour'\]"):
         MoleculeAdapter(str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="'hidden' must be an integer >= 1, got 'wide'"):
+        MoleculeAdapter(hidden="wide")
+    with pytest.raises(ValueError, match="'atom_types' must be a list"):
+        MoleculeAdapter(atom_types=["C", "C"])
     with pytest.raises(ValueError, match="modality.options.max_atoms"):
         MoleculeOptions(max_atoms=0)
     with pytest.raises(ValueError, match="modality.options.dtype"):
