@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"diffalign": "diffalign", "diffalign.modalities": "modalities"},
-    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"]},
+    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"], "diffalign.modalities": ["molecule/pockets/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -115,6 +115,8 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # the molecule modality: RDKit molecules, bonds from 3-D coordinates, SDF; posebusters' complexes as test data
+        "molecule": ["rdkit>=2024.9", "posebusters>=0.6"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,
