@@ -97,6 +97,14 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
     "edit_preservation": "diffalign.rewards.editing:edit_preservation",  # edit rewards take edit prompt items
     "shapes_edit": "diffalign.rewards.edit_compositional:shapes_edit_reward",  # the editing demo's reward
+    # molecule rewards take rdkit.Chem.Mol samples (None for an invalid one) and pocket prompt items
+    "qed": "diffalign.rewards.molecule_properties:qed",
+    "sa_score": "diffalign.rewards.molecule_properties:sa_score",
+    "lipinski": "diffalign.rewards.molecule_properties:lipinski",
+    "mol_validity": "diffalign.rewards.molecule_properties:mol_validity",
+    "mol_connectivity": "diffalign.rewards.molecule_properties:mol_connectivity",
+    "mol_ring_size": "diffalign.rewards.molecule_properties:mol_ring_size",
+    "posebusters": "diffalign.rewards.posebusters_checks:posebusters",
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -112,6 +120,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "clip_directional_similarity": "diffalign.rewards.editing:CLIP_DIRECTIONAL_SIMILARITY",
     "clip_instruction_similarity": "diffalign.rewards.editing:CLIP_INSTRUCTION_SIMILARITY",
     "clip_image_similarity": "diffalign.rewards.editing:CLIP_IMAGE_SIMILARITY",
+    "vina": "diffalign.rewards.docking:VINA",
 }
 
 
