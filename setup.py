@@ -115,6 +115,9 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # molecule rewards: AutoDock Vina with meeko's receptor/ligand preparation (meeko reads PDB through gemmi),
+        # RDKit's QED / SA score, PoseBusters checks
+        "docking": ["vina>=1.2.5", "meeko>=0.8", "gemmi", "rdkit>=2024.9", "posebusters>=0.6"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

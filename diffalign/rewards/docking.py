@@ -210,6 +210,9 @@ class VinaReward:
         self.seed, self.scoring = int(seed), scoring
         self.cache_dir, self.allow_bad_residues = cache_dir, bool(allow_bad_residues)
         self.pool = TimeoutPool(workers=workers, timeout=timeout, initializer=warm_up)
+        # what the workers run per molecule, with the arguments of vina_energy; any module-level function the
+        # workers can import fits (tests put a stand-in that sleeps here, to exercise the timeout path)
+        self.energy_fn = vina_energy
         self.stats: collections.Counter = collections.Counter()
         self.last_energies: List[Optional[float]] = []
         self.last_failures: List[Tuple[int, str, str]] = []
@@ -241,7 +244,7 @@ class VinaReward:
                 continue
             tasks.append(self._task(mol, item))
             where.append(i)
-        for i, res in zip(where, self.pool.map(vina_energy, tasks)):
+        for i, res in zip(where, self.pool.map(self.energy_fn, tasks)):
             if res.ok:
                 energies[i] = res.value if self.max_energy is None else min(res.value, self.max_energy)
             else:

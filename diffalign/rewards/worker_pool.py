@@ -23,6 +23,8 @@ import collections
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import os
+import runpy
 import time
 import weakref
 from typing import Any, Callable, List, Optional, Sequence
@@ -30,6 +32,7 @@ from typing import Any, Callable, List, Optional, Sequence
 __all__ = ["TaskResult", "TimeoutPool", "WorkerStartError", "STATUSES"]
 
 STATUSES = ("ok", "error", "timeout", "crashed")
+_WORKER_RUN_NAME = "__diffalign_pool_worker__"
 
 
 class WorkerStartError(RuntimeError):
@@ -76,13 +79,19 @@ def _worker_main(conn, initializer) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, initializer, start_timeout: float):
+    def __init__(self, ctx, initializer):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, initializer), daemon=True)
+        # the worker runs this file as a script (runpy), not `diffalign.rewards.worker_pool`: importing the package
+        # would import torch (seconds and ~300 MB per worker) where the called functions may not need it
+        self.proc = ctx.Process(target=runpy.run_path, args=(os.path.abspath(__file__),), daemon=True,
+                                kwargs={"run_name": _WORKER_RUN_NAME,
+                                        "init_globals": {"_CONN": child, "_INITIALIZER": initializer}})
         self.proc.start()
         child.close()
         self.index: Optional[int] = None  # the input it is working on
         self.started = 0.0
+
+    def wait_ready(self, start_timeout: float) -> None:
         if not self.conn.poll(start_timeout):
             self.kill()
             raise WorkerStartError(f"a worker process did not start within {start_timeout:g} s")
@@ -135,13 +144,17 @@ class TimeoutPool:
         ref = weakref.ref(self)
         atexit.register(lambda: ref() is not None and ref().close())
 
-    def _idle_worker(self) -> _Worker:
-        for w in self._live:
-            if w.index is None:
-                return w
-        w = _Worker(self._ctx, self.initializer, self.start_timeout)
-        self._live.append(w)
-        return w
+    def _start_workers(self, wanted: int) -> None:
+        """Start workers up to ``min(wanted, workers)`` live ones, all at once (imports run in parallel)."""
+        new = [_Worker(self._ctx, self.initializer) for _ in range(min(wanted, self.workers) - len(self._live))]
+        try:
+            for w in new:
+                w.wait_ready(self.start_timeout)
+        except WorkerStartError:
+            for w in new:
+                w.kill()
+            raise
+        self._live.extend(new)
 
     def _retire(self, w: _Worker) -> None:
         w.kill()
@@ -152,9 +165,12 @@ class TimeoutPool:
         results: List[Optional[TaskResult]] = [None] * len(args_list)
         pending = collections.deque(enumerate(args_list))
         while pending or any(w.index is not None for w in self._live):
-            while pending and (len(self._live) < self.workers or any(w.index is None for w in self._live)):
-                index, args = pending.popleft()
-                self._idle_worker().submit(index, fn, args)
+            busy_now = sum(w.index is not None for w in self._live)
+            self._start_workers(busy_now + len(pending))
+            for w in self._live:
+                if w.index is None and pending:
+                    index, args = pending.popleft()
+                    w.submit(index, fn, args)
             busy = [w for w in self._live if w.index is not None]
             now = time.monotonic()
             wait_s = max(0.0, min(w.started + self.timeout - now for w in busy))
@@ -192,3 +208,7 @@ class TimeoutPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+if __name__ == _WORKER_RUN_NAME:  # a spawned worker (see _Worker): serve calls until the pool stops it
+    _worker_main(globals()["_CONN"], globals()["_INITIALIZER"])
