@@ -151,3 +151,40 @@ def test_vina_docks_into_the_reference_ligand_box(tmp_path):
         reward.close()
     # re-docking the crystal ligand finds a pose at least about as good as the crystal one minimised
     assert -r[0].item() <= META["vina_crystal_ligand"]["kcal_per_mol"]["minimize"] + 0.5
+
+
+def docs_reward_config():
+    import re
+
+    import yaml
+    text = open(os.path.join(os.path.dirname(docking.__file__), "..", "..", "docs", "molecule_rewards.md")).read()
+    block = re.findall(r"```yaml\n(.*?)```", text, re.S)[-1]
+    return yaml.safe_load(block)["reward"]
+
+
+def test_the_documented_multi_objective_config_validates():
+    from diffalign.rewards.registry import bind_reward_kwargs, resolve_reward
+    cfg = docs_reward_config()
+    bind_reward_kwargs(resolve_reward(cfg["name"]), cfg["name"], cfg["kwargs"])  # raises on a bad component
+    bad = {"components": [{**cfg["kwargs"]["components"][0], "kwargs": {"mode": "redock"}}]}
+    with pytest.raises(ValueError, match="mode"):
+        bind_reward_kwargs(resolve_reward("weighted_sum"), "weighted_sum", bad)
+
+
+@pytest.mark.slow
+def test_the_documented_multi_objective_scores_molecules(tmp_path):
+    from diffalign.rewards import molecule_properties as mp
+    from diffalign.rewards.loading import load_reward
+    cfg = docs_reward_config()
+    for c in cfg["kwargs"]["components"]:  # first batch standardised by itself; keep the raw sum to compare
+        c["normalize"] = "none"
+    reward = load_reward(cfg["name"], **cfg["kwargs"])
+    ligand = Chem.MolFromMolFile(LIGAND)
+    try:
+        got = reward([ligand, None], [{"pocket": POCKET}] * 2)
+    finally:
+        reward.rewards[0].close()
+    vina = reward.last_components["vina"]
+    assert vina[0].item() > 9.0 and vina[1].item() == 0.0  # -(-9.5 kcal/mol); the invalid sample's penalty
+    want = vina + 0.5 * (mp.qed([ligand, None]) + mp.sa_score([ligand, None]) + mp.mol_connectivity([ligand, None]))
+    assert torch.allclose(got, want, atol=1e-5)
