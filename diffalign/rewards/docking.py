@@ -20,7 +20,8 @@ Modes (Vina's energies in kcal/mol, lower binds better; the reward is the negati
 
 The search box: the prompt's ``center``/``box`` where given; otherwise, for score and minimize, the ligand's
 own bounding box plus ``padding`` on each side (the pose stays where it is); for dock, the reference ligand's
-bounding box plus ``padding``, else the whole pocket's bounding box.
+bounding box plus ``padding``, else the whole pocket's bounding box. Workers keep the grid maps of recent
+(receptor, box) pairs, so one box per pocket in the prompt items makes scoring several times faster.
 
 Receptor preparation (meeko: residue templates, polar hydrogens, Gasteiger charges, AD4 atom types) runs once
 per receptor file content and is cached as a PDBQT (``cache_dir``, default a folder under the system's temp
@@ -171,16 +172,35 @@ def _ligand_pdbqt(molblock: str) -> str:
     return pdbqt
 
 
+_MAPS: "collections.OrderedDict[Tuple, Any]" = collections.OrderedDict()  # a worker's Vina objects with maps
+_MAPS_KEPT = 4
+
+
+def _vina_with_maps(receptor_pdbqt: str, ligand_pdbqt: str, center, size, seed: int, scoring: str):
+    """A Vina object with ``ligand_pdbqt`` set and grid maps for (receptor, box), reused across calls in this
+    worker: computing the maps takes about 3x as long as scoring and minimising a ligand in them (1s3v pocket,
+    16x19x15 A box: 1.1 s against 0.35 s), and every molecule of a pocket given one box shares them."""
+    from vina import Vina
+    key = (receptor_pdbqt, os.path.getmtime(receptor_pdbqt), tuple(center), tuple(size), int(seed), scoring)
+    v = _MAPS.pop(key, None)
+    if v is None:
+        v = Vina(sf_name=scoring, cpu=1, seed=int(seed), verbosity=0)  # one core: the pool gives the parallelism
+        v.set_receptor(receptor_pdbqt)
+        v.set_ligand_from_string(ligand_pdbqt)
+        v.compute_vina_maps(center=list(center), box_size=list(size))
+    else:
+        v.set_ligand_from_string(ligand_pdbqt)
+    _MAPS[key] = v
+    while len(_MAPS) > _MAPS_KEPT:
+        _MAPS.popitem(last=False)
+    return v
+
+
 def vina_energy(molblock: str, receptor_pdbqt: str, mode: str, center: Sequence[float], size: Sequence[float],
                 exhaustiveness: int = 8, n_poses: int = 1, seed: int = 0, scoring: str = "vina") -> float:
     """Vina's energy (kcal/mol) of one ligand (a mol block with 3-D coordinates) in ``mode``: the total of
     ``score()`` / ``optimize()``, or the best pose's energy after ``dock()``. Runs in a worker process."""
-    from vina import Vina
-    pdbqt = _ligand_pdbqt(molblock)
-    v = Vina(sf_name=scoring, cpu=1, seed=int(seed), verbosity=0)  # one core: the pool gives the parallelism
-    v.set_receptor(receptor_pdbqt)
-    v.set_ligand_from_string(pdbqt)
-    v.compute_vina_maps(center=list(center), box_size=list(size))
+    v = _vina_with_maps(receptor_pdbqt, _ligand_pdbqt(molblock), center, size, seed, scoring)
     if mode == "score":
         return float(v.score()[0])
     if mode == "minimize":

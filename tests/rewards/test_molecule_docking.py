@@ -1,5 +1,6 @@
 """The Vina reward: worker pool timeout / error / crash paths (fast), failure accounting, the search box, and
 (slow) Vina on the bundled pocket's crystal ligand against the documented run in pocket.json."""
+import functools
 import json
 import math
 import os
@@ -19,10 +20,6 @@ ASSET = os.path.join(os.path.dirname(docking.__file__), "..", "assets", "molecul
 POCKET = os.path.join(ASSET, "1s3v_pocket.pdb")
 LIGAND = os.path.join(ASSET, "1s3v_ligand.sdf")
 META = json.load(open(os.path.join(ASSET, "pocket.json")))
-
-
-def _raise_in_initializer():
-    raise RuntimeError("no engine here")
 
 
 def sleepy_energy(molblock, receptor, mode, center, size, *rest):
@@ -59,8 +56,9 @@ def test_pool_refuses_bad_settings_and_reports_a_failed_start():
         TimeoutPool(workers=0)
     with pytest.raises(ValueError, match="timeout"):
         TimeoutPool(timeout=0)
-    with pytest.raises(WorkerStartError, match="RuntimeError: no engine here"):
-        TimeoutPool(initializer=_raise_in_initializer).map(math.sqrt, [(1.0,)])
+    failing = functools.partial(int, "no engine here")  # a builtin: the worker imports nothing to run it
+    with pytest.raises(WorkerStartError, match="failed to start: ValueError: invalid literal"):
+        TimeoutPool(initializer=failing).map(math.sqrt, [(1.0,)])
 
 
 def test_vina_reward_counts_timeouts_and_invalid_samples_as_penalties(tmp_path):
@@ -122,6 +120,23 @@ def test_prompt_items_must_name_a_pocket():
             reward([embedded("CCO")], [{"pocket": POCKET}] * 2)
     finally:
         reward.close()
+
+
+def test_vina_energy_matches_the_documented_run_and_reuses_its_maps(tmp_path):
+    """In this process (the workers run the same function): the score and the minimisation of the crystal ligand
+    in pocket.json's box, the second from the maps the first computed."""
+    receptor = docking.prepare_receptor(POCKET, cache_dir=str(tmp_path))
+    assert docking.prepare_receptor(POCKET, cache_dir=str(tmp_path)) == receptor  # cached
+    block = Chem.MolToMolBlock(Chem.MolFromMolFile(LIGAND))
+    want = META["vina_crystal_ligand"]["kcal_per_mol"]
+    docking._MAPS.clear()
+    assert docking.vina_energy(block, receptor, "score", META["center"], META["box"]) == pytest.approx(
+        want["score"], abs=0.01)
+    maps = list(docking._MAPS.values())
+    assert docking.vina_energy(block, receptor, "minimize", META["center"], META["box"]) == pytest.approx(
+        want["minimize"], abs=0.01)
+    assert list(docking._MAPS.values()) == maps and len(maps) == 1
+    docking._MAPS.clear()
 
 
 @pytest.mark.slow
