@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from diffalign.registry import RewardType
-from diffalign.rewards.molecule_properties import as_molecules
+from diffalign.rewards.molecule_properties import as_molecules, sanitized
 from diffalign.rewards.worker_pool import TimeoutPool
 
 __all__ = ["MODES", "VinaReward", "VINA", "prepare_receptor", "search_box", "vina_energy", "load_vina"]
@@ -261,6 +261,10 @@ class VinaReward:
         for i, (mol, item) in enumerate(zip(mols, prompts)):
             if mol is None:
                 failures.append((i, "invalid_sample", "the sample decoded to no molecule"))
+                continue
+            mol = sanitized(mol)
+            if mol is None:
+                failures.append((i, "invalid_sample", "RDKit cannot sanitise the molecule"))
                 continue
             tasks.append(self._task(mol, item))
             where.append(i)
