@@ -19,9 +19,11 @@ Modes (Vina's energies in kcal/mol, lower binds better; the reward is the negati
 - ``dock``: the best of a global search (``exhaustiveness``, ``n_poses``), "Vina Dock".
 
 The search box: the prompt's ``center``/``box`` where given; otherwise, for score and minimize, the ligand's
-own bounding box plus ``padding`` on each side (the pose stays where it is); for dock, the reference ligand's
-bounding box plus ``padding``, else the whole pocket's bounding box. Workers keep the grid maps of recent
-(receptor, box) pairs, so one box per pocket in the prompt items makes scoring several times faster.
+own bounding box plus ``padding`` on each side (the pose stays where it is; ``pose_box="pocket"`` uses the
+docking box instead); for dock, the reference ligand's bounding box plus ``padding``, else the whole pocket's
+bounding box, centred on the item's ``center`` where it gives one. Workers keep the grid maps of recent
+(receptor, box) pairs, so one box per pocket (``box`` in the prompt items, or ``pose_box="pocket"``) makes
+scoring several times faster; a ligand atom outside the box is then a counted Vina error.
 
 Receptor preparation (meeko: residue templates, polar hydrogens, Gasteiger charges, AD4 atom types) runs once
 per receptor file content and is cached as a PDBQT (``cache_dir``, default a folder under the system's temp
@@ -55,6 +57,7 @@ __all__ = ["MODES", "VinaReward", "VINA", "prepare_receptor", "search_box", "vin
 
 MODES = ("score", "minimize", "dock")
 ON_FAILURE = ("penalty", "raise")
+POSE_BOXES = ("ligand", "pocket")  # the box of score / minimize without a prompt 'box'
 
 
 class LigandPreparationError(RuntimeError):
@@ -129,22 +132,27 @@ def _bounds(xyz: np.ndarray, padding: float) -> Tuple[List[float], List[float]]:
     return ((lo + hi) / 2).tolist(), (hi - lo + 2 * padding).tolist()
 
 
-def search_box(item: Mapping[str, Any], mode: str, ligand_xyz: Optional[np.ndarray], padding: float
-               ) -> Tuple[List[float], List[float]]:
+def search_box(item: Mapping[str, Any], mode: str, ligand_xyz: Optional[np.ndarray], padding: float,
+               pose_box: str = "ligand") -> Tuple[List[float], List[float]]:
     """(center, size) of the Vina search box for one sample (see module doc for the order of sources)."""
-    if "center" in item or "box" in item:
-        center, size = item.get("center"), item.get("box")
-        if center is None or size is None or len(center) != 3 or len(size) != 3:
-            raise ValueError(f"vina: a prompt item with 'center' or 'box' needs both as 3 numbers, got "
+    center = item.get("center")
+    if center is not None and (not isinstance(center, (list, tuple)) or len(center) != 3):
+        raise ValueError(f"vina: prompt item 'center' must be [x, y, z], got {center!r}")
+    if "box" in item:
+        size = item["box"]
+        if center is None or not isinstance(size, (list, tuple)) or len(size) != 3:
+            raise ValueError(f"vina: a prompt item with 'box' needs 'center' too, both as 3 numbers, got "
                              f"center={center!r} box={size!r}")
         if not all(float(s) > 0 for s in size):
             raise ValueError(f"vina: prompt item 'box' sizes must be positive angstroms, got {size!r}")
         return [float(c) for c in center], [float(s) for s in size]
-    if mode in ("score", "minimize"):
+    if mode in ("score", "minimize") and pose_box == "ligand":
         return _bounds(ligand_xyz, padding)
     if item.get("ligand"):
-        return _bounds(_sdf_coords(item["ligand"]), padding)
-    return _bounds(_pdb_heavy_coords(item["pocket"]), 0.0)
+        box_center, size = _bounds(_sdf_coords(item["ligand"]), padding)
+    else:
+        box_center, size = _bounds(_pdb_heavy_coords(item["pocket"]), 0.0)
+    return ([float(c) for c in center] if center is not None else box_center), size
 
 
 # ---- the worker side ------------------------------------------------------------------------------------
@@ -219,13 +227,16 @@ class VinaReward:
     name = "vina"
 
     def __init__(self, mode: str = "minimize", exhaustiveness: int = 8, n_poses: int = 1, padding: float = 5.0,
+                 pose_box: str = "ligand",
                  workers: int = 1, timeout: float = 120.0, on_failure: str = "penalty", penalty: float = 0.0,
                  max_energy: Optional[float] = None, seed: int = 0, scoring: str = "vina",
                  cache_dir: Optional[str] = None, allow_bad_residues: bool = False):
-        check_vina_kwargs(dict(mode=mode, exhaustiveness=exhaustiveness, padding=padding, workers=workers,
+        check_vina_kwargs(dict(mode=mode, exhaustiveness=exhaustiveness, padding=padding, pose_box=pose_box,
+                               workers=workers,
                                timeout=timeout, on_failure=on_failure, scoring=scoring))
         self.mode, self.exhaustiveness, self.n_poses = mode, int(exhaustiveness), int(n_poses)
-        self.padding, self.on_failure, self.penalty = float(padding), on_failure, float(penalty)
+        self.padding, self.pose_box = float(padding), pose_box
+        self.on_failure, self.penalty = on_failure, float(penalty)
         self.max_energy = None if max_energy is None else float(max_energy)
         self.seed, self.scoring = int(seed), scoring
         self.cache_dir, self.allow_bad_residues = cache_dir, bool(allow_bad_residues)
@@ -245,7 +256,7 @@ class VinaReward:
         if mol.GetNumConformers() == 0:
             raise ValueError("vina: a molecule sample has no 3-D conformer")
         xyz = mol.GetConformer().GetPositions()
-        center, size = search_box(item, self.mode, xyz, self.padding)
+        center, size = search_box(item, self.mode, xyz, self.padding, self.pose_box)
         return (Chem.MolToMolBlock(mol), receptor, self.mode, center, size, self.exhaustiveness, self.n_poses,
                 self.seed, self.scoring)
 
@@ -296,6 +307,8 @@ def check_vina_kwargs(kwargs: Mapping[str, Any]) -> None:
         raise ValueError(f"vina: mode must be one of {list(MODES)}, got {kwargs.get('mode')!r}")
     if kwargs.get("on_failure", "penalty") not in ON_FAILURE:
         raise ValueError(f"vina: on_failure must be one of {list(ON_FAILURE)}, got {kwargs.get('on_failure')!r}")
+    if kwargs.get("pose_box", "ligand") not in POSE_BOXES:
+        raise ValueError(f"vina: pose_box must be one of {list(POSE_BOXES)}, got {kwargs.get('pose_box')!r}")
     if kwargs.get("scoring", "vina") not in ("vina", "vinardo"):
         raise ValueError(f"vina: scoring must be 'vina' or 'vinardo', got {kwargs.get('scoring')!r}")
     for key, low in (("exhaustiveness", 1), ("workers", 1)):

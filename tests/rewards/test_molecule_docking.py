@@ -89,7 +89,7 @@ def test_vina_reward_counts_timeouts_and_invalid_samples_as_penalties(tmp_path):
 
 def test_vina_kwargs_are_checked_before_anything_runs():
     for bad, match in [({"mode": "redock"}, "mode"), ({"on_failure": "ignore"}, "on_failure"),
-                       ({"timeout": 0}, "timeout"), ({"workers": 0}, "workers"), ({"scoring": "ad4"}, "scoring")]:
+                       ({"timeout": 0}, "timeout"), ({"workers": 0}, "workers"), ({"scoring": "ad4"}, "scoring"), ({"pose_box": "cube"}, "pose_box")]:
         with pytest.raises(ValueError, match=match):
             docking.check_vina_kwargs(bad)
     from diffalign.rewards.registry import bind_reward_kwargs, resolve_reward
@@ -108,8 +108,15 @@ def test_search_box_sources():
     assert center == pytest.approx(META["center"], abs=1e-3) and size == pytest.approx(META["box"], abs=1e-3)
     center, size = docking.search_box({"pocket": POCKET}, "dock", None, 4.0)  # the whole pocket
     assert all(s > b for s, b in zip(size, META["box"]))
-    with pytest.raises(ValueError, match="needs both"):
-        docking.search_box({"pocket": POCKET, "center": [0, 0, 0]}, "dock", None, 4.0)
+    # a centre alone (the molecule adapter's prompt items) moves the docking box, not a pose's own box
+    assert docking.search_box({"pocket": POCKET, "center": [9, 9, 9]}, "dock", None, 4.0) == ([9.0, 9.0, 9.0], size)
+    assert docking.search_box({"pocket": POCKET, "center": [9, 9, 9]}, "score", xyz, 5.0)[0] == [1.0, 2.0, 3.0]
+    assert docking.search_box({"pocket": POCKET, "ligand": LIGAND}, "score", xyz, 4.0, pose_box="pocket") == (
+        pytest.approx(META["center"], abs=1e-3), pytest.approx(META["box"], abs=1e-3))
+    with pytest.raises(ValueError, match="needs 'center' too"):
+        docking.search_box({"pocket": POCKET, "box": [20, 20, 20]}, "dock", None, 4.0)
+    with pytest.raises(ValueError, match="must be"):
+        docking.search_box({"pocket": POCKET, "center": [0, 0]}, "dock", None, 4.0)
     with pytest.raises(ValueError, match="positive"):
         docking.search_box({"pocket": POCKET, "center": [0, 0, 0], "box": [0, 1, 1]}, "dock", None, 4.0)
 
