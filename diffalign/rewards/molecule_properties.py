@@ -27,8 +27,8 @@ docs/molecule_rewards.md for a config.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
-import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -87,10 +87,11 @@ def _sascorer():
     if not os.path.isfile(os.path.join(path, "sascorer.py")):
         raise ImportError(f"RDKit's Contrib SA_Score/sascorer.py is not at {path}; install RDKit from PyPI or "
                           "conda-forge (both ship Contrib)")
-    if path not in sys.path:
-        sys.path.append(path)
-    import sascorer
-    return sascorer
+    # loaded from its file, not by putting Contrib on sys.path (it reads fpscores.pkl.gz beside its __file__)
+    spec = importlib.util.spec_from_file_location("rdkit_contrib_sascorer", os.path.join(path, "sascorer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def raw_sa_score(mol) -> float:
