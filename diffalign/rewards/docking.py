@@ -31,7 +31,7 @@ directory). Ligands (hydrogens added with coordinates, then meeko) and Vina run 
 (:class:`diffalign.rewards.worker_pool.TimeoutPool`), each molecule under ``timeout`` seconds.
 
 Failures never score a silent 0. Each is counted by reason in ``reward.stats`` (``invalid_sample``, ``timeout``,
-``crashed``, ``error:<ExceptionType>``; successes under ``ok``) and, with ``on_failure="penalty"`` (default),
+``crashed``, ``error:<ExceptionType>``, ``non_finite``; successes under ``ok``) and, with ``on_failure="penalty"`` (default),
 scores ``penalty`` (a reward value, default 0.0: no binding); ``on_failure="raise"`` raises instead, naming
 each failed sample and why. ``max_energy`` (kcal/mol) caps the energies of clashing poses (score mode can give
 +10^3 and more) so that one outlier does not dominate a batch's normalisation.
@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import inspect
+import math
 import os
 import tempfile
 import threading
@@ -232,8 +233,7 @@ class VinaReward:
                  max_energy: Optional[float] = None, seed: int = 0, scoring: str = "vina",
                  cache_dir: Optional[str] = None, allow_bad_residues: bool = False):
         check_vina_kwargs(dict(mode=mode, exhaustiveness=exhaustiveness, padding=padding, pose_box=pose_box,
-                               workers=workers,
-                               timeout=timeout, on_failure=on_failure, scoring=scoring))
+                               workers=workers, timeout=timeout, on_failure=on_failure, scoring=scoring))
         self.mode, self.exhaustiveness, self.n_poses = mode, int(exhaustiveness), int(n_poses)
         self.padding, self.pose_box = float(padding), pose_box
         self.on_failure, self.penalty = on_failure, float(penalty)
@@ -280,7 +280,9 @@ class VinaReward:
             tasks.append(self._task(mol, item))
             where.append(i)
         for i, res in zip(where, self.pool.map(self.energy_fn, tasks)):
-            if res.ok:
+            if res.ok and not math.isfinite(res.value):
+                failures.append((i, "non_finite", f"Vina returned {res.value}"))
+            elif res.ok:
                 energies[i] = res.value if self.max_energy is None else min(res.value, self.max_energy)
             else:
                 reason = res.status if res.status != "error" else "error:" + res.message.split(":")[0]

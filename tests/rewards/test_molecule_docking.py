@@ -23,12 +23,15 @@ META = json.load(open(os.path.join(ASSET, "pocket.json")))
 
 
 def sleepy_energy(molblock, receptor, mode, center, size, *rest):
-    """A stand-in for vina_energy run in the workers: molecules of more than 3 heavy atoms hang, of 1 fail."""
+    """A stand-in for vina_energy run in the workers: molecules of more than 3 heavy atoms hang, of 1 fail, of 2
+    get NaN; others score minus their atom count."""
     atoms = int(molblock.splitlines()[3][:3])
     if atoms > 3:
         time.sleep(60)
     if atoms == 1:
         raise ValueError("no pose")
+    if atoms == 2:
+        return float("nan")
     return -float(atoms)
 
 
@@ -72,13 +75,14 @@ def test_vina_reward_counts_timeouts_and_invalid_samples_as_penalties(tmp_path):
     try:
         t0 = time.monotonic()
         pentavalent = Chem.MolFromSmiles("C(C)(C)(C)(C)C", sanitize=False)
-        r = reward([embedded("CCO"), None, embedded("c1ccccc1"), pentavalent, embedded("C")], [item] * 5)
+        r = reward([embedded("CCO"), None, embedded("c1ccccc1"), pentavalent, embedded("C"), embedded("CC")],
+                   [item] * 6)
         assert time.monotonic() - t0 < 40
-        assert r.tolist() == [3.0] + [-3.0] * 4  # -energy for ethanol; the penalty, never a silent 0, otherwise
-        assert reward.stats == {"ok": 1, "invalid_sample": 2, "timeout": 1, "error:ValueError": 1}
-        assert reward.last_energies == [-3.0, None, None, None, None]
+        assert r.tolist() == [3.0] + [-3.0] * 5  # -energy for ethanol; the penalty, never a silent 0, otherwise
+        assert reward.stats == {"ok": 1, "invalid_sample": 2, "timeout": 1, "error:ValueError": 1, "non_finite": 1}
+        assert reward.last_energies == [-3.0, None, None, None, None, None]
         assert [f[:2] for f in reward.last_failures] == [(1, "invalid_sample"), (2, "timeout"), (3, "invalid_sample"),
-                                                         (4, "error:ValueError")]
+                                                         (4, "error:ValueError"), (5, "non_finite")]
         assert reward.last_failures[3][2] == "ValueError: no pose"
         reward.on_failure = "raise"
         with pytest.raises(RuntimeError, match="sample 0: invalid_sample"):
