@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.metadata
 import inspect
 import math
 import os
@@ -77,7 +78,8 @@ def _default_cache_dir() -> str:
 def prepare_receptor(path: str, cache_dir: Optional[str] = None, allow_bad_residues: bool = False) -> str:
     """A Vina-ready PDBQT of the receptor PDB ``path`` (a ``.pdbqt`` path is returned as is).
 
-    Prepared by meeko once per file content, cached under ``cache_dir`` as ``<sha256[:16]>.pdbqt``.
+    Prepared by meeko once per file content (and meeko version), cached under ``cache_dir`` as
+    ``<sha256[:16]>.pdbqt``.
     ``allow_bad_residues`` drops residues that match no template (missing atoms) instead of raising."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vina: receptor/pocket file {path!r} does not exist")
@@ -86,7 +88,9 @@ def prepare_receptor(path: str, cache_dir: Optional[str] = None, allow_bad_resid
     with open(path, "rb") as f:
         content = f.read()
     cache_dir = cache_dir or _default_cache_dir()
-    key = (hashlib.sha256(content + str(bool(allow_bad_residues)).encode()).hexdigest(), cache_dir)
+    # keyed by what determines the output: the file, the option, and meeko's version (templates, charges)
+    recipe = f"{bool(allow_bad_residues)} meeko {importlib.metadata.version('meeko')}".encode()
+    key = (hashlib.sha256(content + recipe).hexdigest(), cache_dir)
     with _RECEPTOR_LOCK:
         if key in _RECEPTORS and os.path.isfile(_RECEPTORS[key]):
             return _RECEPTORS[key]
