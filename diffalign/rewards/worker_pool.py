@@ -99,7 +99,8 @@ class _Worker:
             kind, message = self.conn.recv()
         except EOFError:
             self.kill()
-            raise WorkerStartError(f"a worker process exited while starting (exit code {self.proc.exitcode})") from None
+            raise WorkerStartError(f"a worker process exited while starting (exit code {self.proc.exitcode}; spawned "
+                                   "workers re-import the caller's __main__, so run from a file, not stdin)") from None
         if kind != "ready":
             self.kill()
             raise WorkerStartError(f"a worker process failed to start: {message}")
