@@ -117,6 +117,9 @@ setup(
         "video": ["imageio>=2.30", "av>=12"],
         # the molecule modality: RDKit molecules, bonds from 3-D coordinates, SDF; posebusters' complexes as test data
         "molecule": ["rdkit>=2024.9", "posebusters>=0.6"],
+        # molecule rewards: AutoDock Vina with meeko's receptor/ligand preparation (meeko reads PDB through gemmi),
+        # RDKit's QED / SA score, PoseBusters checks
+        "docking": ["vina>=1.2.5", "meeko>=0.8", "gemmi", "rdkit>=2024.9", "posebusters>=0.6"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

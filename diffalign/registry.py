@@ -107,6 +107,14 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "behaviour_effort": "diffalign.rewards.behaviour:behaviour_effort",
     "behaviour_smoothness": "diffalign.rewards.behaviour:behaviour_smoothness",
     "behaviour_match": "diffalign.rewards.behaviour:behaviour_match",
+    # molecule rewards take rdkit.Chem.Mol samples (None for an invalid one) and pocket prompt items
+    "qed": "diffalign.rewards.molecule_properties:qed",
+    "sa_score": "diffalign.rewards.molecule_properties:sa_score",
+    "lipinski": "diffalign.rewards.molecule_properties:lipinski",
+    "mol_validity": "diffalign.rewards.molecule_properties:mol_validity",
+    "mol_connectivity": "diffalign.rewards.molecule_properties:mol_connectivity",
+    "mol_ring_size": "diffalign.rewards.molecule_properties:mol_ring_size",
+    "posebusters": "diffalign.rewards.posebusters_checks:posebusters",
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -123,6 +131,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "clip_instruction_similarity": "diffalign.rewards.editing:CLIP_INSTRUCTION_SIMILARITY",
     "clip_image_similarity": "diffalign.rewards.editing:CLIP_IMAGE_SIMILARITY",
     "attribute_strength": "diffalign.rewards.attribute_strength:ATTRIBUTE_STRENGTH",  # AlignDiff's, trained
+    "vina": "diffalign.rewards.docking:VINA",
 }
 
 

@@ -9,5 +9,5 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
 # runtime and test dependencies, resolved against the pinned torch
-"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,molecule]" --no-build-isolation
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,molecule,docking]" --no-build-isolation
 .venv/bin/python -c "import diffalign.ops as o; print('diffalign installed; compiled ops:', o.extension_available(), '| CUDA kernels:', o.cuda_kernels_built())"
