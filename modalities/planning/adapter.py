@@ -134,6 +134,10 @@ class PlanningAdapter(FullFineTuning, ModalityAdapter):
         save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(self.denoiser).state_dict().items()},
                   os.path.join(directory, WEIGHTS_NAME))
 
+    def freeze_reference(self) -> None:
+        """Make the frozen reference a copy of the denoiser as it is now (after pretraining it)."""
+        self._reference_denoiser = copy.deepcopy(unwrap(self.denoiser)).requires_grad_(False).eval()
+
     # ---- conditions ------------------------------------------------------------------------------------
     def start_observation(self, seed: int) -> torch.Tensor:
         """The environment's observation after ``reset(seed=seed)`` (S,)."""
