@@ -10,10 +10,12 @@ from diffalign.modalities.planning.execute import (Execution, InverseDynamics, e
 from diffalign.modalities.planning.normalizer import Normalizer
 from diffalign.modalities.planning.pretrain import denoising_loss, fit_planner
 from diffalign.modalities.planning.render import filmstrip, render_states, save_filmstrip, save_gif
+from diffalign.modalities.planning.value import ValueFunction, guided_prediction, train_value_function
 from diffalign.modalities.planning.rewards import PLANNING_REWARDS, env_return, forward_velocity
 
 __all__ = ["PlanningAdapter", "make_planning_scheduler", "Episode", "SegmentSampler", "episode_rows", "read_episodes",
            "write_episodes", "TemporalDiT", "UNet1DPlanner", "build_denoiser", "make_unet1d", "ENV_SPECS", "EnvSpec",
            "env_spec", "make_env", "set_state_from_observation", "Execution", "InverseDynamics", "execute_plans",
            "receding_horizon", "train_inverse_dynamics", "Normalizer", "PLANNING_REWARDS", "env_return",
-           "forward_velocity", "render_states", "filmstrip", "save_filmstrip", "save_gif", "fit_planner", "denoising_loss"]
+           "forward_velocity", "render_states", "filmstrip", "save_filmstrip", "save_gif", "fit_planner",
+           "denoising_loss", "ValueFunction", "train_value_function", "guided_prediction"]

@@ -87,6 +87,8 @@ class PlanningAdapter(FullFineTuning, ModalityAdapter):
         self._reference_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self._in_reference = False
         self._env = None  # built on first use (drawing start states)
+        #: Diffuser's value guidance, (value function, scale) or None (value.py); applied in ``denoise``
+        self.value_guidance = None
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -212,7 +214,13 @@ class PlanningAdapter(FullFineTuning, ModalityAdapter):
 
     # ---- the denoiser ----------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):
-        return self._current_denoiser()(x, timesteps, cond["attributes"], cond["attribute_mask"])
+        out = self._current_denoiser()(x, timesteps, cond["attributes"], cond["attribute_mask"])
+        if self.value_guidance is not None:
+            from diffalign.modalities.planning.value import guided_prediction
+            value, scale = self.value_guidance
+            out = guided_prediction(out, x, timesteps, value, scale, self.scheduler.alphas_cumprod,
+                                    self.prediction_type, self.logprob_mask(cond, x))
+        return out
 
     # ---- what rewards see ------------------------------------------------------------------------------
     @torch.no_grad()
