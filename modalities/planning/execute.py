@@ -26,11 +26,13 @@ Planner = Callable[[torch.Tensor, int], torch.Tensor]
 @dataclasses.dataclass
 class Execution:
     """trajectories (B, N, S + A); rewards (B, N) the env's reward per step (0 after termination); alive (B, N)
-    whether step t ran (False once the episode terminated); progress (B,) x displacement of the torso."""
+    whether step t ran (False once the episode terminated); progress (B,) x displacement of the torso;
+    positions (B, N) the torso's x at each row (the observation omits it; render_states takes it)."""
     trajectories: torch.Tensor
     rewards: torch.Tensor
     alive: torch.Tensor
     progress: torch.Tensor
+    positions: torch.Tensor
 
     @property
     def returns(self) -> torch.Tensor:
@@ -93,6 +95,7 @@ def _run(env_name: str, batch: int, steps: int, starts, seeds, choose_action) ->
     s, a = spec.state_dim, spec.action_dim
     traj = torch.zeros(batch, steps, s + a)
     rewards, alive, progress = torch.zeros(batch, steps), torch.zeros(batch, steps, dtype=torch.bool), torch.zeros(batch)
+    positions = torch.zeros(batch, steps, dtype=torch.float64)
     env = make_env(env_name)
     low, high = env.action_space.low, env.action_space.high
     try:
@@ -100,6 +103,7 @@ def _run(env_name: str, batch: int, steps: int, starts, seeds, choose_action) ->
             obs = _start(env, None if starts is None else starts[b], None if seeds is None else seeds[b])
             x0, done = x_position(env), False
             for t in range(steps):
+                positions[b, t] = x_position(env)
                 if done:  # the episode ended: hold the last state, no action
                     traj[b, t, :s] = traj[b, t - 1, :s]
                     continue
@@ -113,7 +117,7 @@ def _run(env_name: str, batch: int, steps: int, starts, seeds, choose_action) ->
             progress[b] = x_position(env) - x0
     finally:
         env.close()
-    return Execution(traj, rewards, alive, progress)
+    return Execution(traj, rewards, alive, progress, positions)
 
 
 def execute_plans(plans: torch.Tensor, env_name: str, inverse_dynamics: Optional[InverseDynamics] = None) -> Execution:
@@ -152,6 +156,7 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
     low, high = envs[0].action_space.low, envs[0].action_space.high
     traj = torch.zeros(batch, steps, s + spec.action_dim)
     rewards, alive, progress = torch.zeros(batch, steps), torch.zeros(batch, steps, dtype=torch.bool), torch.zeros(batch)
+    positions = torch.zeros(batch, steps, dtype=torch.float64)
     try:
         obs = [_start(env, None, seed) for env, seed in zip(envs, seeds)]
         x0 = [x_position(env) for env in envs]
@@ -166,6 +171,7 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
                     raise ValueError(f"the planner returned {tuple(plans.shape)}; expected ({batch}, horizon >= "
                                      f"{need}, {s + spec.action_dim})")
             for b, env in enumerate(envs):
+                positions[b, t] = x_position(env)
                 if done[b]:
                     traj[b, t, :s] = traj[b, t - 1, :s]
                     continue
@@ -186,4 +192,4 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
     finally:
         for env in envs:
             env.close()
-    return Execution(traj, rewards, alive, progress)
+    return Execution(traj, rewards, alive, progress, positions)

@@ -38,6 +38,7 @@ def test_an_executed_plan_gives_the_states_the_env_produced():
     n = len(rows)
     assert torch.allclose(run.trajectories[0, :n], torch.as_tensor(rows), atol=1e-6)
     assert int(run.alive[0].sum()) == n and abs(float(run.progress[0]) - progress) < 1e-6
+    assert float(run.positions[0, 0]) == 0.0 and float(run.positions[0, 1]) != 0.0  # the plan starts at x = 0
     again = execute_plans(plan, "Hopper-v5")
     assert torch.equal(again.trajectories, run.trajectories) and torch.equal(again.rewards, run.rewards)
     # the reward: mean forward velocity over the plan's duration (T dt)
