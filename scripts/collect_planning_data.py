@@ -3,9 +3,10 @@
 
 Controllers are central pattern generators: each joint's torque is a sine (amplitude, frequency, phase, bias)
 plus a proportional-derivative term that holds the torso upright. A short random search draws ``--candidates``
-of them, scores each on one seeded episode (mean forward velocity, steps survived), and keeps the longest
-survivor in each of ``--bins`` forward-velocity bins, so the kept controllers span slow to fast, low to high
-gaits. Every kept controller then runs ``--episodes-per-controller`` seeded episodes, half of them with Gaussian
+of them, scores each on one seeded episode (mean forward velocity, steps survived), and, among the half that
+survive longest, keeps the longest survivor in each of ``--bins`` forward-velocity bins, so the kept controllers span slow to fast, low to high
+gaits. Each kept controller is then refined for ``--refine`` hill-climbing steps (a perturbed copy replaces it
+when it survives longer on the scoring episode with its velocity still in the bin). Every kept controller then runs ``--episodes-per-controller`` seeded episodes, half of them with Gaussian
 action noise (``--noise``). Output: a D4RL-style compressed .npz (observations, actions, rewards, terminals,
 timeouts, and ``controller``, the kept controller's index per row) and a .json beside it with the command,
 seed, controller parameters and per-controller statistics. Same command and seed, same file.
@@ -38,6 +39,18 @@ def random_controller(rng: np.random.Generator, action_dim: int, angle_rate_inde
             "kp": float(rng.uniform(-3.0, 3.0)), "kd": float(rng.uniform(-0.5, 0.5)), "angle_rate_index": angle_rate_index}
 
 
+def perturb(params: dict, rng: np.random.Generator) -> dict:
+    """A nearby controller (every parameter moved by a small Gaussian step, kept in its drawing range)."""
+    n = len(params["amplitude"])
+    return dict(params,
+                amplitude=np.clip(np.asarray(params["amplitude"]) + 0.1 * rng.standard_normal(n), 0, 1).tolist(),
+                frequency=float(np.clip(params["frequency"] + 0.2 * rng.standard_normal(), 0.5, 4.0)),
+                phase=(np.asarray(params["phase"]) + 0.3 * rng.standard_normal(n)).tolist(),
+                bias=np.clip(np.asarray(params["bias"]) + 0.05 * rng.standard_normal(n), -0.3, 0.3).tolist(),
+                kp=float(np.clip(params["kp"] + 0.3 * rng.standard_normal(), -3, 3)),
+                kd=float(np.clip(params["kd"] + 0.05 * rng.standard_normal(), -0.5, 0.5)))
+
+
 def run_episode(env, params, seed, max_steps, dt, noise, rng):
     """One seeded episode; returns (observations, actions, rewards, terminated, forward velocity)."""
     obs, _ = env.reset(seed=int(seed))
@@ -66,6 +79,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--candidates", type=int, default=1000, help="controllers drawn by the random search")
     p.add_argument("--bins", type=int, default=8, help="forward-velocity bins (one kept controller each)")
+    p.add_argument("--refine", type=int, default=20, help="hill-climbing steps per kept controller")
     p.add_argument("--episodes-per-controller", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=300, help="episode length cap (env steps)")
     p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian action noise on half the episodes")
@@ -86,15 +100,24 @@ def main(argv=None):
     scored = []
     for c in range(args.candidates):
         params = random_controller(rng, spec.action_dim, angle_rate_index)
-        _, acts, _, _, vel = run_episode(env, params, 10_000 + c, args.max_steps, spec.dt, 0.0, rng)
+        _, acts, _, _, vel = run_episode(env, params, 10_000, args.max_steps, spec.dt, 0.0, rng)
         scored.append((vel, len(acts), params))
+    # bin the better-surviving half only: a controller that falls at once has a "velocity" that is its fall
+    min_steps = np.median([s[1] for s in scored])
+    scored = [s for s in scored if s[1] >= min_steps]
     velocities = np.array([s[0] for s in scored])
     edges = np.quantile(velocities, np.linspace(0, 1, args.bins + 1))
     kept = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         members = [s for s in scored if lo <= s[0] <= hi]
         if members:
-            kept.append(max(members, key=lambda s: (s[1], s[0])))  # the longest survivor of the bin
+            best = max(members, key=lambda s: (s[1], s[0]))  # the longest survivor of the bin
+            for _ in range(args.refine):
+                trial = perturb(best[2], rng)
+                _, acts, _, _, vel = run_episode(env, trial, 10_000, args.max_steps, spec.dt, 0.0, rng)
+                if len(acts) > best[1] and lo <= vel <= hi:
+                    best = (vel, len(acts), trial)
+            kept.append(best)
     episodes, controller_ids, stats = [], [], []
     for k, (_, _, params) in enumerate(kept):
         vels, lengths = [], []

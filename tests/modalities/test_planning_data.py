@@ -114,7 +114,7 @@ def test_collection_is_reproducible_by_seed(tmp_path):
         "collect", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "collect_planning_data.py"))
     collect = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect)
-    args = ["--candidates", "12", "--bins", "3", "--episodes-per-controller", "2", "--max-steps", "40"]
+    args = ["--candidates", "12", "--bins", "3", "--refine", "3", "--episodes-per-controller", "2", "--max-steps", "40"]
     a = collect.main(args + ["--out", str(tmp_path / "a.npz")])
     collect.main(args + ["--out", str(tmp_path / "b.npz")])
     za, zb = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")

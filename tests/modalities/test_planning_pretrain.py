@@ -16,7 +16,7 @@ def windows(tmp_path_factory):
     collect = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect)
     out = tmp_path_factory.mktemp("data") / "hopper.npz"
-    collect.main(["--candidates", "200", "--bins", "6", "--episodes-per-controller", "4", "--max-steps", "100",
+    collect.main(["--candidates", "200", "--bins", "6", "--refine", "5", "--episodes-per-controller", "4", "--max-steps", "100",
                   "--out", str(out)])
     eps = read_episodes(str(out), 11, 3)
     sampler = SegmentSampler(eps, 8)
