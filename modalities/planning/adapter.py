@@ -244,6 +244,14 @@ class PlanningAdapter(FullFineTuning, ModalityAdapter):
         cond = self.encode_conditions(sized)
         return self.project(self.normalizer.normalize(traj).to(self.device), cond), cond
 
+    def sample_grid(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Filmstrips of up to 4 decoded plans (every 4th state), stacked, as a (3, H, W) image in [0, 1]."""
+        import numpy as np
+
+        from diffalign.modalities.planning.render import filmstrip, render_states
+        rows = [filmstrip(render_states(plan[::4, :self.state_dim], self.env_name, size=64)) for plan in decoded[:4]]
+        return torch.from_numpy(np.concatenate(rows, axis=0)).permute(2, 0, 1).float() / 255.0
+
     def rewards(self):
         from diffalign.modalities.planning.rewards import PLANNING_REWARDS
         return dict(PLANNING_REWARDS)

@@ -133,3 +133,29 @@ def test_rendering_gives_frames_of_the_requested_size(tmp_path):
     assert iio.imread(save_gif(str(tmp_path / "clip.gif"), frames, "Hopper-v5"), index=None).shape[:3] == (4, 48, 48)
     with pytest.raises(ValueError, match=r"\(T, 11\) observations"):
         render_states(np.zeros((2, 5)), "Hopper-v5")
+
+
+@pytest.mark.parametrize("name", ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"])
+def test_env_specs_match_gymnasium(name):
+    from diffalign.modalities.planning import ENV_SPECS
+    spec = ENV_SPECS[name]
+    env = gym.make(name)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = env.step(env.action_space.sample())
+    assert obs.shape == (spec.state_dim,) and env.action_space.shape == (spec.action_dim,)
+    assert env.unwrapped.dt == pytest.approx(spec.dt)
+    assert obs[spec.forward_velocity_index] == pytest.approx(env.unwrapped.data.qvel[0])
+    other = gym.make(name)
+    other.reset(seed=5)
+    set_state_from_observation(other, obs)
+    assert np.allclose(other.unwrapped._get_obs(), obs)
+
+
+def test_sample_grid_shows_the_plans_as_filmstrips():
+    planner = PlanningAdapter.tiny("Hopper-v5", horizon=8, architecture="dit")
+    env = gym.make("Hopper-v5")
+    plans = torch.zeros(2, 8, S + A)
+    plans[:, :, :S] = torch.as_tensor(env.reset(seed=0)[0])
+    grid = planner.sample_grid(plans)
+    assert grid.shape == (3, 2 * 64, 2 * 64) and 0 <= float(grid.min()) and float(grid.max()) <= 1
