@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Collect a dataset of diverse behaviours in a MuJoCo environment on this machine (no download).
 
-Controllers are central pattern generators: each joint's torque is a sine (amplitude, frequency, phase, bias)
-plus a proportional-derivative term that holds the torso upright. A short random search draws ``--candidates``
-of them, scores each on one seeded episode (mean forward velocity, steps survived), and, among the half that
-survive longest, keeps the longest survivor in each of ``--bins`` forward-velocity bins, so the kept controllers span slow to fast, low to high
-gaits. Each kept controller is then refined for ``--refine`` hill-climbing steps (a perturbed copy replaces it
-when it survives longer on the scoring episode with its velocity still in the bin). Every kept controller then runs ``--episodes-per-controller`` seeded episodes, half of them with Gaussian
-action noise (``--noise``). Output: a D4RL-style compressed .npz (observations, actions, rewards, terminals,
-timeouts, and ``controller``, the kept controller's index per row) and a .json beside it with the command,
-seed, controller parameters and per-controller statistics. Same command and seed, same file.
+Controllers are central pattern generators: each joint's torque is a sine (amplitude, frequency, phase, bias) plus
+a proportional-derivative term that holds the torso upright. A short random search draws ``--candidates`` of them,
+scores each on one seeded episode (mean forward velocity, steps survived), and, among the half that survive
+longest, keeps the longest survivor in each of ``--bins`` forward-velocity bins, so the kept controllers span slow
+to fast, low to high gaits. Each kept controller is then refined for ``--refine`` hill-climbing steps (a perturbed
+copy replaces it when it survives longer on the scoring episode with its velocity still in the bin). Every kept
+controller then runs ``--episodes-per-controller`` seeded episodes, half of them with Gaussian action noise
+(``--noise``). Output: a D4RL-style compressed .npz (observations, actions, rewards, terminals, timeouts, and
+``controller``, the kept controller's index per row) and a .json beside it with the command, seed, controller
+parameters and per-controller statistics. Same command and seed, same file.
 
     python scripts/collect_planning_data.py --env Hopper-v5 --seed 0 --out data/planning/hopper_behaviours.npz
 """
@@ -35,8 +36,9 @@ def cpg_action(params: dict, t: int, obs: np.ndarray, dt: float, action_dim: int
 
 def random_controller(rng: np.random.Generator, action_dim: int, angle_rate_index: int) -> dict:
     return {"amplitude": rng.uniform(0.0, 1.0, action_dim).tolist(), "frequency": float(rng.uniform(0.5, 4.0)),
-            "phase": rng.uniform(0, 2 * np.pi, action_dim).tolist(), "bias": rng.uniform(-0.3, 0.3, action_dim).tolist(),
-            "kp": float(rng.uniform(-3.0, 3.0)), "kd": float(rng.uniform(-0.5, 0.5)), "angle_rate_index": angle_rate_index}
+            "phase": rng.uniform(0, 2 * np.pi, action_dim).tolist(),
+            "bias": rng.uniform(-0.3, 0.3, action_dim).tolist(), "kp": float(rng.uniform(-3.0, 3.0)),
+            "kd": float(rng.uniform(-0.5, 0.5)), "angle_rate_index": angle_rate_index}
 
 
 def perturb(params: dict, rng: np.random.Generator) -> dict:

@@ -89,35 +89,46 @@ def _start(env, observation: Optional[np.ndarray], seed: Optional[int]) -> np.nd
     return np.asarray(obs, dtype=np.float64)
 
 
-def _run(env_name: str, batch: int, steps: int, starts, seeds, choose_action) -> Execution:
-    """Step ``batch`` environments for ``steps`` steps; ``choose_action(b, t, obs)`` gives each action."""
-    spec = env_spec(env_name)
-    s, a = spec.state_dim, spec.action_dim
-    traj = torch.zeros(batch, steps, s + a)
-    rewards, alive, progress = torch.zeros(batch, steps), torch.zeros(batch, steps, dtype=torch.bool), torch.zeros(batch)
-    positions = torch.zeros(batch, steps, dtype=torch.float64)
-    env = make_env(env_name)
-    low, high = env.action_space.low, env.action_space.high
-    try:
-        for b in range(batch):
-            obs = _start(env, None if starts is None else starts[b], None if seeds is None else seeds[b])
-            x0, done = x_position(env), False
-            for t in range(steps):
-                positions[b, t] = x_position(env)
-                if done:  # the episode ended: hold the last state, no action
-                    traj[b, t, :s] = traj[b, t - 1, :s]
-                    continue
-                action = np.clip(np.asarray(choose_action(b, t, obs), dtype=np.float64), low, high)
-                traj[b, t, :s] = torch.as_tensor(obs, dtype=torch.float32)
-                traj[b, t, s:] = torch.as_tensor(action, dtype=torch.float32)
-                alive[b, t] = True
-                obs, r, terminated, truncated, _ = env.step(action)
-                rewards[b, t] = float(r)
-                done = bool(terminated)
-            progress[b] = x_position(env) - x0
-    finally:
-        env.close()
-    return Execution(traj, rewards, alive, progress, positions)
+class _Recorder:
+    """Steps environments and writes what they produced into an :class:`Execution`'s tensors."""
+
+    def __init__(self, env_name: str, batch: int, steps: int):
+        spec = env_spec(env_name)
+        self.s = spec.state_dim
+        self.traj = torch.zeros(batch, steps, spec.state_dim + spec.action_dim)
+        self.rewards, self.alive = torch.zeros(batch, steps), torch.zeros(batch, steps, dtype=torch.bool)
+        self.positions = torch.zeros(batch, steps, dtype=torch.float64)
+        self.x0, self.progress = torch.zeros(batch, dtype=torch.float64), torch.zeros(batch)
+        self.done = [False] * batch
+
+    def begin(self, b: int, env) -> None:
+        self.x0[b] = x_position(env)
+
+    def step(self, b: int, t: int, env, obs: np.ndarray, action) -> np.ndarray:
+        """Row (b, t): the observation, then the action (clipped to the action box) stepped; returns the next
+        observation. An ended episode holds its last state and takes no action."""
+        self.positions[b, t] = x_position(env)
+        if self.done[b]:
+            self.traj[b, t, :self.s] = self.traj[b, t - 1, :self.s]
+            return obs
+        action = np.clip(np.asarray(action, dtype=np.float64), env.action_space.low, env.action_space.high)
+        self.traj[b, t, :self.s] = torch.as_tensor(obs, dtype=torch.float32)
+        self.traj[b, t, self.s:] = torch.as_tensor(action, dtype=torch.float32)
+        self.alive[b, t] = True
+        obs, r, terminated, _, _ = env.step(action)
+        self.rewards[b, t], self.done[b] = float(r), bool(terminated)
+        return np.asarray(obs, dtype=np.float64)
+
+    def end(self, b: int, env) -> None:
+        self.progress[b] = float(x_position(env) - self.x0[b])
+
+    def result(self) -> Execution:
+        return Execution(self.traj, self.rewards, self.alive, self.progress, self.positions)
+
+
+def _inverse_action(model: InverseDynamics, obs: np.ndarray, next_state: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.as_tensor(obs, dtype=torch.float32)[None], next_state[None])[0].double().numpy()
 
 
 def execute_plans(plans: torch.Tensor, env_name: str, inverse_dynamics: Optional[InverseDynamics] = None) -> Execution:
@@ -130,14 +141,20 @@ def execute_plans(plans: torch.Tensor, env_name: str, inverse_dynamics: Optional
                          f"got {tuple(plans.shape)}")
     s = spec.state_dim
     steps = plans.shape[1] - (1 if inverse_dynamics is not None else 0)
-
-    def choose(b, t, obs):
-        if inverse_dynamics is None:
-            return plans[b, t, s:].numpy()
-        with torch.no_grad():
-            return inverse_dynamics(torch.as_tensor(obs, dtype=torch.float32)[None], plans[b, t + 1, None, :s])[0].numpy()
-
-    return _run(env_name, plans.shape[0], steps, plans[:, 0, :s].double().numpy(), None, choose)
+    rec = _Recorder(env_name, plans.shape[0], steps)
+    env = make_env(env_name)
+    try:
+        for b in range(plans.shape[0]):
+            obs = _start(env, plans[b, 0, :s].double().numpy(), None)
+            rec.begin(b, env)
+            for t in range(steps):
+                action = plans[b, t, s:].double().numpy() if inverse_dynamics is None else \
+                    _inverse_action(inverse_dynamics, obs, plans[b, t + 1, :s])
+                obs = rec.step(b, t, env, obs, action)
+            rec.end(b, env)
+    finally:
+        env.close()
+    return rec.result()
 
 
 def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], steps: int, replan_every: int = 1,
@@ -153,43 +170,27 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
     if k < 1:
         raise ValueError(f"replan_every must be >= 1, got {replan_every}")
     envs = [make_env(env_name) for _ in range(batch)]
-    low, high = envs[0].action_space.low, envs[0].action_space.high
-    traj = torch.zeros(batch, steps, s + spec.action_dim)
-    rewards, alive, progress = torch.zeros(batch, steps), torch.zeros(batch, steps, dtype=torch.bool), torch.zeros(batch)
-    positions = torch.zeros(batch, steps, dtype=torch.float64)
+    rec = _Recorder(env_name, batch, steps)
+    need = k + (1 if inverse_dynamics is not None else 0)  # plan rows the next k actions read
     try:
         obs = [_start(env, None, seed) for env, seed in zip(envs, seeds)]
-        x0 = [x_position(env) for env in envs]
-        done = [False] * batch
+        for b, env in enumerate(envs):
+            rec.begin(b, env)
         plans = None
         for t in range(steps):
             j = t % k
             if j == 0:
                 plans = torch.as_tensor(planner(torch.as_tensor(np.stack(obs), dtype=torch.float32), t)).detach().cpu()
-                need = k + (1 if inverse_dynamics is not None else 0)  # rows the next k actions read
                 if plans.ndim != 3 or plans.shape[0] != batch or plans.shape[1] < need:
                     raise ValueError(f"the planner returned {tuple(plans.shape)}; expected ({batch}, horizon >= "
                                      f"{need}, {s + spec.action_dim})")
             for b, env in enumerate(envs):
-                positions[b, t] = x_position(env)
-                if done[b]:
-                    traj[b, t, :s] = traj[b, t - 1, :s]
-                    continue
-                if inverse_dynamics is None:
-                    action = plans[b, j, s:]
-                else:
-                    with torch.no_grad():
-                        action = inverse_dynamics(torch.as_tensor(obs[b], dtype=torch.float32)[None],
-                                                  plans[b, j + 1, None, :s])[0]
-                action = np.clip(action.double().numpy(), low, high)
-                traj[b, t, :s] = torch.as_tensor(obs[b], dtype=torch.float32)
-                traj[b, t, s:] = torch.as_tensor(action, dtype=torch.float32)
-                alive[b, t] = True
-                o, r, terminated, _, _ = env.step(action)
-                obs[b], rewards[b, t], done[b] = np.asarray(o, dtype=np.float64), float(r), bool(terminated)
+                action = plans[b, j, s:].double().numpy() if inverse_dynamics is None else \
+                    _inverse_action(inverse_dynamics, obs[b], plans[b, j + 1, :s])
+                obs[b] = rec.step(b, t, env, obs[b], action)
         for b, env in enumerate(envs):
-            progress[b] = x_position(env) - x0[b]
+            rec.end(b, env)
     finally:
         for env in envs:
             env.close()
-    return Execution(traj, rewards, alive, progress, positions)
+    return rec.result()

@@ -38,4 +38,5 @@ class PlanningOptions:
             raise ValueError(f"config key 'modality.options.num_train_timesteps' must be >= 2, "
                              f"got {self.num_train_timesteps}")
         if not isinstance(self.attributes, list) or not all(isinstance(a, str) for a in self.attributes):
-            raise ValueError(f"config key 'modality.options.attributes' must be a list of names, got {self.attributes!r}")
+            raise ValueError(f"config key 'modality.options.attributes' must be a list of names, "
+                             f"got {self.attributes!r}")

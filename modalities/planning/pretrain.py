@@ -43,7 +43,8 @@ def fit_planner(adapter, windows: torch.Tensor, steps: int, batch_size: int = 64
     """Train ``adapter``'s denoiser on raw windows (N, horizon, S + A) [with strengths (N, K)]; returns losses."""
     windows = torch.as_tensor(windows, dtype=torch.float32)
     if windows.ndim != 3 or windows.shape[1:] != (adapter.horizon, adapter.transition_dim):
-        raise ValueError(f"windows must be (N, {adapter.horizon}, {adapter.transition_dim}), got {tuple(windows.shape)}")
+        raise ValueError(f"windows must be (N, {adapter.horizon}, {adapter.transition_dim}), "
+                         f"got {tuple(windows.shape)}")
     if attributes is not None:
         attributes = torch.as_tensor(attributes, dtype=torch.float32)
         if attributes.shape != (windows.shape[0], len(adapter.attributes)):

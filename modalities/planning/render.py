@@ -14,7 +14,8 @@ from diffalign.modalities.planning.env import env_spec, make_env, set_state_from
 __all__ = ["render_states", "filmstrip", "save_filmstrip", "save_gif"]
 
 
-def render_states(observations, env_name: str, size: int = 96, x_positions: Sequence[float] | None = None) -> np.ndarray:
+def render_states(observations, env_name: str, size: int = 96,
+                  x_positions: Sequence[float] | None = None) -> np.ndarray:
     """(T, S) observations (or (T, S + A) rows) -> (T, size, size, 3) uint8 frames. ``x_positions`` places the
     torso along x (the observation omits it; the tracking camera follows it, so it shows in the floor only)."""
     spec = env_spec(env_name)

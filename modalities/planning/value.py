@@ -10,8 +10,6 @@ prediction the same shift in x0 space, x0' = x0 + s (1 - a_t) / sqrt(a_t) grad_x
 """
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from torch import nn
 

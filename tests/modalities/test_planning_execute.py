@@ -116,6 +116,10 @@ def test_inverse_dynamics_actions_drive_the_plan(planner_fn):
     run = receding_horizon(planner_fn, "Hopper-v5", seeds=[3], steps=6, replan_every=3, inverse_dynamics=Constant())
     n = int(run.alive[0].sum())
     assert torch.allclose(run.trajectories[0, :n, S:], torch.full((n, A), 0.25))
+    plans = planner_fn(torch.as_tensor(gym.make("Hopper-v5").reset(seed=3)[0])[None].float(), 0)
+    open_loop = execute_plans(plans, "Hopper-v5", inverse_dynamics=Constant())
+    assert open_loop.trajectories.shape == (1, 7, S + A)  # T - 1 steps: each reads the next planned state
+    assert torch.allclose(open_loop.trajectories[0, :int(open_loop.alive[0].sum()), S:], torch.tensor(0.25))
 
 
 def test_rendering_gives_frames_of_the_requested_size(tmp_path):
