@@ -128,6 +128,9 @@ def build_denoiser(config: Dict[str, Any]) -> nn.Module:
     d, k, horizon = int(config["transition_dim"]), int(config["num_attributes"]), int(config["horizon"])
     if arch == "unet1d":
         channels = tuple(config.get("block_out_channels", (32, 64, 128, 256)))
+        if horizon % 2 ** (len(channels) - 1):  # each block but the last halves the time axis
+            raise ValueError(f"the U-Net with {len(channels)} blocks needs a horizon divisible by "
+                             f"{2 ** (len(channels) - 1)}, got {horizon}")
         return UNet1DPlanner(make_unet1d(d, k, channels, int(config.get("norm_num_groups", 8)), horizon), k)
     if arch == "dit":
         return TemporalDiT(d, k, horizon, int(config.get("hidden", 64)), int(config.get("depth", 2)),

@@ -147,3 +147,14 @@ def test_a_saved_planner_loads_with_its_normaliser_and_outputs(tmp_path, planner
 def test_option_errors_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         PlanningOptions(**{field: value})
+
+
+def test_denoiser_configs_are_checked():
+    from diffalign.modalities.planning import build_denoiser
+    with pytest.raises(ValueError, match="needs a horizon divisible by 8, got 12"):
+        build_denoiser({"architecture": "unet1d", "transition_dim": 14, "num_attributes": 0, "horizon": 12,
+                        "block_out_channels": [8, 8, 8, 8]})
+    with pytest.raises(ValueError, match="'architecture' must be one of"):
+        build_denoiser({"architecture": "mlp", "transition_dim": 14, "num_attributes": 0, "horizon": 8})
+    with pytest.raises(ValueError, match="normaliser has 3 dims"):
+        PlanningAdapter.tiny("Hopper-v5", horizon=8, normalizer=Normalizer(torch.zeros(3), torch.ones(3)))
