@@ -12,7 +12,7 @@ controller then runs ``--episodes-per-controller`` seeded episodes, half of them
 ``controller``, the kept controller's index per row) and a .json beside it with the command, seed, controller
 parameters and per-controller statistics. Same command and seed, same file.
 
-    python scripts/collect_planning_data.py --env Hopper-v5 --seed 0 --out data/planning/hopper_behaviours.npz
+    python scripts/collect_planning_data.py --env Hopper-v5 --seed 0 --out runs/planning_data/hopper_behaviours.npz
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main(argv=None):
     p.add_argument("--episodes-per-controller", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=300, help="episode length cap (env steps)")
     p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian action noise on half the episodes")
-    p.add_argument("--out", default="data/planning/hopper_behaviours.npz")
+    p.add_argument("--out", default="runs/planning_data/hopper_behaviours.npz")
     args = p.parse_args(argv)
     if args.candidates < args.bins or args.bins < 1:
         raise SystemExit(f"--candidates ({args.candidates}) must be >= --bins ({args.bins}) >= 1")
