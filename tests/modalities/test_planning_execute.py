@@ -140,8 +140,9 @@ def test_rendering_gives_frames_of_the_requested_size(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"])
-def test_env_specs_match_gymnasium(name):
+def test_env_specs_match_gymnasium(name, tmp_path, monkeypatch):
     from diffalign.modalities.planning import ENV_SPECS
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT (a deprecation warning of these models) in the cwd
     spec = ENV_SPECS[name]
     env = gym.make(name)
     obs, _ = env.reset(seed=0)
