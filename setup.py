@@ -120,6 +120,8 @@ setup(
         # molecule rewards: AutoDock Vina with meeko's receptor/ligand preparation (meeko reads PDB through gemmi),
         # RDKit's QED / SA score, PoseBusters checks
         "docking": ["vina>=1.2.5", "meeko>=0.8", "gemmi", "rdkit>=2024.9", "posebusters>=0.6"],
+        # the planning modality: MuJoCo environments (offscreen rendering through EGL) and HDF5 trajectory files
+        "planning": ["gymnasium[mujoco]>=1.0", "h5py>=3"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

@@ -86,6 +86,7 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "video": "diffalign.modalities.video.entry:MODALITY",
     "editing": "diffalign.modalities.editing.entry:MODALITY",
     "molecule": "diffalign.modalities.molecule.entry:MODALITY",
+    "planning": "diffalign.modalities.planning.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
     # plain callables
