@@ -3,10 +3,10 @@
 ``BlobField`` is a nerfstudio ``Field``: nerfstudio's positional encoding (``NeRFEncoding``, or ``HashEncoding``,
 Instant-NGP's grid, through its torch implementation unless ``implementation: tcnn``), an MLP (nerfstudio's ``MLP``)
 to a density logit and features, and a colour head (an MLP to RGB with a sigmoid; colour does not depend on the
-view direction: DreamFusion's albedo). Density = softplus(logit + blob(x)) with a Gaussian bump at the centre,
-blob(x) = blob_density * exp(-|x|^2 / (2 blob_radius^2)): DreamFusion-style initialisation (its section 3.1 adds a
-density bias at the centre so that optimisation starts from an object, not empty space). Outside the scene cube
-[-bound, bound]^3 the density is zero.
+view direction: DreamFusion's albedo). Density = softplus(logit + blob(x)) with a density bias that is high at the
+centre and negative away from it, blob(x) = blob_density * (1 - |x| / blob_radius) (threestudio's "blob_magic3d"
+bias; DreamFusion initialises with such a centre bias so that optimisation starts from an object, not from fog
+filling the scene). Outside the scene cube [-bound, bound]^3 the density is zero.
 
 ``RadianceField`` renders any nerfstudio ``Field`` from cameras: ``Cameras.generate_rays``, a ``UniformSampler``
 between each ray's entry and exit of the sphere around the cube (deterministic bin midpoints: every draw of a run
@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["BlobField", "RadianceField"]
+__all__ = ["BlobField", "RadianceField", "build_radiance_field"]
 
 
 def _field_base():
@@ -62,7 +62,7 @@ class BlobField(_field_base()):
         scaled = positions / self.bound
         encoded = self.encoding(scaled if self.encoding_name == "frequency" else (scaled + 1) / 2)
         h = self.mlp_base(encoded.reshape(-1, encoded.shape[-1])).reshape(*positions.shape[:-1], -1)
-        blob = self.blob_density * torch.exp(-(positions ** 2).sum(-1, keepdim=True) / (2 * self.blob_radius ** 2))
+        blob = self.blob_density * (1 - positions.norm(dim=-1, keepdim=True) / self.blob_radius)
         inside = (scaled.abs() <= 1).all(-1, keepdim=True)
         density = torch.nn.functional.softplus(h[..., :1] + blob) * inside
         return density, h[..., 1:]
@@ -120,3 +120,18 @@ class RadianceField(nn.Module):
         cameras = make_cameras(camera_to_world.float().cpu(), fov.float().cpu(), self.resolution).to(device)
         views = [self.render_view(cameras[b:b + 1], background[b]) for b in range(camera_to_world.shape[0])]
         return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
+
+
+def build_radiance_field(options, seed: int, device="cpu"):
+    """A fresh ``field.RadianceField`` over a ``field.BlobField`` for threed options, initialised from ``seed``
+    (renders at render_resolution, else the prior's resolution)."""
+    o = options
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        field = BlobField(bound=o.bound, encoding=o.encoding, num_frequencies=o.num_frequencies,
+                          hash_levels=o.hash_levels, hash_max_res=o.hash_max_res, log2_hashmap_size=o.log2_hashmap_size,
+                          hidden=o.hidden, num_layers=o.num_layers, features=o.features, blob_density=o.blob_density,
+                          blob_radius=o.blob_radius, implementation=o.implementation)
+    resolution = o.render_resolution or o.prior_options().resolution
+    return RadianceField(field, resolution, o.num_samples, o.bound).to(device)
