@@ -17,6 +17,7 @@ delta_i)), T_i = exp(-sum_{j<i} sigma_j delta_j)), ``RGBRenderer`` over a backgr
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -98,7 +99,9 @@ class RadianceField(nn.Module):
     def render_view(self, camera, background: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One nerfstudio camera (a Cameras of one) -> ((3, H, W), (1, H, W))."""
         from nerfstudio.field_components.field_heads import FieldHeadNames
-        rays = camera.generate_rays(camera_indices=0).flatten()  # (H * W) rays
+        with warnings.catch_warnings():  # nerfstudio 1.1.5 indexes with lists, which torch 2.x warns about
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+            rays = camera.generate_rays(camera_indices=0).flatten()  # (H * W) rays
         # sample between the ray's entry and exit of the sphere that holds the scene cube
         radius = self.bound * math.sqrt(3.0)
         centre_t = -(rays.origins * rays.directions).sum(-1, keepdim=True)  # closest approach to the origin
