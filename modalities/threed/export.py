@@ -78,8 +78,8 @@ def mesh_from_density(grid: np.ndarray, bound: float, level: float):
         raise ValueError(f"mesh level {level} is outside the field's density range [{grid.min():.4g}, "
                          f"{grid.max():.4g}]: no surface (pass a level inside it)")
     spacing = 2 * bound / (grid.shape[0] - 1)
-    vertices, faces, _, _ = marching_cubes(grid, level=level, spacing=(spacing,) * 3)
-    # faces wind so that normals point to lower values (outward from a dense object) in skimage's convention
+    # "ascent": the object is where the density is high, so faces wind with outward normals (positive volume)
+    vertices, faces, _, _ = marching_cubes(grid, level=level, spacing=(spacing,) * 3, gradient_direction="ascent")
     return trimesh.Trimesh(vertices=vertices - bound, faces=faces, process=False)
 
 
