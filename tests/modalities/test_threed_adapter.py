@@ -161,3 +161,36 @@ def test_shipped_configs_validate_and_name_bad_keys():
         load_config(shipped_config("threed_sds_tiny"), ["algorithm.max_step_final=0.99"])
     with pytest.raises(ConfigError, match=r"algorithm.generator"):
         load_config(shipped_config("threed_sds_tiny"), ["algorithm.generator=mesh"])
+
+
+def test_lora_weights_trained_by_diffalign_load_into_the_critic(tmp_path):
+    """An image adapter's LoRA (saved as diffusers' LoRA file by save_pretrained) becomes part of the frozen critic:
+    the threed critic (its reference view, which the SDS loop uses) predicts what the trained image model does."""
+    from diffalign.modalities.image import ImageAdapter, ImageOptions
+    prior = {"model": "tiny", "resolution": 16, "lora_rank": 4}
+    trained = ImageAdapter.from_options(ImageOptions(**prior))
+    with torch.no_grad():
+        for p in trained.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    trained.save_pretrained(str(tmp_path / "lora"))
+    threed = ThreeDAdapter.from_options(ThreeDOptions(prior=prior, prior_lora=str(tmp_path / "lora")))
+    cond = threed.encode_conditions(["a red circle"], gens([0]))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        want = trained.denoise(x, t, trained.encode_conditions([threed_text(cond)]))
+        with threed.reference_mode():
+            got = threed.denoise(x, t, cond)
+        with trained.reference_mode():
+            base = trained.denoise(x, t, trained.encode_conditions([threed_text(cond)]))
+    torch.testing.assert_close(got, want)
+    assert (got - base).abs().max() > 1e-4  # the LoRA changes the prediction, and the critic keeps it
+    assert not any(p.requires_grad for p in threed.denoiser.parameters())
+    with pytest.raises(ValueError, match="prior.lora_rank"):
+        ThreeDAdapter.from_options(ThreeDOptions(prior={"model": "tiny", "resolution": 16, "lora_rank": 0},
+                                                 prior_lora=str(tmp_path / "lora")))
+
+
+def threed_text(cond):
+    label = view_label(float(cond["azimuth"][0]), float(cond["elevation"][0]))
+    return f"a red circle, {label} view"
