@@ -151,3 +151,5 @@ def test_timestep_annealing_narrows_the_t_range_linearly():
         SDSConfig(max_step_final=0.5)
     with pytest.raises(ValueError, match="algorithm.anneal_steps"):
         SDSConfig(anneal_steps=5)
+    with pytest.raises(ValueError, match="algorithm.init"):  # the point generator's options, not the modality's
+        SDSConfig(generator="modality", init=[1.0, 2.0])
