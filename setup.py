@@ -117,7 +117,7 @@ setup(
         "video": ["imageio>=2.30", "av>=12"],
         # text-to-3D: what nerfstudio's field / camera / renderer modules import (nerfstudio, nerfacc and viser
         # themselves install with --no-deps in scripts/install.sh: their full pins downgrade numpy, timm, protobuf)
-        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "scikit-image", "trimesh", "imageio>=2.30"],
+        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "rich", "scikit-image", "trimesh"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,
