@@ -122,6 +122,9 @@ setup(
         "docking": ["vina>=1.2.5", "meeko>=0.8", "gemmi", "rdkit>=2024.9", "posebusters>=0.6"],
         # the planning modality: MuJoCo environments (offscreen rendering through EGL) and HDF5 trajectory files
         "planning": ["gymnasium[mujoco]>=1.0", "h5py>=3"],
+        # text-to-3D: what nerfstudio's field / camera / renderer modules import (nerfstudio, nerfacc and viser
+        # themselves install with --no-deps in scripts/install.sh: their full pins downgrade numpy, timm, protobuf)
+        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "rich", "scikit-image", "trimesh"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

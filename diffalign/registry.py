@@ -87,6 +87,7 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "editing": "diffalign.modalities.editing.entry:MODALITY",
     "molecule": "diffalign.modalities.molecule.entry:MODALITY",
     "planning": "diffalign.modalities.planning.entry:MODALITY",
+    "threed": "diffalign.modalities.threed.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
     # plain callables
