@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from diffalign.data.types import LoadReport, PreferenceDataError
+from diffalign.data.types import LoadReport, PreferenceDataError, jsonl_objects
 
 SEGMENTS_FORMAT = "segments"
 DEFAULT_SEGMENTS_FILE = "segments.npz"
@@ -148,26 +148,13 @@ def _ref(value: Any, segments: np.ndarray, where: str, field: str) -> Tuple[Opti
 
 
 def _read_jsonl(path: str, segments: Optional[str], attributes, max_records: Optional[int]) -> SegmentPreferences:
-    root, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    root = os.path.dirname(os.path.abspath(path))
     report = SegmentLoadReport(path, SEGMENTS_FORMAT)
     out = _Collector(report, attributes)
     files: Dict[str, Any] = {}   # path -> array, or the reason it cannot be read
     default = segments or os.path.join(root, DEFAULT_SEGMENTS_FILE)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if max_records is not None and report.rows >= max_records:
-            break
-        report.rows += 1
-        where = f"{name} line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skip("malformed", f"{where}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict) or not {"a", "b", "attribute", "label"} <= set(row):
+    for where, row in jsonl_objects(path, report, max_records):
+        if not {"a", "b", "attribute", "label"} <= set(row):
             report.skip("malformed", f"{where}: expected an object with fields a, b, attribute, label")
             continue
         seg_path = row.get("segments", default)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from diffalign.data.types import LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, resolve_path
+from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, jsonl_objects,
+                                  resolve_path)
 from diffalign.modalities.molecule.pocket import read_pdb_atoms
 
 __all__ = ["Complex", "ComplexReport", "read_complexes", "load_molecule_preferences", "FORMAT", "REASONS"]
@@ -152,24 +152,10 @@ def load_molecule_preferences(path: str, verify: bool = True, max_records: Optio
     if not os.path.isfile(path):
         raise PreferenceDataError(f"molecule preference file {path!r} does not exist")
     root = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
     report = LoadReport(path, FORMAT)
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if max_records is not None and report.rows >= max_records:
-            break
-        if not line.strip():
-            continue
-        report.rows += 1
-        where = f"{name} line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skip("malformed", f"{where}: not JSON ({exc.msg})")
-            continue
-        item = row.get("prompt") if isinstance(row, dict) else None
+    for where, row in jsonl_objects(path, report, max_records):
+        item = row.get("prompt")
         if not isinstance(item, dict) or not isinstance(item.get("pocket"), str):
             report.skip("missing_caption", f"{where}: 'prompt' must be a mapping with 'pocket'")
             continue
