@@ -183,19 +183,22 @@ def _competition_ranks(values: List[float]) -> List[float]:
 
 
 def write_shapes_views(out_dir: str, num_groups: int = 200, group_size: int = 3, views: int = 8,
-                       image_size: int = 32, seed: int = 0, min_gap: int = 2) -> str:
+                       image_size: int = 32, seed: int = 0, min_gap: int = 2, shape_errors: float = 0.5) -> str:
     """Write ``num_groups`` ranked groups of ``group_size`` shapes-world objects, ``views`` PNG views each, in
     the ranked-views layout (module docstring) under out_dir; return the JSONL path.
 
     Prompts are the single-object captions ("a red circle", ...). A candidate shows the prompt from a
-    random arc of ``m`` consecutive views (``m`` in 0..views) and, from the others, the prompt's shape in a
-    wrong colour or a wrong shape in its colour; quality ``m / views``. The ``m`` of a group's candidates
+    random arc of ``m`` consecutive views (``m`` in 0..views) and, from the others, a wrong shape in the
+    prompt's colour (with probability ``shape_errors``) or the prompt's shape in a wrong colour; quality
+    ``m / views``. The ``m`` of a group's candidates
     differ pairwise by at least ``min_gap`` views (clear preferences), and ranks sort them by ``m``."""
     from PIL import Image
 
     from diffalign.data.shapes import COLORS, SHAPES
     if num_groups < 1 or group_size < 2 or views < 1:
         raise ValueError(f"need num_groups >= 1, group_size >= 2, views >= 1; got {num_groups}, {group_size}, {views}")
+    if not 0.0 <= shape_errors <= 1.0:
+        raise ValueError(f"shape_errors is a probability in [0, 1], got {shape_errors}")
     if (group_size - 1) * min_gap > views:
         raise ValueError(f"min_gap {min_gap}: {group_size} candidates cannot differ by {min_gap} of {views} views")
     rng = np.random.default_rng(int(seed))
@@ -220,7 +223,7 @@ def write_shapes_views(out_dir: str, num_groups: int = 200, group_size: int = 3,
                 radius = float(rng.uniform(5.0, 7.0))
                 wrong_color = str(rng.choice([c for c in colors if c != color]))
                 wrong_shape = str(rng.choice([s for s in SHAPES if s != shape]))
-                wrong = (wrong_color, shape) if rng.random() < 0.5 else (color, wrong_shape)
+                wrong = (color, wrong_shape) if rng.random() < shape_errors else (wrong_color, shape)
                 for v, az in enumerate(azimuths):
                     c, s = (color, shape) if v in shown else wrong
                     img = draw_view(c, s, az, offset, radius, image_size)

@@ -119,7 +119,10 @@ class MultiViewRewardModel(PreferenceRewardModel):
             if bad:
                 raise ValueError(f"{MULTIVIEW_TYPE}: object {bad[0]} has {len(views[bad[0]])} views, "
                                  f"the model scores {self.views}")
-            flat = [load_sample(x) if isinstance(x, str) else x for v in views for x in v]
+            # each view alone (PIL, uint8 (H, W, 3), float (3, H, W) or a path): sizes may differ
+            pics = [load_sample(x) if isinstance(x, str) else x for v in views for x in v]
+            return self.embed_pixels(torch.cat([self.pixel_values([p] if hasattr(p, "convert") else p)
+                                                for p in pics])).view(len(views), self.views, -1)
         emb = self.embed_pixels(self.pixel_values(flat))
         return emb.view(-1, self.views, emb.shape[-1])
 
