@@ -115,6 +115,9 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # text-to-3D: what nerfstudio's field / camera / renderer modules import (nerfstudio, nerfacc and viser
+        # themselves install with --no-deps in scripts/install.sh: their full pins downgrade numpy, timm, protobuf)
+        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "scikit-image", "trimesh", "imageio>=2.30"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

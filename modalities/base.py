@@ -23,6 +23,9 @@ What each hook is for, and which modality in this package uses it:
   (toy_points: the points present, 3 (n - 1) dimensions).
 - ``guidance_branches`` / ``combine_guidance``: the condition sets guidance evaluates as one batch and
   how their outputs combine; classifier-free guidance by default, three branches in toy_dual.
+- ``build_generator`` / ``render``: a modality whose samples come from a differentiable generator trained
+  against the frozen model (SDS with ``algorithm.generator: modality``): threed's radiance field and renderer;
+  the toy's learnable point exercises the hook.
 - ``denoise``, ``decode`` / ``decode_with_grad``, ``encode`` (offline data: x0 and conditions from a
   stored sample), ``load_sample`` / ``save_sample`` (stored samples), ``rewards``, ``sample_grid``, and the
   training-state methods.
@@ -157,6 +160,18 @@ class ModalityAdapter(abc.ABC):
         """Constraint applied after every step (inpainting, centre-of-mass removal). Default: none.
         Return ``x`` itself (not a copy) when nothing changes: the chain then skips re-scoring."""
         return x
+
+    # ---- a differentiable generator (score distillation's ``generator: modality``) ------------------------------
+    def build_generator(self, seed: int) -> torch.nn.Module:
+        """A fresh trainable generator (all its randomness from ``seed``) whose renders live in this modality's sample
+        space: a radiance field for text-to-3D. The trainer optimises, checkpoints and saves it; the denoiser is then
+        a frozen critic."""
+        raise NotImplementedError(f"{type(self).__name__} has no generator: use algorithm.generator 'point'")
+
+    def render(self, generator: torch.nn.Module, cond: Conditions) -> torch.Tensor:
+        """Renders x (B, ...) of ``generator`` (what build_generator made; possibly wrapped by accelerate, so call
+        it, do not reach into it) for the conditions (a camera each), with a graph to its parameters."""
+        raise NotImplementedError(f"{type(self).__name__} has no generator to render")
 
     # ---- what rewards see -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -9,5 +9,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
 # runtime and test dependencies, resolved against the pinned torch
-"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video]" --no-build-isolation
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,threed]" --no-build-isolation
+# text-to-3D: nerfstudio's modules without its full dependency set (which downgrades numpy, timm and protobuf and
+# pulls ~1 GB); the threed extra above holds what those modules import
+"${PIP[@]}" install -q -c requirements/constraints.txt --no-deps nerfstudio nerfacc viser
 .venv/bin/python -c "import diffalign.ops as o; print('diffalign installed; compiled ops:', o.extension_available(), '| CUDA kernels:', o.cuda_kernels_built())"

@@ -22,7 +22,13 @@ handled through the same eps residual; their w(t) uses the alpha_bar of equal si
 (1-s)^2 / ((1-s)^2 + s^2).
 
 The toy generator is a learnable point (``generator: point``; ``num_points`` > 1: a small set, each render picks
-one at random, like a random camera view of a 3-D scene).
+one at random, like a random camera view of a 3-D scene). ``generator: modality`` trains the modality's own
+generator (``adapter.build_generator`` / ``adapter.render``: a radiance field and its renderer for text-to-3D), whose
+renders are drawn from the conditions (a camera the adapter drew from each render's generator).
+
+Timestep annealing (``max_step_final``, ``anneal_steps``): the top of the t range decays linearly from max_step to
+max_step_final over the first anneal_steps optimiser steps, so late training refines details at low noise
+(DreamFusion-style schedules as threestudio's max_step_percent; ProlificDreamer anneals 0.98 -> 0.5).
 """
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ class PointGenerator(nn.Module):
         return self.points[index.to(self.points.device)]
 
 
-GENERATORS = ("point",)
+GENERATORS = ("point", "modality")  # modality: adapter.build_generator / adapter.render
 
 
 class GeneratorAlgorithm(Algorithm):
@@ -88,12 +94,13 @@ class GeneratorAlgorithm(Algorithm):
         return 0.0
 
     def render(self, modules: Dict[str, nn.Module], cond: Conditions,
-               generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """(B, ...) renders of the generator, render b drawing its randomness (a view) from generators[b] alone."""
+               generators: Sequence[torch.Generator], adapter=None) -> torch.Tensor:
+        """(B, ...) renders of the generator, render b drawing its randomness (a view) from generators[b] alone
+        (or from its conditions, which the adapter drew from generators[b])."""
         raise NotImplementedError
 
-    def allowed_steps(self, rule) -> torch.Tensor:
-        """The step-rule indices a render may be noised at (1-D long tensor)."""
+    def allowed_steps(self, rule, step: int = 0) -> torch.Tensor:
+        """The step-rule indices a render may be noised at (1-D long tensor) at optimiser step ``step``."""
         return torch.arange(rule.num_steps)
 
     def advantages(self, rewards: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -139,8 +146,11 @@ class SDSConfig:
                                       # is not used on this path
     min_step: float = 0.02            # the t range, as fractions of the training horizon (DreamFusion: U(0.02, 0.98))
     max_step: float = 0.98
+    max_step_final: Optional[float] = None  # timestep annealing: max_step decays linearly to this value ...
+    anneal_steps: int = 0                   # ... over this many optimiser steps (then stays); None / 0: no annealing
     weighting: str = "sds"            # "sds": w(t) = 1 - alpha_bar_t (DreamFusion); "uniform": w(t) = 1
-    generator: str = "point"          # what is trained; "point": num_points learnable points of a sample's shape
+    generator: str = "point"          # what is trained; "point": num_points learnable points of a sample's shape;
+                                      # "modality": the modality's generator (adapter.build_generator(init_seed))
     num_points: int = 1
     init: Optional[List[float]] = None  # the points' initial value: one sample's values (shared by all points) or
                                         # num_points of them, flattened; default: N(0, init_std^2) from init_seed
@@ -154,6 +164,16 @@ class SDSConfig:
         if not 0 <= self.min_step < self.max_step <= 1:
             raise ValueError(f"config keys 'algorithm.min_step' / 'algorithm.max_step' must satisfy "
                              f"0 <= min_step < max_step <= 1, got {self.min_step!r} / {self.max_step!r}")
+        if self.max_step_final is not None:
+            if not self.min_step < self.max_step_final <= self.max_step:
+                raise ValueError(f"config key 'algorithm.max_step_final' must satisfy min_step < max_step_final <= "
+                                 f"max_step ({self.min_step} / {self.max_step}), got {self.max_step_final!r}")
+            if self.anneal_steps < 1:
+                raise ValueError(f"config key 'algorithm.anneal_steps' must be >= 1 with max_step_final, got "
+                                 f"{self.anneal_steps!r}")
+        elif self.anneal_steps:
+            raise ValueError(f"config key 'algorithm.anneal_steps' ({self.anneal_steps!r}) needs "
+                             f"'algorithm.max_step_final'")
         if self.weighting not in ("sds", "uniform"):
             raise ValueError(f"config key 'algorithm.weighting' must be 'sds' or 'uniform', got {self.weighting!r}")
         if self.generator not in GENERATORS:
@@ -182,6 +202,8 @@ class SDS(GeneratorAlgorithm):
 
     def trainable_modules(self, adapter, sample_shape: Tuple[int, ...]) -> Dict[str, nn.Module]:
         c = self.config
+        if c.generator == "modality":
+            return {"generator": adapter.build_generator(c.init_seed)}
         size = math.prod(sample_shape)
         if c.init is None:
             g = torch.Generator().manual_seed(c.init_seed)
@@ -195,18 +217,30 @@ class SDS(GeneratorAlgorithm):
             points = values.reshape((-1,) + tuple(sample_shape)).expand((c.num_points,) + tuple(sample_shape))
         return {"generator": PointGenerator(points.float())}
 
-    def render(self, modules, cond, generators):
+    def render(self, modules, cond, generators, adapter=None):
+        if self.config.generator == "modality":
+            if adapter is None:
+                raise ValueError("algorithm.generator 'modality' renders through the adapter; none was given")
+            return adapter.render(modules["generator"], cond)
         n = self.config.num_points
         views = torch.cat([torch.randint(n, (1,), generator=g) for g in generators])
         return modules["generator"](views)
 
-    def allowed_steps(self, rule) -> torch.Tensor:
+    def max_step_at(self, step: int) -> float:
+        """The top of the t range at optimiser step ``step`` (timestep annealing; constant without it)."""
+        c = self.config
+        if c.max_step_final is None:
+            return c.max_step
+        return c.max_step + (c.max_step_final - c.max_step) * min(1.0, step / c.anneal_steps)
+
+    def allowed_steps(self, rule, step: int = 0) -> torch.Tensor:
         horizon = rule.scheduler.config.num_train_timesteps
         frac = rule.timesteps.to(torch.float64) / horizon
-        ok = torch.nonzero((frac >= self.config.min_step) & (frac <= self.config.max_step)).flatten()
+        top = self.max_step_at(step)
+        ok = torch.nonzero((frac >= self.config.min_step) & (frac <= top)).flatten()
         if not len(ok):
             raise ValueError(f"no sampling step has its timestep within [algorithm.min_step, algorithm.max_step] = "
-                             f"[{self.config.min_step}, {self.config.max_step}] of the horizon (the steps' fractions: "
+                             f"[{self.config.min_step}, {top}] of the horizon (the steps' fractions: "
                              f"{[round(float(f), 3) for f in frac]}); raise sampling.num_steps or widen the range")
         return ok
 

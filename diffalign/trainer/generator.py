@@ -2,7 +2,8 @@
 
 An epoch is sampling.num_batches_per_epoch optimiser steps; each step is train.gradient_accumulation_steps loss
 evaluations of train.batch_size renders per process. Every render draws its prompt, its view (the generator's own
-randomness), its timestep (among ``algorithm.allowed_steps`` of the step rule) and its noise from one generator
+randomness), its timestep (among ``algorithm.allowed_steps`` of the step rule at the global optimiser step, which
+timestep annealing narrows) and its noise from one generator
 seeded by (seed, epoch, step, global render index), so a resumed run or another process count draws the same.
 The render is noised with the step rule's forward process and scored by the critic: the policy's frozen reference
 view with the algorithm's guidance scale (no gradient through the denoiser, which is frozen here: only the
@@ -32,7 +33,7 @@ class GeneratorTrainer(Trainer):
         if not isinstance(self.algorithm, GeneratorAlgorithm):
             raise TypeError(f"the generator loop needs a GeneratorAlgorithm; {self.algorithm.name!r} is a "
                             f"{type(self.algorithm).__name__}")
-        self.allowed_steps = self.algorithm.allowed_steps(self.policy.rule)
+        self.allowed_steps = self.algorithm.allowed_steps(self.policy.rule, 0)  # checked at set-up
         # the critic: the frozen base model (reference mode, no grad) with the algorithm's guidance
         self.critic = DiffusionPolicy(self.adapter, self.policy.rule, self.algorithm.guidance_scale,
                                       self.policy.logprob_reduction).reference()
@@ -54,13 +55,15 @@ class GeneratorTrainer(Trainer):
             return call_reward(self.reward_fn, self.adapter.decode_with_grad(x, cond), prompts, self.acc.device)
         return reward
 
-    def draw(self, gens: List[torch.Generator]):
-        """Prompts, conditions, renders, step indices and noise of one loss evaluation (render b from gens[b])."""
+    def draw(self, gens: List[torch.Generator], step: int = 0):
+        """Prompts, conditions, renders, step indices and noise of one loss evaluation (render b from gens[b]) at
+        global optimiser step ``step``."""
         prompts = [self.prompts[int(torch.randint(len(self.prompts), (1,), generator=g))] for g in gens]
         cond = self.adapter.encode_conditions(prompts, gens)
-        x = self.algorithm.render(self.modules, cond, gens)
-        picks = torch.cat([torch.randint(len(self.allowed_steps), (1,), generator=g) for g in gens])
-        steps = self.allowed_steps[picks]
+        x = self.algorithm.render(self.modules, cond, gens, adapter=self.adapter)
+        allowed = self.algorithm.allowed_steps(self.policy.rule, step)
+        picks = torch.cat([torch.randint(len(allowed), (1,), generator=g) for g in gens])
+        steps = allowed[picks]
         noise = torch.stack([torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32) for g in gens])
         return prompts, cond, x, steps, self.adapter.project_noise(noise.to(x.device, x.dtype), cond)
 
@@ -80,7 +83,7 @@ class GeneratorTrainer(Trainer):
                 first = (a * self.world + self.rank) * b  # global index of this process's first render
                 gens = [generator(cfg.seed, epoch, n, g, "render") for g in range(first, first + b)]
                 with self.acc.autocast():
-                    prompts, cond, x, steps, noise = self.draw(gens)
+                    prompts, cond, x, steps, noise = self.draw(gens, epoch * s.num_batches_per_epoch + n)
                     batch = GeneratorBatch(x, steps, noise, cond, prompts, self._reward(cond, prompts))
                     loss, metrics = self.algorithm.loss(batch, self.policy, self.critic)
                 self.accumulate(loss, metrics, sums, 1.0 / accum, sync=a == accum - 1)

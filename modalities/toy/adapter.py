@@ -87,6 +87,18 @@ class FullFineTuning:
         unwrap(self.denoiser).load_state_dict(state)
 
 
+class LearnablePoint(nn.Module):
+    """The toy's generator for score distillation (``algorithm.generator: modality``): one learnable sample that
+    every render returns, initialised N(0, I) from a seed."""
+
+    def __init__(self, dim: int, seed: int):
+        super().__init__()
+        self.point = nn.Parameter(torch.randn(dim, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.point.expand(batch, -1)
+
+
 class ToyAdapter(FullFineTuning, ModalityAdapter):
     """Toy modality over R^dim. ``prompts`` is the list of prompt names the denoiser knows."""
 
@@ -166,6 +178,12 @@ class ToyAdapter(FullFineTuning, ModalityAdapter):
 
     def denoise(self, x, timesteps, cond):
         return self._current_denoiser()(x, timesteps, cond["prompt_id"])
+
+    def build_generator(self, seed: int) -> nn.Module:
+        return LearnablePoint(self.dim, seed).to(self.device)
+
+    def render(self, generator: nn.Module, cond: Conditions) -> torch.Tensor:
+        return generator(cond["prompt_id"].shape[0]).to(self.dtype)
 
     def decode(self, x0, cond):
         return x0
