@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     summary = paired_runs([r[BASELINE]["correct"] for r in runs], [r[DEFAULT_THREED_ALGO]["correct"] for r in runs])
     hw = cpu_info()
     data = {"what": f"Text-to-3D: {BASELINE} vs {DEFAULT_THREED_ALGO}, multi-view accuracy over 16 views",
-            "command": "python benchmarks/bench_threed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python benchmarks/bench_threed.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.date.today().isoformat(), "cpu": hw["model"], "cpu_flags": hw["flags"],
             "threads": torch.get_num_threads(), "precision": "float32",
             "load_average": [load_before, os.getloadavg()[0]], "seconds": time.perf_counter() - start,

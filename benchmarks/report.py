@@ -824,6 +824,8 @@ def render_threed_headline(results: Path = RESULTS) -> str:
     lines = [f"Measured on {_threed_machine(data)}, `{data.get('command')}` "
              f"([`{path.name}`](benchmarks/results/{path.name})):", ""]
     lines += table(header[:5], [r[:5] for r in rows]) + ["", threed_summary(data)]
+    if data.get("note"):
+        lines += ["", clean(data["note"])]
     return "\n".join(lines)
 
 
