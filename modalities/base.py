@@ -32,9 +32,10 @@ What each hook is for, and which modality in this package uses it:
 
 Modalities in this package: image (modalities/image: x = VAE latents, text conditions, UNet or SD3
 transformer, VAE decode), toy (modalities/toy: x in R^d, closed-form rewards) and its variants
-toy_points and toy_dual. Models trained outside the denoiser (a generator distilled against a frozen
+toy_points and toy_dual, and threed (modalities/threed: a nerfstudio radiance field rendered into the sample space
+of a frozen image prior). Models trained outside the denoiser (a generator distilled against a frozen
 diffusion critic) belong to algorithms with the "generator" data path; the adapter then serves as the
-critic through ``denoise`` and its schedule.
+critic through ``denoise`` and its schedule, and may own the generator itself (``build_generator`` / ``render``).
 """
 from __future__ import annotations
 

@@ -178,6 +178,9 @@ class SDSConfig:
             raise ValueError(f"config key 'algorithm.weighting' must be 'sds' or 'uniform', got {self.weighting!r}")
         if self.generator not in GENERATORS:
             raise ValueError(f"config key 'algorithm.generator' must be one of {GENERATORS}, got {self.generator!r}")
+        if self.generator == "modality" and (self.init is not None or self.num_points != 1):
+            raise ValueError("config keys 'algorithm.init' / 'algorithm.num_points' apply to generator 'point'; the "
+                             "modality's generator is initialised from algorithm.init_seed")
         if self.num_points < 1:
             raise ValueError(f"config key 'algorithm.num_points' must be >= 1, got {self.num_points!r}")
         if not self.init_std >= 0:

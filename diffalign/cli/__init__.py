@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "reward": "reward",
     "demo": "demo",
     "sample": "sample",
+    "export-3d": "export3d",
 }
 
 

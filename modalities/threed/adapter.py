@@ -110,16 +110,8 @@ class ThreeDAdapter(ModalityAdapter):
     # ---- the generator --------------------------------------------------------------------------------------
     def build_generator(self, seed: int) -> nn.Module:
         """A fresh radiance field (``field.RadianceField`` over ``field.BlobField``) initialised from ``seed``."""
-        from diffalign.modalities.threed.field import BlobField, RadianceField
-        o = self.options
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            field = BlobField(bound=o.bound, encoding=o.encoding, num_frequencies=o.num_frequencies,
-                              hash_levels=o.hash_levels, hash_max_res=o.hash_max_res,
-                              log2_hashmap_size=o.log2_hashmap_size, hidden=o.hidden, num_layers=o.num_layers,
-                              features=o.features, blob_density=o.blob_density, blob_radius=o.blob_radius,
-                              implementation=o.implementation)
-        return RadianceField(field, self.render_resolution, o.num_samples, o.bound).to(self.device)
+        from diffalign.modalities.threed.field import build_radiance_field
+        return build_radiance_field(self.options, seed, self.device)
 
     def render_images(self, generator: nn.Module, cond: Conditions) -> torch.Tensor:
         """Rendered views (B, 3, H, W) in [0, 1] at the prior's resolution, with their graph."""

@@ -12,7 +12,6 @@ threestudio's defaults), or ", overhead view" above an elevation threshold.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

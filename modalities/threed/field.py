@@ -3,10 +3,10 @@
 ``BlobField`` is a nerfstudio ``Field``: nerfstudio's positional encoding (``NeRFEncoding``, or ``HashEncoding``,
 Instant-NGP's grid, through its torch implementation unless ``implementation: tcnn``), an MLP (nerfstudio's ``MLP``)
 to a density logit and features, and a colour head (an MLP to RGB with a sigmoid; colour does not depend on the
-view direction: DreamFusion's albedo). Density = softplus(logit + blob(x)) with a Gaussian bump at the centre,
-blob(x) = blob_density * exp(-|x|^2 / (2 blob_radius^2)): DreamFusion-style initialisation (its section 3.1 adds a
-density bias at the centre so that optimisation starts from an object, not empty space). Outside the scene cube
-[-bound, bound]^3 the density is zero.
+view direction: DreamFusion's albedo). Density = softplus(logit + blob(x)) with a density bias that is high at the
+centre and negative away from it, blob(x) = blob_density * (1 - |x| / blob_radius) (threestudio's "blob_magic3d"
+bias; DreamFusion initialises with such a centre bias so that optimisation starts from an object, not from fog
+filling the scene). Outside the scene cube [-bound, bound]^3 the density is zero.
 
 ``RadianceField`` renders any nerfstudio ``Field`` from cameras: ``Cameras.generate_rays``, a ``UniformSampler``
 between each ray's entry and exit of the sphere around the cube (deterministic bin midpoints: every draw of a run
@@ -17,12 +17,13 @@ delta_i)), T_i = exp(-sum_{j<i} sigma_j delta_j)), ``RGBRenderer`` over a backgr
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+import warnings
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["BlobField", "RadianceField"]
+__all__ = ["BlobField", "RadianceField", "build_radiance_field"]
 
 
 def _field_base():
@@ -62,7 +63,7 @@ class BlobField(_field_base()):
         scaled = positions / self.bound
         encoded = self.encoding(scaled if self.encoding_name == "frequency" else (scaled + 1) / 2)
         h = self.mlp_base(encoded.reshape(-1, encoded.shape[-1])).reshape(*positions.shape[:-1], -1)
-        blob = self.blob_density * torch.exp(-(positions ** 2).sum(-1, keepdim=True) / (2 * self.blob_radius ** 2))
+        blob = self.blob_density * (1 - positions.norm(dim=-1, keepdim=True) / self.blob_radius)
         inside = (scaled.abs() <= 1).all(-1, keepdim=True)
         density = torch.nn.functional.softplus(h[..., :1] + blob) * inside
         return density, h[..., 1:]
@@ -98,7 +99,9 @@ class RadianceField(nn.Module):
     def render_view(self, camera, background: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One nerfstudio camera (a Cameras of one) -> ((3, H, W), (1, H, W))."""
         from nerfstudio.field_components.field_heads import FieldHeadNames
-        rays = camera.generate_rays(camera_indices=0).flatten()  # (H * W) rays
+        with warnings.catch_warnings():  # nerfstudio 1.1.5 indexes with lists, which torch 2.x warns about
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+            rays = camera.generate_rays(camera_indices=0).flatten()  # (H * W) rays
         # sample between the ray's entry and exit of the sphere that holds the scene cube
         radius = self.bound * math.sqrt(3.0)
         centre_t = -(rays.origins * rays.directions).sum(-1, keepdim=True)  # closest approach to the origin
@@ -120,3 +123,18 @@ class RadianceField(nn.Module):
         cameras = make_cameras(camera_to_world.float().cpu(), fov.float().cpu(), self.resolution).to(device)
         views = [self.render_view(cameras[b:b + 1], background[b]) for b in range(camera_to_world.shape[0])]
         return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
+
+
+def build_radiance_field(options, seed: int, device="cpu"):
+    """A fresh ``field.RadianceField`` over a ``field.BlobField`` for threed options, initialised from ``seed``
+    (renders at render_resolution, else the prior's resolution)."""
+    o = options
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        field = BlobField(bound=o.bound, encoding=o.encoding, num_frequencies=o.num_frequencies,
+                          hash_levels=o.hash_levels, hash_max_res=o.hash_max_res, log2_hashmap_size=o.log2_hashmap_size,
+                          hidden=o.hidden, num_layers=o.num_layers, features=o.features, blob_density=o.blob_density,
+                          blob_radius=o.blob_radius, implementation=o.implementation)
+    resolution = o.render_resolution or o.prior_options().resolution
+    return RadianceField(field, resolution, o.num_samples, o.bound).to(device)
