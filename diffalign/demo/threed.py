@@ -106,8 +106,9 @@ def render_views(field, adapter, azimuths: Sequence[float], camera: Dict[str, fl
 
 
 def _background(background, n: int) -> torch.Tensor:
-    colour = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "random": (1.0, 1.0, 1.0)}.get(background, background)
-    return torch.tensor([list(colour)] * n, dtype=torch.float32)  # evaluation: a fixed background, white if random
+    # evaluation needs one fixed background: a "random" training background is judged on black, the demo world's
+    colour = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "random": (0.0, 0.0, 0.0)}.get(background, background)
+    return torch.tensor([list(colour)] * n, dtype=torch.float32)
 
 
 def save_views(output: str, method: str, views: torch.Tensor, azimuths: Sequence[float], prompt: str, seed: int,
