@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"diffalign": "diffalign", "diffalign.modalities": "modalities"},
-    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"]},
+    package_data={"diffalign": ["configs/*.yaml", "assets/**/*"], "diffalign.modalities": ["molecule/pockets/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -115,9 +115,16 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # the molecule modality: RDKit molecules, bonds from 3-D coordinates, SDF; posebusters' complexes as test data
+        "molecule": ["rdkit>=2024.9", "posebusters>=0.6"],
+        # molecule rewards: AutoDock Vina with meeko's receptor/ligand preparation (meeko reads PDB through gemmi),
+        # RDKit's QED / SA score, PoseBusters checks
+        "docking": ["vina>=1.2.5", "meeko>=0.8", "gemmi", "rdkit>=2024.9", "posebusters>=0.6"],
+        # the planning modality: MuJoCo environments (offscreen rendering through EGL) and HDF5 trajectory files
+        "planning": ["gymnasium[mujoco]>=1.0", "h5py>=3"],
         # text-to-3D: what nerfstudio's field / camera / renderer modules import (nerfstudio, nerfacc and viser
         # themselves install with --no-deps in scripts/install.sh: their full pins downgrade numpy, timm, protobuf)
-        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "scikit-image", "trimesh", "imageio>=2.30"],
+        "threed": ["jaxtyping", "opencv-python-headless", "msgspec", "rich", "scikit-image", "trimesh"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

@@ -85,6 +85,8 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "image": "diffalign.modalities.image.entry:MODALITY",
     "video": "diffalign.modalities.video.entry:MODALITY",
     "editing": "diffalign.modalities.editing.entry:MODALITY",
+    "molecule": "diffalign.modalities.molecule.entry:MODALITY",
+    "planning": "diffalign.modalities.planning.entry:MODALITY",
     "threed": "diffalign.modalities.threed.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
@@ -98,6 +100,23 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "shapes_video": "diffalign.rewards.video_compositional:shapes_video_reward",  # the video demo's reward
     "edit_preservation": "diffalign.rewards.editing:edit_preservation",  # edit rewards take edit prompt items
     "shapes_edit": "diffalign.rewards.edit_compositional:shapes_edit_reward",  # the editing demo's reward
+    # behaviour attributes of trajectories (B, T, S + A); prompt items may request strengths (rewards/behaviour.py)
+    "behaviour_speed": "diffalign.rewards.behaviour:behaviour_speed",
+    "behaviour_torso_height": "diffalign.rewards.behaviour:behaviour_torso_height",
+    "behaviour_jump_height": "diffalign.rewards.behaviour:behaviour_jump_height",
+    "behaviour_step_frequency": "diffalign.rewards.behaviour:behaviour_step_frequency",
+    "behaviour_energy": "diffalign.rewards.behaviour:behaviour_energy",
+    "behaviour_effort": "diffalign.rewards.behaviour:behaviour_effort",
+    "behaviour_smoothness": "diffalign.rewards.behaviour:behaviour_smoothness",
+    "behaviour_match": "diffalign.rewards.behaviour:behaviour_match",
+    # molecule rewards take rdkit.Chem.Mol samples (None for an invalid one) and pocket prompt items
+    "qed": "diffalign.rewards.molecule_properties:qed",
+    "sa_score": "diffalign.rewards.molecule_properties:sa_score",
+    "lipinski": "diffalign.rewards.molecule_properties:lipinski",
+    "mol_validity": "diffalign.rewards.molecule_properties:mol_validity",
+    "mol_connectivity": "diffalign.rewards.molecule_properties:mol_connectivity",
+    "mol_ring_size": "diffalign.rewards.molecule_properties:mol_ring_size",
+    "posebusters": "diffalign.rewards.posebusters_checks:posebusters",
     # model rewards (RewardType)
     "clip_score": "diffalign.rewards.clip_score:CLIP_SCORE",
     "aesthetic": "diffalign.rewards.aesthetic:AESTHETIC",
@@ -114,6 +133,8 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "clip_directional_similarity": "diffalign.rewards.editing:CLIP_DIRECTIONAL_SIMILARITY",
     "clip_instruction_similarity": "diffalign.rewards.editing:CLIP_INSTRUCTION_SIMILARITY",
     "clip_image_similarity": "diffalign.rewards.editing:CLIP_IMAGE_SIMILARITY",
+    "attribute_strength": "diffalign.rewards.attribute_strength:ATTRIBUTE_STRENGTH",  # AlignDiff's, trained
+    "vina": "diffalign.rewards.docking:VINA",
 }
 
 

@@ -8,8 +8,9 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
-# runtime and test dependencies, resolved against the pinned torch
-"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,threed]" --no-build-isolation
+# runtime and test dependencies, resolved against the pinned torch (planning renders headless through EGL:
+# MUJOCO_GL=egl needs Mesa's libEGL, apt packages libegl1 libegl-mesa0, present on the CI image)
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,threed,molecule,docking,planning]" --no-build-isolation
 # text-to-3D: nerfstudio's modules without its full dependency set (which downgrades numpy, timm and protobuf and
 # pulls ~1 GB); the threed extra above holds what those modules import
 "${PIP[@]}" install -q -c requirements/constraints.txt --no-deps nerfstudio nerfacc viser

@@ -60,7 +60,10 @@ def run(args) -> int:
         field = load_radiance_field(options, read_generator_state(run_dir))
         distance = sum(options.distance) / 2
         fov = sum(options.fov) / 2
-        views = render_turntable(field, args.views, args.elevation, distance, fov)
+        # the background the field was trained against (a random one: white)
+        background = {"black": (0.0, 0.0, 0.0), "white": (1.0, 1.0, 1.0), "random": (1.0, 1.0, 1.0)}.get(
+            options.background, options.background) if isinstance(options.background, str) else options.background
+        views = render_turntable(field, args.views, args.elevation, distance, fov, background)
         paths = save_turntable(views["images"], out)
         for suffix in ("ply", "obj"):
             paths[suffix] = os.path.join(out, f"mesh.{suffix}")

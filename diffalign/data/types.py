@@ -12,7 +12,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -77,6 +77,31 @@ class LoadReport:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def jsonl_objects(path: str, report: LoadReport, max_records: Optional[int] = None) -> Iterator[Tuple[str, dict]]:
+    """(where, row) for each JSON object line of a JSONL file, ``where`` = "<file> line <n>" for messages.
+    Blank lines are skipped; every other line counts in ``report.rows``, and one that is not a JSON object is
+    counted as malformed (with its line) rather than yielded. Stops after ``max_records`` rows."""
+    name = os.path.basename(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        if max_records is not None and report.rows >= max_records:
+            return
+        if not line.strip():
+            continue
+        report.rows += 1
+        where = f"{name} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.skip("malformed", f"{where}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            report.skip("malformed", f"{where}: not a JSON object")
+            continue
+        yield where, row
 
 
 @dataclasses.dataclass

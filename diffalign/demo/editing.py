@@ -205,7 +205,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
                      samples_per_kind: int = SAMPLES_PER_KIND, seed: int = 0,
                      overrides: Optional[Dict[str, Any]] = None) -> dict:
     """Before -> align with ``demo_editing_<algo>.yaml`` -> after -> report in ``output``; returns the report."""
-    from diffalign.demo.run import QUICK, DemoContext, demo_precision, in_precision, train_stage
+    from diffalign.demo.run import QUICK, DemoContext, demo_precision, measure_alignment, train_stage
     from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     if algo not in editing_algos():
         raise ValueError(f"unknown editing demo algorithm {algo!r}; choose one of {editing_algos()}")
@@ -221,24 +221,12 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
     os.makedirs(output, exist_ok=True)
     items, seeds = editing_eval_set(output, samples_per_kind)
     train_items = training_items(output, 2 if quick else TRAIN_ITEMS_PER_KIND)
-    seconds: Dict[str, float] = {}
-
-    t = time.perf_counter()
-    before_images, before, before_ok, before_r = evaluate_edits(
-        in_precision(base_editing_sampler(sampling), choice.precision), items, seeds)
-    seconds["before_eval"] = time.perf_counter() - t
-
     stage = train_stage(config_name, overrides)
     ctx = DemoContext(model="demo", reward=None, train_prompts=train_items, output=output, minutes=minutes,
                       quick=quick, seed=seed)
-    t = time.perf_counter()
-    result = stage(ctx)
-    seconds["after_stage"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    after_images, after, after_ok, after_r = evaluate_edits(in_precision(result.sampler, choice.precision),
-                                                            items, seeds)
-    seconds["after_eval"] = time.perf_counter() - t
+    (before_images, before, before_ok, before_r), result, (after_images, after, after_ok, after_r), seconds = \
+        measure_alignment(lambda sampler: evaluate_edits(sampler, items, seeds), base_editing_sampler(sampling),
+                          stage, ctx, choice.precision)
     seconds["total"] = time.perf_counter() - t_total
 
     from diffalign.modalities.editing.demo_model import EDITING_DEMO_MODEL_DIR

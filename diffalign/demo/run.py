@@ -385,6 +385,23 @@ FEEDBACK = {"samples_per_prompt": 4, "prompts": 96, "threshold": 0.0}
 
 
 # ---- the demo --------------------------------------------------------------------------------------------
+def measure_alignment(evaluate: Callable[[Sampler], Any], base: Sampler, stage: AfterStage, ctx: DemoContext,
+                      precision: str) -> Tuple[Any, AfterResult, Any, Dict[str, float]]:
+    """The demos' measurement: ``evaluate`` the base sampler, run the alignment ``stage``, ``evaluate`` its sampler,
+    both evaluations in ``precision``. Returns (before, stage result, after, seconds of each part)."""
+    seconds: Dict[str, float] = {}
+    t = time.perf_counter()
+    before = evaluate(in_precision(base, precision))
+    seconds["before_eval"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result = stage(ctx)
+    seconds["after_stage"] = time.perf_counter() - t
+    t = time.perf_counter()
+    after = evaluate(in_precision(result.sampler, precision))
+    seconds["after_eval"] = time.perf_counter() - t
+    return before, result, after, seconds
+
+
 def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str = "demo", quick: bool = False,
              minutes: float = 10.0, samples_per_kind: int = SAMPLES_PER_KIND,
              seed: int = 0, sampling: Optional[Dict[str, Any]] = None, precision: str = "auto") -> dict:
@@ -402,22 +419,11 @@ def run_demo(output: str, after: AfterStage, label: Dict[str, Any], model: str =
         sampling = dict(sampling or {}, num_steps=QUICK["overrides"]["sampling.num_steps"], batch_size=8)
     os.makedirs(output, exist_ok=True)
     prompts, seeds = eval_set(samples_per_kind)
-    seconds: Dict[str, float] = {}
-
-    t = time.perf_counter()
-    before_images, before, before_ok = evaluate_samples(in_precision(base_sampler(model, sampling), choice.precision),
-                                                        prompts, seeds)
-    seconds["before_eval"] = time.perf_counter() - t
-
     ctx = DemoContext(model=model, reward=_reward_fn(), train_prompts=shapes.balanced_prompts("train", None),
                       output=output, minutes=minutes, quick=quick, seed=seed)
-    t = time.perf_counter()
-    result = after(ctx)
-    seconds["after_stage"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    after_images, after_acc, after_ok = evaluate_samples(in_precision(result.sampler, choice.precision), prompts, seeds)
-    seconds["after_eval"] = time.perf_counter() - t
+    (before_images, before, before_ok), result, (after_images, after_acc, after_ok), seconds = measure_alignment(
+        lambda sampler: evaluate_samples(sampler, prompts, seeds), base_sampler(model, sampling), after, ctx,
+        choice.precision)
     seconds["total"] = time.perf_counter() - t_total
 
     from diffalign.demo.report import write_outputs

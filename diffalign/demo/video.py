@@ -201,7 +201,7 @@ def run_video_demo(output: str, algo: str = DEFAULT_VIDEO_ALGO, quick: bool = Fa
                    overrides: Optional[Dict[str, Any]] = None, motion_adapter: Optional[str] = None) -> dict:
     """Before -> align with ``demo_video_<algo>.yaml`` -> after -> report in ``output``; returns the report."""
     from diffalign.data.shapes_clips import balanced_clip_prompts
-    from diffalign.demo.run import EVAL_DEFAULTS, QUICK, DemoContext, demo_precision, in_precision, train_stage
+    from diffalign.demo.run import EVAL_DEFAULTS, QUICK, DemoContext, demo_precision, measure_alignment, train_stage
     from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     if algo not in video_algos():
         raise ValueError(f"unknown video demo algorithm {algo!r}; choose one of {video_algos()}")
@@ -217,25 +217,13 @@ def run_video_demo(output: str, algo: str = DEFAULT_VIDEO_ALGO, quick: bool = Fa
         sampling = {"num_steps": QUICK["overrides"]["sampling.num_steps"], "batch_size": 8}
     os.makedirs(output, exist_ok=True)
     prompts, seeds = video_eval_set(samples_per_kind)
-    seconds: Dict[str, float] = {}
-
-    t = time.perf_counter()
-    before_clips, before, before_ok, before_r = evaluate_video(
-        in_precision(base_video_sampler(motion, sampling), choice.precision), prompts, seeds)
-    seconds["before_eval"] = time.perf_counter() - t
-
     # the trainer loads the same shipped model: the motion adapter goes in as an override of the config
     stage = train_stage(config_name, dict(overrides, **{"modality.options.motion_adapter": motion}))
     ctx = DemoContext(model="demo", reward=None, train_prompts=list(balanced_clip_prompts("train", None)),
                       output=output, minutes=minutes, quick=quick, seed=seed)
-    t = time.perf_counter()
-    result = stage(ctx)
-    seconds["after_stage"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    after_clips, after, after_ok, after_r = evaluate_video(in_precision(result.sampler, choice.precision),
-                                                           prompts, seeds)
-    seconds["after_eval"] = time.perf_counter() - t
+    (before_clips, before, before_ok, before_r), result, (after_clips, after, after_ok, after_r), seconds = \
+        measure_alignment(lambda sampler: evaluate_video(sampler, prompts, seeds), base_video_sampler(motion, sampling),
+                          stage, ctx, choice.precision)
     seconds["total"] = time.perf_counter() - t_total
 
     report = {

@@ -109,6 +109,17 @@ def parse_components(components: Sequence[Mapping[str, Any]]) -> List[Component]
     return out
 
 
+def _is_sample_list(samples) -> bool:
+    """A list of non-image samples (molecules, None for an invalid one): passed to the components as is."""
+    return isinstance(samples, (list, tuple)) and not all(hasattr(s, "convert") for s in samples)
+
+
+def _pixels_or_samples(samples):
+    if isinstance(samples, torch.Tensor) or _is_sample_list(samples):
+        return samples
+    return as_pixels(samples)
+
+
 class WeightedSum(Reward):
     """``sum_i w_i * norm_i(r_i)``; ``last_components`` holds each component's raw scores of the last call."""
 
@@ -129,8 +140,9 @@ class WeightedSum(Reward):
         self.last_components: Dict[str, torch.Tensor] = {}
 
     def forward(self, images, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
-        pixels = as_pixels(images) if not isinstance(images, torch.Tensor) else images
-        n = sum(p.shape[0] for p in pixels) if isinstance(pixels, list) else pixels.shape[0]
+        pixels = _pixels_or_samples(images)
+        n = len(pixels) if _is_sample_list(images) else (
+            sum(p.shape[0] for p in pixels) if isinstance(pixels, list) else pixels.shape[0])
         prompts = [""] * n if prompts is None else list(prompts)
         total, self.last_components = None, {}
         for name, r, w, norm in zip(self.names, self.rewards, self.weights, self.normalizers):

@@ -7,6 +7,12 @@ per AdamW step and logs to OUTPUT_DIR/metrics.jsonl (and tensorboard): the train
 loss and pairwise accuracy per aspect (tie policy of :mod:`diffalign.rewards.training.metrics`). The
 final model is saved to OUTPUT_DIR/reward, a folder ``load_reward`` accepts.
 
+Models of tensor samples (``model.kind: trajectory``, AlignDiff's attribute strength model,
+:mod:`diffalign.rewards.attribute_strength`): each comparison's samples are (T, D) tensors scored in one
+call per batch, one output per aspect; the data are labelled segment pairs (``data.format: segments``,
+:mod:`diffalign.data.segment_labels`), or ``data.path: synthetic:trajectories`` for annotator-labelled
+synthetic trajectories (:func:`diffalign.rewards.behaviour_annotator.write_synthetic_segment_labels`).
+
 With a frozen backbone, image and prompt embeddings are computed once and only the heads train (an
 epoch then costs microseconds per pair); LoRA and full tuning run the backbone every step.
 
@@ -48,8 +54,11 @@ from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardMod
 SYNTHETIC_PATH = "synthetic:images"
 SYNTHETIC_EDITS_PATH = "synthetic:edits"
 SYNTHETIC_VIEWS_PATH = "synthetic:views"
-SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH, SYNTHETIC_VIEWS_PATH)
+SYNTHETIC_TRAJECTORIES_PATH = "synthetic:trajectories"
+SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH, SYNTHETIC_VIEWS_PATH, SYNTHETIC_TRAJECTORIES_PATH)
 LOSSES = ("bt", "pl")
+MODEL_KINDS = ("clip", "trajectory")     # a CLIP-like image+text model | a trajectory encoder over tensor samples
+SEGMENTS_FORMAT = "segments"             # diffalign.data.segment_labels (kept in step by a test)
 
 
 @dataclasses.dataclass
@@ -66,6 +75,9 @@ class RewardModelConfig:
     input_image: bool = False              # score edits: (input image, instruction, edit), HIVE's reward model
     views: int = 0                         # > 0: score 3D results seen through this many views (Reward3D)
     view_pooling: str = "mean"             # views > 0: mean | attention (diffalign/rewards/multiview.py)
+    kind: str = "clip"                     # clip | trajectory (the fields above but aspects/primary are clip's)
+    encoder: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trajectory: build_attribute_strength_model
+                                           # arguments (encoder, width, layers, heads)
 
 
 @dataclasses.dataclass
@@ -155,9 +167,10 @@ def validate(cfg: RewardTrainConfig) -> None:
     from diffalign.data import FORMATS
     from diffalign.data.multiview import MULTIVIEW_FORMAT
     from diffalign.rewards.training.data import RANKED_FORMAT
-    formats = FORMATS + (RANKED_FORMAT, MULTIVIEW_FORMAT)
+    formats = FORMATS + (RANKED_FORMAT, MULTIVIEW_FORMAT, SEGMENTS_FORMAT)
     if cfg.data.format is not None and cfg.data.format not in formats:
         raise ConfigError(f"config key 'data.format' must be one of {formats}, got {cfg.data.format!r}")
+    _validate_kind(cfg)
     _validate_views(cfg)
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
@@ -182,6 +195,8 @@ def validate(cfg: RewardTrainConfig) -> None:
         from diffalign.rewards.training.synthetic import write_synthetic_comparisons, write_synthetic_edits
         writer = {SYNTHETIC_EDITS_PATH: write_synthetic_edits, SYNTHETIC_VIEWS_PATH: write_shapes_views}.get(
             cfg.data.path, write_synthetic_comparisons)
+        if cfg.data.path == SYNTHETIC_TRAJECTORIES_PATH:
+            from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels as writer
         try:
             inspect.signature(writer).bind("out", **cfg.data.synthetic)
         except TypeError as exc:
@@ -211,6 +226,31 @@ def _validate_views(cfg: RewardTrainConfig) -> None:
     if m.views > 0 and d.path == SYNTHETIC_VIEWS_PATH and d.synthetic.get("views", m.views) != m.views:
         raise ConfigError(f"config key 'data.synthetic.views' = {d.synthetic['views']!r} differs from "
                           f"model.views = {m.views}")
+
+
+def _validate_kind(cfg: RewardTrainConfig) -> None:
+    """model.kind against the data it is given: trajectory models read segment pairs, CLIP models images."""
+    m, d = cfg.model, cfg.data
+    if m.kind not in MODEL_KINDS:
+        raise ConfigError(f"config key 'model.kind' must be one of {MODEL_KINDS}, got {m.kind!r}")
+    segments = d.path == SYNTHETIC_TRAJECTORIES_PATH or d.format == SEGMENTS_FORMAT
+    if (m.kind == "trajectory") != segments:
+        raise ConfigError(f"config key 'model.kind' = {m.kind!r} does not fit data.path {d.path!r} / data.format "
+                          f"{d.format!r}: trajectory models, and only they, read labelled segment pairs (data.format: "
+                          f"{SEGMENTS_FORMAT!r} or data.path: {SYNTHETIC_TRAJECTORIES_PATH!r})")
+    if m.kind == "trajectory":
+        if m.input_image:
+            raise ConfigError("config key 'model.input_image' must be false for model.kind 'trajectory'")
+        import inspect
+
+        from diffalign.rewards.attribute_strength import build_attribute_strength_model
+        try:
+            inspect.signature(build_attribute_strength_model).bind(m.aspects, 1, 1, **m.encoder)
+        except TypeError as exc:
+            raise ConfigError(f"config key 'model.encoder' = {m.encoder!r}: {exc}") from None
+    elif m.encoder:
+        raise ConfigError(f"config key 'model.encoder' is for model.kind 'trajectory', got {m.encoder!r} with "
+                          f"kind {m.kind!r}")
 
 
 def load_reward_train_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
@@ -250,6 +290,10 @@ class RewardTrainer:
             from diffalign.data.multiview import write_shapes_views
             path = write_shapes_views(os.path.join(cfg.output_dir, "synthetic_data"),
                                       **{"seed": cfg.seed, "views": cfg.model.views, **d.synthetic})
+        elif path == SYNTHETIC_TRAJECTORIES_PATH:
+            from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels
+            kw = {"aspects": cfg.model.aspects, "seed": cfg.seed, **d.synthetic}
+            path = write_synthetic_segment_labels(os.path.join(cfg.output_dir, "synthetic_data"), **kw)
         groups, report = self._read(path, d.max_records)
         if d.eval_path is not None:
             train, held = groups, self._read(d.eval_path)[0]
@@ -268,8 +312,12 @@ class RewardTrainer:
         return train, held, report
 
     def _read(self, path: str, max_records: Optional[int] = None):
-        """(groups, report) of a data file; for a multi-view model ranked views, each sample a list of views."""
+        """(groups, report) of a data file: labelled segment pairs for a trajectory model, ranked views (each sample a
+        list of view paths) for a multi-view model, else comparisons of images."""
         d = self.cfg.data
+        if self.cfg.model.kind == "trajectory":
+            from diffalign.rewards.attribute_strength import read_segment_comparisons
+            return read_segment_comparisons(path, self.cfg.model.aspects, max_records)
         if self.cfg.model.views > 0:
             from diffalign.rewards.multiview import multiview_comparisons
             return multiview_comparisons(path, self.cfg.model.views, d.verify_images, max_records)
@@ -350,6 +398,8 @@ class RewardTrainer:
     def _scores(self, model: PreferenceRewardModel, groups, emb, index) -> torch.Tensor:
         """(b, K, A) scores of groups[index]; from cached embeddings (frozen) or through the backbone."""
         index = list(index)
+        if self.cfg.model.kind != "clip":
+            return self._tensor_scores(model, groups, index)
         if emb is not None:
             img, txt, inp = emb
             img, txt = img[index].to(self.device), txt[index].to(self.device)
@@ -383,6 +433,32 @@ class RewardTrainer:
             out[row, : chunk.shape[0]] = chunk
         return out
 
+    def _tensor_scores(self, model, groups, index: List[int]) -> torch.Tensor:
+        """(b, K, A) scores of groups[index] whose samples are tensors: one ``model.scores`` call for the batch."""
+        sizes = [len(groups[gi].samples) for gi in index]
+        flat = model.scores(torch.stack([s for gi in index for s in groups[gi].samples]).to(self.device))
+        out = flat.new_zeros(len(index), max(len(g.samples) for g in groups), flat.shape[1])
+        for row, chunk in enumerate(torch.split(flat, sizes)):
+            out[row, : chunk.shape[0]] = chunk
+        return out
+
+    def _build_model(self, train: Sequence[Comparison]):
+        m, cfg = self.cfg.model, self.cfg
+        if m.kind == "trajectory":
+            from diffalign.rewards.attribute_strength import build_attribute_strength_model
+            samples = torch.stack([s for g in train for s in g.samples])
+            model = build_attribute_strength_model(m.aspects, samples.shape[-1], samples.shape[1], primary=m.primary,
+                                                   seed=cfg.seed, **m.encoder)
+            model.fit_inputs(samples)  # feature statistics of the training segments only
+            return model
+        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
+                            input_image=m.input_image)
+        if m.views > 0:
+            from diffalign.rewards.multiview import MultiViewRewardModel
+            model = MultiViewRewardModel.from_model(model, m.views, m.view_pooling)
+        model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
+        return model
+
     def train(self) -> Dict[str, Any]:
         from diffalign.trainer.logging import MetricsLogger
         cfg = self.cfg
@@ -398,12 +474,7 @@ class RewardTrainer:
             from diffalign.rewards.training.data import write_ranked
             write_ranked(held, os.path.join(cfg.output_dir, "held_out.jsonl"))
         m = cfg.model
-        model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
-                            input_image=m.input_image)
-        if m.views > 0:
-            from diffalign.rewards.multiview import MultiViewRewardModel
-            model = MultiViewRewardModel.from_model(model, m.views, m.view_pooling)
-        model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
+        model = self._build_model(train)
         model.to(self.device)
         self._pixel_cache: Dict[int, torch.Tensor] = {}
         kmax = max(len(g.samples) for g in list(train) + list(held))
@@ -415,8 +486,9 @@ class RewardTrainer:
         if held and held_ranks.shape[1] < kmax:
             pad = torch.full((len(held), kmax - held_ranks.shape[1], len(m.aspects)), math.nan)
             held_ranks = torch.cat([held_ranks, pad], dim=1)
-        frozen = m.backbone_mode == "frozen"
-        model.backbone.eval()
+        frozen = m.backbone_mode == "frozen" and m.kind == "clip"
+        if m.kind == "clip":
+            model.backbone.eval()
         train_emb = self._embed_groups(model, train, kmax, "embed train") if frozen else None
         held_emb = self._embed_groups(model, held, kmax, "embed held-out") if frozen and held else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -459,6 +531,7 @@ class RewardTrainer:
         summary = {"epochs": cfg.epochs, "loss": cfg.loss.name, "tie_policy": cfg.loss.tie_policy,
                    "backbone": m.backbone, "backbone_mode": m.backbone_mode, "train_groups": len(train),
                    "held_out_groups": len(held), "held_out_accuracy": last.get("eval_accuracy"),
+                   "held_out_accuracy_by_aspect": {a: last.get(f"eval_accuracy/{a}") for a in m.aspects},
                    "accuracy_tie_policy": TIE_POLICY, "train_seconds": seconds, "data": cfg.data.path}
         if m.views > 0:
             summary.update(views=m.views, view_pooling=m.view_pooling)

@@ -16,14 +16,13 @@ shipped copy): ``unet/``, ``text_encoder/``, ``scheduler/`` (diffusers / transfo
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 import torch
 
 import diffalign
-from diffalign.modalities.image.demo_model import RESOLUTION, WordTokenizer
+from diffalign.modalities.image.demo_model import RESOLUTION, WordTokenizer, load_model_folder, save_model_folder
 
 EDITING_DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(diffalign.__file__)), "assets",
                                       "editing_demo_model")
@@ -83,13 +82,7 @@ def editor_from_image_demo(words: Sequence[str], image_demo_dir: Optional[str] =
 
 def save_editing_demo_model(directory: str, unet, text_encoder, tokenizer: WordTokenizer, scheduler,
                             metadata: Optional[dict] = None) -> None:
-    os.makedirs(directory, exist_ok=True)
-    unet.save_pretrained(os.path.join(directory, "unet"), safe_serialization=True)
-    text_encoder.save_pretrained(os.path.join(directory, "text_encoder"), safe_serialization=True)
-    scheduler.save_pretrained(os.path.join(directory, "scheduler"))
-    tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, MARKER), "w") as f:
-        json.dump(metadata or {}, f, indent=1)
+    save_model_folder(directory, unet, text_encoder, tokenizer, scheduler, metadata, MARKER)
 
 
 def is_editing_demo_model_dir(path: str) -> bool:
@@ -106,19 +99,9 @@ def resolve_editing_demo_path(model: str) -> Optional[str]:
 
 def load_editing_demo_model(directory: str = EDITING_DEMO_MODEL_DIR):
     """(unet, text_encoder, tokenizer, scheduler, metadata) from a saved folder (offline), in eval mode."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModelWithProjection
-
-    if not is_editing_demo_model_dir(directory):
-        raise ValueError(f"{directory!r} is not a diffalign editing demo model folder (no {MARKER}); "
-                         "train one with scripts/train_editing_demo_model.py")
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(directory, "unet"))
+    unet, text_encoder, tokenizer, scheduler, metadata = load_model_folder(
+        directory, MARKER, "editing demo model", "scripts/train_editing_demo_model.py")
     if unet.config.in_channels != unet.config.out_channels + IMAGE_CHANNELS:
         raise ValueError(f"{directory}/unet/config.json: in_channels {unet.config.in_channels} must be "
                          f"out_channels {unet.config.out_channels} + {IMAGE_CHANNELS} image channels")
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(os.path.join(directory, "text_encoder"))
-    scheduler = DDIMScheduler.from_pretrained(os.path.join(directory, "scheduler"))
-    tokenizer = WordTokenizer.load(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, MARKER)) as f:
-        metadata = json.load(f)
-    return unet.eval(), text_encoder.eval(), tokenizer, scheduler, metadata
+    return unet, text_encoder, tokenizer, scheduler, metadata

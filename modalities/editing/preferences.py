@@ -15,13 +15,12 @@ models' reader (diffalign/rewards/training/), not this one.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import Optional
 
 from diffalign.data.types import (LabelledSample, LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair,
-                                  load_sample, resolve_path)
+                                  jsonl_objects, load_sample, resolve_path)
 
 FORMAT = "editing_jsonl"
 
@@ -51,27 +50,10 @@ def load_editing_preferences(path: str, verify: bool = True, max_records: Option
     if not os.path.isfile(path):
         raise PreferenceDataError(f"editing preference file {path!r} does not exist")
     root = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
     report = LoadReport(path, FORMAT)
     pairs, labels = [], []
     kind = None  # "pairs" or "labels": the first usable line decides, a line of the other kind is malformed
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if max_records is not None and report.rows >= max_records:
-            break
-        if not line.strip():
-            continue
-        report.rows += 1
-        where = f"{name} line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skip("malformed", f"{where}: not JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            report.skip("malformed", f"{where}: not a JSON object")
-            continue
+    for where, row in jsonl_objects(path, report, max_records):
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             report.skip("missing_caption", f"{where}: no 'instruction'")

@@ -114,15 +114,39 @@ def build_demo_model(words: Sequence[str], seed: int = 0):
     return unet, text_encoder, tokenizer, scheduler
 
 
-def save_demo_model(directory: str, unet, text_encoder, tokenizer: WordTokenizer, scheduler,
-                    metadata: Optional[dict] = None) -> None:
+def save_model_folder(directory: str, unet, text_encoder, tokenizer: WordTokenizer, scheduler,
+                      metadata: Optional[dict], marker: str) -> None:
+    """The shipped demo models' folder layout (unet/, text_encoder/, scheduler/, tokenizer.json, and a marker
+    json holding the metadata), shared by the image and editing demo models."""
     os.makedirs(directory, exist_ok=True)
     unet.save_pretrained(os.path.join(directory, "unet"), safe_serialization=True)
     text_encoder.save_pretrained(os.path.join(directory, "text_encoder"), safe_serialization=True)
     scheduler.save_pretrained(os.path.join(directory, "scheduler"))
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, MARKER), "w") as f:
+    with open(os.path.join(directory, marker), "w") as f:
         json.dump(metadata or {}, f, indent=1)
+
+
+def load_model_folder(directory: str, marker: str, what: str, script: str):
+    """(unet, text_encoder, tokenizer, scheduler, metadata) from a folder saved by save_model_folder, in eval
+    mode; ``what`` and ``script`` name the kind of folder and its training script in the error."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    if not os.path.isfile(os.path.join(os.path.expanduser(directory), marker)):
+        raise ValueError(f"{directory!r} is not a diffalign {what} folder (no {marker}); train one with {script}")
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(directory, "unet"))
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(os.path.join(directory, "text_encoder"))
+    scheduler = DDIMScheduler.from_pretrained(os.path.join(directory, "scheduler"))
+    tokenizer = WordTokenizer.load(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, marker)) as f:
+        metadata = json.load(f)
+    return unet.eval(), text_encoder.eval(), tokenizer, scheduler, metadata
+
+
+def save_demo_model(directory: str, unet, text_encoder, tokenizer: WordTokenizer, scheduler,
+                    metadata: Optional[dict] = None) -> None:
+    save_model_folder(directory, unet, text_encoder, tokenizer, scheduler, metadata, MARKER)
 
 
 def is_demo_model_dir(path: str) -> bool:
@@ -139,19 +163,7 @@ def resolve_demo_path(model: str) -> Optional[str]:
 
 def load_demo_model(directory: str = DEMO_MODEL_DIR):
     """(unet, text_encoder, tokenizer, scheduler, metadata) from a saved folder (offline)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModelWithProjection
-
-    if not is_demo_model_dir(directory):
-        raise ValueError(f"{directory!r} is not a diffalign demo model folder (no {MARKER}); "
-                         "train one with scripts/train_demo_model.py")
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(directory, "unet"))
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(os.path.join(directory, "text_encoder"))
-    scheduler = DDIMScheduler.from_pretrained(os.path.join(directory, "scheduler"))
-    tokenizer = WordTokenizer.load(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, MARKER)) as f:
-        metadata = json.load(f)
-    return unet.eval(), text_encoder.eval(), tokenizer, scheduler, metadata
+    return load_model_folder(directory, MARKER, "demo model", "scripts/train_demo_model.py")
 
 
 def demo_metadata(directory: str = DEMO_MODEL_DIR) -> dict:

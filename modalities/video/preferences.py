@@ -12,12 +12,12 @@ as ``data.format: video_jsonl``.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import Optional
 
-from diffalign.data.types import LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, resolve_path
+from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, jsonl_objects,
+                                  resolve_path)
 
 FORMAT = "video_jsonl"
 
@@ -37,26 +37,9 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
     if not os.path.isfile(path):
         raise PreferenceDataError(f"video preference file {path!r} does not exist")
     root = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
     report = LoadReport(path, FORMAT)
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for n, line in enumerate(lines, 1):
-        if max_records is not None and report.rows >= max_records:
-            break
-        if not line.strip():
-            continue
-        report.rows += 1
-        where = f"{name} line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skip("malformed", f"{where}: not JSON ({exc.msg})")
-            continue
-        if not isinstance(row, dict):
-            report.skip("malformed", f"{where}: not a JSON object")
-            continue
+    for where, row in jsonl_objects(path, report, max_records):
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             report.skip("missing_caption", where)

@@ -196,3 +196,18 @@ def test_hub_imagerewarddb_rows_with_decoded_images(monkeypatch):
     ranks = {60: 1, 0: 2, 120: 3}  # blue channel -> rank
     for p in ds.pairs:
         assert ranks[color_of(p.chosen)[2]] < ranks[color_of(p.rejected)[2]]
+
+
+def test_jsonl_objects_counts_every_line_it_does_not_yield(tmp_path):
+    from diffalign.data.types import LoadReport, jsonl_objects
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\nnot json\n[1, 2]\n{"a": 2}\n{"a": 3}\n')
+    report = LoadReport(str(path), "test")
+    rows = list(jsonl_objects(str(path), report))
+    assert rows == [("rows.jsonl line 1", {"a": 1}), ("rows.jsonl line 5", {"a": 2}), ("rows.jsonl line 6", {"a": 3})]
+    assert (report.rows, report.malformed) == (5, 2)
+    assert "rows.jsonl line 3: not JSON" in report.examples["malformed"][0]
+    assert report.examples["malformed"][1] == "rows.jsonl line 4: not a JSON object"
+    capped = LoadReport(str(path), "test")
+    assert [r["a"] for _, r in jsonl_objects(str(path), capped, max_records=2)] == [1]
+    assert capped.rows == 2

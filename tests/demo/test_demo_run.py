@@ -233,3 +233,29 @@ def test_demo_options_from_the_config_and_overrides(tmp_path, monkeypatch):
         demo_run.demo_options("bad", {})
     # the trainer never sees the section
     assert demo_run.load_demo_config("rwr", str(tmp_path / "out"), ["a red circle"]).prompts.list == ["a red circle"]
+
+
+def test_measure_alignment_evaluates_base_then_trained_sampler_in_the_precision():
+    calls = []
+
+    def base(prompts, seeds):
+        calls.append(("base", torch.is_autocast_cpu_enabled()))
+        return torch.zeros(1)
+
+    def trained(prompts, seeds):
+        calls.append(("trained", torch.is_autocast_cpu_enabled()))
+        return torch.ones(1)
+
+    def stage(ctx):
+        calls.append(("stage", ctx))
+        return demo_run.AfterResult(sampler=trained, info={"epochs": 1})
+
+    def evaluate(sampler):
+        return float(sampler(["a"], [0]).item())
+
+    before, result, after, seconds = demo_run.measure_alignment(evaluate, base, stage, "ctx", "bf16")
+    assert (before, after, result.info) == (0.0, 1.0, {"epochs": 1})
+    assert calls == [("base", True), ("stage", "ctx"), ("trained", True)]
+    assert set(seconds) == {"before_eval", "after_stage", "after_eval"} and min(seconds.values()) >= 0
+    demo_run.measure_alignment(evaluate, base, stage, "ctx", "fp32")
+    assert calls[-3:] == [("base", False), ("stage", "ctx"), ("trained", False)]
