@@ -14,7 +14,8 @@ before -> after per seed, with the CPU). It reads ``demo_default_<cpu>_<date>.js
 any, else the default-config rows of the earlier demo_rwr file. The others, between
 ``<!-- generated:<modality>-demo-headline:start -->`` and its end marker (video, editing), hold the runs of
 ``diffalign demo <modality>`` from the newest ``demo_<modality>_<cpu>_<date>.json`` (benchmarks/demo_results.py
-collects them from the runs' report.json).
+collects them from the runs' report.json). ``<!-- generated:threed-headline:start -->`` holds the newest
+``threed_<cpu>_<date>.json`` of benchmarks/bench_threed.py (SDS vs DreamFL, multi-view accuracy).
 """
 from __future__ import annotations
 
@@ -767,6 +768,67 @@ def render_video_headline(results: Path = RESULTS) -> str:
     return render_modality_headline("video", results)
 
 
+# ---- text-to-3D: benchmarks/bench_threed.py (threed_<cpu>_<date>.json) -------------------------------------------
+THREED_HEADLINE_START = "<!-- generated:threed-headline:start -->"
+THREED_HEADLINE_END = "<!-- generated:threed-headline:end -->"
+
+
+def threed_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
+    base, method = data["baseline"], data["method"]
+    header = ["prompt", "seed", f"{base} accuracy (95% CI)", f"{method} accuracy (95% CI)", "change, points",
+              f"{base} / {method} mean reward", "train s"]
+    rows = []
+    for r in data["runs"]:
+        b, a = r[base], r[method]
+        rows.append([r["prompt"], str(r["seed"]), f"{pct(b['accuracy'])} [{pct(b['ci95'][0], 0)}, {pct(b['ci95'][1], 0)}]",
+                     f"{pct(a['accuracy'])} [{pct(a['ci95'][0], 0)}, {pct(a['ci95'][1], 0)}]",
+                     signed(100 * (a["accuracy"] - b["accuracy"])), f"{b['reward']:.3f} / {a['reward']:.3f}",
+                     f"{b['train_seconds']:.0f} / {a['train_seconds']:.0f}"])
+    return header, rows
+
+
+def threed_summary(data: dict) -> str:
+    s = data["summary"]
+    v = s["views"]
+    return (f"{s['runs']} runs ({data['epochs']} epochs each): mean multi-view accuracy {pct(s['mean_before'])} -> "
+            f"{pct(s['mean_after'])}, change {signed(100 * s['mean_delta'])} points (95% t interval "
+            f"[{signed(100 * s['ci95'][0])}, {signed(100 * s['ci95'][1])}]; exact sign-flip p = {s['sign_flip_p']:.2g}); "
+            f"over all {v['n']} views McNemar p = {v['mcnemar_p']:.2g} ({v['fixed']} fixed, {v['broken']} broken).")
+
+
+def _threed_machine(data: dict) -> str:
+    load = data.get("load_average") or []
+    return (_modality_machine(data) + f", {data.get('precision', 'float32')}"
+            + (f", load average {load[0]:.1f} -> {load[-1]:.1f}" if load else ""))
+
+
+def render_threed(name: str, data: dict) -> List[str]:
+    """A file of benchmarks/bench_threed.py."""
+    lines = [f"### {clean(data.get('what', 'text-to-3D'))}", "",
+             f"Machine: {_threed_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.", ""]
+    header, rows = threed_rows(data)
+    lines += table(header, rows) + ["", threed_summary(data), ""]
+    if data.get("note"):
+        lines += [clean(data["note"]), ""]
+    return lines + [source_line(name), ""]
+
+
+def render_threed_headline(results: Path = RESULTS) -> str:
+    """The inside of README's threed block: the newest bench_threed file's runs."""
+    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, "threed_*.json")]
+    if not files:
+        return "No measured run of `benchmarks/bench_threed.py` is committed yet."
+    path = files[-1]
+    data = load(path)
+    header, rows = threed_rows(data)
+    lines = [f"Measured on {_threed_machine(data)}, `{data.get('command')}` "
+             f"([`{path.name}`](benchmarks/results/{path.name})):", ""]
+    lines += table(header[:5], [r[:5] for r in rows]) + ["", threed_summary(data)]
+    if data.get("note"):
+        lines += ["", clean(data["note"])]
+    return "\n".join(lines)
+
+
 # ---- the document ----------------------------------------------------------------------------------------
 Renderer = Callable[[str, dict], List[str]]
 # (section, file-name pattern, renderer); a file goes to the first pattern it matches
@@ -779,6 +841,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_train_*.json", render_demo_train),
     ("demo", "demo_cpu_*.json", render_demo_cpu),
     ("demo", "demo_offline_*.json", render_demo_offline),
+    ("demo", "threed_*.json", render_threed),
     ("kernels", "kernels_*_ab_*.json", render_kernels_cpu_ab),
     ("kernels", "masks_cpu_*.json", render_masks_cpu),
     ("kernels", "host_overhead_*.json", render_host_overhead),
@@ -940,6 +1003,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if start_marker in readme_text:
             readme_text = replace_block(readme_text, render_modality_headline(modality, args.results), start_marker,
                                         end_marker)
+    if THREED_HEADLINE_START in readme_text:  # README: "Text-to-3D"
+        readme_text = replace_block(readme_text, render_threed_headline(args.results), THREED_HEADLINE_START,
+                                    THREED_HEADLINE_END)
     outputs[args.readme] = readme_text
     stale = [path for path, text in outputs.items()
              if not path.is_file() or path.read_text(encoding="utf-8") != text]

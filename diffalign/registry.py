@@ -126,6 +126,7 @@ BUILTIN_REWARDS: Dict[str, str] = {
     "image_reward": "diffalign.rewards.image_reward:IMAGE_REWARD",
     "weighted_sum": "diffalign.rewards.combine:WEIGHTED_SUM",
     "preference_model": "diffalign.rewards.training.model:PREFERENCE_MODEL",
+    "multiview_preference_model": "diffalign.rewards.multiview:MULTIVIEW_PREFERENCE_MODEL",
     "per_frame": "diffalign.rewards.video:PER_FRAME",
     "temporal_consistency": "diffalign.rewards.temporal:TEMPORAL_CONSISTENCY",
     "xclip_score": "diffalign.rewards.video_text:XCLIP_SCORE",

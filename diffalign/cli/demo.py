@@ -1,7 +1,8 @@
 """``diffalign demo [image|video] [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the
 shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
 diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns the shipped tiny
-text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor (diffalign/demo/editing.py)."""
+text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor (diffalign/demo/editing.py),
+``threed`` a small radiance field by SDS against DreamFL for ``--prompt`` (diffalign/demo/threed.py)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import sys
 HELP = "measure, align and re-measure the shipped tiny text-to-image model against a compositional reward (CPU)"
 
 
-MODALITIES = ("image", "video", "editing")
+MODALITIES = ("image", "video", "editing", "threed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default=None,
                    help=f"alignment algorithm, one of {', '.join(available_algos())} (a shipped "
                         f"diffalign/configs/demo_<algo>.yaml; default {DEFAULT_ALGO}; for video see diffalign demo video)")
+    p.add_argument("--prompt", default=None, help="threed only: the shapes-world prompt of the 3D result "
+                                                  "(default 'a red circle')")
     p.add_argument("--quick", action="store_true", help="a few prompts and training steps (checks the pipeline)")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the alignment stage")
     p.add_argument("--samples-per-kind", type=int, default=None,
@@ -91,7 +94,8 @@ def _overrides(items):
 
 # the other modalities' demos: module (with DEFAULT_<NAME>_ALGO, SAMPLES_PER_KIND and run_<name>_demo), and what
 # their accuracy counts
-OTHER_DEMOS = {"video": ("diffalign.demo.video", "video"), "editing": ("diffalign.demo.editing", "edit")}
+OTHER_DEMOS = {"video": ("diffalign.demo.video", "video"), "editing": ("diffalign.demo.editing", "edit"),
+               "threed": ("diffalign.demo.threed", "multi-view")}
 
 
 def run_other(args) -> int:
@@ -103,12 +107,15 @@ def run_other(args) -> int:
     args.algo = getattr(module, f"DEFAULT_{name.upper()}_ALGO") if args.algo is None else args.algo
     args.samples_per_kind = module.SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
     error = _check_modality(args, name)
+    if getattr(args, "prompt", None) is not None and name != "threed":
+        error = error or "--prompt applies to the threed demo only"
     if error:
         print(f"diffalign demo {name}: {error}", file=sys.stderr)
         return 2
+    extra = {"prompt": args.prompt} if getattr(args, "prompt", None) is not None else {}
     report = getattr(module, f"run_{name}_demo")(args.output, args.algo, quick=args.quick, minutes=args.minutes,
                                                  samples_per_kind=args.samples_per_kind, seed=args.seed,
-                                                 overrides=_overrides(args.overrides))
+                                                 overrides=_overrides(args.overrides), **extra)
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
     print(f"diffalign demo {name} ({args.algo}): held-out {unit} accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
           f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")

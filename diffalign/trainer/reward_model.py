@@ -26,6 +26,12 @@ instruction, edit) and the data are ranked edits, rows with an ``"input"`` image
 (:mod:`diffalign.rewards.training.data`); ``data.path: synthetic:edits`` writes a synthetic set of them
 (:func:`diffalign.rewards.training.synthetic.write_synthetic_edits`). The input's embedding is cached
 with the edits' when the backbone is frozen.
+
+Ranked 3D results (Reward3D, :mod:`diffalign.rewards.multiview`): with ``model.views: V`` > 0 each sample
+is an object seen through V views, which share the encoder and are pooled (``model.view_pooling``); the
+data are ranked views (:mod:`diffalign.data.multiview`; ``data.format: multiview``), and
+``data.path: synthetic:views`` writes a shapes-world set of them. Frozen-backbone caches then hold
+(V, D) per sample.
 """
 from __future__ import annotations
 
@@ -47,8 +53,9 @@ from diffalign.rewards.training.model import BACKBONE_MODES, PreferenceRewardMod
 
 SYNTHETIC_PATH = "synthetic:images"
 SYNTHETIC_EDITS_PATH = "synthetic:edits"
+SYNTHETIC_VIEWS_PATH = "synthetic:views"
 SYNTHETIC_TRAJECTORIES_PATH = "synthetic:trajectories"
-SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH, SYNTHETIC_TRAJECTORIES_PATH)
+SYNTHETIC_PATHS = (SYNTHETIC_PATH, SYNTHETIC_EDITS_PATH, SYNTHETIC_VIEWS_PATH, SYNTHETIC_TRAJECTORIES_PATH)
 LOSSES = ("bt", "pl")
 MODEL_KINDS = ("clip", "trajectory")     # a CLIP-like image+text model | a trajectory encoder over tensor samples
 SEGMENTS_FORMAT = "segments"             # diffalign.data.segment_labels (kept in step by a test)
@@ -66,6 +73,8 @@ class RewardModelConfig:
     lora_alpha: float = 8.0
     lora_targets: List[str] = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
     input_image: bool = False              # score edits: (input image, instruction, edit), HIVE's reward model
+    views: int = 0                         # > 0: score 3D results seen through this many views (Reward3D)
+    view_pooling: str = "mean"             # views > 0: mean | attention (diffalign/rewards/multiview.py)
     kind: str = "clip"                     # clip | trajectory (the fields above but aspects/primary are clip's)
     encoder: Dict[str, Any] = dataclasses.field(default_factory=dict)  # trajectory: build_attribute_strength_model
                                            # arguments (encoder, width, layers, heads)
@@ -83,7 +92,8 @@ class RewardLossConfig:
 class RewardDataConfig:
     path: Optional[str] = None             # a file/folder/hub id the readers know, a ranked JSONL, synthetic:images
                                            # or synthetic:edits
-    format: Optional[str] = None           # ranked | jsonl | pickapic | hpdv2 | imagerewarddb; default: detected
+    format: Optional[str] = None           # ranked | multiview | jsonl | pickapic | hpdv2 | imagerewarddb; default:
+                                           # detected (multiview when model.views > 0)
     split: str = "train"                   # hub datasets only
     verify_images: bool = True
     max_records: Optional[int] = None
@@ -155,11 +165,13 @@ def validate(cfg: RewardTrainConfig) -> None:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise ConfigError(f"config key 'loss.aspect_weights.{k}' must be a number >= 0, got {w!r}")
     from diffalign.data import FORMATS
+    from diffalign.data.multiview import MULTIVIEW_FORMAT
     from diffalign.rewards.training.data import RANKED_FORMAT
-    formats = FORMATS + (RANKED_FORMAT, SEGMENTS_FORMAT)
+    formats = FORMATS + (RANKED_FORMAT, MULTIVIEW_FORMAT, SEGMENTS_FORMAT)
     if cfg.data.format is not None and cfg.data.format not in formats:
         raise ConfigError(f"config key 'data.format' must be one of {formats}, got {cfg.data.format!r}")
     _validate_kind(cfg)
+    _validate_views(cfg)
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"config key 'data.eval_fraction' must lie in [0, 1), got {cfg.data.eval_fraction!r}")
     if cfg.data.path is None:
@@ -179,8 +191,10 @@ def validate(cfg: RewardTrainConfig) -> None:
     elif cfg.data.synthetic:
         import inspect
 
+        from diffalign.data.multiview import write_shapes_views
         from diffalign.rewards.training.synthetic import write_synthetic_comparisons, write_synthetic_edits
-        writer = write_synthetic_edits if cfg.data.path == SYNTHETIC_EDITS_PATH else write_synthetic_comparisons
+        writer = {SYNTHETIC_EDITS_PATH: write_synthetic_edits, SYNTHETIC_VIEWS_PATH: write_shapes_views}.get(
+            cfg.data.path, write_synthetic_comparisons)
         if cfg.data.path == SYNTHETIC_TRAJECTORIES_PATH:
             from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels as writer
         try:
@@ -189,6 +203,29 @@ def validate(cfg: RewardTrainConfig) -> None:
             raise ConfigError(f"config key 'data.synthetic' = {cfg.data.synthetic!r}: {exc}") from None
     if cfg.data.eval_path is not None and not os.path.exists(cfg.data.eval_path):
         raise ConfigError(f"config key 'data.eval_path': {cfg.data.eval_path!r} does not exist")
+
+
+def _validate_views(cfg: RewardTrainConfig) -> None:
+    """A multi-view model (model.views > 0) reads ranked views, and only it does."""
+    from diffalign.data.multiview import MULTIVIEW_FORMAT
+    from diffalign.rewards.multiview import VIEW_POOLINGS
+    m, d = cfg.model, cfg.data
+    if m.views < 0:
+        raise ConfigError(f"config key 'model.views' must be >= 0 (0: one image per sample), got {m.views!r}")
+    if m.view_pooling not in VIEW_POOLINGS:
+        raise ConfigError(f"config key 'model.view_pooling' must be one of {VIEW_POOLINGS}, got {m.view_pooling!r}")
+    multiview_data = d.path == SYNTHETIC_VIEWS_PATH or d.format == MULTIVIEW_FORMAT
+    if m.views > 0 and (m.input_image or (d.format is not None and d.format != MULTIVIEW_FORMAT)
+                        or (d.path in SYNTHETIC_PATHS and d.path != SYNTHETIC_VIEWS_PATH)):
+        raise ConfigError(f"config key 'model.views' = {m.views} (a multi-view model) needs ranked views: "
+                          f"data.format {MULTIVIEW_FORMAT!r} or data.path {SYNTHETIC_VIEWS_PATH!r}, and no "
+                          f"model.input_image; got data.path {d.path!r}, data.format {d.format!r}")
+    if m.views == 0 and multiview_data:
+        raise ConfigError(f"data.path {d.path!r} / data.format {d.format!r} holds ranked views: set model.views "
+                          "to the number of views per object")
+    if m.views > 0 and d.path == SYNTHETIC_VIEWS_PATH and d.synthetic.get("views", m.views) != m.views:
+        raise ConfigError(f"config key 'data.synthetic.views' = {d.synthetic['views']!r} differs from "
+                          f"model.views = {m.views}")
 
 
 def _validate_kind(cfg: RewardTrainConfig) -> None:
@@ -249,19 +286,17 @@ class RewardTrainer:
             from diffalign.rewards.training.synthetic import write_synthetic_edits
             path = write_synthetic_edits(os.path.join(cfg.output_dir, "synthetic_data"),
                                          **{"seed": cfg.seed, **d.synthetic})
+        elif path == SYNTHETIC_VIEWS_PATH:
+            from diffalign.data.multiview import write_shapes_views
+            path = write_shapes_views(os.path.join(cfg.output_dir, "synthetic_data"),
+                                      **{"seed": cfg.seed, "views": cfg.model.views, **d.synthetic})
         elif path == SYNTHETIC_TRAJECTORIES_PATH:
             from diffalign.rewards.behaviour_annotator import write_synthetic_segment_labels
             kw = {"aspects": cfg.model.aspects, "seed": cfg.seed, **d.synthetic}
             path = write_synthetic_segment_labels(os.path.join(cfg.output_dir, "synthetic_data"), **kw)
-        if cfg.model.kind == "trajectory":
-            from diffalign.rewards.attribute_strength import read_segment_comparisons
-            groups, report = read_segment_comparisons(path, cfg.model.aspects, d.max_records)
-        else:
-            groups, report = read_comparisons(path, d.format, d.split, d.verify_images, d.max_records)
-        if d.eval_path is not None and cfg.model.kind == "trajectory":
-            train, held = groups, read_segment_comparisons(d.eval_path, cfg.model.aspects)[0]
-        elif d.eval_path is not None:
-            train, held = groups, read_comparisons(d.eval_path, d.format, d.split, d.verify_images)[0]
+        groups, report = self._read(path, d.max_records)
+        if d.eval_path is not None:
+            train, held = groups, self._read(d.eval_path)[0]
         else:
             train, held = split_groups(groups, d.eval_fraction, cfg.seed)
         for key, part in (("data.path", groups), ("data.eval_path", held)):
@@ -276,24 +311,38 @@ class RewardTrainer:
             raise ValueError(f"data.path {d.path!r}: no training comparisons left after holding out data.eval_fraction")
         return train, held, report
 
+    def _read(self, path: str, max_records: Optional[int] = None):
+        """(groups, report) of a data file: labelled segment pairs for a trajectory model, ranked views (each sample a
+        list of view paths) for a multi-view model, else comparisons of images."""
+        d = self.cfg.data
+        if self.cfg.model.kind == "trajectory":
+            from diffalign.rewards.attribute_strength import read_segment_comparisons
+            return read_segment_comparisons(path, self.cfg.model.aspects, max_records)
+        if self.cfg.model.views > 0:
+            from diffalign.rewards.multiview import multiview_comparisons
+            return multiview_comparisons(path, self.cfg.model.views, d.verify_images, max_records)
+        return read_comparisons(path, d.format, d.split, d.verify_images, max_records)
+
     # embeddings
     def _pixels(self, model: PreferenceRewardModel, group: Comparison) -> torch.Tensor:
-        from diffalign.data.types import load_sample
-        return model.pixel_values([load_sample(s) for s in group.samples])
+        from diffalign.rewards.multiview import view_pixels
+        return view_pixels(model, group.samples)  # a multi-view sample gives its views in order
 
     def _embed_groups(self, model: PreferenceRewardModel, groups: Sequence[Comparison], kmax: int, desc: str):
-        """(G, K, D) image, (G, D) prompt and (G, D) input-image embeddings (None unless the model scores
-        edits), no grad; padded slots zero."""
+        """(G, K, D) image (G, K, V, D for a model of V views), (G, D) prompt and (G, D) input-image embeddings
+        (None unless the model scores edits), no grad; padded slots zero."""
+        from diffalign.rewards.multiview import view_pixels
         dim = model.backbone.config.projection_dim
-        img = torch.zeros(len(groups), kmax, dim)
+        views = getattr(model, "views", 0)
+        img = torch.zeros(len(groups), kmax, *((views,) if views else ()), dim)
         flat = [(gi, k) for gi, g in enumerate(groups) for k in range(len(g.samples))]
         bs = self.cfg.train.eval_batch_size
         with torch.no_grad():
             for start in _progress(range(0, len(flat), bs), self.cfg.logging.progress_bar, desc=desc, leave=False):
                 chunk = flat[start:start + bs]
-                from diffalign.data.types import load_sample
-                pix = model.pixel_values([load_sample(groups[gi].samples[k]) for gi, k in chunk])
+                pix = view_pixels(model, [groups[gi].samples[k] for gi, k in chunk])
                 emb = model.embed_pixels(pix).cpu()
+                emb = emb.view(len(chunk), views, dim) if views else emb
                 for (gi, k), e in zip(chunk, emb):
                     img[gi, k] = e
             txt = self._embed_prompts(model, [g.prompt for g in groups])
@@ -354,9 +403,9 @@ class RewardTrainer:
         if emb is not None:
             img, txt, inp = emb
             img, txt = img[index].to(self.device), txt[index].to(self.device)
-            b, k, d = img.shape
+            b, k = img.shape[:2]
             inp = inp[index].to(self.device).repeat_interleave(k, dim=0) if inp is not None else None
-            s = model.head_scores(img.reshape(b * k, d), txt.repeat_interleave(k, dim=0), inp)
+            s = model.head_scores(img.flatten(0, 1), txt.repeat_interleave(k, dim=0), inp)
             return s.view(b, k, -1)
         kmax = max(len(g.samples) for g in groups)
         pixels = []
@@ -370,6 +419,8 @@ class RewardTrainer:
             pixels.append(pix)
         sizes = [len(groups[gi].samples) for gi in index]
         img = model.embed_pixels(torch.cat(pixels).to(self.device))
+        if getattr(model, "views", 0):
+            img = img.view(-1, model.views, img.shape[-1])
         repeat = torch.tensor(sizes, device=self.device)
         txt = model.text_embeds([groups[gi].prompt for gi in index]).repeat_interleave(repeat, dim=0)
         inp = None
@@ -402,6 +453,9 @@ class RewardTrainer:
             return model
         model = build_model(m.backbone, m.aspects, m.primary, m.head_hidden, m.tiny, seed=cfg.seed,
                             input_image=m.input_image)
+        if m.views > 0:
+            from diffalign.rewards.multiview import MultiViewRewardModel
+            model = MultiViewRewardModel.from_model(model, m.views, m.view_pooling)
         model.set_backbone_mode(m.backbone_mode, m.lora_rank, m.lora_alpha, m.lora_targets)
         return model
 
@@ -479,6 +533,8 @@ class RewardTrainer:
                    "held_out_groups": len(held), "held_out_accuracy": last.get("eval_accuracy"),
                    "held_out_accuracy_by_aspect": {a: last.get(f"eval_accuracy/{a}") for a in m.aspects},
                    "accuracy_tie_policy": TIE_POLICY, "train_seconds": seconds, "data": cfg.data.path}
+        if m.views > 0:
+            summary.update(views=m.views, view_pooling=m.view_pooling)
         model.save(out_dir, extra={"training": summary})
         with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
