@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from diffalign.registry import RewardType
-from diffalign.rewards.base import REWARD_CONFIG_FILE, Reward
+from diffalign.rewards.base import REWARD_CONFIG_FILE, Reward, read_reward_meta
 from diffalign.rewards.behaviour import requested_targets, target_error
 
 MODEL_TYPE = "attribute_strength"
@@ -258,19 +258,8 @@ def load_attribute_strength(directory: Optional[str], device=None, dtype=None, *
     """A model saved by :meth:`AttributeStrengthModel.save`, in eval mode. ``aspect=NAME`` makes ``forward``
     score that aspect (without targets) instead of the primary one."""
     from safetensors.torch import load_file
-    if directory is None:
-        raise ValueError(f"an {MODEL_TYPE} reward is a trained folder: give its directory (diffalign reward train "
-                         "with model.kind: trajectory writes OUTPUT_DIR/reward)")
-    path = os.path.join(directory, REWARD_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{directory!r} is not a saved reward model: {REWARD_CONFIG_FILE} is missing")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("type") != MODEL_TYPE:
-        raise ValueError(f"{path}: type is {meta.get('type')!r}, expected {MODEL_TYPE!r}")
-    unknown = sorted(k for k in kwargs if k != "aspect" and k not in meta)
-    if unknown:
-        raise ValueError(f"an {MODEL_TYPE} reward accepts only the keyword 'aspect', got {unknown}")
+    meta = read_reward_meta(directory, MODEL_TYPE, "diffalign reward train with model.kind: trajectory writes "
+                                                   "OUTPUT_DIR/reward", kwargs)
     primary = kwargs.get("aspect") or meta["primary"]
     if primary not in meta["aspects"]:
         raise ValueError(f"aspect {primary!r} is not one of the model's aspects {meta['aspects']}")

@@ -13,6 +13,7 @@ remain valid rewards everywhere; ``FunctionReward`` wraps one as a ``Reward``.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -29,6 +30,25 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 REWARD_CONFIG_FILE = "diffalign_reward.json"  # {"type": <registered reward type>, ...} in a reward directory
+
+
+def read_reward_meta(directory: Optional[str], model_type: str, how_to_train: str, kwargs: dict) -> dict:
+    """The saved metadata (REWARD_CONFIG_FILE) of a trained reward folder of ``model_type``, checked: the folder is
+    given and holds the file, the file names this type, and ``kwargs`` hold only 'aspect' (the caller's choice)
+    or the file's own fields (which load_reward passes back). ``how_to_train`` ends the error for a missing folder."""
+    if directory is None:
+        raise ValueError(f"a {model_type} reward is a trained folder: give its directory ({how_to_train})")
+    path = os.path.join(directory, REWARD_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{directory!r} is not a saved reward model: {REWARD_CONFIG_FILE} is missing")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("type") != model_type:
+        raise ValueError(f"{path}: type is {meta.get('type')!r}, expected {model_type!r}")
+    unknown = sorted(k for k in kwargs if k != "aspect" and k not in meta)
+    if unknown:
+        raise ValueError(f"a {model_type} reward accepts only the keyword 'aspect', got {unknown}")
+    return meta
 
 
 class MissingRewardWeights(FileNotFoundError):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from diffalign.registry import RewardType
-from diffalign.rewards.base import REWARD_CONFIG_FILE
+from diffalign.rewards.base import REWARD_CONFIG_FILE, read_reward_meta
 from diffalign.rewards.training.model import PreferenceRewardModel, load_preference_model
 
 MULTIVIEW_TYPE = "multiview_preference_model"
@@ -152,19 +152,8 @@ def load_multiview_model(directory: Optional[str], device=None, dtype=None, aspe
                          **fields) -> MultiViewRewardModel:
     """A model saved by :meth:`MultiViewRewardModel.save`, in eval mode; ``aspect`` as for preference_model."""
     from safetensors.torch import load_file
-    if directory is None:
-        raise ValueError(f"a {MULTIVIEW_TYPE} reward is a trained folder: give its directory (diffalign reward "
-                         "train with model.views > 0 writes OUTPUT_DIR/reward)")
-    path = os.path.join(directory, REWARD_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{directory!r} is not a saved reward model: {REWARD_CONFIG_FILE} is missing")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("type") != MULTIVIEW_TYPE:
-        raise ValueError(f"{path}: type is {meta.get('type')!r}, expected {MULTIVIEW_TYPE!r}")
-    unknown = sorted(k for k in fields if k not in meta)  # load_reward passes the file's own fields back
-    if unknown:
-        raise ValueError(f"a {MULTIVIEW_TYPE} reward accepts only the keyword 'aspect', got {unknown}")
+    meta = read_reward_meta(directory, MULTIVIEW_TYPE, "diffalign reward train with model.views > 0 writes "
+                                                       "OUTPUT_DIR/reward", fields)
     base = load_preference_model(os.path.join(directory, meta.get("base", BASE_FOLDER)), aspect=aspect)
     model = MultiViewRewardModel.from_model(base, int(meta["views"]), meta["pooling"])
     state = {k: v for k, v in load_file(os.path.join(directory, POOL_WEIGHTS)).items() if k != "_empty"}

@@ -433,3 +433,18 @@ def test_reward_train_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["reward", "train", "reward_bt_tiny", f"output_dir={out}", "loss.tie_policy=coin"])
     assert exc.value.code == 2 and "loss.tie_policy" in capsys.readouterr().err
+
+
+def test_read_reward_meta_names_what_is_wrong(tmp_path):
+    import json as _json
+    from diffalign.rewards.base import REWARD_CONFIG_FILE, read_reward_meta
+    with pytest.raises(ValueError, match="give its directory \\(train it\\)"):
+        read_reward_meta(None, "kind_a", "train it", {})
+    with pytest.raises(ValueError, match=f"{REWARD_CONFIG_FILE} is missing"):
+        read_reward_meta(str(tmp_path), "kind_a", "train it", {})
+    (tmp_path / REWARD_CONFIG_FILE).write_text(_json.dumps({"type": "kind_b", "views": 4}))
+    with pytest.raises(ValueError, match="type is 'kind_b', expected 'kind_a'"):
+        read_reward_meta(str(tmp_path), "kind_a", "train it", {})
+    assert read_reward_meta(str(tmp_path), "kind_b", "x", {"aspect": "y", "views": 4})["views"] == 4
+    with pytest.raises(ValueError, match=r"only the keyword 'aspect', got \['colour'\]"):
+        read_reward_meta(str(tmp_path), "kind_b", "x", {"colour": 1})

@@ -38,7 +38,7 @@ from torch import nn
 
 from diffalign.registry import RewardType
 from diffalign.rewards.base import (CLIP_MEAN, CLIP_STD, REWARD_CONFIG_FILE, Reward, as_pixels, clip_preprocess,
-                                   missing_weights)
+                                   missing_weights, read_reward_meta)
 from diffalign.rewards.prompts import prompt_text
 
 MODEL_TYPE = "preference_model"
@@ -261,20 +261,7 @@ def load_preference_model(directory: str, device=None, dtype=None, **kwargs) -> 
     ``forward`` score that aspect instead of the primary one."""
     from safetensors.torch import load_file
     from transformers import CLIPConfig, CLIPModel
-    if directory is None:
-        raise ValueError(f"a {MODEL_TYPE} reward is a trained folder: give its directory (diffalign reward train "
-                         "writes OUTPUT_DIR/reward)")
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise ValueError(f"{directory!r} is not a saved reward model: {CONFIG_NAME} is missing")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("type") != MODEL_TYPE:
-        raise ValueError(f"{path}: type is {meta.get('type')!r}, expected {MODEL_TYPE!r}")
-    # load_reward passes the file's own fields back as keywords; only 'aspect' is the caller's choice
-    unknown = sorted(k for k in kwargs if k != "aspect" and k not in meta)
-    if unknown:
-        raise ValueError(f"a {MODEL_TYPE} reward accepts only the keyword 'aspect', got {unknown}")
+    meta = read_reward_meta(directory, MODEL_TYPE, "diffalign reward train writes OUTPUT_DIR/reward", kwargs)
     cfg = CLIPConfig.from_pretrained(os.path.join(directory, "backbone"))
     if meta["tokenizer"] == "char":
         from diffalign.data.tokenizers import CharTokenizer
