@@ -68,11 +68,12 @@ def sample(cfg, args) -> dict:
 
     from diffalign.inference.methods import plain_evaluations, run_method
     from diffalign.inference.rewards import make_reward
-    from diffalign.rewards import call_reward, load_prompts
+    from diffalign.config import config_prompts
+    from diffalign.rewards import call_reward
     from diffalign.trainer.builders import build_adapter, build_policy
     from diffalign.seeding import derive_seed
     out_dir = args.output or os.path.join(cfg.output_dir, "sample")
-    prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
+    prompts = config_prompts(cfg)
     adapter = build_adapter(cfg, prompts, torch.device("cpu"))
     policy = build_policy(cfg, adapter)
     spec = args.reward or {"name": cfg.reward.name, "kwargs": cfg.reward.kwargs}

@@ -85,12 +85,14 @@ def parse_reward_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def resolve_prompts(given: Optional[Sequence[str]], cfg) -> List[str]:
+    from diffalign.config import config_prompts, item_path_keys
     from diffalign.rewards import load_prompts
     if not given:
-        return load_prompts(cfg.prompts.list, cfg.prompts.file)
+        return config_prompts(cfg)
+    keys = item_path_keys(cfg.modality.name)  # a prompts file's item paths resolve against its folder
     if len(given) == 1 and os.path.isfile(given[0]):
-        return load_prompts(file=given[0])
-    return load_prompts(list(given))
+        return load_prompts(file=given[0], path_keys=keys)
+    return load_prompts(list(given), path_keys=keys)
 
 
 def load_checkpoint_into(adapter, path: str) -> str:

@@ -174,12 +174,12 @@ def generate_feedback(cfg, out_dir: str, samples_per_prompt: int = 4, threshold:
     """Sample ``samples_per_prompt`` per prompt from the config's (base) model, label them with the
     config's reward (``reward.name`` with ``reward.kwargs``; in a reward process when ``reward.server.enabled``)
     and write the JSONL. Seeded per sample by (cfg.seed, index)."""
-    from diffalign.rewards import load_prompts
+    from diffalign.config import config_prompts
     from diffalign.rewards.server import close_reward_fn, make_reward_fn
     from diffalign.trainer.builders import build_adapter, build_policy
     from diffalign.seeding import derive_seed
     device = torch.device(device or "cpu")
-    prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
+    prompts = config_prompts(cfg)
     adapter = build_adapter(cfg, prompts, device)
     policy = build_policy(cfg, adapter)
     all_prompts = [p for p in prompts for _ in range(samples_per_prompt)]

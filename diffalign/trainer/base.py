@@ -32,7 +32,7 @@ from torch import nn
 from diffalign.algorithms.base import DataPath
 from diffalign.modalities.base import unwrap
 
-from diffalign.rewards import load_prompts
+from diffalign.config import config_prompts
 from diffalign.trainer import checkpoint as ckpt
 from diffalign.trainer.builders import build_adapter, build_algorithm, build_ema, build_optimizer, build_policy
 from diffalign.trainer.distributed import make_accelerator
@@ -49,7 +49,7 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.algorithm = algorithm if algorithm is not None else build_algorithm(cfg)
-        self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts.list, cfg.prompts.file)
+        self.prompts = list(prompts) if prompts is not None else config_prompts(cfg)
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
         self.modules = self._build_modules()  # algorithm-owned trainables (generator data path), else {}

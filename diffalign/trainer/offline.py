@@ -60,11 +60,11 @@ class OfflineTrainer(Trainer):
     """Trains ``cfg`` (a validated TrainConfig whose algorithm has an offline data path)."""
 
     def __init__(self, cfg, accelerator=None):
-        from diffalign.rewards import load_prompts
+        from diffalign.config import config_prompts
         acc = accelerator or make_accelerator(cfg.train.mixed_precision)
         algorithm = build_algorithm(cfg)
         given = None if cfg.prompts.list is None and cfg.prompts.file is None else \
-            load_prompts(cfg.prompts.list, cfg.prompts.file)
+            config_prompts(cfg)
         self.data = build_preference_data(cfg, given)
         if acc.is_main_process:
             print(f"diffalign: {self.data.report.summary()}", flush=True)
