@@ -98,7 +98,7 @@ class ModalityAdapter(abc.ABC):
         this attribute, because the trainer replaces it by accelerate's wrapper (DDP, FSDP) so that
         gradients are synchronised. Use :func:`unwrap` to reach the bare module (e.g. for peft).
       scheduler: what the step rule reads: a diffusers scheduler (DDIM / DDPM / FlowMatchEulerDiscrete)
-        or one of diffalign.mdp's schedules (VP betas, EDM sigmas).
+        or one of diffalign.schedules' (VP betas, EDM sigmas), which a modality may import.
       default_step_rule: the step rule rollouts use unless configured (see diffalign.mdp.STEP_RULES).
     """
 

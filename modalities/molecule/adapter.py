@@ -52,8 +52,8 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 def make_scheduler(num_train_timesteps: int):
     """DDIM over the cosine schedule (Nichol & Dhariwal 2021, diffusers' "squaredcos_cap_v2"), the network
     predicting the clean ligand x0 as TargetDiff's does (egnn.py says why not the noise). A diffusers scheduler
-    rather than diffalign.mdp's VPSchedule (E(3) diffusion's polynomial schedule): modalities sit below mdp in
-    the layer order and may not import it."""
+    chosen when modalities could not import diffalign.mdp's VPSchedule (E(3) diffusion's polynomial schedule); it
+    now lives in diffalign.schedules, which a modality may import, but the tiny configs are tuned on this one."""
     from diffusers import DDIMScheduler
     return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                          prediction_type="sample", clip_sample=False, set_alpha_to_one=False)
