@@ -85,7 +85,7 @@ def select_pairs(prompts: Sequence[Any], rewards: torch.Tensor, threshold: float
 def write_feedback(out_dir: str, samples: Sequence[Any], prompts: Sequence[Any], rewards: torch.Tensor,
                    pairs: Sequence[Tuple[int, int]], file_name: str = "pairs.jsonl",
                    save: Callable[[Any, str, str], str] = save_sample,
-                   states: Optional[Sequence[StoredState]] = None) -> str:
+                   states: Optional[Sequence[Optional[StoredState]]] = None) -> str:
     """Save the samples used by ``pairs`` under out_dir/samples with ``save(sample, folder, name) -> file name``
     (an adapter's ``save_sample``, so its ``load_sample`` reads them back) and the pairs as JSONL; returns its path.
     An invalid sample (None) is saved as its state ``states[i]`` (a ``.state.pt`` file) instead."""
@@ -96,7 +96,7 @@ def write_feedback(out_dir: str, samples: Sequence[Any], prompts: Sequence[Any],
     names: Dict[int, str] = {}
     for i in sorted({i for pair in pairs for i in pair}):
         if samples[i] is None:
-            if states is None:
+            if states is None or states[i] is None:
                 raise ValueError(f"sample {i} is invalid (decoded to None) and no model state was given to store it")
             names[i] = os.path.join("samples", save_state(states[i].x0, states[i].cond, folder, f"{i:06d}"))
         else:
@@ -113,7 +113,7 @@ def write_feedback(out_dir: str, samples: Sequence[Any], prompts: Sequence[Any],
 def label_samples(out_dir: str, samples: Any, prompts: Sequence[Any], reward_fn,
                   threshold: float = 0.0, pairing: str = "all",
                   save: Callable[[Any, str, str], str] = save_sample,
-                  states: Optional[Sequence[StoredState]] = None) -> FeedbackReport:
+                  states: Optional[Sequence[Optional[StoredState]]] = None) -> FeedbackReport:
     """Score ``samples`` (decoded: a tensor batch of images or vectors, a list of tensors, or a list of other
     objects such as molecules, None for an invalid one) with ``reward_fn(samples, prompts)``, keep same-prompt
     pairs whose gap exceeds ``threshold`` and write them as JSONL (invalid samples as their ``states``)."""
@@ -133,18 +133,19 @@ def label_samples(out_dir: str, samples: Any, prompts: Sequence[Any], reward_fn,
 
 @dataclasses.dataclass
 class DecodedSamples:
-    """What :func:`sample_and_decode` draws: the decoded samples (a tensor batch or a list) and each sample's model
-    state (x0 and conditions, on the CPU), which stores a sample that has no decoded form."""
+    """What :func:`sample_and_decode` draws: the decoded samples (a tensor batch or a list) and, per sample, its
+    model state (x0 and conditions, on the CPU) where it has no decoded form (None), else None: only invalid
+    samples need one, and keeping every sample's conditions (text embeddings) would cost memory for nothing."""
 
     decoded: Any
-    states: List[StoredState]
+    states: List[Optional[StoredState]]
 
 
 def sample_and_decode(cfg, adapter, policy, prompts: Sequence[Any], seeds: Sequence[int], progress: bool = False,
                       desc: str = "sampling") -> DecodedSamples:
     """Decoded samples (on the CPU) of ``prompts[i]`` drawn with a generator seeded by ``seeds[i]``, in
-    ``cfg.sampling.batch_size`` batches, with their states. A sample depends only on its prompt and seed, not on
-    the batching. Tensor batches are concatenated, list batches (molecules) extended."""
+    ``cfg.sampling.batch_size`` batches, with the states of the invalid ones. A sample depends only on its prompt
+    and seed, not on the batching. Tensor batches are concatenated, list batches (molecules) extended."""
     from tqdm.auto import tqdm
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds")
@@ -157,9 +158,14 @@ def sample_and_decode(cfg, adapter, policy, prompts: Sequence[Any], seeds: Seque
         with torch.no_grad():
             traj = policy.sample(cond, generator=gens)
             out = adapter.decode(traj.x0, cond)
-        decoded.append(out.detach().cpu() if isinstance(out, torch.Tensor) else list(out))
-        x0 = traj.x0.detach().cpu()
-        states.extend(StoredState(x0[i], {k: v[i].detach().cpu() for k, v in cond.items()}) for i in range(len(chunk)))
+        if isinstance(out, torch.Tensor):
+            decoded.append(out.detach().cpu())
+            states.extend([None] * len(chunk))
+            continue
+        decoded.append(list(out))
+        states.extend(None if d is not None else
+                      StoredState(traj.x0[i].detach().cpu(), {k: v[i].detach().cpu() for k, v in cond.items()})
+                      for i, d in enumerate(out))
     return DecodedSamples(concat_decoded(decoded), states)
 
 

@@ -184,3 +184,21 @@ def test_eval_samples_on_molecules_scores_a_list_of_molecules(tmp_path):
     assert len(scores) == 6 and report["diversity"]["pixel"] is None
     assert report["rewards"]["pocket_contact"]["mean"] == pytest.approx(sum(scores) / 6, rel=1e-6)
     assert all((s["file"] is None) == (s["rewards"]["pocket_contact"] == -10.0) for s in report["samples"])
+
+
+def test_sample_and_decode_keeps_the_state_of_invalid_samples_only():
+    from diffalign.config import load_config, resolve_config_path
+    from diffalign.inference.feedback import sample_and_decode
+    from diffalign.trainer.builders import build_adapter, build_policy
+    cfg = load_config(resolve_config_path("molecule_ddpo_tiny"), overrides=MOLECULE + ["output_dir=unused"])
+    adapter = build_adapter(cfg, [POCKET], torch.device("cpu"))
+    policy = build_policy(cfg, adapter)
+    drawn = sample_and_decode(cfg, adapter, policy, [POCKET] * 10, list(range(10)))
+    assert isinstance(drawn.decoded, list) and len(drawn.decoded) == len(drawn.states) == 10
+    assert any(m is None for m in drawn.decoded) and any(m is not None for m in drawn.decoded)
+    for mol, state in zip(drawn.decoded, drawn.states):
+        assert (state is None) == (mol is not None)
+        if state is not None:  # the stored state is the invalid sample: decoding it again gives None
+            assert adapter.decode(state.x0[None], {k: v[None] for k, v in state.cond.items()}) == [None]
+    again = sample_and_decode(cfg, adapter, policy, [POCKET] * 10, list(range(10)))  # a sample depends on its seed
+    assert all(torch.equal(a.x0, b.x0) for a, b in zip(drawn.states, again.states) if a is not None)
