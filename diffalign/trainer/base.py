@@ -182,7 +182,8 @@ class Trainer(ckpt.CheckpointedTrainer):
     def adapter_metrics(self) -> Dict[str, float]:
         """The adapter's own numbers since the last call (``ModalityAdapter.metrics``: decode validity, ...),
         averaged over the processes like every metric (a key one process lacks counts as 0 there)."""
-        local = self.adapter.metrics()
+        hook = getattr(self.adapter, "metrics", None)  # an adapter written before the hook existed has none
+        local = hook() if hook is not None else {}
         if not isinstance(local, dict):
             raise ValueError(f"{type(self.adapter).__name__}.metrics() must return a dict, got {type(local).__name__}")
         bad = {k: v for k, v in local.items() if not isinstance(k, str) or isinstance(v, bool)
@@ -232,7 +233,7 @@ class Trainer(ckpt.CheckpointedTrainer):
         cfg = self.cfg
         history = []
         self.start_budget()
-        self.adapter.metrics()  # the adapter's counts start afresh: what it did before training is no epoch's
+        self.adapter_metrics()  # the adapter's counts start afresh: what it did before training is no epoch's
         start = time.perf_counter()
         bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
                    disable=not (cfg.logging.progress_bar and self.acc.is_main_process))

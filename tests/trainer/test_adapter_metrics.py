@@ -104,3 +104,12 @@ def test_molecule_training_logs_the_validity_of_each_epochs_rollouts(tmp_path):
     assert [h["decode/validity"] for h in history] == [pytest.approx(sum(s) / 8) for s in seen]
     lines = read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
     assert [line["decode/validity"] for line in lines] == [h["decode/validity"] for h in history]
+
+
+def test_an_adapter_without_the_hook_still_trains(tmp_path):
+    """A plugin adapter written against the contract before ``metrics`` existed (not deriving ModalityAdapter's
+    default) trains and logs no adapter metric."""
+    trainer = toy_trainer(tmp_path)
+    trainer.adapter.metrics = None  # the instance attribute hides the default method, as if it did not exist
+    history = trainer.train()
+    assert len(history) == 2 and not any("/" in k for k in history[0])
