@@ -89,7 +89,7 @@ def resolve_prompts(given: Optional[Sequence[str]], cfg) -> List[str]:
     from diffalign.rewards import load_prompts
     if not given:
         return config_prompts(cfg)
-    keys = item_path_keys(cfg.modality.name)  # a prompts file's item paths resolve against its folder
+    keys = item_path_keys(cfg.modality.name) if cfg is not None else ()  # a prompts file's paths: its folder
     if len(given) == 1 and os.path.isfile(given[0]):
         return load_prompts(file=given[0], path_keys=keys)
     return load_prompts(list(given), path_keys=keys)
