@@ -11,12 +11,12 @@ import copy
 import dataclasses
 import os
 import typing
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "apply_overrides", "from_dict", "ConfigError",
-           "modality_options", "shipped_config", "resolve_config_path"]
+           "modality_options", "shipped_config", "resolve_config_path", "config_prompts", "item_path_keys"]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -323,9 +323,8 @@ def validate(cfg: TrainConfig, num_processes: int = 1) -> None:
     if cfg.prompts.list is not None and not cfg.prompts.list:
         raise ConfigError("config key 'prompts.list' is empty")
     if cfg.prompts.list is not None or cfg.prompts.file is not None:
-        from diffalign.rewards.prompts import load_prompts
-        try:  # every item a text or a JSON-able mapping, every JSONL line readable
-            load_prompts(cfg.prompts.list, cfg.prompts.file)
+        try:  # every item a text or a JSON-able mapping, every JSONL line readable, package paths resolvable
+            config_prompts(cfg)
         except ValueError as exc:
             raise ConfigError(f"config key 'prompts': {exc}") from None
     if cfg.resume_from not in (None, "latest") and not os.path.isdir(cfg.resume_from):
@@ -446,7 +445,46 @@ def read_config_data(path: Optional[str], overrides: Optional[List[str]] = None,
                 data = yaml.safe_load(f) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+        data = _resolve_list_paths(data, os.path.dirname(os.path.abspath(path)), path)
     return apply_overrides(copy.deepcopy(data), parse_overrides(overrides or []))
+
+
+def item_path_keys(modality_name: Any) -> Tuple[str, ...]:
+    """The prompt-item keys that hold file paths for ``modality.name`` (its registry entry's ``item_paths``);
+    () for a name that is not registered (the config check reports that)."""
+    from diffalign.registry import RegistryError, modalities
+    try:
+        entry = modalities[modality_name] if isinstance(modality_name, str) else None
+    except (KeyError, RegistryError, ImportError):  # the config check names what is wrong with the modality
+        return ()
+    return tuple(getattr(entry, "item_paths", ()))
+
+
+def _resolve_list_paths(data: Dict[str, Any], folder: str, path: str) -> Dict[str, Any]:
+    """The config file's ``prompts.list`` with the modality's item paths resolved against its folder, so a config
+    works from any working directory (an override given on the command line is relative to the working
+    directory instead: it is applied afterwards)."""
+    prompts = data.get("prompts")
+    modality = data.get("modality")
+    if not isinstance(prompts, dict) or not isinstance(prompts.get("list"), list) or not isinstance(modality, dict):
+        return data
+    keys = item_path_keys(modality.get("name"))
+    if not keys:
+        return data
+    from diffalign.rewards.prompts import resolve_item_paths
+    try:
+        items = [resolve_item_paths(p, keys, folder, f"config file {path!r}, prompts.list[{i}]")
+                 if isinstance(p, dict) else p for i, p in enumerate(prompts["list"])]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return dict(data, prompts=dict(prompts, list=items))
+
+
+def config_prompts(cfg) -> List[Any]:
+    """The prompt items of ``cfg.prompts`` (list or file), the modality's item paths resolved: a prompts file's
+    against its folder (a config file's list was resolved against the config's folder when it was read)."""
+    from diffalign.rewards.prompts import load_prompts
+    return load_prompts(cfg.prompts.list, cfg.prompts.file, path_keys=item_path_keys(cfg.modality.name))
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None, num_processes: int = 1,

@@ -52,11 +52,14 @@ class ModalityEntry:
              check resolves ``reward.name`` / ``reward.kwargs`` without loading a model.
     readers: the modality's own preference-data layouts by ``data.format`` name (video clips: the data layer
              reads images and vectors only): ``reader(path, verify, max_records) -> PreferenceDataset``.
+    item_paths: prompt-item keys whose string values are file paths (a molecule's ``pocket``), resolved against
+             the folder of the config or prompts file that holds the item (diffalign.rewards.prompts).
     """
     options: type
     build: Callable[[Any, List[Any], Any], Any]
     rewards: Callable[[], Mapping[str, Callable]] = dict
     readers: Callable[[], Mapping[str, Callable]] = dict
+    item_paths: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

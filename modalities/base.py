@@ -27,8 +27,11 @@ What each hook is for, and which modality in this package uses it:
   against the frozen model (SDS with ``algorithm.generator: modality``): threed's radiance field and renderer;
   the toy's learnable point exercises the hook.
 - ``denoise``, ``decode`` / ``decode_with_grad``, ``encode`` (offline data: x0 and conditions from a
-  stored sample), ``load_sample`` / ``save_sample`` (stored samples), ``rewards``, ``sample_grid``, and the
-  training-state methods.
+  stored sample), ``load_sample`` / ``save_sample`` (stored samples), ``rewards``, ``sample_grid``, ``metrics``
+  (the adapter's own numbers per epoch: molecule decode validity), and the training-state methods.
+- ``decode`` may give a list instead of a tensor batch (molecules), with None for an invalid sample (nothing
+  decoded); rewards score it (a penalty), and stored preference data keeps it as its model state (x0 and
+  conditions, diffalign.data.StoredState), since ``save_sample`` has nothing to write.
 
 Modalities in this package: image (modalities/image: x = VAE latents, text conditions, UNet or SD3
 transformer, VAE decode), toy (modalities/toy: x in R^d, closed-form rewards) and its variants
@@ -95,7 +98,7 @@ class ModalityAdapter(abc.ABC):
         this attribute, because the trainer replaces it by accelerate's wrapper (DDP, FSDP) so that
         gradients are synchronised. Use :func:`unwrap` to reach the bare module (e.g. for peft).
       scheduler: what the step rule reads: a diffusers scheduler (DDIM / DDPM / FlowMatchEulerDiscrete)
-        or one of diffalign.mdp's schedules (VP betas, EDM sigmas).
+        or one of diffalign.schedules' (VP betas, EDM sigmas), which a modality may import.
       default_step_rule: the step rule rollouts use unless configured (see diffalign.mdp.STEP_RULES).
     """
 
@@ -177,7 +180,8 @@ class ModalityAdapter(abc.ABC):
     # ---- what rewards see -------------------------------------------------------------------------
     @abc.abstractmethod
     def decode(self, x0: torch.Tensor, cond: Conditions) -> Any:
-        """x0 -> what reward functions consume (images in [0, 1], frames, molecules, ...)."""
+        """x0 -> what reward functions consume (images in [0, 1], frames, molecules, ...): a tensor batch, or a
+        list in batch order with None for a sample that has no decoded form (an invalid molecule)."""
 
     def decode_with_grad(self, x0: torch.Tensor, cond: Conditions) -> Any:
         """``decode`` keeping the autograd graph (direct reward fine-tuning, noise optimisation).
@@ -216,6 +220,14 @@ class ModalityAdapter(abc.ABC):
     def sample_grid(self, decoded: Any) -> torch.Tensor | None:
         """An image (3, H, W) in [0, 1] showing decoded samples, for tensorboard; None if not visual."""
         return None
+
+    def metrics(self) -> Dict[str, float]:
+        """Numbers the adapter gathered since the previous call (the share of decoded molecules that are valid, by
+        failure reason), after which it counts afresh. The trainer calls it once per epoch and logs what it
+        returns with the epoch's metrics (metrics.jsonl and tensorboard), averaged over processes, so return
+        shares or per-process counts, and keys that do not clash with the trainer's (a "group/" prefix).
+        Default: none."""
+        return {}
 
     # ---- training state --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -30,7 +30,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ("modalities",),
     ("rewards",),
     ("data",),
-    ("registry", "seeding"),
+    ("registry", "schedules", "seeding"),
     ("ops",),
     ("_C",),
 ]

@@ -2,7 +2,8 @@
 configured model (the config's modality, prompts, sampling and reward.name), weights untouched.
 
 Writes DIR/samples/NNNN.* (the modality adapter's ``save_sample``: PNG for images, a frame folder plus a GIF
-for videos, .npy for vectors) and DIR/results.json: the method, budget,
+for videos, .npy for vectors, SDF for molecules; an invalid sample, decoded to None, has none: its "file" is null)
+and DIR/results.json: the method, budget,
 model evaluations spent (and what plain sampling of the same samples costs), the reward of each
 sample and their mean, and per sample its prompt, seed and what the method chose.
 """
@@ -67,11 +68,12 @@ def sample(cfg, args) -> dict:
 
     from diffalign.inference.methods import plain_evaluations, run_method
     from diffalign.inference.rewards import make_reward
-    from diffalign.rewards import call_reward, load_prompts
+    from diffalign.config import config_prompts
+    from diffalign.rewards import call_reward
     from diffalign.trainer.builders import build_adapter, build_policy
     from diffalign.seeding import derive_seed
     out_dir = args.output or os.path.join(cfg.output_dir, "sample")
-    prompts = load_prompts(cfg.prompts.list, cfg.prompts.file)
+    prompts = config_prompts(cfg)
     adapter = build_adapter(cfg, prompts, torch.device("cpu"))
     policy = build_policy(cfg, adapter)
     spec = args.reward or {"name": cfg.reward.name, "kwargs": cfg.reward.kwargs}
@@ -92,9 +94,10 @@ def sample(cfg, args) -> dict:
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     rows = []
     for i, (p, s) in enumerate(zip(all_prompts, seeds)):
-        rows.append({"file": os.path.join("samples", adapter.save_sample(out.decoded[i], os.path.join(out_dir, "samples"),
-                                                                               f"{i:04d}")), "prompt": p, "seed": s, "reward": float(rewards[i]),
-                     **out.info[i]})
+        sample = out.decoded[i]  # None: an invalid sample (a molecule whose bonds were not perceived): no file
+        file = None if sample is None else os.path.join("samples", adapter.save_sample(
+            sample, os.path.join(out_dir, "samples"), f"{i:04d}"))
+        rows.append({"file": file, "prompt": p, "seed": s, "reward": float(rewards[i]), **out.info[i]})
     from diffalign.inference.methods import DEFAULT_BUDGETS
     report = {"method": args.method, "budget": args.budget if args.budget is not None else DEFAULT_BUDGETS[args.method],
               "reward": spec if isinstance(spec, str) else cfg.reward.name,

@@ -5,6 +5,11 @@ Pick-a-Pic parquet cell), a PIL image (a decoded ``datasets`` Image column), or 
 (the toy modality's points; AI feedback on non-image modalities). :func:`load_sample` turns each into a
 PIL image or a float tensor; the modality adapter's ``encode`` turns a batch of those into x0.
 :func:`save_sample` writes a decoded sample so that :func:`load_sample` reads it back.
+
+A sample with no decoded form (an invalid molecule: ``decode`` gave None) is stored as the model state it
+came from: a :class:`StoredState` file (``NAME.state.pt``: its x0 and its conditions, batch dimension dropped),
+which the offline trainer uses as is, without the adapter's ``encode``. Preference pairs then still teach that an
+invalid sample is worse (Diffusion-DPO needs the rejected sample's x0, which exists before decoding).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TENSOR_EXTENSIONS = (".npy", ".pt")
+STATE_SUFFIX = ".state.pt"  # a StoredState file (checked before the plain ".pt" tensor)
 
 
 class PreferenceDataError(ValueError):
@@ -145,6 +151,49 @@ class PreferenceDataset:
                                         for p in self.pairs)
 
 
+@dataclasses.dataclass
+class StoredState:
+    """One sample kept as its model state: x0 (no batch dimension) and its conditions (each tensor without the
+    batch dimension), what the offline trainer would otherwise get from ``adapter.encode``. ``source``: the file."""
+
+    x0: torch.Tensor
+    cond: Dict[str, torch.Tensor]
+    source: str = ""
+
+
+def is_state_ref(ref: Any) -> bool:
+    """Whether ``ref`` is a StoredState or names a StoredState file."""
+    return isinstance(ref, StoredState) or (isinstance(ref, str) and ref.endswith(STATE_SUFFIX))
+
+
+def save_state(x0: torch.Tensor, cond: Dict[str, torch.Tensor], folder: str, name: str) -> str:
+    """One sample's x0 and conditions (no batch dimension) -> ``folder/name.state.pt``; returns the file name."""
+    if not isinstance(x0, torch.Tensor) or not all(isinstance(v, torch.Tensor) for v in cond.values()):
+        raise ValueError(f"stored state {name!r}: x0 and every condition must be tensors")
+    os.makedirs(folder, exist_ok=True)
+    torch.save({"x0": x0.detach().cpu().contiguous(),
+                "cond": {k: v.detach().cpu().contiguous() for k, v in cond.items()}},
+               os.path.join(folder, name + STATE_SUFFIX))
+    return name + STATE_SUFFIX
+
+
+def load_state(ref: Any, root: Optional[str] = None) -> StoredState:
+    """A StoredState file (or a StoredState) -> the StoredState; ValueError naming the file if it is not one."""
+    if isinstance(ref, StoredState):
+        return ref
+    path = resolve_path(ref, root)
+    if not os.path.isfile(path):
+        raise ValueError(f"stored state {path!r} does not exist")
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"stored state {path!r} does not load: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("x0"), torch.Tensor) or not isinstance(data.get("cond"), dict) \
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data["cond"].items()):
+        raise ValueError(f"stored state {path!r} must hold {{'x0': tensor, 'cond': {{name: tensor}}}}")
+    return StoredState(data["x0"], dict(data["cond"]), path)
+
+
 def resolve_path(ref: str, root: Optional[str]) -> str:
     ref = os.path.expanduser(ref)
     if root is not None and not os.path.isabs(ref):
@@ -153,7 +202,8 @@ def resolve_path(ref: str, root: Optional[str]) -> str:
 
 
 def load_sample(ref: Any, root: Optional[str] = None):
-    """A stored sample -> a PIL image (RGB) or a float32 tensor. Raises ValueError if it cannot be read."""
+    """A stored sample -> a PIL image (RGB), a float32 tensor, or a :class:`StoredState` (a ``.state.pt`` file).
+    Raises ValueError if it cannot be read."""
     from PIL import Image
     if isinstance(ref, Image.Image):
         return ref.convert("RGB")
@@ -172,6 +222,8 @@ def load_sample(ref: Any, root: Optional[str] = None):
             return torch.tensor([float(v) for v in ref], dtype=torch.float32)
         except (TypeError, ValueError):
             raise ValueError("a list sample must hold numbers") from None
+    if is_state_ref(ref):
+        return load_state(ref, root)
     if isinstance(ref, str):
         path = resolve_path(ref, root)
         if not os.path.isfile(path):

@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from diffalign.rewards.prompts import prompt_key
+
 
 def save_grid(images: torch.Tensor, path: str, per_row: int, min_side: int = 96) -> Optional[str]:
     """Images (N, 3, H, W) in [0, 1] as one PNG, ``per_row`` per row (one row per prompt). Small images
@@ -108,7 +110,7 @@ def write_markdown(report: Dict[str, Any], out_dir: str, grid: Optional[str], pl
         names = list(report["rewards"])
         lines += ["## Rewards per prompt", "", "| prompt | " + " | ".join(f"`{_cell(n)}`" for n in names) + " |",
                   "|---|" + "---|" * len(names)]
-        for p in report["prompts"]:
+        for p in map(prompt_key, report["prompts"]):  # per_prompt is keyed like this (mapping items: sorted JSON)
             row = [f"{_fmt(report['rewards'][n]['per_prompt'][p]['mean'])} ± "
                    f"{_fmt(report['rewards'][n]['per_prompt'][p]['std'])}" for n in names]
             lines.append(f"| {_cell(p)} | " + " | ".join(row) + " |")

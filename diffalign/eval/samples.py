@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from diffalign.rewards.prompts import prompt_key
+
 HELP = "a model's samples: rewards per prompt, CLIP score, FID/KID/IS, diversity; JSON + markdown report"
 
 
@@ -83,12 +85,14 @@ def parse_reward_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def resolve_prompts(given: Optional[Sequence[str]], cfg) -> List[str]:
+    from diffalign.config import config_prompts, item_path_keys
     from diffalign.rewards import load_prompts
     if not given:
-        return load_prompts(cfg.prompts.list, cfg.prompts.file)
+        return config_prompts(cfg)
+    keys = item_path_keys(cfg.modality.name) if cfg is not None else ()  # a prompts file's paths: its folder
     if len(given) == 1 and os.path.isfile(given[0]):
-        return load_prompts(file=given[0])
-    return load_prompts(list(given))
+        return load_prompts(file=given[0], path_keys=keys)
+    return load_prompts(list(given), path_keys=keys)
 
 
 def load_checkpoint_into(adapter, path: str) -> str:
@@ -125,7 +129,7 @@ def reward_stats(scores: torch.Tensor, prompts: Sequence[str]) -> Dict[str, Any]
     s = scores.double()
     per: Dict[str, List[float]] = {}
     for p, v in zip(prompts, s.tolist()):
-        per.setdefault(p, []).append(v)
+        per.setdefault(prompt_key(p), []).append(v)  # mapping items (a pocket) by their stable key
 
     def _ms(values):
         t = torch.tensor(values, dtype=torch.float64)
@@ -135,7 +139,7 @@ def reward_stats(scores: torch.Tensor, prompts: Sequence[str]) -> Dict[str, Any]
             "per_prompt": {p: _ms(v) for p, v in per.items()}}
 
 
-def score_rewards(rewards: Sequence[Tuple[str, Dict[str, Any]]], adapter, samples: torch.Tensor,
+def score_rewards(rewards: Sequence[Tuple[str, Dict[str, Any]]], adapter, samples,
                   prompts: Sequence[str], batch_size: int, device, progress: bool) -> Dict[str, torch.Tensor]:
     """{name: scores (N,)} for each (name, kwargs), in batches, each checked (one finite score per sample)."""
     from tqdm.auto import tqdm
@@ -145,9 +149,10 @@ def score_rewards(rewards: Sequence[Tuple[str, Dict[str, Any]]], adapter, sample
     for name, kwargs in rewards:
         fn = bind_reward_kwargs(resolve_reward(name, adapter.rewards()), name, kwargs)
         parts = []
-        for start in tqdm(range(0, samples.shape[0], batch_size), desc=f"reward {name}", disable=not progress,
+        for start in tqdm(range(0, len(samples), batch_size), desc=f"reward {name}", disable=not progress,
                           leave=False):
-            chunk = samples[start:start + batch_size].to(device)
+            chunk = samples[start:start + batch_size]  # a tensor batch, or a list (molecules; None = invalid)
+            chunk = chunk.to(device) if isinstance(chunk, torch.Tensor) else chunk
             parts.append(call_reward(fn, chunk, prompts[start:start + batch_size], device).cpu())
         out[name] = torch.cat(parts)
     return out
@@ -214,6 +219,7 @@ def evaluate(args) -> Dict[str, Any]:
     t0 = time.perf_counter()
     samples = sample_decoded(cfg, adapter, policy, all_prompts, seeds, progress=progress, desc="sampling")
     timing["sampling_s"] = time.perf_counter() - t0
+    tensors = isinstance(samples, torch.Tensor)
 
     t0 = time.perf_counter()
     scores = score_rewards(rewards, adapter, samples, all_prompts, cfg.sampling.batch_size, device, progress)
@@ -225,8 +231,9 @@ def evaluate(args) -> Dict[str, Any]:
     os.makedirs(folder, exist_ok=True)
     records = []
     for i, (p, s) in enumerate(zip(all_prompts, seeds)):
-        name = adapter.save_sample(samples[i], folder, f"{i:06d}")
-        records.append({"index": i, "prompt": p, "seed": s, "file": os.path.join("samples", name),
+        # an invalid sample (decoded to None: a molecule without perceivable bonds) has no file
+        name = None if samples[i] is None else os.path.join("samples", adapter.save_sample(samples[i], folder, f"{i:06d}"))
+        records.append({"index": i, "prompt": p, "seed": s, "file": name,
                         "rewards": {k: float(v[i]) for k, v in scores.items()}})
 
     report: Dict[str, Any] = {
@@ -236,18 +243,19 @@ def evaluate(args) -> Dict[str, Any]:
         "rewards": {k: reward_stats(v, all_prompts) for k, v in scores.items()},
         "clip_score": None, "fid": None, "fid_samples": None, "kid": None, "inception_score": None,
         "feature_network": feature_name, "classifier": args.classifier or (feature_name if args.inception else None),
-        "diversity": {"pixel": metrics.pairwise_diversity(samples, all_prompts, "rms"), "feature": None},
+        "diversity": {"pixel": metrics.pairwise_diversity(samples, [prompt_key(p) for p in all_prompts], "rms")
+                      if tensors else None, "feature": None},  # element-wise distances need a tensor batch
         "samples": records, "config": cfg.to_dict(), "timing": timing,
     }
     clip_keys = [k for (n, _), k in zip(rewards, keys) if n == "clip_score"]
     if clip_keys:
         report["clip_score"] = report["rewards"][clip_keys[-1]]
 
-    images = samples.ndim == 4 and samples.shape[1] == 3
+    images = tensors and samples.ndim == 4 and samples.shape[1] == 3
     t0 = time.perf_counter()
     if (features_net is not None or classifier is not None) and not images:
-        raise ValueError(f"FID / KID / IS need RGB images; the {cfg.modality.name} modality's samples have shape "
-                         f"{tuple(samples.shape[1:])}")
+        raise ValueError(f"FID / KID / IS need RGB images; the {cfg.modality.name} modality's samples are "
+                         + (f"of shape {tuple(samples.shape[1:])}" if tensors else "not a tensor batch"))
     if features_net is not None:
         fake = metrics.extract_features(features_net, samples, cfg.sampling.batch_size, device, "features (samples)",
                                         progress)
@@ -281,7 +289,7 @@ def _summary(report: Dict[str, Any], out: str) -> str:
         parts.append(f"KID {report['kid']['mean']:.4g}")
     if report.get("inception_score") is not None:
         parts.append(f"IS {report['inception_score']['mean']:.4g}")
-    div = report["diversity"]["pixel"]["mean"]
+    div = (report["diversity"]["pixel"] or {}).get("mean")  # None where samples are not a tensor batch
     if div is not None:
         parts.append(f"diversity {div:.4g}")
     n = len(report["samples"])

@@ -1,8 +1,8 @@
 """The denoising MDP: step rules with log-probs (steps.py) over diffusers schedulers or the VP / EDM schedules
-(schedules.py), the guided policy and its rollouts (trajectory.py), and the one sampling chain and noise draw
-every caller uses (chain.py)."""
+(diffalign/schedules.py, re-exported here), the guided policy and its rollouts (trajectory.py), and the one
+sampling chain and noise draw every caller uses (chain.py)."""
 from diffalign.mdp.chain import ChainResult, draw_noise, draw_step_noise, run_chain
-from diffalign.mdp.schedules import EDMSchedule, VPSchedule
+from diffalign.schedules import EDMSchedule, VPSchedule
 from diffalign.mdp.steps import (STEP_RULES, DDIMRule, DDPMRule, EDMEulerRule, EDMRule, FlowODERule, FlowSDERule,
                                  StepRule, VPRule, make_step_rule)
 from diffalign.mdp.trajectory import DiffusionPolicy, Trajectory

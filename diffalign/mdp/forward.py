@@ -10,9 +10,9 @@ would only ever train T noise levels.
 - flow matching (FlowMatchEulerDiscreteScheduler): index i in [0, N) into the scheduler's training
   sigmas (its shift included), x_s = (1 - s) x0 + s eps, model timestep s N, target the velocity eps - x0.
   (SD3's own trainer draws s from a logit-normal density; uniform over the grid is the simple choice.)
-- :class:`~diffalign.mdp.schedules.VPSchedule`: as the alphas_cumprod schedulers, over its N training
+- :class:`~diffalign.schedules.VPSchedule`: as the alphas_cumprod schedulers, over its N training
   indices; the model timestep is the schedule's ``model_times`` entry.
-- :class:`~diffalign.mdp.schedules.EDMSchedule`: x = x0 + sigma eps on a grid of ``EDM_GRID`` Karras noise
+- :class:`~diffalign.schedules.EDMSchedule`: x = x0 + sigma eps on a grid of ``EDM_GRID`` Karras noise
   levels (or the schedule's explicit sigmas); target x0 ("sample") or eps. (EDM's trainer draws ln sigma from
   a normal density; a uniform index over the grid is the simple choice, as for flow matching.)
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from diffalign.mdp.schedules import EDMSchedule, VPSchedule
+from diffalign.schedules import EDMSchedule, VPSchedule
 
 __all__ = ["ForwardProcess", "EDM_GRID"]
 

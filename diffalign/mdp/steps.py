@@ -23,13 +23,13 @@ Conventions per rule (tested in tests/mdp/test_steps.py and tests/mdp/test_sched
   ``steps_offset`` > 0 keeps a noisy last step, as diffusers does).
 - "flow_sde" / "flow_ode": sigma = ``scheduler.sigmas[i]``, sigma_next = ``scheduler.sigmas[i + 1]`` (the
   schedule's shift is already in them); the model timestep is ``scheduler.timesteps[i]``.
-- "vp": over a :class:`~diffalign.mdp.schedules.VPSchedule` (no diffusers scheduler). Steps visit the
+- "vp": over a :class:`~diffalign.schedules.VPSchedule` (no diffusers scheduler). Steps visit the
   training indices ``schedule.sampling_indices(T)`` (N-1 down to 0, evenly spaced; all of them when
   T = N); the previous index is the next one, and ``final_alpha_cumprod`` after the last. DDIM(eta)
   over them (eta = 1: ancestral DDPM with the posterior, "fixed_small", variance, as Diffuser and E(3)
   diffusion sample), or variance "fixed_large" (std sqrt(beta_t), the last step deterministic as in DDPM's
   Algorithm 2). Model timesteps: ``schedule.model_times`` at those indices. No x0 clipping.
-- "edm" / "edm_euler": over an :class:`~diffalign.mdp.schedules.EDMSchedule` (x = x0 + sigma eps). The
+- "edm" / "edm_euler": over an :class:`~diffalign.schedules.EDMSchedule` (x = x0 + sigma eps). The
   model outputs the denoised D(x; sigma) (prediction_type "sample"; an adapter of a preconditioned EDM
   network returns D, preconditioning applied) or epsilon. Euler-ancestral step (k-diffusion's):
   sigma_up = min(sigma', eta sigma' sqrt(sigma^2 - sigma'^2) / sigma), sigma_down = sqrt(sigma'^2 - sigma_up^2),
@@ -50,7 +50,7 @@ from typing import Optional, Union
 import torch
 
 from diffalign import ops
-from diffalign.mdp.schedules import EDMSchedule, VPSchedule
+from diffalign.schedules import EDMSchedule, VPSchedule
 from diffalign.ops import StepOutput
 
 Index = Union[int, torch.Tensor]

@@ -8,6 +8,12 @@ statistics), a stable text for any item.
 
 Files: ``.jsonl`` holds one JSON value per line (a string or an object); any other file holds one text
 per line. Blank lines and lines starting with ``#`` are skipped in both.
+
+Paths in items: a modality names the item keys that hold file paths (its registry entry's ``item_paths``, e.g. a
+molecule's ``pocket``). Relative paths there resolve against the folder of the file the item was written in: the
+prompts file's folder for ``prompts.file``, the config file's folder for a config's ``prompts.list``
+(diffalign.config); items given on the command line stay relative to the working directory.
+``package:MODULE/PATH`` names a file shipped inside an installed package (the bundled pockets), wherever it is.
 """
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 
 PromptItem = Union[str, Mapping[str, Any]]
 
-__all__ = ["PromptItem", "load_prompts", "prompt_key", "prompt_text", "check_item"]
+__all__ = ["PromptItem", "load_prompts", "prompt_key", "prompt_text", "check_item", "resolve_item_path",
+           "resolve_item_paths", "PACKAGE_PREFIX"]
+
+PACKAGE_PREFIX = "package:"
 
 
 def check_item(item: Any, where: str) -> PromptItem:
@@ -54,6 +63,35 @@ def prompt_text(item: PromptItem, default: str = "") -> str:
     return default
 
 
+def resolve_item_path(value: str, root: Optional[str], where: str) -> str:
+    """A path in a prompt item -> the path to open: ``package:MODULE/PATH`` -> PATH inside the installed package
+    MODULE; a relative path -> joined to ``root`` (None: left relative to the working directory); an absolute path
+    as it is. ValueError naming ``where`` for a package reference that does not resolve."""
+    if value.startswith(PACKAGE_PREFIX):
+        module, _, rel = value[len(PACKAGE_PREFIX):].partition("/")
+        if not module or not rel:
+            raise ValueError(f"{where}: {value!r} must read {PACKAGE_PREFIX}MODULE/PATH")
+        import importlib.resources
+        try:
+            base = importlib.resources.files(module)
+        except (ModuleNotFoundError, TypeError) as exc:
+            raise ValueError(f"{where}: {value!r} names no importable package {module!r} ({exc})") from None
+        return str(base.joinpath(rel))
+    value = os.path.expanduser(value)
+    if root is not None and not os.path.isabs(value):
+        return os.path.normpath(os.path.join(root, value))
+    return value
+
+
+def resolve_item_paths(item: PromptItem, keys: Sequence[str], root: Optional[str], where: str) -> PromptItem:
+    """``item`` with the string values under ``keys`` resolved by :func:`resolve_item_path` (a text, and values
+    that are not strings, such as an inline image given as numbers, are left as they are)."""
+    if isinstance(item, str) or not any(isinstance(item.get(k), str) for k in keys):
+        return item
+    return {k: resolve_item_path(v, root, f"{where}, key {k!r}") if k in keys and isinstance(v, str) else v
+            for k, v in item.items()}
+
+
 def _read_file(file: str) -> List[PromptItem]:
     jsonl = file.endswith(".jsonl")
     out: List[PromptItem] = []
@@ -73,8 +111,10 @@ def _read_file(file: str) -> List[PromptItem]:
     return out
 
 
-def load_prompts(prompts: Optional[Sequence[Any]] = None, file: Optional[str] = None) -> List[PromptItem]:
-    """The prompt items of ``prompts.list`` or ``prompts.file`` (exactly one of them)."""
+def load_prompts(prompts: Optional[Sequence[Any]] = None, file: Optional[str] = None,
+                 path_keys: Sequence[str] = (), root: Optional[str] = None) -> List[PromptItem]:
+    """The prompt items of ``prompts.list`` or ``prompts.file`` (exactly one of them). Values under ``path_keys``
+    are resolved (:func:`resolve_item_path`): a file's items against its folder, the list's against ``root``."""
     if (prompts is None) == (file is None):
         raise ValueError("prompts: give exactly one of prompts.list and prompts.file")
     if file is not None:
@@ -83,9 +123,10 @@ def load_prompts(prompts: Optional[Sequence[Any]] = None, file: Optional[str] = 
         out = _read_file(file)
         if not out:
             raise ValueError(f"prompts.file {file!r} holds no prompt")
-        return out
+        folder = os.path.dirname(os.path.abspath(file))
+        return [resolve_item_paths(p, path_keys, folder, f"prompts.file {file!r}, item {i}") for i, p in enumerate(out)]
     # numbers are texts (a YAML list of ids), as before items could be mappings
     out = [str(p) if isinstance(p, (int, float)) else check_item(p, f"prompts.list[{i}]") for i, p in enumerate(prompts)]
     if not out:
         raise ValueError("prompts.list is empty")
-    return out
+    return [resolve_item_paths(p, path_keys, root, f"prompts.list[{i}]") for i, p in enumerate(out)]

@@ -32,7 +32,7 @@ from torch import nn
 from diffalign.algorithms.base import DataPath
 from diffalign.modalities.base import unwrap
 
-from diffalign.rewards import load_prompts
+from diffalign.config import config_prompts
 from diffalign.trainer import checkpoint as ckpt
 from diffalign.trainer.builders import build_adapter, build_algorithm, build_ema, build_optimizer, build_policy
 from diffalign.trainer.distributed import make_accelerator
@@ -49,7 +49,7 @@ class Trainer(ckpt.CheckpointedTrainer):
         self.acc = accelerator or make_accelerator(cfg.train.mixed_precision)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.algorithm = algorithm if algorithm is not None else build_algorithm(cfg)
-        self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts.list, cfg.prompts.file)
+        self.prompts = list(prompts) if prompts is not None else config_prompts(cfg)
         self.adapter = build_adapter(cfg, self.prompts, self.acc.device)
         self.policy = build_policy(cfg, self.adapter)
         self.modules = self._build_modules()  # algorithm-owned trainables (generator data path), else {}
@@ -179,6 +179,24 @@ class Trainer(ckpt.CheckpointedTrainer):
         return {"lr": float(self.lr_scheduler.get_last_lr()[0]), "num_processes": self.world,
                 "threads": torch.get_num_threads(), "precision": str(self.acc.mixed_precision)}
 
+    def adapter_metrics(self) -> Dict[str, float]:
+        """The adapter's own numbers since the last call (``ModalityAdapter.metrics``: decode validity, ...),
+        averaged over the processes like every metric (a key one process lacks counts as 0 there)."""
+        hook = getattr(self.adapter, "metrics", None)  # an adapter written before the hook existed has none
+        local = hook() if hook is not None else {}
+        if not isinstance(local, dict):
+            raise ValueError(f"{type(self.adapter).__name__}.metrics() must return a dict, got {type(local).__name__}")
+        bad = {k: v for k, v in local.items() if not isinstance(k, str) or isinstance(v, bool)
+               or not isinstance(v, (int, float))}
+        if bad:
+            raise ValueError(f"{type(self.adapter).__name__}.metrics() must map names to numbers; got {bad!r}")
+        parts = [{k: float(v) for k, v in local.items()}]
+        if self.world > 1:  # processes may count different keys (an invalid-sample reason only one of them met)
+            from accelerate.utils import gather_object
+            parts = gather_object(parts)
+        keys = sorted(set().union(*parts))
+        return {k: sum(p.get(k, 0.0) for p in parts) / len(parts) for k in keys}
+
     # ---- the time budget (train.max_minutes) ----------------------------------------------------------
     def start_budget(self) -> None:
         """Start ``train.max_minutes``' clock (``train()`` does; a caller running epochs itself may too)."""
@@ -207,18 +225,25 @@ class Trainer(ckpt.CheckpointedTrainer):
     # ---- the epoch loop --------------------------------------------------------------------------------
     def train(self) -> List[Dict[str, float]]:
         """Run the remaining epochs (or until ``train.max_minutes``), log and checkpoint each, save ``final``;
-        returns the epochs' metrics. Each line has ``elapsed_s`` (seconds since train() began); the line of an
+        returns the epochs' metrics, with the adapter's own (``adapter.metrics()``, counted during the epoch).
+        Each line has ``elapsed_s`` (seconds since train() began); the line of an
         epoch that the budget ended has ``stopped_by_budget`` = 1; the first line also has ``hardware``."""
         from tqdm.auto import tqdm
         from diffalign.trainer.precision import cpu_info
         cfg = self.cfg
         history = []
         self.start_budget()
+        self.adapter_metrics()  # the adapter's counts start afresh: what it did before training is no epoch's
         start = time.perf_counter()
         bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs, desc="epochs",
                    disable=not (cfg.logging.progress_bar and self.acc.is_main_process))
         for epoch in bar:
             metrics = self.run_epoch(epoch)
+            for key, value in self.adapter_metrics().items():
+                if key in metrics:
+                    raise ValueError(f"{type(self.adapter).__name__}.metrics() key {key!r} collides with the "
+                                     "trainer's metric of that name")
+                metrics[key] = value
             stopped = self.out_of_time()
             metrics["elapsed_s"] = time.perf_counter() - start
             if stopped:

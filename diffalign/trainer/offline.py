@@ -6,7 +6,8 @@ the timestep come from a generator seeded by (seed, epoch, the item's position i
 a pair's winner and loser share them, a resumed run redraws exactly what the uninterrupted run drew,
 and 2 processes x B/2 items see what 1 process x B sees. Stored samples are encoded once by the
 adapter (``adapter.encode``: VAE latents for images, the points themselves for the toy, with the
-conditions of the item and the sample) and cached.
+conditions of the item and the sample) and cached; a sample stored as its model state (an invalid molecule's
+``.state.pt``, see diffalign.data.StoredState) gives its x0 and conditions directly.
 
 The forward process runs on the model's whole training grid (:class:`diffalign.mdp.forward.ForwardProcess`),
 the loss object (diffalign/algorithms/preference.py, reference_free.py, kto.py) runs the policy and
@@ -33,7 +34,8 @@ import torch
 
 from diffalign.algorithms.base import DataPath
 from diffalign.algorithms.preference import OfflineBatch
-from diffalign.data import PreferenceDataError, PreferenceDataset, load_preference_data
+from diffalign.data import (PreferenceDataError, PreferenceDataset, StoredState, is_state_ref, load_preference_data,
+                            load_state)
 from diffalign.mdp.forward import ForwardProcess
 from diffalign.modalities.base import cat_conditions
 from diffalign.modalities.toy.synthetic import toy_preference_pairs
@@ -58,11 +60,11 @@ class OfflineTrainer(Trainer):
     """Trains ``cfg`` (a validated TrainConfig whose algorithm has an offline data path)."""
 
     def __init__(self, cfg, accelerator=None):
-        from diffalign.rewards import load_prompts
+        from diffalign.config import config_prompts
         acc = accelerator or make_accelerator(cfg.train.mixed_precision)
         algorithm = build_algorithm(cfg)
         given = None if cfg.prompts.list is None and cfg.prompts.file is None else \
-            load_prompts(cfg.prompts.list, cfg.prompts.file)
+            config_prompts(cfg)
         self.data = build_preference_data(cfg, given)
         if acc.is_main_process:
             print(f"diffalign: {self.data.report.summary()}", flush=True)
@@ -95,18 +97,47 @@ class OfflineTrainer(Trainer):
     # ---- data -> batches --------------------------------------------------------------------------------
     def _encoded(self, keys: List[int], samples: List, items: List) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """x0 and conditions of stored samples (``adapter.encode``: the conditions come from the item and the
-        sample); ``keys`` identify them in the cache (2 i / 2 i + 1 for pair i)."""
+        sample; a stored model state, an invalid sample's ``.state.pt``, is used as is); ``keys`` identify them in
+        the cache (2 i / 2 i + 1 for pair i)."""
         cache = self.cfg.data.cache_latents
         todo = [j for j, k in enumerate(keys) if k not in self._cache] if cache else list(range(len(keys)))
-        if todo:
-            x0, cond = self.adapter.encode([self.adapter.load_sample(samples[j]) for j in todo],
-                                           [items[j] for j in todo])
-            if not cache:
-                return x0, cond
-            for n, j in enumerate(todo):
-                self._cache[keys[j]] = (x0[n].detach(), {k: v[n].detach() for k, v in cond.items()})
-        rows = [self._cache[k] for k in keys]
-        return torch.stack([r[0] for r in rows]), {k: torch.stack([r[1][k] for r in rows]) for k in rows[0][1]}
+        rows: Dict[int, Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = {}
+        loaded = {j: load_state(samples[j]) if is_state_ref(samples[j]) else self.adapter.load_sample(samples[j])
+                  for j in todo}
+        to_encode = [j for j in todo if not isinstance(loaded[j], StoredState)]
+        if to_encode:
+            x0, cond = self.adapter.encode([loaded[j] for j in to_encode], [items[j] for j in to_encode])
+            for n, j in enumerate(to_encode):
+                rows[j] = (x0[n].detach(), {k: v[n].detach() for k, v in cond.items()})
+        for j in todo:
+            if isinstance(loaded[j], StoredState):
+                rows[j] = self._state_row(loaded[j], rows[to_encode[0]] if to_encode else None)
+        if cache:
+            for j in todo:
+                self._cache[keys[j]] = rows[j]
+            rows = {j: self._cache[k] for j, k in enumerate(keys)}
+        ordered = [rows[j] for j in range(len(keys))]
+        keys0 = set(ordered[0][1])
+        for r in ordered[1:]:
+            if set(r[1]) != keys0:
+                raise PreferenceDataError(f"stored samples give different conditions ({sorted(keys0)} and "
+                                          f"{sorted(r[1])}): a stored state from another model?")
+        try:
+            return torch.stack([r[0] for r in ordered]), {k: torch.stack([r[1][k] for r in ordered]) for k in keys0}
+        except RuntimeError as exc:
+            raise PreferenceDataError(f"stored samples do not batch (a stored state from another model?): {exc}") from None
+
+    def _state_row(self, state: StoredState, like: Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]):
+        """A stored state's (x0, conditions) on the device (and, beside encoded samples, in their dtypes)."""
+        dev = self.acc.device
+        if like is None:
+            return state.x0.to(dev), {k: v.to(dev) for k, v in state.cond.items()}
+        if tuple(state.x0.shape) != tuple(like[0].shape) or set(state.cond) != set(like[1]):
+            raise PreferenceDataError(f"stored state {state.source or '(in memory)'}: x0 {tuple(state.x0.shape)} with "
+                                      f"conditions {sorted(state.cond)} does not match this model's encoded samples "
+                                      f"(x0 {tuple(like[0].shape)}, conditions {sorted(like[1])})")
+        return (state.x0.to(like[0].device, like[0].dtype),
+                {k: v.to(like[1][k].device, like[1][k].dtype) for k, v in state.cond.items()})
 
     def make_batch(self, epoch: int, positions: List[int], indices: List[int]) -> OfflineBatch:
         """The batch of stored items ``indices`` at global epoch positions ``positions`` (their noise and t)."""

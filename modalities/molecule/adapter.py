@@ -22,7 +22,8 @@ A prompt item is a mapping with ``pocket`` (a PDB file: a cut pocket or a whole 
 ``center`` ([x, y, z]: where the ligand goes, e.g. the crystal ligand's centroid) and ``num_atoms``.
 
 ``decode`` gives a list of RDKit molecules with one conformer each, in batch order, None where bonds could not
-be perceived into a sanitisable molecule; ``decode_stats`` counts them by reason (bonds.DecodeStats).
+be perceived into a sanitisable molecule; ``decode_stats`` counts them by reason (bonds.DecodeStats), and
+``metrics`` reports each epoch's shares to the trainer's log.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 def make_scheduler(num_train_timesteps: int):
     """DDIM over the cosine schedule (Nichol & Dhariwal 2021, diffusers' "squaredcos_cap_v2"), the network
     predicting the clean ligand x0 as TargetDiff's does (egnn.py says why not the noise). A diffusers scheduler
-    rather than diffalign.mdp's VPSchedule (E(3) diffusion's polynomial schedule): modalities sit below mdp in
-    the layer order and may not import it."""
+    chosen when modalities could not import diffalign.mdp's VPSchedule (E(3) diffusion's polynomial schedule); it
+    now lives in diffalign.schedules, which a modality may import, but the tiny configs are tuned on this one."""
     from diffusers import DDIMScheduler
     return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                          prediction_type="sample", clip_sample=False, set_alpha_to_one=False)
@@ -149,6 +150,7 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
         self._frozen_copy = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
         self._in_reference = False
         self.decode_stats = DecodeStats()
+        self._reported = DecodeStats()  # decode_stats at the last metrics() call
 
     def pretrain(self, items: Sequence[Any], steps: int, seed: int = 0) -> List[float]:
         """Fit the denoiser to fragments in the pockets of ``items`` (pretrain.py: a stand-in for a pretrained base
@@ -268,6 +270,15 @@ class MoleculeAdapter(PeftOrFrozenReference, ModalityAdapter):
             self.decode_stats["valid" if mol is not None else f"invalid_{why}"] += 1
             out.append(mol)
         return out
+
+    def metrics(self) -> Dict[str, float]:
+        """Decode validity since the last call: ``decode/validity`` and ``decode/invalid_<reason>`` (shares of the
+        samples decoded) and ``decode/samples`` (their count); ``decode_stats`` itself keeps the running totals."""
+        since = DecodeStats(self.decode_stats - self._reported)
+        self._reported = DecodeStats(self.decode_stats)
+        if not since["samples"]:
+            return {}
+        return {**since.as_metrics(), "decode/samples": float(since["samples"])}
 
     def load_sample(self, ref: Any):
         """An SDF file (its first molecule) or an RDKit Mol -> the Mol, hydrogens removed."""

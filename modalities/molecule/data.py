@@ -16,7 +16,8 @@ Each kept complex gives a prompt item ``{"pocket": pdb, "center": ligand centroi
 
 Preferences (``data.format: molecule_jsonl``): JSONL, one pair per line, as ``diffalign feedback``'s
 ``write_feedback`` writes them: ``{"prompt": item, "chosen": sdf, "rejected": sdf, "chosen_reward": float,
-"rejected_reward": float}`` (rewards optional), the item a pocket mapping; paths (the SDFs and the item's
+"rejected_reward": float}`` (rewards optional), the item a pocket mapping; a side may be an invalid sample's
+stored model state (``.state.pt``, diffalign.data.StoredState: x0 and conditions) instead of an SDF; paths (the SDFs and the item's
 ``pocket``) relative to the file's folder. Unusable lines are counted in the LoadReport (malformed lines,
 undecodable ligands).
 """
@@ -28,8 +29,8 @@ import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, jsonl_objects,
-                                  resolve_path)
+from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, is_state_ref,
+                                  jsonl_objects, load_state, resolve_path)
 from diffalign.modalities.molecule.pocket import read_pdb_atoms
 
 __all__ = ["Complex", "ComplexReport", "read_complexes", "load_molecule_preferences", "FORMAT", "REASONS"]
@@ -141,7 +142,7 @@ def read_complexes(root: str, atom_types: Sequence[str] = ("C", "N", "O", "F", "
 def _check_ligand(path: str) -> Optional[str]:
     from diffalign.modalities.molecule.sdf import read_sdf
     try:
-        read_sdf(path)
+        load_state(path) if is_state_ref(path) else read_sdf(path)  # an invalid sample is stored as its state
     except ValueError as exc:
         return str(exc)
     return None
@@ -162,7 +163,7 @@ def load_molecule_preferences(path: str, verify: bool = True, max_records: Optio
         ligands = [row.get("chosen"), row.get("rejected")]
         rewards = [row.get("chosen_reward"), row.get("rejected_reward")]
         if not all(isinstance(p, str) and p for p in ligands):
-            report.skip("malformed", f"{where}: needs 'chosen' and 'rejected' SDF paths")
+            report.skip("malformed", f"{where}: needs 'chosen' and 'rejected' paths (SDF or .state.pt)")
             continue
         if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))) for r in rewards) \
                 or (rewards[0] is None) != (rewards[1] is None):

@@ -28,4 +28,4 @@ def readers():
     return {FORMAT: load_molecule_preferences}
 
 
-MODALITY = ModalityEntry(options=MoleculeOptions, build=build, rewards=rewards, readers=readers)
+MODALITY = ModalityEntry(options=MoleculeOptions, build=build, rewards=rewards, readers=readers, item_paths=("pocket",))
