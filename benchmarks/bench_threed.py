@@ -1,9 +1,10 @@
 """Text-to-3D benchmark: plain SDS against DreamFL over prompts x seeds, multi-view accuracy, paired test.
 
-    python benchmarks/bench_threed.py [--prompts "a red circle" "a blue square" ...] [--seeds 0 1 2]
+    python benchmarks/bench_threed.py [--prompts "a red circle" "a blue square" ...] [--seeds 1 2 3 4 5]
                                       [--epochs N] [--out benchmarks/results/threed_<cpu>_<date>.json]
 
-By default 4 prompts (one per palette colour, every shape) x 3 seeds = 12 paired runs. Each (prompt, seed) trains
+By default 4 prompts (one per palette colour, every shape) x 5 seeds (1-5; the configs were tuned on seed 0) = 20
+paired runs. Each (prompt, seed) trains
 the radiance field twice with the shipped demo configs (demo_threed_sds.yaml and
 demo_threed_dreamfl.yaml: the same steps and seed, DreamFL adding the shapes reward of every rendered view) and
 judges each result on 16 views evenly spaced all around (:func:`diffalign.eval.multiview.multiview_accuracy`, the
@@ -43,7 +44,8 @@ def run_one(prompt: str, seed: int, method: str, epochs: int, out: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    # seed 0 is where the demo configs were tuned; the benchmark's seeds are held out from that
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     p.add_argument("--epochs", type=int, default=None, help="epochs of both configs (default: the configs')")
     p.add_argument("--note", default=None, help="a sentence for the report (what the numbers mean, how the configs "
                                                 "were tuned); benchmarks/report.py prints it under the table")
