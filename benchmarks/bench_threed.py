@@ -4,9 +4,8 @@
                                       [--epochs N] [--out benchmarks/results/threed_<cpu>_<date>.json]
 
 By default 4 prompts (one per palette colour, every shape) x 5 seeds (1-5; the configs were tuned on seed 0) = 20
-paired runs. Each (prompt, seed) trains
-the radiance field twice with the shipped demo configs (demo_threed_sds.yaml and
-demo_threed_dreamfl.yaml: the same steps and seed, DreamFL adding the shapes reward of every rendered view) and
+paired runs. Each (prompt, seed) trains the radiance field twice with the shipped demo configs (demo_threed_sds.yaml
+and demo_threed_dreamfl.yaml: the same steps and seed, DreamFL adding the shapes reward of every rendered view) and
 judges each result on 16 views evenly spaced all around (:func:`diffalign.eval.multiview.multiview_accuracy`, the
 compositional reward's checks). Every run is written; the summary is :func:`diffalign.eval.multiview.paired_runs`
 (the mean change over runs with its t interval, an exact sign-flip test, and McNemar over all views).
