@@ -26,6 +26,14 @@ one at random, like a random camera view of a 3-D scene). ``generator: modality`
 generator (``adapter.build_generator`` / ``adapter.render``: a radiance field and its renderer for text-to-3D), whose
 renders are drawn from the conditions (a camera the adapter drew from each render's generator).
 
+RewardSDS (Chachy, Yariv and Benaim 2025, "Aligning Score Distillation via Reward-Weighted Sampling";
+``reward_samples`` = N > 1): each render is noised N times at its timestep, each noisy render's one-step denoised
+estimate x0_k = (x_t,k - sqrt(1 - a_t) eps_hat_k) / sqrt(a_t) is scored by the reward, and the SDS residuals are
+averaged with weights that favour the high-reward noises: w(t) sum_k p_k (eps_hat_k - eps_k). The paper maps the
+scores to weights by their rank; here p = softmax(r / ``reward_temperature``) over the N samples (one knob,
+-> the mean of plain SDS as the temperature grows, -> the best sample's residual as it shrinks). It needs no
+gradient of the reward, so any reward of the zoo fits; it costs N critic evaluations per render.
+
 Timestep annealing (``max_step_final``, ``anneal_steps``): the top of the t range decays linearly from max_step to
 max_step_final over the first anneal_steps optimiser steps, so late training refines details at low noise
 (DreamFusion-style schedules as threestudio's max_step_percent; ProlificDreamer anneals 0.98 -> 0.5).
@@ -93,6 +101,11 @@ class GeneratorAlgorithm(Algorithm):
         """> 0: the loop hands the loss a differentiable reward of the renders."""
         return 0.0
 
+    @property
+    def uses_reward(self) -> bool:
+        """Whether the loop should hand the loss the reward of the renders (``GeneratorBatch.reward``)."""
+        return self.reward_weight > 0
+
     def render(self, modules: Dict[str, nn.Module], cond: Conditions,
                generators: Sequence[torch.Generator], adapter=None) -> torch.Tensor:
         """(B, ...) renders of the generator, render b drawing its randomness (a view) from generators[b] alone
@@ -157,6 +170,8 @@ class SDSConfig:
     init_std: float = 1.0
     init_seed: int = 0
     reward_weight: float = 0.0        # DreamReward-style: loss = L_SDS - reward_weight * reward(render)
+    reward_samples: int = 0           # RewardSDS: > 1 noise samples per render, weighted by their reward (module doc)
+    reward_temperature: float = 0.1   # RewardSDS: weights softmax(reward / temperature) over a render's samples
 
     def __post_init__(self):
         if not self.guidance_scale >= 0:
@@ -187,6 +202,11 @@ class SDSConfig:
             raise ValueError(f"config key 'algorithm.init_std' must be >= 0, got {self.init_std!r}")
         if not self.reward_weight >= 0:
             raise ValueError(f"config key 'algorithm.reward_weight' must be >= 0, got {self.reward_weight!r}")
+        if self.reward_samples < 0 or self.reward_samples == 1:
+            raise ValueError(f"config key 'algorithm.reward_samples' must be 0 (plain SDS) or >= 2 (RewardSDS), got "
+                             f"{self.reward_samples!r}")
+        if not self.reward_temperature > 0:
+            raise ValueError(f"config key 'algorithm.reward_temperature' must be > 0, got {self.reward_temperature!r}")
 
 
 class SDS(GeneratorAlgorithm):
@@ -202,6 +222,10 @@ class SDS(GeneratorAlgorithm):
     @property
     def reward_weight(self) -> float:
         return self.config.reward_weight
+
+    @property
+    def uses_reward(self) -> bool:
+        return self.config.reward_weight > 0 or self.config.reward_samples > 1
 
     def trainable_modules(self, adapter, sample_shape: Tuple[int, ...]) -> Dict[str, nn.Module]:
         c = self.config
@@ -265,10 +289,43 @@ class SDS(GeneratorAlgorithm):
             grad = w.to(x.device, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * (eps_hat - batch.noise)
         return grad, w
 
+    def reward_sds_gradient(self, batch: GeneratorBatch, critic) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RewardSDS: (w(t) sum_k p_k (eps_hat_k - eps_k), w, the samples' rewards (B, N)), no graph. Sample 0 is the
+        batch's noise, the other N - 1 are drawn from torch's generator (seeded per epoch by the loop)."""
+        if batch.reward is None:
+            raise ValueError("algorithm.reward_samples > 1 (RewardSDS) needs a reward of the renders (the generator "
+                             "loop passes reward.name's)")
+        rule, n = critic.rule, self.config.reward_samples
+        with torch.no_grad():
+            x = batch.x.detach()
+            shape = (-1,) + (1,) * (x.ndim - 1)
+            a = alpha_bar(rule, batch.steps).to(x.device, x.dtype).reshape(shape)
+            residuals, rewards = [], []
+            for k in range(n):
+                eps = batch.noise if k == 0 else torch.randn_like(x)
+                x_t = rule.add_noise(x, eps, batch.steps)
+                eps_hat = eps_from_output(rule, critic.predict(x_t, batch.steps, batch.cond).to(x.dtype), x_t,
+                                          batch.steps)
+                # the one-step denoised estimate; for a flow rule a is the alpha_bar of equal SNR, and
+                # x_t (sqrt(a) + sqrt(1 - a)) is its VP-scaled x_t, so one formula serves both families
+                scaled = x_t * (a.sqrt() + (1 - a).sqrt()) if _is_flow(rule) else x_t
+                x0 = (scaled - (1 - a).sqrt() * eps_hat) / a.sqrt()
+                residuals.append(eps_hat - eps)
+                rewards.append(batch.reward(x0).detach().to(x.dtype))
+            r = torch.stack(rewards, 1)  # (B, N)
+            p = torch.softmax(r / self.config.reward_temperature, dim=1)
+            mix = sum(p[:, k].reshape(shape) * residuals[k] for k in range(n))
+            w = self.weight(rule, batch.steps)
+            grad = w.to(x.device, x.dtype).reshape(shape) * mix
+        return grad, w, r
+
     def loss(self, batch: GeneratorBatch, policy, reference) -> Tuple[torch.Tensor, Metrics]:
         if reference is None:
             raise ValueError("sds needs the frozen critic (the reference policy)")
-        grad, w = self.sds_gradient(batch, reference)
+        if self.config.reward_samples > 1:
+            grad, w, sample_rewards = self.reward_sds_gradient(batch, reference)
+        else:
+            grad, w = self.sds_gradient(batch, reference)
         x = batch.x
         target = (x - grad).detach()
         # d/dx of 0.5 ||x - target||^2 is grad: the SDS update, per render (the batch mean is E_{t, eps})
@@ -285,4 +342,6 @@ class SDS(GeneratorAlgorithm):
                                  "no graph")
             loss = loss - self.config.reward_weight * r.float().mean()
             metrics["reward_mean"] = r.detach().float().mean()
+        if self.config.reward_samples > 1:
+            metrics["sample_reward_mean"] = sample_rewards.float().mean()
         return loss, metrics

@@ -106,9 +106,12 @@ def run_other(args) -> int:
     module = importlib.import_module(module_name)
     args.algo = getattr(module, f"DEFAULT_{name.upper()}_ALGO") if args.algo is None else args.algo
     args.samples_per_kind = module.SAMPLES_PER_KIND if args.samples_per_kind is None else args.samples_per_kind
-    error = _check_modality(args, name)
+    # a module's own checks (threed: --algo may not be its baseline, --prompt must be a shapes caption)
+    error = getattr(module, "check_algo", lambda algo: "")(args.algo) or _check_modality(args, name)
     if getattr(args, "prompt", None) is not None and name != "threed":
         error = error or "--prompt applies to the threed demo only"
+    if getattr(args, "prompt", None) is not None and hasattr(module, "check_prompt"):
+        error = error or module.check_prompt(args.prompt)
     if error:
         print(f"diffalign demo {name}: {error}", file=sys.stderr)
         return 2
@@ -117,7 +120,8 @@ def run_other(args) -> int:
                                                  samples_per_kind=args.samples_per_kind, seed=args.seed,
                                                  overrides=_overrides(args.overrides), **extra)
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
-    print(f"diffalign demo {name} ({args.algo}): held-out {unit} accuracy {100 * b:.1f}% -> {100 * a:.1f}% "
+    label = getattr(module, "ACCURACY_LABEL", f"held-out {unit} accuracy")
+    print(f"diffalign demo {name} ({args.algo}): {label} {100 * b:.1f}% -> {100 * a:.1f}% "
           f"({100 * (a - b):+.1f} points); report in {args.output}/report.md")
     return 0
 

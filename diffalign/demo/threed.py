@@ -28,6 +28,8 @@ import torch
 
 DEFAULT_THREED_ALGO = "dreamfl"          # the "after" method; "before" is always plain SDS
 BASELINE = "sds"
+# what the CLI's summary line calls the accuracy: the views are all around the trained object, not held out
+ACCURACY_LABEL = "multi-view accuracy (views all around the object)"
 CONFIG_PREFIX = "threed_"                # demo_threed_<method>.yaml among the demo configs
 DEFAULT_PROMPT = "a red circle"
 SAMPLES_PER_KIND = 16                    # evaluation views all around (diffalign.eval.multiview.MIN_VIEWS)
@@ -57,13 +59,29 @@ def threed_config(method: str, prompt: str, output: str, seed: int, overrides: O
     return load_config(data=data, overrides=[f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()])
 
 
-def _check_prompt(prompt: str) -> None:
-    from diffalign.data.shapes import parse_caption
+def check_prompt(prompt: str) -> str:
+    """An error message naming the allowed words if ``prompt`` is not a caption of the shapes world, else ''."""
+    from diffalign.data.shapes import COLORS, COUNTS, RELATIONS, SHAPES, parse_caption
     try:
         parse_caption(prompt)
     except ValueError as exc:
-        raise ValueError(f"--prompt {prompt!r} is not a caption of the shapes world the demo model draws and the "
-                         f"compositional reward checks (e.g. 'a red circle', 'two blue squares'): {exc}") from None
+        return (f"--prompt {prompt!r} is not a caption of the shapes world the demo model draws and the "
+                f"compositional reward checks ({exc}); a caption is '<count> <colour> <shape>' (e.g. 'a red circle', "
+                f"'two blue squares') or '<a colour shape> <relation> <a colour shape>', with count one of "
+                f"{list(COUNTS.values())}, colour one of {list(COLORS)}, shape one of {list(SHAPES)} (plural after "
+                f"two / three) and relation one of {list(RELATIONS)}")
+    return ""
+
+
+def check_algo(algo: str) -> str:
+    """An error message if ``algo`` is not a method the demo can compare with plain SDS, else ''."""
+    choices = [a for a in threed_algos() if a != BASELINE]
+    if algo == BASELINE:
+        return (f"--algo {algo!r} is the baseline the threed demo always runs (its 'before'); choose the method to "
+                f"compare with it: {', '.join(choices)}")
+    if algo not in choices:
+        return f"unknown --algo {algo!r} for threed; choose one of: {', '.join(choices)}"
+    return ""
 
 
 def train_field(cfg, minutes: float):
@@ -222,10 +240,9 @@ def run_threed_demo(output: str, algo: str = DEFAULT_THREED_ALGO, quick: bool = 
     views all around; report in ``output``; returns the report."""
     from diffalign.eval.multiview import evaluation_azimuths, multiview_accuracy, paired_views
     from diffalign.trainer.precision import cpu_info
-    if algo not in threed_algos() or algo == BASELINE:
-        raise ValueError(f"unknown threed demo method {algo!r}; the baseline is {BASELINE!r}, choose one of "
-                         f"{[a for a in threed_algos() if a != BASELINE]}")
-    _check_prompt(prompt)
+    error = check_algo(algo) or check_prompt(prompt)
+    if error:
+        raise ValueError(error)
     azimuths = evaluation_azimuths(samples_per_kind)
     extra = dict(QUICK_OVERRIDES if quick else {}, **(overrides or {}))
     t_total = time.perf_counter()

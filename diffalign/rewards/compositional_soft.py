@@ -23,6 +23,18 @@ can backpropagate it through the sampling chain:
   counting blobs has no useful gradient): their exact values from the detector enter the mean as constants,
   so the soft reward stays on the exact reward's scale and only the colour term carries a gradient.
 
+``colour_guide`` (keyword, default 0: off, the reward above unchanged): the colour tests are steep sigmoids, so
+a view that shows none of a named colour (a grey or black render at the start of text-to-3D) gets ~no gradient
+(1e-8..1e-6 per pixel, measured on the threed demo). With ``colour_guide`` = g > 0 each single object of colour c
+adds g * (1 - present_c) * tanh(S_c / A) / (number of objects), where S_c is the image's chroma toward c,
+the sum over pixels of tau * softplus(<(a, b), d_c> / tau) - tau * ln 2 (the opponent-plane component along the
+palette direction d_c, 0 on greys and blacks, linear in RGB so its gradient never vanishes), A the minimum object
+area x 4 and tau = 0.1 (S_c < 0 where the view leans away from c, e.g. toward its opponent hue; the
+guide is then negative, so the reward lies in [-g, 1 + g]). It is largest where the colour is missing and fades as the colour's soft presence rises,
+so its value cannot reorder images that the exact checks tell apart: with g <= 1/4 it stays below a present
+colour's own term (1/3 or more of the mean) -- tests check the ordering on rendered scenes. A guide term rather
+than wider sigmoids: a wider band also moves where the soft tests flip, and so disagrees with the exact checks.
+
 Reward = mean over the caption's constraints, as the exact one. Moments of a colour's *whole* mass stand for
 "the object of that colour", which is right when there is one blob per colour (single and relation captions).
 A relation's position term is multiplied by both colours' presence, as the exact one fails without them; its
@@ -38,7 +50,7 @@ import torch
 from diffalign.data.shapes import COLORS, Scene, parse_caption
 from diffalign.rewards.compositional import DetectorConfig, hue_tolerances, relation_offset, score_batch
 
-__all__ = ["compositional_soft", "soft_color_masks", "shape_scores", "SHAPE_FEATURES"]
+__all__ = ["compositional_soft", "colour_chroma", "soft_color_masks", "shape_scores", "SHAPE_FEATURES"]
 
 # calibrated on renders of diffalign.data.shapes (radii 3-7 px at 32 px): skewness of triangles -0.67 .. -0.53,
 # of circles -0.05 .. 0.16, of squares 0; c4 of circles -0.15 .. 0.09 (small ones are pixelated), of squares
@@ -120,8 +132,30 @@ def shape_scores(skew: torch.Tensor, c4: torch.Tensor) -> Dict[str, torch.Tensor
     return {"triangle": tri, "square": (1 - tri) * sq, "circle": (1 - tri) * (1 - sq)}
 
 
-def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: DetectorConfig = DetectorConfig()) -> torch.Tensor:
-    """Differentiable compositional reward: float Tensor[B] in [0, 1] with the images' gradient (see module doc)."""
+_GUIDE_TAU = 0.1          # softness of the chroma's positive part (RGB units)
+_GUIDE_AREA_FACTOR = 4.0  # the guide saturates at about this many minimum object areas of chroma
+MAX_COLOUR_GUIDE = 0.25   # above this the guide could outweigh a present colour's own term (module doc)
+
+
+def colour_chroma(images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per image (B,), each palette colour's chroma S_c: sum over pixels of the soft positive part of the
+    opponent-plane component along the colour's direction, 0 for greys and blacks (see the module doc)."""
+    a, b = _opponent(images.permute(0, 2, 3, 1))
+    out = {}
+    for name, (da, db) in _DIRECTIONS.items():
+        proj = a * da + b * db
+        out[name] = (_GUIDE_TAU * torch.nn.functional.softplus(proj / _GUIDE_TAU)
+                     - _GUIDE_TAU * math.log(2.0)).sum((1, 2))
+    return out
+
+
+def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: DetectorConfig = DetectorConfig(),
+                       colour_guide: float = 0.0) -> torch.Tensor:
+    """Differentiable compositional reward: float Tensor[B] in [0, 1] with the images' gradient (see module doc;
+    ``colour_guide`` = g > 0, at most 0.25, adds the missing-colour guide term: then in [-g, 1 + g])."""
+    if not 0 <= colour_guide <= MAX_COLOUR_GUIDE:
+        raise ValueError(f"compositional_soft: colour_guide must be in [0, {MAX_COLOUR_GUIDE}] (above, the guide "
+                         f"can outweigh a present colour's own term), got {colour_guide!r}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"compositional_soft wants RGB images (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
     if len(prompts) != images.shape[0]:
@@ -134,6 +168,8 @@ def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: Det
     min_area = config.min_area * (side / 32.0) ** 2
     max_area = MAX_OBJECT_AREA * (side / 32.0) ** 2
     margin = config.position_margin * side / 32.0
+    chroma = colour_chroma(x) if colour_guide > 0 else None
+    guide_area = _GUIDE_AREA_FACTOR * min_area
     exact = None
     if any(s.objects[0].count > 1 for s in scenes):  # count captions: the detector's exact shape and count
         exact = score_batch(x.detach().permute(0, 2, 3, 1).cpu().numpy(), prompts, config)
@@ -162,5 +198,10 @@ def compositional_soft(images: torch.Tensor, prompts: Sequence[str], config: Det
             off = relation_offset(scene.relation, cxb - cxa, cyb - cya)
             terms.append(present[0] * present[1] * torch.sigmoid((off - margin) / _SOFT_WIDTH["position"]))
             terms.append(single[0] * single[1])  # each named colour drawn once
-        rewards.append(torch.stack(terms).mean())
+        reward = torch.stack(terms).mean()
+        if chroma is not None:  # missing colours: a pull toward their hue with a gradient everywhere
+            pulls = [(1 - p) * torch.tanh(chroma[o.color][i] / guide_area)
+                     for o, p in zip(scene.objects, present)]
+            reward = reward + colour_guide * torch.stack(pulls).mean()
+        rewards.append(reward)
     return torch.stack(rewards)

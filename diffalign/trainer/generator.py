@@ -39,7 +39,7 @@ class GeneratorTrainer(Trainer):
                                       self.policy.logprob_reduction).reference()
 
     def build_reward_fn(self):
-        if self.algorithm.reward_weight <= 0:
+        if not self.algorithm.uses_reward:  # DreamFL's reward term or RewardSDS's sample weights
             return None
         return bind_reward_kwargs(resolve_reward(self.cfg.reward.name, reward_table_of(self.adapter)),
                                   self.cfg.reward.name, self.cfg.reward.kwargs)

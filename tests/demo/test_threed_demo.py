@@ -21,11 +21,17 @@ def _cli(argv):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import contextlib
+    import io
     torch.set_num_threads(1)
     out = str(tmp_path_factory.mktemp("threed_demo"))
-    assert _cli(["demo", "threed", "--quick", "--output", out, "--prompt", "a blue square"]) == 0
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert _cli(["demo", "threed", "--quick", "--output", out, "--prompt", "a blue square"]) == 0
     with open(os.path.join(out, "report.json")) as f:
-        return out, json.load(f)
+        report = json.load(f)
+    report["_stdout"] = stdout.getvalue()
+    return out, report
 
 
 def test_quick_threed_demo_writes_the_demo_report_schema(quick_run):
@@ -57,6 +63,12 @@ def test_quick_threed_demo_writes_the_demo_report_schema(quick_run):
     assert "multi-view accuracy" in md and "McNemar" in md and "turntable_dreamfl.png" in md
 
 
+def test_quick_threed_demo_summary_line_does_not_call_the_views_held_out(quick_run, capsys):
+    out, report = quick_run
+    line = report["_stdout"]
+    assert "multi-view accuracy (views all around the object)" in line and "held-out" not in line
+
+
 def test_quick_threed_demo_views_reproduce_the_report(quick_run):
     out, report = quick_run
     with open(os.path.join(out, "samples", "prompts.json")) as f:
@@ -77,10 +89,22 @@ def test_threed_demo_arguments_are_checked(tmp_path, capsys):
     assert _cli(["demo", "video", "--prompt", "a red circle", "--output", str(tmp_path)]) == 2
     assert "--prompt applies to the threed demo only" in capsys.readouterr().err
     assert _cli(["demo", "threed", "--algo", "nerf", "--output", str(tmp_path)]) == 2
+    assert "unknown --algo 'nerf' for threed; choose one of: dreamfl" in capsys.readouterr().err
+    # the baseline is refused by the CLI's check, before anything loads (it used to fail inside the demo)
+    assert _cli(["demo", "threed", "--algo", "sds", "--output", str(tmp_path)]) == 2
+    assert "'sds' is the baseline the threed demo always runs" in capsys.readouterr().err
+    assert _cli(["demo", "threed", "--prompt", "a purple circle", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad word 'purple'" in err
+    for word in ("'red'", "'green'", "'blue'", "'yellow'", "'circle'", "'square'", "'triangle'", "'two'",
+                 "'left of'", "'above'"):
+        assert word in err, word
+    assert not os.listdir(tmp_path)  # nothing ran
     with pytest.raises(ValueError, match="not a caption of the shapes world"):
         threed.run_threed_demo(str(tmp_path), prompt="a purple hexagon")
-    with pytest.raises(ValueError, match="baseline is 'sds'"):
+    with pytest.raises(ValueError, match="is the baseline"):
         threed.run_threed_demo(str(tmp_path), algo="sds")
+    assert threed.check_prompt("two blue squares") == "" and threed.check_algo("dreamfl") == ""
     with pytest.raises(ValueError, match="at least 16"):
         threed.run_threed_demo(str(tmp_path), samples_per_kind=8)
     assert threed.threed_algos() == ["dreamfl", "sds"]

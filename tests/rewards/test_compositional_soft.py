@@ -96,3 +96,69 @@ def test_registered_differentiable_and_bad_input_named():
         CS.compositional_soft(torch.zeros(1, 3, 32, 32), ["a red circle"] * 2)
     with pytest.raises(ValueError, match="purple"):
         CS.compositional_soft(torch.zeros(1, 3, 32, 32), ["a purple circle"])
+
+
+def _renders_and_exact(n=36, seed=1):
+    """Renders of the shapes world, each with a caption that is right or wrong in one word, and the exact reward."""
+    rng = np.random.default_rng(seed)
+    train = S.prompts("train")
+    imgs, captions = [], []
+    for i in range(n):
+        scene = S.parse_caption(train[int(rng.integers(len(train)))])
+        imgs.append(S.render(scene, 32, np.random.default_rng(100 + i)))
+        captions.append(S.caption(scene) if i % 2 else train[int(rng.integers(len(train)))])
+    # views the exact checks fail completely: black and grey, as a radiance field starts
+    imgs += [np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 128, np.uint8)]
+    captions += ["a red circle", "a green triangle"]
+    exact = np.array([r.reward for r in C.score_batch(np.stack(imgs), captions)])
+    return torch.cat([to_tensor(im) for im in imgs]), captions, exact
+
+
+@pytest.mark.parametrize("color", ["red", "green", "blue", "yellow"])
+def test_colour_guide_gives_a_grey_view_a_gradient_toward_the_colour(color):
+    caption = f"a {color} circle"
+    rgb = torch.tensor(S.COLORS[color], dtype=torch.float32) / 255
+    for level in (0.02, 0.5):  # near black (an empty field on black) and grey
+        plain = torch.full((1, 3, 32, 32), level, requires_grad=True)
+        CS.compositional_soft(plain, [caption]).sum().backward()
+        guided = torch.full((1, 3, 32, 32), level, requires_grad=True)
+        CS.compositional_soft(guided, [caption], colour_guide=0.25).sum().backward()
+        assert plain.grad.abs().max() < 1e-6  # the default: the steep colour sigmoids are flat here
+        g = guided.grad[0].mean((1, 2))
+        assert g.abs().max() > 1e-5
+        # the step raises the channels the colour has more of than its mean (its chroma direction)
+        assert torch.dot(g, rgb - rgb.mean()) > 0 and torch.dot(g, torch.ones(3)) == pytest.approx(0, abs=1e-7)
+
+
+def test_colour_chroma_matches_a_float64_formula():
+    img = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    chroma = CS.colour_chroma(img)
+    x = img.double().permute(0, 2, 3, 1).numpy()
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    tau = 0.1
+    for name, rgb in S.COLORS.items():
+        pr, pg, pb = np.array(rgb, np.float64) / 255
+        pa, pbb = pr - (pg + pb) / 2, np.sqrt(3) / 2 * (pg - pb)
+        n = np.hypot(pa, pbb)
+        proj = ((r - (g + b) / 2) * pa + np.sqrt(3) / 2 * (g - b) * pbb) / n
+        want = (tau * np.logaddexp(0, proj / tau) - tau * np.log(2)).sum((1, 2))
+        np.testing.assert_allclose(chroma[name].numpy(), want, rtol=1e-4, atol=1e-4)
+    assert all(abs(float(v)) < 1e-4 for v in CS.colour_chroma(torch.full((1, 3, 4, 4), 0.3)).values())  # greys: 0
+
+
+def test_colour_guide_keeps_the_exact_checks_ordering():
+    x, captions, exact = _renders_and_exact()
+    plain = CS.compositional_soft(x, captions).numpy()
+    guided = CS.compositional_soft(x, captions, colour_guide=0.25).numpy()
+    assert np.all(guided >= -0.25) and np.all(guided <= 1.25)
+    # every pair the exact reward tells apart by a constraint or more of a 3-constraint caption keeps its order,
+    # as it does without the guide
+    for soft in (plain, guided):
+        i, j = np.nonzero(exact[:, None] - exact[None, :] >= 1 / 3 - 1e-9)
+        assert len(i) > 100 and np.all(soft[i] > soft[j])
+    assert np.corrcoef(guided, exact)[0, 1] > 0.95
+
+
+def test_colour_guide_value_is_checked():
+    with pytest.raises(ValueError, match="colour_guide must be in"):
+        CS.compositional_soft(torch.zeros(1, 3, 8, 8), ["a red circle"], colour_guide=0.5)
