@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from diffalign.modalities.base import Conditions, ModalityAdapter, PeftOrFrozenReference, unwrap
+from diffalign.modalities.video.noise import mixed_frame_noise
 from diffalign.modalities.video.options import VideoOptions
 from diffalign.rewards.prompts import prompt_text
 
@@ -215,9 +216,15 @@ class VideoAdapter(PeftOrFrozenReference, ModalityAdapter):
         return out
 
     def initial_noise(self, cond: Conditions, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Standard normal x_T; with ``frame_noise_alpha``, PYoCo's mixed noise (frames correlated, see
+        modalities/video/noise.py). Step noise (``project_noise``) stays independent."""
         shape = (cond["prompt_embeds"].shape[0],) + self.latent_shape
         gen_device = generator.device if generator is not None else self.device
-        return torch.randn(shape, generator=generator, device=gen_device).to(self.device, torch.float32)
+        if self.options.frame_noise_alpha is not None:
+            noise = mixed_frame_noise(shape, self.options.frame_noise_alpha, generator, gen_device)
+        else:
+            noise = torch.randn(shape, generator=generator, device=gen_device)
+        return noise.to(self.device, torch.float32)
 
     # ---- the denoiser ------------------------------------------------------------------------------
     def denoise(self, x, timesteps, cond):

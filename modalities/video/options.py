@@ -40,6 +40,11 @@ class VideoOptions:
     # wan: the flow-matching shift of the sampling schedule; None: the pipeline's flow_shift (3.0 for 480p Wan 2.1,
     # its model card's value), 3.0 for the tiny preset
     flow_shift: Optional[float] = None
+    # PYoCo's mixed noise (modalities/video/noise.py) on x_T: frames share alpha / (1 + alpha) of their initial
+    # noise's variance (19: 95%), so a deterministic sampler (eta 0) starts every frame from nearly the same
+    # noise and objects stay in place between frames. x_T only: step noise stays independent, so step
+    # log-probs (DDPO/GRPO) are unchanged. None: independent frames
+    frame_noise_alpha: Optional[float] = None
 
     def __post_init__(self):
         key = "config key 'modality.options."
@@ -68,6 +73,10 @@ class VideoOptions:
         if self.flow_shift is not None and (self.architecture != "wan" or not self.flow_shift > 0):
             raise ValueError(f"{key}flow_shift' is a positive number for wan only, got {self.flow_shift!r} with "
                              f"architecture {self.architecture!r}")
+        if self.frame_noise_alpha is not None and (isinstance(self.frame_noise_alpha, bool) or not isinstance(
+                self.frame_noise_alpha, (int, float)) or not 0 <= self.frame_noise_alpha < float("inf")):
+            raise ValueError(f"{key}frame_noise_alpha' must be a finite number >= 0 (or null: independent frames), "
+                             f"got {self.frame_noise_alpha!r}")
         if self.model == "demo":
             if self.architecture != "animatediff" or self.resolution != 32:
                 raise ValueError(f"{key}model' 'demo' is the 32x32 pixel-space animatediff preset, got architecture "

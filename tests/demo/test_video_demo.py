@@ -42,6 +42,9 @@ def test_quick_video_demo_writes_the_image_demos_report_schema(quick_run):
     # alignment went through the trainer with the shipped config and the shipped motion modules
     assert report["info"]["config"].endswith("demo_video_rwr.yaml") and report["info"]["epochs"] >= 1
     assert report["info"]["overrides"]["modality.options.motion_adapter"] == video.shipped_motion_adapter()
+    # before and after sampled with the config's settings (quick's 4 steps) from correlated x_T
+    assert report["eval"]["sampling"]["num_steps"] == demo_run.QUICK["overrides"]["sampling.num_steps"]
+    assert report["eval"]["sampling"]["eta"] == 0.0 and report["eval"]["frame_noise_alpha"] == 19
     assert os.path.isfile(report["info"]["metrics"])
 
 
@@ -79,6 +82,16 @@ def test_eval_set_holds_out_and_balances_the_kinds():
     assert seeds == [demo_run.SEED_BASE + i for i in range(len(prompts))]
     for kind in CLIP_KINDS:  # the floor: at least 8 held-out captions of each kind, all of them evaluated
         assert len({p for p in prompts if clip_kind(p) == kind}) >= 8
+
+
+def test_eval_set_spreads_over_the_directions():
+    prompts, _ = video.video_eval_set(8)
+    moving = [p for p in prompts if clip_kind(p) == "moving"]
+    assert {p.rsplit(" ", 1)[1] for p in moving} == {"left", "right", "up", "down"}
+    assert video.spread_captions(["a", "b", "c", "d"], 2) == ["a", "c"]
+    assert video.spread_captions(["a", "b"], 3) == ["a", "b", "a"]
+    with pytest.raises(ValueError, match="samples per kind"):
+        video.spread_captions(["a"], 0)
 
 
 def test_paired_report_splits_by_kind():
@@ -130,9 +143,14 @@ def test_video_configs_are_separate_from_the_image_demos():
         cfg = demo_run.load_demo_config("video_" + algo, "/tmp/unused", ["a red circle moving up"],
                                         overrides={"modality.options.motion_adapter": video.shipped_motion_adapter()})
         assert cfg.modality.name == "video" and cfg.reward.name == "shapes_video"
+        # the before evaluation samples as the aligned policy does: the config's steps, eta, guidance and x_T
+        sampling, alpha = video.eval_sampling(cfg)
         s = cfg.sampling
-        assert (s.num_steps, s.eta, s.guidance_scale) == tuple(demo_run.EVAL_DEFAULTS[k] for k in
-                                                               ("num_steps", "eta", "guidance_scale")), algo
+        assert (sampling["num_steps"], sampling["eta"], sampling["guidance_scale"]) == \
+            (s.num_steps, s.eta, s.guidance_scale), algo
+        assert alpha == cfg.modality.options["frame_noise_alpha"] == 19, algo
+    rwr = demo_run.load_demo_config("video_rwr", "/tmp/unused", ["a red circle moving up"])
+    assert rwr.sampling.eta == 0.0  # the default demo samples deterministically from correlated x_T
 
 
 def test_shipped_motion_model_is_trained_small_and_documented():
