@@ -115,6 +115,8 @@ setup(
         "eval": ["torchmetrics>=1.0", "torch-fidelity", "scipy"],
         # the video modality's clip files (mp4 through PyAV's ffmpeg, gif through pillow)
         "video": ["imageio>=2.30", "av>=12"],
+        # the planning modality: MuJoCo environments (offscreen rendering through EGL) and HDF5 trajectory files
+        "planning": ["gymnasium[mujoco]>=1.0", "h5py>=3"],
     },
     # console script and entry points (diffalign.modalities / diffalign.rewards): pyproject.toml
     ext_modules=ext_modules,

@@ -85,6 +85,7 @@ BUILTIN_MODALITIES: Dict[str, str] = {
     "image": "diffalign.modalities.image.entry:MODALITY",
     "video": "diffalign.modalities.video.entry:MODALITY",
     "editing": "diffalign.modalities.editing.entry:MODALITY",
+    "planning": "diffalign.modalities.planning.entry:MODALITY",
 }
 BUILTIN_REWARDS: Dict[str, str] = {
     # plain callables

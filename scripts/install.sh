@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c requirements/constraints.txt torch torchvision setuptools wheel ninja
-# runtime and test dependencies, resolved against the pinned torch
-"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video]" --no-build-isolation
+# runtime and test dependencies, resolved against the pinned torch (planning renders headless through EGL:
+# MUJOCO_GL=egl needs Mesa's libEGL, apt packages libegl1 libegl-mesa0, present on the CI image)
+"${PIP[@]}" install -q -c requirements/constraints.txt -e ".[dev,rewards,eval,video,planning]" --no-build-isolation
 .venv/bin/python -c "import diffalign.ops as o; print('diffalign installed; compiled ops:', o.extension_available(), '| CUDA kernels:', o.cuda_kernels_built())"

@@ -153,7 +153,7 @@ def test_plugin_reward_type_loads_by_name(tmp_path, monkeypatch):
 
 def test_unknown_modality_lists_the_registered_ones(tmp_path, monkeypatch):
     install_plugin(tmp_path, monkeypatch, GOOD)
-    with pytest.raises(ConfigError, match=r"'modality.name' must be one of \['editing', 'image', 'plane', 'toy', 'toy_dual', 'toy_points', 'video'\], got 'planar'"):
+    with pytest.raises(ConfigError, match=r"'modality.name' must be one of \['editing', 'image', 'plane', 'planning', 'toy', 'toy_dual', 'toy_points', 'video'\], got 'planar'"):
         load_config(data=_cfg(tmp_path, modality={"name": "planar"}))
 
 

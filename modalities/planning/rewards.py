@@ -1,0 +1,30 @@
+"""Rewards of the planning modality that execute the decoded plans in the environment.
+
+They take the decoded trajectories (B, T, S + A) (``PlanningAdapter.decode``) and the prompt items, execute each
+plan open loop from its first state with its own actions (execute.execute_plans), and score what the
+environment did, so a plan that promises progress it cannot deliver is not rewarded for it.
+"""
+from __future__ import annotations
+
+import torch
+
+from diffalign.modalities.planning.env import env_spec
+
+__all__ = ["forward_velocity", "env_return", "PLANNING_REWARDS"]
+
+
+def forward_velocity(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
+    """(B,) the torso's mean forward velocity (m/s) while the plan executes: x displacement / (T dt)."""
+    from diffalign.modalities.planning.execute import execute_plans
+    run = execute_plans(samples, env)
+    return run.progress / (samples.shape[1] * env_spec(env).dt)
+
+
+def env_return(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
+    """(B,) the sum of the environment's own rewards over the executed plan (Hopper: forward velocity + 1 per
+    healthy step - 1e-3 |a|^2), 0 from the step it terminates."""
+    from diffalign.modalities.planning.execute import execute_plans
+    return execute_plans(samples, env).returns
+
+
+PLANNING_REWARDS = {"planning_forward_velocity": forward_velocity, "planning_env_return": env_return}
