@@ -112,6 +112,7 @@ def build_demo_model(dataset: str, output: str, seed: int = 0, planner_steps: in
     strengths = relabel(windows, strength)
     adapter, losses = train_planner(windows, strengths, planner_steps, seed)
     seconds["planner"] = time.perf_counter() - t
+    tail = max(1, min(50, len(losses) // 5))  # the last losses' mean (one batch's loss is noisy)
     adapter.save_pretrained(output)
     strength.save(os.path.join(output, STRENGTH_DIR), extra={"training": summary})
     import shutil
@@ -119,8 +120,7 @@ def build_demo_model(dataset: str, output: str, seed: int = 0, planner_steps: in
     meta = {"command": command, "seed": seed, "dataset": dataset, "episodes": len(episodes),
             "windows": int(windows.shape[0]), "horizon": HORIZON, "stride": stride, "attributes": list(ATTRIBUTES),
             "label_pairs": num_pairs, "strength_held_out_accuracy": summary.get("held_out_accuracy_by_aspect"),
-            "planner_steps": planner_steps, "planner_loss_first_last": [losses[0], float(sum(losses[-50:]) / 50)]
-            if len(losses) >= 50 else losses,
+            "planner_steps": planner_steps, "planner_loss_first_last": [losses[0], float(sum(losses[-tail:]) / tail)],
             "strength_mean_by_attribute": strengths.mean(0).tolist(), "seconds": seconds,
             "torch_threads": torch.get_num_threads()}
     with open(os.path.join(output, TRAINING_FILE), "w") as f:
