@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from diffalign.demo.planning_model import ENV
+
 DEFAULT_PLANNING_ALGO = "grpo"
 CONFIG_PREFIX = "planning_"          # demo_planning_<algo>.yaml among the demo configs
 TOLERANCE = 0.1                      # a request is matched when every requested strength is within this
@@ -52,6 +54,12 @@ TRAIN_REQUESTS: List[Dict[str, float]] = [
     {"speed": 0.45, "jump_height": 0.3}, {"speed": 0.7, "jump_height": 0.7}]
 TRAIN_START_SEEDS = 4                # start seeds 0..3 per training request
 SWITCH = [(0, {"speed": 0.2}), (EPISODE_STEPS, {"speed": 0.8})]  # the switching episode: slow, then fast
+
+
+def _spec():
+    """Where Hopper's quantities sit in a trajectory row (diffalign.rewards.behaviour.ENV_SPECS)."""
+    from diffalign.rewards.behaviour import env_spec
+    return env_spec(ENV)
 
 
 def shipped_model() -> str:
@@ -123,7 +131,7 @@ def run_schedule(sampler, schedules, start_seeds: Sequence[int], steps: int, rep
     from diffalign.modalities.planning import receding_horizon
     if len(schedules) != len(start_seeds):
         raise ValueError(f"{len(schedules)} schedules but {len(start_seeds)} start seeds")
-    return receding_horizon(scheduled_planner(sampler, schedules, start_seeds), "Hopper-v5", list(start_seeds),
+    return receding_horizon(scheduled_planner(sampler, schedules, start_seeds), ENV, list(start_seeds),
                             steps, replan_every)
 
 
@@ -168,7 +176,7 @@ def evaluate_planning(sampler, requests: Sequence[Mapping[str, float]], seeds: S
     requested = requested_matrix(requests, strength_model.aspects)
     within = ((achieved - requested.nan_to_num()).abs() <= TOLERANCE) | requested.isnan()
     metrics = matching_metrics(requested, achieved, TOLERANCE)
-    metrics["mean_speed_m_s"] = float(run.progress.mean() / (steps * 0.008))  # Hopper's dt: 4 x 0.002 s
+    metrics["mean_speed_m_s"] = float(run.progress.mean() / (steps * _spec().dt))
     return {"execution": run, "achieved": achieved, "metrics": metrics, "matched": within.all(dim=1).tolist(),
             "error": per_sample_error(requested, achieved).tolist()}
 
@@ -253,7 +261,7 @@ def save_episodes(output: str, requests, seeds, evaluations: Dict[str, Dict[str,
     index: Dict[str, dict] = {}
     for stage, ev in evaluations.items():
         os.makedirs(os.path.join(output, "samples", stage), exist_ok=True)
-        run, s = ev["execution"], 11  # Hopper's observation size
+        run, s = ev["execution"], _spec().obs_dim
         for i, (request, seed) in enumerate(zip(requests, seeds)):
             name = f"{stage}/{i:04d}.npz"
             traj = run.trajectories[i].numpy()
@@ -276,7 +284,7 @@ def save_filmstrips(path: str, rows: Sequence[Tuple[str, np.ndarray, np.ndarray]
     from diffalign.modalities.planning import filmstrip, render_states
     fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.3 * len(rows)), squeeze=False)
     for ax, (label, traj, x) in zip(axes[:, 0], rows):
-        ax.imshow(filmstrip(render_states(traj[::every], "Hopper-v5", size, x[::every])))
+        ax.imshow(filmstrip(render_states(traj[::every], ENV, size, x[::every])))
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(label, fontsize=8, loc="left")
     fig.tight_layout()
@@ -311,7 +319,7 @@ def save_switch(path: str, run, strength_model, schedule, labels: Sequence[str])
     fig, axes = plt.subplots(len(labels), 1, figsize=(8, 2.4 * len(labels)), squeeze=False)
     switch = schedule[1][0]
     for b, (ax, label) in enumerate(zip(axes[:, 0], labels)):
-        ax.plot(run.trajectories[b, :, 5].numpy(), label="torso forward velocity (m/s)")
+        ax.plot(run.trajectories[b, :, _spec().x_velocity].numpy(), label="torso forward velocity (m/s)")
         ax.axvline(switch, color="k", ls="--", lw=0.8)
         got = [float(achieved_strengths(strength_model, run.trajectories[b:b + 1], s)[0, 0]) for s, _ in schedule]
         ax.set_title(f"{label}: requested speed " + " -> ".join(f"{r['speed']:g}" for _, r in schedule)
