@@ -1,8 +1,8 @@
-"""``diffalign demo [image|video|editing|planning] [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the
-shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
-diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns the shipped tiny
-text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor (diffalign/demo/editing.py), ``planning`` the shipped
-attribute-conditioned Hopper planner (diffalign/demo/planning.py)."""
+"""``diffalign demo [image|video|editing|planning] [--output DIR] [--algo NAME | --method NAME [--budget N]]
+[--quick]``: align the shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference
+time (``--method``, see diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns
+the shipped tiny text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor
+(diffalign/demo/editing.py), ``planning`` the shipped attribute-conditioned Hopper planner (diffalign/demo/planning.py)."""
 from __future__ import annotations
 
 import argparse

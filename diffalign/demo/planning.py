@@ -358,7 +358,8 @@ def planning_markdown(report: dict) -> str:
     hw, prec = report["hardware"], report["precision"]
     lines += [f"Machine: {hw.get('model')} ({', '.join(hw.get('flags', [])) or 'no listed flags'}), "
               f"{report['torch_threads']} torch threads; precision {prec['chosen']}", "",
-              "Every executed episode is in `samples/before` and `samples/after` (.npz: observations, actions, torso x); "
+              "Every executed episode is in `samples/before` and `samples/after` (.npz: observations, actions, "
+              "torso x); "
               "`samples/prompts.json` maps each file to its request, start seed and achieved strengths."]
     if report.get("quick"):
         lines += ["", "**--quick run**: one start seed per request and two training epochs; the numbers only check "
