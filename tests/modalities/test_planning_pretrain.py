@@ -36,6 +36,7 @@ def test_fitting_lowers_the_held_out_denoising_loss_and_the_request_steers_the_p
     losses = fit_planner(planner, data, steps=300, learning_rate=3e-3, attributes=z, seed=0)
     with torch.no_grad():
         after = denoising_loss(planner, data[idx], torch.Generator().manual_seed(1))
+    print("held-out denoising loss before / after fitting:", float(before), float(after))
     assert after < 0.5 * before, (float(before), float(after))
     assert len(losses) == 300
     # the reference is the fitted model (training from here starts on policy)
@@ -53,6 +54,7 @@ def test_fitting_lowers_the_held_out_denoising_loss_and_the_request_steers_the_p
         with torch.no_grad():
             plans = planner.decode(policy.sample(cond, generator=[torch.Generator().manual_seed(i) for i in range(32)]).x0, cond)
         planned.append(plans[:, 1:, 5].mean().item())
+    print("planned x_dot for speed requests -1.5 / +1.5:", planned)
     assert planned[1] > planned[0] + 0.3, planned
 
 
@@ -112,4 +114,5 @@ def test_a_trained_value_guides_plans_towards_higher_returns(windows):
     x_t, x_prev, old = traj.states_at(torch.full((32,), 3))
     assert torch.allclose(policy.transition(x_t, 3, cond, prev_sample=x_prev).log_prob, old, atol=1e-5)
     planner.value_guidance = None
+    print("planned x_dot without / with value guidance (scale 2):", planned)
     assert planned[1] > planned[0] + 0.2, planned

@@ -35,6 +35,7 @@ def test_online_rl_raises_the_executed_forward_velocity(name, tmp_path):
     torch.set_num_threads(1)
     cfg = load_config(resolve_config_path(name), overrides=[f"output_dir={tmp_path}"])
     r = rewards_by_epoch(make_trainer(cfg).train())
+    print(name, "reward_mean by epoch", [round(v, 3) for v in r])
     assert len(r) == 16
     assert np.mean(r[-4:]) > np.mean(r[:4]) + 0.2, r  # m/s, on the mean of 64 executed plans per epoch
 
