@@ -229,3 +229,24 @@ def test_saved_episodes_reproduce_the_reported_metrics(quick_run):
 def test_cli_rejects_an_unknown_planning_algo(capsys):
     assert _cli(["demo", "planning", "--algo", "nope"]) == 2
     assert "unknown --algo 'nope' for planning" in capsys.readouterr().err
+
+
+def _benchmark_module(name):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_quick_report_collects_and_renders_as_a_planning_row(quick_run):
+    out, report = quick_run
+    data = _benchmark_module("demo_results").collect([out])
+    header, rows = _benchmark_module("report").demo_modality_rows("planning", data)
+    row = dict(zip(header, rows[0]))
+    b, a = report["before"], report["after"]
+    assert row["match rate before -> after"] == f"{100 * b['match_rate']:.1f}% -> **{100 * a['match_rate']:.1f}%**"
+    assert row["attribute MAE before -> after"] == f"{b['attribute_mae']:.3f} -> **{a['attribute_mae']:.3f}**"
+    assert row["fixed / broken"] == f"{report['paired']['all']['fixed']} / {report['paired']['all']['broken']}"
