@@ -1,4 +1,4 @@
-"""Collect the report.json of `diffalign demo video` / `demo editing` runs into one results file under
+"""Collect the report.json of `diffalign demo video` / `demo editing` / `demo planning` runs into one results file under
 benchmarks/results/ (name it demo_<modality>_<cpu>_<date>.json).
 
     python benchmarks/demo_results.py OUT.json RUN_DIR [RUN_DIR ...] [--command "..."] [--note "..."]
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 
-MODALITIES = ("video", "editing")
-MODEL = {"video": "diffalign/assets/video_demo_motion", "editing": "diffalign/assets/editing_demo_model"}
+MODALITIES = ("video", "editing", "planning")
+MODEL = {"video": "diffalign/assets/video_demo_motion", "editing": "diffalign/assets/editing_demo_model",
+         "planning": "diffalign/assets/planning_demo_model"}
 
 
 def run_row(report: dict, modality: str = "video") -> dict:

@@ -671,7 +671,10 @@ def _modality_demos() -> Dict[str, dict]:
     return {"video": {"kinds": CLIP_KINDS, "attributes": VIDEO_ATTRIBUTES, "unit": "video",
                       "weighting": "moving and still captions weighted equally"},
             "editing": {"kinds": EDIT_KINDS, "attributes": EDIT_ATTRIBUTES, "unit": "edit",
-                        "weighting": "the four kinds weighted equally"}}
+                        "weighting": "the four kinds weighted equally"},
+            # planning's headline is AlignDiff's match rate and attribute MAE (its own rows, planning_demo_rows)
+            "planning": {"kinds": (), "attributes": (), "unit": "request match", "target": 20,
+                         "weighting": "every requested attribute within the tolerance, all held-out requests"}}
 
 
 def modality_headline_markers(modality: str) -> Tuple[str, str]:
@@ -681,7 +684,26 @@ def modality_headline_markers(modality: str) -> Tuple[str, str]:
 VIDEO_HEADLINE_START, VIDEO_HEADLINE_END = modality_headline_markers("video")
 
 
+def planning_demo_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
+    """`diffalign demo planning` runs: match rate (the headline, paired) and attribute MAE (paired errors)."""
+    header = ["seed", "epochs", "minutes (whole demo)", "match rate before -> after", "change, points (95% CI)",
+              "McNemar p", "fixed / broken", "attribute MAE before -> after", "MAE change (95% CI)", "precision"]
+    rows = []
+    for run in data["runs"]:
+        ci, mae = run["ci95"], run["per_kind"]["attribute_mae"]
+        seconds = _run_seconds(run)
+        rows.append([str(run["seed"]), str(run["epochs"]), "-" if seconds is None else num(seconds / 60),
+                     f"{pct(run['before']['match_rate'])} -> **{pct(run['after']['match_rate'])}**",
+                     f"**{100 * run['delta']:+.1f}** [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
+                     f"{run['mcnemar_p']:.2g}", f"{run['fixed']} / {run['broken']}",
+                     f"{run['before']['attribute_mae']:.3f} -> **{run['after']['attribute_mae']:.3f}**",
+                     f"{mae['delta']:+.3f} [{mae['ci95'][0]:+.3f}, {mae['ci95'][1]:+.3f}]", _precision(run["precision"])])
+    return header, rows
+
+
 def demo_modality_rows(modality: str, data: dict) -> Tuple[List[str], List[List[str]]]:
+    if modality == "planning":
+        return planning_demo_rows(data)
     spec = _modality_demos()[modality]
     kinds, attributes = spec["kinds"], spec["attributes"]
     header = ["seed", "epochs", "minutes (whole demo)", "accuracy before -> after", "change, points (95% CI)",
@@ -704,12 +726,13 @@ def demo_modality_rows(modality: str, data: dict) -> Tuple[List[str], List[List[
     return header, rows
 
 
-def _modality_summary(data: dict) -> List[str]:
+def _modality_summary(data: dict, target: float = 10) -> List[str]:
     deltas = [100 * r["delta"] for r in data["runs"]]
     if not deltas:
         return []
     return [f"{len(deltas)} seed(s): change {min(deltas):+.1f} to {max(deltas):+.1f} points, mean "
-            f"{sum(deltas) / len(deltas):+.1f}; {sum(d >= 10 for d in deltas)} of {len(deltas)} reach +10."]
+            f"{sum(deltas) / len(deltas):+.1f}; {sum(d >= target for d in deltas)} of {len(deltas)} reach "
+            f"+{target:g}."]
 
 
 def _modality_machine(data: dict) -> str:
@@ -727,16 +750,21 @@ def render_demo_modality(name: str, data: dict) -> List[str]:
     spec = _modality_demos()[modality]
     runs = data.get("runs", [])
     base = runs[0]["before"] if runs else {}
+    if modality == "planning":
+        base_line = (f"Base model (held-out, before): match rate {pct(base.get('match_rate'))}, attribute MAE "
+                     f"{num(base.get('attribute_mae', float('nan')), 3)}.")
+    else:
+        base_line = (f"Base model (held-out, before): {pct(base.get('accuracy'))} ({' / '.join(spec['kinds'])} "
+                     f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in spec['kinds'])}; "
+                     f"{' / '.join(spec['attributes'])} {' / '.join(pct(base.get(k)) for k in spec['attributes'])}).")
     lines = [f"### {clean(data.get('what', f'diffalign demo {modality}'))}", "",
              f"Machine: {_modality_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.",
-             "", f"Base model (held-out, before): {pct(base.get('accuracy'))} ({' / '.join(spec['kinds'])} "
-                 f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in spec['kinds'])}; "
-                 f"{' / '.join(spec['attributes'])} {' / '.join(pct(base.get(k)) for k in spec['attributes'])}).", ""]
+             "", base_line, ""]
     if data.get("note"):
         lines += [clean(data["note"]), ""]
     header, rows = demo_modality_rows(modality, data)
     lines += table(header, rows)
-    summary = _modality_summary(data)
+    summary = _modality_summary(data, spec.get("target", 10))
     if summary:
         lines += [""] + summary
     lines += ["", source_line(name), ""]
@@ -751,13 +779,15 @@ def render_modality_headline(modality: str, results: Path = RESULTS) -> str:
     for path in files[-1:]:
         data = load(path)
         header, rows = demo_modality_rows(modality, data)
-        keep = [0, 2, 3, 4, 5, 9, 10]  # seed, minutes, before -> after, change (CI), McNemar p, reward, precision
+        # seed, minutes, before -> after, change (CI), McNemar p, reward (planning: attribute MAE), precision
+        keep = [0, 2, 3, 4, 5, 7, 9] if modality == "planning" else [0, 2, 3, 4, 5, 9, 10]
+        what = "rate" if modality == "planning" else "accuracy"
         lines += [f"Measured on {_modality_machine(data)}, `{data.get('command', f'diffalign demo {modality}')}`, one "
                   f"run per training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out {spec['unit']} "
-                  f"accuracy, {spec['weighting']}:", ""]
+                  f"{what}, {spec['weighting']}:", ""]
         lines += table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
         # the per-kind and per-attribute columns and the runs' notes are in docs/results.md only
-        lines += [""] + _modality_summary(data) + [f"Per kind and attribute, with the runs' notes: "
+        lines += [""] + _modality_summary(data, spec.get("target", 10)) + [f"Per kind and attribute, with the runs' notes: "
                                                   f"[docs/results.md](docs/results.md).", ""]
     if not files:
         lines += [f"No measured run of `diffalign demo {modality}` is committed yet.", ""]
@@ -836,6 +866,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_default_*.json", render_demo_default),
     ("demo", "demo_video_*.json", render_demo_modality),
     ("demo", "demo_editing_*.json", render_demo_modality),
+    ("demo", "demo_planning_*.json", render_demo_modality),
     ("demo", "demo_rwr_*.json", render_demo_rwr),
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),

@@ -121,6 +121,10 @@ PLANS: Dict[str, Plan] = {
         (".venv/bin/diffalign demo threed --quick --output threed_out",),
         "the text-to-3D demo (two field optimisations and their 16-view evaluations) runs as --quick, the same "
         "pipeline on a few steps"),
+    "diffalign demo planning --output planning_out": Plan(
+        (".venv/bin/diffalign demo planning --quick --output planning_out",),
+        "the planning demo runs as --quick; slow here because tests/demo/test_planning_demo.py runs the same "
+        "--quick pipeline in CI (the CI budget)", slow=True),
     '.venv/bin/python -m pytest -q -m "not slow" tests': Plan(
         ('.venv/bin/python -m pytest -q -m "not slow" tests --collect-only -p no:cacheprovider',),
         "this test is part of that run; collecting the suite from the clean layout checks that every test "

@@ -1,8 +1,9 @@
-"""``diffalign demo [image|video] [--output DIR] [--algo NAME | --method NAME [--budget N]] [--quick]``: align the
-shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference time (``--method``, see
-diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns the shipped tiny
-text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor (diffalign/demo/editing.py),
-``threed`` a small radiance field by SDS against DreamFL for ``--prompt`` (diffalign/demo/threed.py)."""
+"""``diffalign demo [image|video|editing|threed|planning] [--output DIR] [--algo NAME | --method NAME [--budget N]]
+[--quick]``: align the shipped tiny model on a CPU, measured: by training (``--algo``) or training-free at inference
+time (``--method``, see diffalign/inference; the report adds the model evaluations the method spent). ``video`` aligns
+the shipped tiny text-to-video model (diffalign/demo/video.py), ``editing`` the shipped tiny instruction editor
+(diffalign/demo/editing.py), ``threed`` a small radiance field by SDS against DreamFL for ``--prompt``
+(diffalign/demo/threed.py), ``planning`` the shipped attribute-conditioned Hopper planner (diffalign/demo/planning.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import sys
 HELP = "measure, align and re-measure the shipped tiny text-to-image model against a compositional reward (CPU)"
 
 
-MODALITIES = ("image", "video", "editing", "threed")
+MODALITIES = ("image", "video", "editing", "threed", "planning")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,7 +96,8 @@ def _overrides(items):
 # the other modalities' demos: module (with DEFAULT_<NAME>_ALGO, SAMPLES_PER_KIND and run_<name>_demo), and what
 # their accuracy counts
 OTHER_DEMOS = {"video": ("diffalign.demo.video", "video"), "editing": ("diffalign.demo.editing", "edit"),
-               "threed": ("diffalign.demo.threed", "multi-view")}
+                "threed": ("diffalign.demo.threed", "multi-view"),
+               "planning": ("diffalign.demo.planning", "request")}
 
 
 def run_other(args) -> int:
@@ -119,6 +121,9 @@ def run_other(args) -> int:
     report = getattr(module, f"run_{name}_demo")(args.output, args.algo, quick=args.quick, minutes=args.minutes,
                                                  samples_per_kind=args.samples_per_kind, seed=args.seed,
                                                  overrides=_overrides(args.overrides), **extra)
+    if hasattr(module, "headline"):  # a demo whose headline is not an accuracy (planning: match rate and MAE)
+        print(f"diffalign demo {name} ({args.algo}): {module.headline(report)}; report in {args.output}/report.md")
+        return 0
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
     label = getattr(module, "ACCURACY_LABEL", f"held-out {unit} accuracy")
     print(f"diffalign demo {name} ({args.algo}): {label} {100 * b:.1f}% -> {100 * a:.1f}% "
