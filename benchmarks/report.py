@@ -850,12 +850,25 @@ def render_threed_headline(results: Path = RESULTS) -> str:
         return "No measured run of `benchmarks/bench_threed.py` is committed yet."
     path = files[-1]
     data = load(path)
-    header, rows = threed_rows(data)
+    base, method = data["baseline"], data["method"]
+    by_prompt: Dict[str, List[dict]] = {}
+    for r in data["runs"]:
+        by_prompt.setdefault(r["prompt"], []).append(r)
+    rows = []
+    for prompt, runs in by_prompt.items():
+        b = [r[base]["accuracy"] for r in runs]
+        a = [r[method]["accuracy"] for r in runs]
+        d = [y - x for x, y in zip(b, a)]
+        rows.append([prompt, ", ".join(str(r["seed"]) for r in runs), pct(sum(b) / len(b)), pct(sum(a) / len(a)),
+                     signed(100 * sum(d) / len(d)), f"{sum(x > 0 for x in d)} / {sum(x < 0 for x in d)} / "
+                                                    f"{sum(x == 0 for x in d)}"])
+    # one row per prompt here; every run, with its interval over views, is in docs/results.md
     lines = [f"Measured on {_threed_machine(data)}, `{data.get('command')}` "
-             f"([`{path.name}`](benchmarks/results/{path.name})):", ""]
-    lines += table(header[:5], [r[:5] for r in rows]) + ["", threed_summary(data)]
-    if data.get("note"):
-        lines += ["", clean(data["note"])]
+             f"([`{path.name}`](benchmarks/results/{path.name})); mean multi-view accuracy over the seeds:", ""]
+    lines += table(["prompt", "seeds", f"{base}", f"{method}", "change, points", f"{method} better / worse / equal"],
+                   rows)
+    lines += ["", threed_summary(data), "Every run, with its interval over views and the notes: "
+                                        "[docs/results.md](docs/results.md)."]
     return "\n".join(lines)
 
 
