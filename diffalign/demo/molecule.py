@@ -37,11 +37,11 @@ SAMPLES_PER_KIND = 48
 QUICK_SAMPLES = 4
 # the evaluation sampler; every shipped demo_molecule config samples with the same, so the policy is scored as trained
 EVAL_SAMPLING = {"num_steps": 20, "eta": 1.0, "batch_size": 16}
-QUICK_OVERRIDES = {"sampling.num_steps": 4, "sampling.batch_size": 4, "train.batch_size": 2, "epochs": 1}
+QUICK_OVERRIDES = {"sampling.num_steps": 10, "sampling.batch_size": 6, "train.batch_size": 2, "epochs": 1}
 # offline algorithms' AI feedback: base samples, scored by the reward, paired within consecutive groups of `group`
 # when their energies differ by more than `threshold` kcal/mol (a gap under Vina's noise is no preference)
 FEEDBACK = {"samples": 128, "group": 8, "threshold": 0.5}
-QUICK_FEEDBACK = {"samples": 8, "group": 4, "threshold": 0.0}
+QUICK_FEEDBACK = {"samples": 12, "group": 6, "threshold": 0.0}
 # how the demo scores: minimised Vina in the pocket's box (see demo_pocket), two worker processes
 VINA_EVAL = {"mode": "minimize", "workers": 2, "timeout": 60.0}
 BOX_MARGIN = 4.0                   # angstrom added to pocket.json's box: generated ligands spill past the crystal's
@@ -127,11 +127,21 @@ def demo_vina(quick: bool = False):
     return VinaReward(**dict(VINA_EVAL, workers=1 if quick else VINA_EVAL["workers"]))
 
 
+def largest_fragment(mol):
+    """The molecule's largest connected fragment with its coordinates (the whole molecule when connected): what
+    TargetDiff docks of a disconnected sample; meeko prepares single fragments only. None stays None."""
+    if mol is None:
+        return None
+    from rdkit import Chem
+    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    return mol if len(frags) == 1 else max(frags, key=lambda m: m.GetNumAtoms())
+
+
 def vina_energies(vina, mols: Molecules, items: Sequence[dict]) -> Tuple[List[Optional[float]], Dict[str, int]]:
-    """Energies (kcal/mol, None where the sample is invalid or Vina failed) by ``vina`` (a VinaReward) and this
-    call's counts by reason."""
+    """Energies (kcal/mol, None where the sample is invalid or Vina failed) of each sample's largest fragment
+    by ``vina`` (a VinaReward) and this call's counts by reason (``connectivity`` reports the disconnected share)."""
     before = collections.Counter(vina.stats)
-    energies = vina.energies(mols, items)
+    energies = vina.energies([largest_fragment(m) for m in mols], items)
     return energies, dict(vina.stats - before)
 
 
@@ -168,9 +178,9 @@ def paired_energy_change(before: Sequence[Optional[float]], after: Sequence[Opti
     if n == 0:
         return {"n": 0, "delta": None, "ci95": None, "improved": 0, "worsened": 0, "sign_test_p": None}
     mean = statistics.fmean(d)
-    half = Z95 * statistics.stdev(d) / math.sqrt(n) if n > 1 else float("inf")
+    half = Z95 * statistics.stdev(d) / math.sqrt(n) if n > 1 else None  # one pair has no spread
     improved, worsened = sum(x < 0 for x in d), sum(x > 0 for x in d)
-    return {"n": n, "delta": mean, "ci95": [mean - half, mean + half], "improved": improved, "worsened": worsened,
+    return {"n": n, "delta": mean, "ci95": None if half is None else [mean - half, mean + half], "improved": improved, "worsened": worsened,
             "sign_test_p": mcnemar_exact_p(improved, worsened)}
 
 
@@ -278,7 +288,7 @@ def save_molecule_samples(output: str, items: Sequence[dict], seeds: Sequence[in
     Vina, QED; an invalid sample under its would-be name with ``valid: false``)."""
     from diffalign.modalities.molecule.sdf import write_sdf
     index: Dict[str, dict] = {}
-    repo_root = os.path.dirname(os.path.dirname(assets_dir("")))
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(assets_dir("x"))))  # the folder holding diffalign/
     for stage, stage_mols in mols.items():
         folder = os.path.join(output, "samples", stage)
         os.makedirs(folder, exist_ok=True)
@@ -287,7 +297,7 @@ def save_molecule_samples(output: str, items: Sequence[dict], seeds: Sequence[in
             name = f"{stage}/{i:04d}.sdf"
             if mol is not None:
                 write_sdf(mol, os.path.join(output, "samples", name))
-            index[name] = {"pocket": os.path.relpath(item["pocket"], repo_root), "seed": int(seed),
+            index[name] = {"pocket": os.path.relpath(item["pocket"], package_parent), "seed": int(seed),
                            "valid": mol is not None, "vina_min": e, "qed": q}
     with open(os.path.join(output, "samples", "prompts.json"), "w") as f:
         json.dump(index, f, indent=1)
@@ -385,7 +395,7 @@ def run_molecule_demo(output: str, algo: str = DEFAULT_MOLECULE_ALGO, quick: boo
     model = model or shipped_model()
     samples, sampling = samples_per_kind, None
     if quick:
-        samples, sampling = QUICK_SAMPLES, {"num_steps": QUICK_OVERRIDES["sampling.num_steps"], "batch_size": 4}
+        samples, sampling = QUICK_SAMPLES, {"num_steps": QUICK_OVERRIDES["sampling.num_steps"], "batch_size": QUICK_SAMPLES}
     os.makedirs(output, exist_ok=True)
     items, seeds = molecule_eval_set(samples)
     ctx = DemoContext(model=model, reward=None, train_prompts=[demo_pocket()], output=output, minutes=minutes,
