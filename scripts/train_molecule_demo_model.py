@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         pass
     window = 200
     info = {"command": "python scripts/train_molecule_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "args": vars(args), "seed": args.seed, "steps": step,
+            "args": dict(vars(args), output=os.path.relpath(args.output, REPO)), "seed": args.seed, "steps": step,
             "seconds": {"conformers": conformer_seconds, "train": train_seconds,
                         "total": time.perf_counter() - t0},
             "cpu": cpu, "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
