@@ -37,11 +37,11 @@ SAMPLES_PER_KIND = 48
 QUICK_SAMPLES = 4
 # the evaluation sampler; every shipped demo_molecule config samples with the same, so the policy is scored as trained
 EVAL_SAMPLING = {"num_steps": 20, "eta": 1.0, "batch_size": 16}
-QUICK_OVERRIDES = {"sampling.num_steps": 10, "sampling.batch_size": 6, "train.batch_size": 2, "epochs": 1}
+QUICK_OVERRIDES = {"sampling.num_steps": 20, "sampling.batch_size": 8, "train.batch_size": 1, "epochs": 1}
 # offline algorithms' AI feedback: base samples, scored by the reward, paired within consecutive groups of `group`
 # when their energies differ by more than `threshold` kcal/mol (a gap under Vina's noise is no preference)
 FEEDBACK = {"samples": 128, "group": 8, "threshold": 0.5}
-QUICK_FEEDBACK = {"samples": 12, "group": 6, "threshold": 0.0}
+QUICK_FEEDBACK = {"samples": 16, "group": 8, "threshold": 0.0}
 # how the demo scores: minimised Vina in the pocket's box (see demo_pocket), two worker processes
 VINA_EVAL = {"mode": "minimize", "workers": 2, "timeout": 60.0}
 BOX_MARGIN = 4.0                   # angstrom added to pocket.json's box: generated ligands spill past the crystal's
