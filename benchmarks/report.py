@@ -12,7 +12,7 @@ README.md holds generated blocks: one between ``<!-- generated:demo-headline:sta
 ``<!-- generated:demo-headline:end -->``: the demo's headline (the default algorithm's runs, accuracy
 before -> after per seed, with the CPU). It reads ``demo_default_<cpu>_<date>.json`` files when there are
 any, else the default-config rows of the earlier demo_rwr file. The others, between
-``<!-- generated:<modality>-demo-headline:start -->`` and its end marker (video, editing), hold the runs of
+``<!-- generated:<modality>-demo-headline:start -->`` and its end marker (video, editing, molecule), hold the runs of
 ``diffalign demo <modality>`` from the newest ``demo_<modality>_<cpu>_<date>.json`` (benchmarks/demo_results.py
 collects them from the runs' report.json). ``<!-- generated:threed-headline:start -->`` holds the newest
 ``threed_<cpu>_<date>.json`` of benchmarks/bench_threed.py (SDS vs DreamFL, multi-view accuracy).
@@ -673,8 +673,76 @@ def _modality_demos() -> Dict[str, dict]:
             "editing": {"kinds": EDIT_KINDS, "attributes": EDIT_ATTRIBUTES, "unit": "edit",
                         "weighting": "the four kinds weighted equally"},
             # planning's headline is AlignDiff's match rate and attribute MAE (its own rows, planning_demo_rows)
-            "planning": {"kinds": (), "attributes": (), "unit": "request match", "target": 20,
-                         "weighting": "every requested attribute within the tolerance, all held-out requests"}}
+            "planning": {"rows": planning_demo_rows, "summary": lambda data: _modality_summary(data, 20),
+                         "base_line": planning_base_line, "headline_columns": [0, 2, 3, 4, 5, 7, 9],
+                         "more": "Every column", "headline_what": "held-out request match rate, every requested "
+                         "attribute within the tolerance, all held-out requests"},
+            # no accuracy: the molecule demo's own columns, summary and base line (render_molecule_* below)
+            "molecule": {"rows": molecule_demo_rows, "summary": molecule_summary, "base_line": molecule_base_line,
+                         "headline_columns": [0, 1, 3, 4, 5, 6, 9, 10], "more": "Every column", "headline_what":
+                         "mean minimised Vina (kcal/mol, lower binds better) over the same seeds before and after"}}
+
+
+# ---- the molecule demo's columns (its headline is an energy, not an accuracy) ------------------------------
+MOLECULE_GOAL = {"vina_gain": 0.5, "validity_drop": 0.05, "qed_drop": 0.05}  # issue 25's bar for every seed
+
+
+def molecule_meets_goal(run: dict) -> bool:
+    """Mean minimised Vina better by >= 0.5 kcal/mol, validity within 5 points, QED not lower by > 0.05."""
+    b, a = run["before"], run["after"]
+    if any(x.get(k) is None for x in (b, a) for k in ("vina_min_mean", "validity", "qed_mean")):
+        return False
+    return (b["vina_min_mean"] - a["vina_min_mean"] >= MOLECULE_GOAL["vina_gain"]
+            and abs(a["validity"] - b["validity"]) <= MOLECULE_GOAL["validity_drop"]
+            and b["qed_mean"] - a["qed_mean"] <= MOLECULE_GOAL["qed_drop"])
+
+
+def molecule_demo_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
+    header = ["seed", "algo", "epochs", "minutes (whole demo)", "Vina min mean before -> after",
+              "paired change (95% CI)", "sign test p", "Vina min median before -> after",
+              "better than base median", "validity before -> after", "QED before -> after", "SA before -> after",
+              "diversity before -> after", "connectivity before -> after", "PoseBusters pass before -> after",
+              "meets goal"]
+
+    def both(run, key, digits=2, scale=1.0):
+        b, a = run["before"].get(key), run["after"].get(key)
+        return f"{num(None if b is None else scale * b, digits)} -> {num(None if a is None else scale * a, digits)}"
+    rows = []
+    for run in data["runs"]:
+        p = run["paired"]["vina_min"]
+        ci = "-" if p.get("ci95") is None else f"[{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]"
+        seconds = _run_seconds(run)
+        rows.append([str(run["seed"]), run["algo"], str(run["epochs"]), "-" if seconds is None else num(seconds / 60),
+                     both(run, "vina_min_mean"), f"**{signed(p.get('delta'), 2)}** {ci}", num(p.get("sign_test_p"), 3),
+                     both(run, "vina_min_median"), both(run, "better_than_base_median"),
+                     both(run, "validity"), both(run, "qed_mean", 3), both(run, "sa_mean", 3),
+                     both(run, "diversity", 3), both(run, "connectivity"), both(run, "posebusters_pass_rate"),
+                     "yes" if molecule_meets_goal(run) else "no"])
+    return header, rows
+
+
+def molecule_summary(data: dict) -> List[str]:
+    runs = data.get("runs", [])
+    lines = []
+    for algo in sorted({r["algo"] for r in runs}):
+        mine = [r for r in runs if r["algo"] == algo]
+        gains = [r["before"]["vina_min_mean"] - r["after"]["vina_min_mean"] for r in mine
+                 if r["before"].get("vina_min_mean") is not None and r["after"].get("vina_min_mean") is not None]
+        if gains:
+            lines.append(f"{algo}: {len(mine)} seed(s), mean minimised Vina better by {min(gains):+.2f} to "
+                         f"{max(gains):+.2f} kcal/mol; {sum(molecule_meets_goal(r) for r in mine)} of {len(mine)} meet "
+                         "the goal (>= 0.5 kcal/mol better, validity within 5 points, QED not lower by > 0.05).")
+    return lines
+
+
+def molecule_base_line(base: dict) -> str:
+    return (f"Base model (before): mean minimised Vina {num(base.get('vina_min_mean'), 2)} kcal/mol, validity "
+            f"{pct(base.get('validity'))}, QED {num(base.get('qed_mean'), 3)}.")
+
+
+def planning_base_line(base: dict) -> str:
+    return (f"Base model (held-out, before): match rate {pct(base.get('match_rate'))}, attribute MAE "
+            f"{num(base.get('attribute_mae', float('nan')), 3)}.")
 
 
 def modality_headline_markers(modality: str) -> Tuple[str, str]:
@@ -702,9 +770,9 @@ def planning_demo_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
 
 
 def demo_modality_rows(modality: str, data: dict) -> Tuple[List[str], List[List[str]]]:
-    if modality == "planning":
-        return planning_demo_rows(data)
     spec = _modality_demos()[modality]
+    if "rows" in spec:
+        return spec["rows"](data)
     kinds, attributes = spec["kinds"], spec["attributes"]
     header = ["seed", "epochs", "minutes (whole demo)", "accuracy before -> after", "change, points (95% CI)",
               "McNemar p", "fixed / broken", f"{' / '.join(kinds)} before -> after, %",
@@ -750,13 +818,10 @@ def render_demo_modality(name: str, data: dict) -> List[str]:
     spec = _modality_demos()[modality]
     runs = data.get("runs", [])
     base = runs[0]["before"] if runs else {}
-    if modality == "planning":
-        base_line = (f"Base model (held-out, before): match rate {pct(base.get('match_rate'))}, attribute MAE "
-                     f"{num(base.get('attribute_mae', float('nan')), 3)}.")
-    else:
-        base_line = (f"Base model (held-out, before): {pct(base.get('accuracy'))} ({' / '.join(spec['kinds'])} "
-                     f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in spec['kinds'])}; "
-                     f"{' / '.join(spec['attributes'])} {' / '.join(pct(base.get(k)) for k in spec['attributes'])}).")
+    base_line = spec["base_line"](base) if "base_line" in spec else (
+        f"Base model (held-out, before): {pct(base.get('accuracy'))} ({' / '.join(spec['kinds'])} "
+        f"{' / '.join(pct(base.get(f'accuracy/{k}')) for k in spec['kinds'])}; "
+        f"{' / '.join(spec['attributes'])} {' / '.join(pct(base.get(k)) for k in spec['attributes'])}).")
     lines = [f"### {clean(data.get('what', f'diffalign demo {modality}'))}", "",
              f"Machine: {_modality_machine(data)}. Command: `{data.get('command', '?')}`. Date: {data.get('date', '?')}.",
              "", base_line, ""]
@@ -764,7 +829,7 @@ def render_demo_modality(name: str, data: dict) -> List[str]:
         lines += [clean(data["note"]), ""]
     header, rows = demo_modality_rows(modality, data)
     lines += table(header, rows)
-    summary = _modality_summary(data, spec.get("target", 10))
+    summary = spec.get("summary", _modality_summary)(data)
     if summary:
         lines += [""] + summary
     lines += ["", source_line(name), ""]
@@ -779,16 +844,15 @@ def render_modality_headline(modality: str, results: Path = RESULTS) -> str:
     for path in files[-1:]:
         data = load(path)
         header, rows = demo_modality_rows(modality, data)
-        # seed, minutes, before -> after, change (CI), McNemar p, reward (planning: attribute MAE), precision
-        keep = [0, 2, 3, 4, 5, 7, 9] if modality == "planning" else [0, 2, 3, 4, 5, 9, 10]
-        what = "rate" if modality == "planning" else "accuracy"
+        # accuracy demos: seed, minutes, before -> after, change (CI), McNemar p, reward, precision
+        keep = spec.get("headline_columns", [0, 2, 3, 4, 5, 9, 10])
+        what = spec.get("headline_what", f"held-out {spec.get('unit')} accuracy, {spec.get('weighting')}")
         lines += [f"Measured on {_modality_machine(data)}, `{data.get('command', f'diffalign demo {modality}')}`, one "
-                  f"run per training seed ([`{path.name}`](benchmarks/results/{path.name})); held-out {spec['unit']} "
-                  f"{what}, {spec['weighting']}:", ""]
+                  f"run per training seed ([`{path.name}`](benchmarks/results/{path.name})); {what}:", ""]
         lines += table([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
-        # the per-kind and per-attribute columns and the runs' notes are in docs/results.md only
-        lines += [""] + _modality_summary(data, spec.get("target", 10)) + [f"Per kind and attribute, with the runs' notes: "
-                                                  f"[docs/results.md](docs/results.md).", ""]
+        # the other columns and the runs' notes are in docs/results.md only
+        lines += [""] + spec.get("summary", _modality_summary)(data) + [
+            f"{spec.get('more', 'Per kind and attribute')}, with the runs' notes: [docs/results.md](docs/results.md).", ""]
     if not files:
         lines += [f"No measured run of `diffalign demo {modality}` is committed yet.", ""]
     return "\n".join(lines).rstrip()
@@ -880,6 +944,7 @@ RENDERERS: List[Tuple[str, str, Renderer]] = [
     ("demo", "demo_video_*.json", render_demo_modality),
     ("demo", "demo_editing_*.json", render_demo_modality),
     ("demo", "demo_planning_*.json", render_demo_modality),
+    ("demo", "demo_molecule_*.json", render_demo_modality),
     ("demo", "demo_rwr_*.json", render_demo_rwr),
     ("demo", "demo_algos_*.json", render_demo_algos),
     ("demo", "demo_train_*.json", render_demo_train),

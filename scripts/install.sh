@@ -14,4 +14,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 # text-to-3D: nerfstudio's modules without its full dependency set (which downgrades numpy, timm and protobuf and
 # pulls ~1 GB); the threed extra above holds what those modules import
 "${PIP[@]}" install -q -c requirements/constraints.txt --no-deps nerfstudio nerfacc viser
+# the molecule demo model's training data: only the MOSES SMILES file molsets ships is read (its dependencies,
+# old pandas/Cython builds, do not install on this Python; scripts/train_molecule_demo_model.py)
+"${PIP[@]}" install -q -c requirements/constraints.txt --no-deps molsets
 .venv/bin/python -c "import diffalign.ops as o; print('diffalign installed; compiled ops:', o.extension_available(), '| CUDA kernels:', o.cuda_kernels_built())"

@@ -125,6 +125,10 @@ PLANS: Dict[str, Plan] = {
         (".venv/bin/diffalign demo planning --quick --output planning_out",),
         "the planning demo runs as --quick; slow here because tests/demo/test_planning_demo.py runs the same "
         "--quick pipeline in CI (the CI budget)", slow=True),
+    "diffalign demo molecule --output molecule_out": Plan(
+        (".venv/bin/diffalign demo molecule --quick --output molecule_out",),
+        "the molecule demo (10 minutes of alignment, Vina on both evaluations) runs as --quick, the same pipeline "
+        "on a few ligands and steps"),
     '.venv/bin/python -m pytest -q -m "not slow" tests': Plan(
         ('.venv/bin/python -m pytest -q -m "not slow" tests --collect-only -p no:cacheprovider',),
         "this test is part of that run; collecting the suite from the clean layout checks that every test "

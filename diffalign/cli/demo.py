@@ -12,7 +12,7 @@ import sys
 HELP = "measure, align and re-measure the shipped tiny text-to-image model against a compositional reward (CPU)"
 
 
-MODALITIES = ("image", "video", "editing", "threed", "planning")
+MODALITIES = ("image", "video", "editing", "threed", "molecule", "planning")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,12 +96,13 @@ def _overrides(items):
 # the other modalities' demos: module (with DEFAULT_<NAME>_ALGO, SAMPLES_PER_KIND and run_<name>_demo), and what
 # their accuracy counts
 OTHER_DEMOS = {"video": ("diffalign.demo.video", "video"), "editing": ("diffalign.demo.editing", "edit"),
-                "threed": ("diffalign.demo.threed", "multi-view"),
-               "planning": ("diffalign.demo.planning", "request")}
+               "threed": ("diffalign.demo.threed", "multi-view"),
+               "planning": ("diffalign.demo.planning", "request"),
+               "molecule": ("diffalign.demo.molecule", "molecule")}
 
 
 def run_other(args) -> int:
-    """``diffalign demo video|editing``: the modality's demo module runs before -> align -> after."""
+    """``diffalign demo video|editing|threed|molecule|planning``: the modality's demo module runs before -> align -> after."""
     import importlib
     name = args.modality
     module_name, unit = OTHER_DEMOS[name]
@@ -123,6 +124,9 @@ def run_other(args) -> int:
                                                  overrides=_overrides(args.overrides), **extra)
     if hasattr(module, "headline"):  # a demo whose headline is not an accuracy (planning: match rate and MAE)
         print(f"diffalign demo {name} ({args.algo}): {module.headline(report)}; report in {args.output}/report.md")
+        return 0
+    if hasattr(module, "summary"):  # a demo whose headline is not an accuracy (molecule: Vina energies)
+        print(module.summary(report))
         return 0
     b, a = report["before"]["accuracy"], report["after"]["accuracy"]
     label = getattr(module, "ACCURACY_LABEL", f"held-out {unit} accuracy")

@@ -115,7 +115,7 @@ def demo_options(algo: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 # ---- algorithms ----------------------------------------------------------------------------------------
 # demo configs of other modalities are named demo_<modality>_<algo>.yaml (diffalign/demo/video.py, editing.py)
-OTHER_MODALITIES = ("video", "editing", "threed", "planning")
+OTHER_MODALITIES = ("video", "editing", "threed", "molecule", "planning")
 
 
 def available_algos(modality: str = "image") -> List[str]:

@@ -199,10 +199,10 @@ def _vina_with_maps(receptor_pdbqt: str, ligand_pdbqt: str, center, size, seed: 
     if v is None:
         v = Vina(sf_name=scoring, cpu=1, seed=int(seed), verbosity=0)  # one core: the pool gives the parallelism
         v.set_receptor(receptor_pdbqt)
-        v.set_ligand_from_string(ligand_pdbqt)
+        # maps before any ligand: Vina then computes every atom type's map; with a ligand set it computes only that
+        # ligand's types, and a later ligand with another type fails ("Affinity map for atom type O_A is not present")
         v.compute_vina_maps(center=list(center), box_size=list(size))
-    else:
-        v.set_ligand_from_string(ligand_pdbqt)
+    v.set_ligand_from_string(ligand_pdbqt)
     _MAPS[key] = v
     while len(_MAPS) > _MAPS_KEPT:
         _MAPS.popitem(last=False)
