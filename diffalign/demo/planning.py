@@ -12,8 +12,8 @@ attribute strength model it was relabelled by (``strength/``). Stages, as the ot
    achieved with requested strengths (diffalign.rewards.strength_metrics: ``attribute_mae``, ``match_rate``
    within ``TOLERANCE``);
 2. align through the trainer with ``diffalign/configs/demo_planning_<algo>.yaml`` on the training requests and
-   start seeds, rewarded by :func:`executed_match_reward` (-mean |achieved - requested| strength of each plan
-   executed in the environment);
+   start seeds, rewarded by the planning modality's ``planning_executed_match`` (-mean |achieved - requested|
+   strength of each plan executed in the environment);
 3. the same requests, start seeds and sampling seeds again; report.json / report.md (the image demo's schema
    with ``modality: planning``), ``samples/{before,after}/NNNN.npz`` (executed trajectory, plan-free: observations,
    actions, torso x) with ``samples/prompts.json``, filmstrips of a few episodes, ``achieved_vs_requested.png``,
@@ -182,23 +182,6 @@ def evaluate_planning(sampler, requests: Sequence[Mapping[str, float]], seeds: S
 
 
 # ---- the reward the alignment trains on ----------------------------------------------------------------
-_STRENGTH_CACHE: Dict[str, Any] = {}
-
-
-def executed_match_reward(samples, prompts=None, strength_model: str = "", env: str = "Hopper-v5") -> torch.Tensor:
-    """(B,) -mean |achieved - requested| strength of each plan executed open loop in the environment (its own
-    actions from its first state), achieved strengths from the strength model folder ``strength_model``
-    (items carry ``targets``). Named in configs as ``diffalign.demo.planning:executed_match_reward``."""
-    from diffalign.modalities.planning import execute_plans
-    from diffalign.rewards.attribute_strength import load_attribute_strength
-    if strength_model not in _STRENGTH_CACHE:
-        _STRENGTH_CACHE[strength_model] = load_attribute_strength(strength_model)
-    model = _STRENGTH_CACHE[strength_model]
-    executed = execute_plans(samples, env).trajectories
-    with torch.no_grad():
-        return model(executed, prompts).float()
-
-
 # ---- the alignment stage -------------------------------------------------------------------------------
 QUICK_OVERRIDES = {"epochs": 2, "sampling.batch_size": 16, "train.batch_size": 16}
 

@@ -6,11 +6,13 @@ environment did, so a plan that promises progress it cannot deliver is not rewar
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 
 from diffalign.modalities.planning.env import env_spec
 
-__all__ = ["forward_velocity", "env_return", "PLANNING_REWARDS"]
+__all__ = ["forward_velocity", "env_return", "executed_match", "PLANNING_REWARDS"]
 
 
 def forward_velocity(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
@@ -27,4 +29,21 @@ def env_return(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
     return execute_plans(samples, env).returns
 
 
-PLANNING_REWARDS = {"planning_forward_velocity": forward_velocity, "planning_env_return": env_return}
+_STRENGTH_MODELS: Dict[str, Any] = {}  # folder -> loaded strength model (a reward is called every epoch)
+
+
+def executed_match(samples, prompts=None, strength_model: str = "", env: str = "Hopper-v5") -> torch.Tensor:
+    """(B,) -mean |achieved - requested| attribute strength of each plan executed open loop in the environment,
+    achieved strengths from AlignDiff's strength model in the folder ``strength_model`` (items carry the
+    requested ``targets``; diffalign/rewards/attribute_strength.py)."""
+    from diffalign.modalities.planning.execute import execute_plans
+    from diffalign.rewards.attribute_strength import load_attribute_strength
+    if strength_model not in _STRENGTH_MODELS:
+        _STRENGTH_MODELS[strength_model] = load_attribute_strength(strength_model)
+    executed = execute_plans(samples, env).trajectories
+    with torch.no_grad():
+        return _STRENGTH_MODELS[strength_model](executed, prompts).float()
+
+
+PLANNING_REWARDS = {"planning_forward_velocity": forward_velocity, "planning_env_return": env_return,
+                    "planning_executed_match": executed_match}

@@ -102,6 +102,7 @@ def test_paired_errors_match_the_closed_form():
 
 def test_executed_match_reward_scores_the_executed_plan(tmp_path):
     from diffalign.modalities.planning import execute_plans
+    from diffalign.modalities.planning.rewards import executed_match
     model = _strength_model()
     model.save(str(tmp_path / "strength"))
     gen = torch.Generator().manual_seed(2)
@@ -110,7 +111,7 @@ def test_executed_match_reward_scores_the_executed_plan(tmp_path):
     plans[:, :, SPEC.state_dim:] = torch.rand(3, 8, SPEC.action_dim, generator=gen) * 2 - 1
     requests = [{"speed": 0.3}, {"speed": 0.6, "jump_height": 0.2}, {"jump_height": 0.9}]
     items = [planning.request_item(r, start_seed=0) for r in requests]
-    got = planning.executed_match_reward(plans, items, strength_model=str(tmp_path / "strength"))
+    got = executed_match(plans, items, strength_model=str(tmp_path / "strength"))
     with torch.no_grad():
         achieved = model.strengths(execute_plans(plans, "Hopper-v5").trajectories).double()
     want = [-np.mean([abs(float(achieved[b, ["speed", "jump_height"].index(k)]) - v) for k, v in r.items()])
