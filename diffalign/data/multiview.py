@@ -35,7 +35,8 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from diffalign.data.types import IMAGE_EXTENSIONS, LoadReport, PreferenceDataError, check_sample, resolve_path
+from diffalign.data.types import (IMAGE_EXTENSIONS, LoadReport, PreferenceDataError, check_sample, jsonl_objects,
+                                  resolve_path)
 
 MULTIVIEW_FORMAT = "multiview"
 RANKINGS_FILE = "rankings.jsonl"
@@ -81,12 +82,9 @@ def _ranks(value: Any, n: int) -> Optional[List[float]]:
     return out
 
 
-def _parse_row(row: Any, where: str, root: str, report: LoadReport,
+def _parse_row(row: dict, where: str, root: str, report: LoadReport,
                verify_images: bool) -> Optional[RankedViews]:
-    """The row as RankedViews, or None after counting why it is unusable."""
-    if not isinstance(row, dict):
-        report.skip("malformed", f"{where}: expected a JSON object, got {type(row).__name__}")
-        return None
+    """The row (a JSON object) as RankedViews, or None after counting why it is unusable."""
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         report.skip("missing_caption", f"{where}: field 'prompt' must be a non-empty string, got {prompt!r}")
@@ -125,19 +123,10 @@ def read_ranked_views(path: str, views: Optional[int] = None, verify_images: boo
     """Rows of the ranked-views layout (module docstring) and the load report. ``views``: the view count
     every candidate must have (default: the first usable row's); rows with another count are malformed."""
     path = rankings_path(path)
-    root, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    root = os.path.dirname(os.path.abspath(path))
     report = LoadReport(path, MULTIVIEW_FORMAT)
     rows: List[RankedViews] = []
-    with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    for n, line in lines[:max_records] if max_records is not None else lines:
-        report.rows += 1
-        where = f"{name} line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skip("malformed", f"{where}: not valid JSON ({exc.msg})")
-            continue
+    for where, row in jsonl_objects(path, report, max_records):
         parsed = _parse_row(row, where, root, report, verify_images)
         if parsed is None:
             continue
