@@ -34,14 +34,18 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from diffalign.data.types import (LabelledSample, LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair,
-                                  check_sample, resolve_path)
+                                  check_sample, pair_rewards, resolve_path)
 
 FORMATS = ("jsonl", "binary", "pickapic", "hpdv2", "imagerewarddb")
 
 
-def _caption(value: Any) -> Optional[str]:
+def _caption(value: Any):
+    """A row's prompt: stripped text, or a structured item (a mapping, as ``diffalign feedback`` writes for
+    modalities whose prompts are mappings) kept as it is rather than turned into its repr. None when empty."""
     if value is None:
         return None
+    if isinstance(value, dict):
+        return value or None
     text = str(value).strip()
     return text or None
 
@@ -73,13 +77,12 @@ class _Builder:
         return False
 
     def pair(self, prompt, chosen, rejected, where: str, chosen_reward=None, rejected_reward=None, checked=False):
-        """checked: the samples were already verified (a ranked group checks each image once)."""
+        """checked: the samples were already verified (a ranked group checks each image once). The rewards were
+        checked by ``pair_rewards``."""
         chosen, rejected = _sample_ref(chosen, self.root), _sample_ref(rejected, self.root)
         if not checked and self._bad([chosen, rejected], where):
             return
-        self.pairs.append(PreferencePair(prompt, chosen, rejected,
-                                         None if chosen_reward is None else float(chosen_reward),
-                                         None if rejected_reward is None else float(rejected_reward)))
+        self.pairs.append(PreferencePair(prompt, chosen, rejected, chosen_reward, rejected_reward))
         self.report.kept += 1
 
     def label(self, prompt, sample, desirable: bool, where: str):
@@ -107,7 +110,12 @@ def _jsonl_row(b: _Builder, row: Dict[str, Any], where: str) -> None:
     if row.get("chosen") is None or row.get("rejected") is None:
         b.report.skip("malformed", f"{where}: needs 'chosen' and 'rejected'")
         return
-    b.pair(prompt, row["chosen"], row["rejected"], where, row.get("chosen_reward"), row.get("rejected_reward"))
+    try:
+        rewards = pair_rewards(row)
+    except ValueError as exc:
+        b.report.skip("malformed", f"{where}: {exc}")
+        return
+    b.pair(prompt, row["chosen"], row["rejected"], where, *rewards)
 
 
 def _binary_row(b: _Builder, row: Dict[str, Any], where: str) -> None:
@@ -205,8 +213,7 @@ def _imagereward_groups(b: _Builder, rows: List[Dict[str, Any]], where: str) -> 
             continue
         groups.setdefault(key, []).append((i, dict(row, image_path=image)))
     for key, members in groups.items():
-        prompts = {_caption(r.get("prompt")) for _, r in members}
-        prompt = next((p for p in prompts if p is not None), None)
+        prompt = next((p for p in (_caption(r.get("prompt")) for _, r in members) if p is not None), None)
         _ranked_group(b, prompt, [r["image_path"] for _, r in members], [r["rank"] for _, r in members],
                       f"{where} prompt {key!r}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -108,6 +109,20 @@ def jsonl_objects(path: str, report: LoadReport, max_records: Optional[int] = No
             report.skip("malformed", f"{where}: not a JSON object")
             continue
         yield where, row
+
+
+def pair_rewards(row: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+    """A pair row's optional ``chosen_reward`` / ``rejected_reward`` (what ``diffalign feedback`` writes; E2PO's
+    soft labels read them): both numbers, or both absent. Anything else raises ValueError with the reason, which
+    the readers count as a malformed row: a half-scored pair would silently turn E2PO's soft labels off."""
+    rewards = (row.get("chosen_reward"), row.get("rejected_reward"))
+    if rewards == (None, None):
+        return None, None
+    if any(r is None or isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)
+           for r in rewards):
+        raise ValueError(f"'chosen_reward' and 'rejected_reward' must both be finite numbers (or both absent), "
+                         f"got {rewards[0]!r} and {rewards[1]!r}")
+    return float(rewards[0]), float(rewards[1])
 
 
 @dataclasses.dataclass

@@ -4,7 +4,10 @@
   "label": 0 | 1 | 0.5}``, ``label`` the index of the preferred edit (0.5: a tie, counted and skipped): DPO and
   its family, and KTO (each pair split into a desirable and an undesirable edit);
 - binary feedback on one edit: ``{"instruction": str, "input": path, "edit": path, "desirable": true | false}``:
-  KTO. A file holds one kind or the other.
+  KTO. A file holds one kind or the other;
+- what ``diffalign feedback`` writes for an editing model, already ordered: ``{"prompt": {"text": instruction,
+  "image": input path}, "chosen": path, "rejected": path, "chosen_reward": float, "rejected_reward": float}``
+  (the rewards optional, both or neither; E2PO's soft labels read them). These are pairs.
 
 Paths are relative to the file's folder. Each sample is the edited image; its prompt is the editing item
 ``{"text": instruction, "image": <absolute input path>}`` that the adapter's ``encode`` conditions on. Every line
@@ -20,7 +23,7 @@ import warnings
 from typing import Optional
 
 from diffalign.data.types import (LabelledSample, LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair,
-                                  jsonl_objects, load_sample, resolve_path)
+                                  jsonl_objects, load_sample, pair_rewards, resolve_path)
 
 FORMAT = "editing_jsonl"
 
@@ -44,6 +47,15 @@ def _paths(row: dict, keys, root: str):
     return [resolve_path(v, root) for v in values]
 
 
+def _from_feedback(row: dict) -> dict:
+    """A ``diffalign feedback`` row in this layout's own terms (the chosen edit is ``edit_0``), so one set of checks
+    serves both; a prompt that is not an edit item leaves the instruction or input missing, which is reported."""
+    item = row.get("prompt") if isinstance(row.get("prompt"), dict) else {}
+    return {"instruction": item.get("text"), "input": item.get("image"), "edit_0": row.get("chosen"),
+            "edit_1": row.get("rejected"), "label": 0,
+            **{k: row[k] for k in ("chosen_reward", "rejected_reward") if k in row}}
+
+
 def load_editing_preferences(path: str, verify: bool = True, max_records: Optional[int] = None) -> PreferenceDataset:
     """Pairs or binary feedback from an editing JSONL (module docstring). ``verify`` decodes every image at load,
     so a broken one is counted here rather than hit mid-training."""
@@ -54,9 +66,13 @@ def load_editing_preferences(path: str, verify: bool = True, max_records: Option
     pairs, labels = [], []
     kind = None  # "pairs" or "labels": the first usable line decides, a line of the other kind is malformed
     for where, row in jsonl_objects(path, report, max_records):
+        feedback = "chosen" in row or "rejected" in row
+        if feedback:
+            row = _from_feedback(row)
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
-            report.skip("missing_caption", f"{where}: no 'instruction'")
+            report.skip("missing_caption", f"{where}: " + ("'prompt' is no edit item {text, image}" if feedback
+                                                           else "no 'instruction'"))
             continue
         row_kind = "labels" if "edit" in row else "pairs"
         if kind is not None and row_kind != kind:
@@ -82,6 +98,11 @@ def load_editing_preferences(path: str, verify: bool = True, max_records: Option
             if label == 0.5:
                 report.skip("ties", where)
                 continue
+            try:
+                rewards = pair_rewards(row)
+            except ValueError as exc:
+                report.skip("malformed", f"{where}: {exc}")
+                continue
         why = _undecodable(paths) if verify else None
         if why is not None:
             report.skip("undecodable", f"{where}: {why}")
@@ -91,7 +112,7 @@ def load_editing_preferences(path: str, verify: bool = True, max_records: Option
             labels.append(LabelledSample(item, paths[1], desirable))
         else:
             chosen, rejected = (paths[1], paths[2]) if label == 0 else (paths[2], paths[1])
-            pairs.append(PreferencePair(item, chosen, rejected))
+            pairs.append(PreferencePair(item, chosen, rejected, *rewards))
         kind = row_kind
         report.kept += 1
     if report.kept == 0:

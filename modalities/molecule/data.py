@@ -30,7 +30,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, is_state_ref,
-                                  jsonl_objects, load_state, resolve_path)
+                                  jsonl_objects, load_state, pair_rewards, resolve_path)
 from diffalign.modalities.molecule.pocket import read_pdb_atoms
 
 __all__ = ["Complex", "ComplexReport", "read_complexes", "load_molecule_preferences", "FORMAT", "REASONS"]
@@ -161,13 +161,13 @@ def load_molecule_preferences(path: str, verify: bool = True, max_records: Optio
             report.skip("missing_caption", f"{where}: 'prompt' must be a mapping with 'pocket'")
             continue
         ligands = [row.get("chosen"), row.get("rejected")]
-        rewards = [row.get("chosen_reward"), row.get("rejected_reward")]
         if not all(isinstance(p, str) and p for p in ligands):
             report.skip("malformed", f"{where}: needs 'chosen' and 'rejected' paths (SDF or .state.pt)")
             continue
-        if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))) for r in rewards) \
-                or (rewards[0] is None) != (rewards[1] is None):
-            report.skip("malformed", f"{where}: 'chosen_reward' and 'rejected_reward' must both be numbers")
+        try:
+            rewards = pair_rewards(row)
+        except ValueError as exc:
+            report.skip("malformed", f"{where}: {exc}")
             continue
         ligands = [resolve_path(p, root) for p in ligands]
         item = dict(item, pocket=resolve_path(item["pocket"], root))
@@ -177,7 +177,7 @@ def load_molecule_preferences(path: str, verify: bool = True, max_records: Optio
         if why is not None:
             report.skip("undecodable", f"{where}: {why}")
             continue
-        pairs.append(PreferencePair(item, ligands[0], ligands[1], *(None if r is None else float(r) for r in rewards)))
+        pairs.append(PreferencePair(item, ligands[0], ligands[1], *rewards))
         report.kept += 1
     if report.kept == 0:
         raise PreferenceDataError(f"no usable preference data in {path}: {report.summary()}")

@@ -17,7 +17,7 @@ import warnings
 from typing import Optional
 
 from diffalign.data.types import (LoadReport, PreferenceDataError, PreferenceDataset, PreferencePair, jsonl_objects,
-                                  resolve_path)
+                                  pair_rewards, resolve_path)
 
 FORMAT = "video_jsonl"
 
@@ -44,12 +44,12 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
         if not isinstance(prompt, str) or not prompt.strip():
             report.skip("missing_caption", where)
             continue
-        if "chosen" in row or "rejected" in row:  # the AI-feedback form: already ordered
-            clips, label, rewards = [row.get("chosen"), row.get("rejected")], 0, \
-                [row.get("chosen_reward"), row.get("rejected_reward")]
+        ordered = "chosen" in row or "rejected" in row  # the AI-feedback form: already ordered, maybe scored
+        if ordered:
+            clips, label = [row.get("chosen"), row.get("rejected")], 0
             fields = "'chosen' and 'rejected'"
         else:
-            clips, label, rewards = [row.get("video_0"), row.get("video_1")], row.get("label"), [None, None]
+            clips, label = [row.get("video_0"), row.get("video_1")], row.get("label")
             fields = "'video_0' and 'video_1'"
         if not all(isinstance(c, str) and c for c in clips):
             report.skip("malformed", f"{where}: needs {fields} paths")
@@ -58,10 +58,10 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
             report.skip("malformed", f"{where}: 'label' must be 0, 1 (the preferred clip) or 0.5 (a tie), "
                                      f"got {label!r}")
             continue
-        if any(r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))) for r in rewards) \
-                or (rewards[0] is None) != (rewards[1] is None):
-            report.skip("malformed", f"{where}: 'chosen_reward' and 'rejected_reward' must both be numbers, "
-                                     f"got {rewards!r}")
+        try:
+            rewards = pair_rewards(row) if ordered else (None, None)
+        except ValueError as exc:
+            report.skip("malformed", f"{where}: {exc}")
             continue
         if label == 0.5:
             report.skip("ties", where)
@@ -72,7 +72,7 @@ def load_video_preferences(path: str, verify: bool = True, max_records: Optional
             report.skip("undecodable", f"{where}: {why}")
             continue
         chosen, rejected = (clips[0], clips[1]) if label == 0 else (clips[1], clips[0])
-        pairs.append(PreferencePair(prompt.strip(), chosen, rejected, *(None if r is None else float(r) for r in rewards)))
+        pairs.append(PreferencePair(prompt.strip(), chosen, rejected, *rewards))
         report.kept += 1
     if report.kept == 0:
         raise PreferenceDataError(f"no usable preference data in {path}: {report.summary()}")

@@ -57,6 +57,31 @@ def test_jsonl_pairs_with_relative_paths_and_bad_rows(tmp_path):
     assert "2 undecodable" in r.summary() and "broken.png" in r.summary()
 
 
+def test_pair_rewards_both_numbers_or_both_absent():
+    from diffalign.data.types import pair_rewards
+    assert pair_rewards({}) == (None, None)
+    assert pair_rewards({"chosen_reward": 2, "rejected_reward": -0.5}) == (2.0, -0.5)
+    for bad in ({"chosen_reward": 1.0}, {"chosen_reward": True, "rejected_reward": 0.0},
+                {"chosen_reward": "1", "rejected_reward": 0.0}, {"chosen_reward": float("nan"), "rejected_reward": 0.0}):
+        with pytest.raises(ValueError, match="chosen_reward"):
+            pair_rewards(bad)
+
+
+def test_jsonl_half_scored_pairs_are_malformed_and_mapping_prompts_stay_items(tmp_path):
+    """A pair with one reward, or a reward that is not a number, is counted with its line (it used to raise, or to
+    turn E2PO's soft labels off silently); a mapping prompt (diffalign feedback on structured items) is kept as the
+    item, not its repr."""
+    rows = [{"prompt": {"text": "hop", "start_seed": 3}, "chosen": [1.0], "rejected": [0.0],
+             "chosen_reward": 1.0, "rejected_reward": 0.0},
+            {"prompt": "p", "chosen": [1.0], "rejected": [0.0], "chosen_reward": 1.0},
+            {"prompt": "p", "chosen": [1.0], "rejected": [0.0], "chosen_reward": "high", "rejected_reward": 0.0}]
+    with pytest.warns(UserWarning, match="2 malformed"):
+        ds = load_preference_data(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    assert ds.prompts == [{"text": "hop", "start_seed": 3}] and ds.has_rewards
+    assert "pairs.jsonl record 1" in ds.report.examples["malformed"][0]
+    assert "'high'" in ds.report.examples["malformed"][1]
+
+
 def test_inline_vectors_and_folder_path(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": [1.0, 2.0], "rejected": [0.0, -1.0]}])
     ds = load_preference_data(str(tmp_path))  # a folder with one jsonl

@@ -97,3 +97,25 @@ def test_the_modality_entry_registers_the_reader_and_its_reward():
     entry = registry.modalities["editing"]
     assert entry.readers()["editing_jsonl"] is load_editing_preferences
     assert "edit_tint" in entry.rewards()
+
+
+def test_ai_feedback_rows_on_edits_are_ordered_pairs_with_rewards(tmp_path):
+    """What `diffalign feedback` writes for an editing model (mapping prompts, chosen/rejected files, rewards) reads
+    back as pairs of the edit item; a half-scored row and a row whose prompt is no edit item are counted."""
+    from diffalign.inference.feedback import write_feedback
+    import torch
+    write_images(tmp_path, ["in.png"])
+    item = {"text": "make it red", "image": str(tmp_path / "in.png")}
+    edits = [Image.new("RGB", (8, 8), (200, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 200))]
+    save = lambda img, folder, name: (img.save(os.path.join(folder, name + ".png")), name + ".png")[1]  # noqa: E731
+    path = write_feedback(str(tmp_path / "fb"), edits, [item, item], torch.tensor([0.9, 0.1], dtype=torch.float64), [(0, 1)], save=save)
+    with open(path, "a") as f:
+        row = json.loads(open(path).readline())
+        f.write(json.dumps({**row, "rejected_reward": None}) + "\n")          # half-scored
+        f.write(json.dumps({**row, "prompt": "make it red"}) + "\n")          # not an edit item
+    with pytest.warns(UserWarning, match="1 malformed"):
+        data = load_editing_preferences(path)
+    (pair,) = data.pairs
+    assert pair.prompt == item and (pair.chosen_reward, pair.rejected_reward) == (0.9, 0.1) and data.has_rewards
+    assert Image.open(pair.chosen).getpixel((0, 0)) == (200, 0, 0)
+    assert data.report.missing_caption == 1 and "rejected_reward" in data.report.examples["malformed"][0]
