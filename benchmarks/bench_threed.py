@@ -1,7 +1,10 @@
 """Text-to-3D benchmark: plain SDS against DreamFL over prompts x seeds, multi-view accuracy, paired test.
 
     python benchmarks/bench_threed.py [--prompts "a red circle" "a blue square" ...] [--seeds 1 2 3 4 5]
-                                      [--epochs N] [--out benchmarks/results/threed_<cpu>_<date>.json]
+                                      [--method dreamfl|dreamdpo] [--epochs N] [--out FILE]
+
+``--method`` picks what is compared with plain SDS (a demo_threed_<method>.yaml; default DreamFL, written to
+benchmarks/results/threed_cpu_<cores>core_<date>.json; another method to threed_<method>_cpu_...).
 
 By default 4 prompts (one per palette colour, every shape) x 5 seeds (1-5; the configs were tuned on seed 0) = 20
 paired runs. Each (prompt, seed) trains the radiance field twice with the shipped demo configs (demo_threed_sds.yaml
@@ -45,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
     # seed 0 is where the demo configs were tuned; the benchmark's seeds are held out from that
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    p.add_argument("--method", default=None, help="the method compared with plain SDS (a demo_threed_<method> config; "
+                                                  "default: the demo's default, DreamFL)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of both configs (default: the configs')")
     p.add_argument("--note", default=None, help="a sentence for the report (what the numbers mean, how the configs "
                                                 "were tuned); benchmarks/report.py prints it under the table")
@@ -58,6 +63,7 @@ def main(argv=None) -> int:
     from diffalign.eval.multiview import paired_runs
     from diffalign.trainer.precision import cpu_info
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    method = args.method or DEFAULT_THREED_ALGO
     epochs = args.epochs or threed_config(BASELINE, args.prompts[0], args.work, 0).epochs
     runs = []
     start = time.perf_counter()
@@ -65,24 +71,24 @@ def main(argv=None) -> int:
     for prompt in args.prompts:
         for seed in args.seeds:
             run = {"prompt": prompt, "seed": seed}
-            for method in (BASELINE, DEFAULT_THREED_ALGO):
+            for method in (BASELINE, method):
                 run[method] = run_one(prompt, seed, method, epochs, os.path.join(args.work, f"{method}_{seed}"))
             runs.append(run)
             print(f"{prompt!r} seed {seed}: {BASELINE} {100 * run[BASELINE]['accuracy']:.1f}% -> "
-                  f"{DEFAULT_THREED_ALGO} {100 * run[DEFAULT_THREED_ALGO]['accuracy']:.1f}%", flush=True)
-    summary = paired_runs([r[BASELINE]["correct"] for r in runs], [r[DEFAULT_THREED_ALGO]["correct"] for r in runs])
+                  f"{method} {100 * run[method]['accuracy']:.1f}%", flush=True)
+    summary = paired_runs([r[BASELINE]["correct"] for r in runs], [r[method]["correct"] for r in runs])
     hw = cpu_info()
-    data = {"what": f"Text-to-3D: {BASELINE} vs {DEFAULT_THREED_ALGO}, multi-view accuracy over 16 views",
+    data = {"what": f"Text-to-3D: {BASELINE} vs {method}, multi-view accuracy over 16 views",
             "command": " ".join(["python benchmarks/bench_threed.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.date.today().isoformat(), "cpu": hw["model"], "cpu_flags": hw["flags"],
             "threads": torch.get_num_threads(), "precision": "float32",
             "load_average": [load_before, os.getloadavg()[0]], "seconds": time.perf_counter() - start,
-            "epochs": epochs, "baseline": BASELINE, "method": DEFAULT_THREED_ALGO, "runs": runs,
+            "epochs": epochs, "baseline": BASELINE, "method": method, "runs": runs,
             "summary": {k: v for k, v in summary.items() if k not in ("before_accuracy", "after_accuracy")}}
     if args.note:
         data["note"] = args.note
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"threed_cpu_{os.cpu_count()}core_{data['date']}.json")
+        f"threed_{'' if method == DEFAULT_THREED_ALGO else method + '_'}cpu_{os.cpu_count()}core_{data['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     print(f"mean change {100 * summary['mean_delta']:+.1f} points (95% CI {100 * summary['ci95'][0]:+.1f}, "

@@ -908,8 +908,9 @@ def render_threed(name: str, data: dict) -> List[str]:
 
 
 def render_threed_headline(results: Path = RESULTS) -> str:
-    """The inside of README's threed block: the newest bench_threed file's runs."""
-    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, "threed_*.json")]
+    """The inside of README's threed block: the newest bench_threed file of the demo's default method (DreamFL;
+    threed_cpu_*.json: other methods' files are named threed_<method>_cpu_*.json and go to docs/results.md)."""
+    files = [p for p in result_files(results) if fnmatch.fnmatch(p.name, "threed_cpu_*.json")]
     if not files:
         return "No measured run of `benchmarks/bench_threed.py` is committed yet."
     path = files[-1]

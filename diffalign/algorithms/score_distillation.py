@@ -34,6 +34,17 @@ scores to weights by their rank; here p = softmax(r / ``reward_temperature``) ov
 -> the mean of plain SDS as the temperature grows, -> the best sample's residual as it shrinks). It needs no
 gradient of the reward, so any reward of the zoo fits; it costs N critic evaluations per render.
 
+DreamDPO (Zhou et al. 2025, "Aligning Text-to-3D Generation with Human Preferences via Direct Preference
+Optimization"; ``name: dreamdpo``): each render is noised twice at its timestep, the two one-step estimates are
+ranked by the reward (any reward of the zoo; no gradient of it is needed), and the update pulls toward the winner's
+score and away from the loser's:
+
+    grad = w(t) [ (eps_hat_win - eps_win) - 1[s_win - s_lose > tau] (eps_hat_lose - eps_lose) ]
+
+The loser's term is used only when the reward gap exceeds ``gap_threshold`` = tau, so near-ties, whose ranking is
+noise, give the winner's plain SDS residual (the paper's piecewise objective; the authors' released configs use
+tau = 0, which drops the loser only on exact ties).
+
 Timestep annealing (``max_step_final``, ``anneal_steps``): the top of the t range decays linearly from max_step to
 max_step_final over the first anneal_steps optimiser steps, so late training refines details at low noise
 (DreamFusion-style schedules as threestudio's max_step_percent; ProlificDreamer anneals 0.98 -> 0.5).
@@ -50,7 +61,8 @@ from torch import nn
 from diffalign.algorithms.base import Algorithm, DataPath, Metrics
 from diffalign.modalities.base import Conditions
 
-__all__ = ["GeneratorAlgorithm", "GeneratorBatch", "PointGenerator", "SDS", "SDSConfig", "GENERATORS",
+__all__ = ["GeneratorAlgorithm", "GeneratorBatch", "PointGenerator", "SDS", "SDSConfig", "DreamDPO", "DreamDPOConfig",
+           "GENERATORS",
            "alpha_bar", "eps_from_output"]
 
 
@@ -289,6 +301,24 @@ class SDS(GeneratorAlgorithm):
             grad = w.to(x.device, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)) * (eps_hat - batch.noise)
         return grad, w
 
+    def scored_residual(self, batch: GeneratorBatch, critic, eps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(eps_hat - eps, reward of the one-step denoised estimate (B,)) of the renders noised with ``eps`` at the
+        batch's steps; no graph. The rewarded methods (RewardSDS, DreamDPO) score noisy renders this way."""
+        if batch.reward is None:
+            raise ValueError(f"{self.name} scores noisy renders and needs a reward of the renders (the generator loop "
+                             "passes reward.name's)")
+        rule = critic.rule
+        with torch.no_grad():
+            x = batch.x.detach()
+            a = alpha_bar(rule, batch.steps).to(x.device, x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+            x_t = rule.add_noise(x, eps, batch.steps)
+            eps_hat = eps_from_output(rule, critic.predict(x_t, batch.steps, batch.cond).to(x.dtype), x_t, batch.steps)
+            # the one-step denoised estimate; for a flow rule a is the alpha_bar of equal SNR, and
+            # x_t (sqrt(a) + sqrt(1 - a)) is its VP-scaled x_t, so one formula serves both families
+            scaled = x_t * (a.sqrt() + (1 - a).sqrt()) if _is_flow(rule) else x_t
+            x0 = (scaled - (1 - a).sqrt() * eps_hat) / a.sqrt()
+            return eps_hat - eps, batch.reward(x0).detach().to(x.dtype)
+
     def reward_sds_gradient(self, batch: GeneratorBatch, critic) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RewardSDS: (w(t) sum_k p_k (eps_hat_k - eps_k), w, the samples' rewards (B, N)), no graph. Sample 0 is the
         batch's noise, the other N - 1 are drawn from torch's generator (seeded per epoch by the loop)."""
@@ -299,25 +329,29 @@ class SDS(GeneratorAlgorithm):
         with torch.no_grad():
             x = batch.x.detach()
             shape = (-1,) + (1,) * (x.ndim - 1)
-            a = alpha_bar(rule, batch.steps).to(x.device, x.dtype).reshape(shape)
             residuals, rewards = [], []
             for k in range(n):
-                eps = batch.noise if k == 0 else torch.randn_like(x)
-                x_t = rule.add_noise(x, eps, batch.steps)
-                eps_hat = eps_from_output(rule, critic.predict(x_t, batch.steps, batch.cond).to(x.dtype), x_t,
-                                          batch.steps)
-                # the one-step denoised estimate; for a flow rule a is the alpha_bar of equal SNR, and
-                # x_t (sqrt(a) + sqrt(1 - a)) is its VP-scaled x_t, so one formula serves both families
-                scaled = x_t * (a.sqrt() + (1 - a).sqrt()) if _is_flow(rule) else x_t
-                x0 = (scaled - (1 - a).sqrt() * eps_hat) / a.sqrt()
-                residuals.append(eps_hat - eps)
-                rewards.append(batch.reward(x0).detach().to(x.dtype))
+                residual, reward = self.scored_residual(batch, critic, batch.noise if k == 0 else torch.randn_like(x))
+                residuals.append(residual)
+                rewards.append(reward)
             r = torch.stack(rewards, 1)  # (B, N)
             p = torch.softmax(r / self.config.reward_temperature, dim=1)
             mix = sum(p[:, k].reshape(shape) * residuals[k] for k in range(n))
             w = self.weight(rule, batch.steps)
             grad = w.to(x.device, x.dtype).reshape(shape) * mix
         return grad, w, r
+
+    def add_reward_term(self, loss: torch.Tensor, metrics: Metrics, batch: GeneratorBatch):
+        """DreamReward's term: loss - reward_weight * mean differentiable reward of the renders."""
+        if batch.reward is None:
+            raise ValueError("algorithm.reward_weight > 0 needs a reward of the renders (the generator loop "
+                             "passes reward.name's)")
+        r = batch.reward(batch.x)
+        if not r.requires_grad:
+            raise ValueError("algorithm.reward_weight > 0 needs a differentiable reward; reward.name's returned "
+                             "no graph")
+        metrics["reward_mean"] = r.detach().float().mean()
+        return loss - self.config.reward_weight * r.float().mean(), metrics
 
     def loss(self, batch: GeneratorBatch, policy, reference) -> Tuple[torch.Tensor, Metrics]:
         if reference is None:
@@ -333,15 +367,61 @@ class SDS(GeneratorAlgorithm):
         metrics: Metrics = {"sds_grad_norm": grad.detach().float().flatten(1).norm(dim=1).mean(),
                             "w_mean": w.float().mean()}
         if self.config.reward_weight > 0:
-            if batch.reward is None:
-                raise ValueError("algorithm.reward_weight > 0 needs a reward of the renders (the generator loop "
-                                 "passes reward.name's)")
-            r = batch.reward(x)
-            if not r.requires_grad:
-                raise ValueError("algorithm.reward_weight > 0 needs a differentiable reward; reward.name's returned "
-                                 "no graph")
-            loss = loss - self.config.reward_weight * r.float().mean()
-            metrics["reward_mean"] = r.detach().float().mean()
+            loss, metrics = self.add_reward_term(loss, metrics, batch)
         if self.config.reward_samples > 1:
             metrics["sample_reward_mean"] = sample_rewards.float().mean()
         return loss, metrics
+
+
+@dataclasses.dataclass
+class DreamDPOConfig(SDSConfig):
+    gap_threshold: float = 0.0        # tau: the loser's term is used only when the reward gap exceeds it
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.gap_threshold >= 0:
+            raise ValueError(f"config key 'algorithm.gap_threshold' must be >= 0, got {self.gap_threshold!r}")
+        if self.reward_samples:
+            raise ValueError("config key 'algorithm.reward_samples' is RewardSDS's; dreamdpo draws its own pair of "
+                             "noises per render")
+
+
+class DreamDPO(SDS):
+    """DreamDPO: score distillation toward the reward-preferred of two noisings of each render (module docstring)."""
+
+    name = "dreamdpo"
+    config_class = DreamDPOConfig
+
+    @property
+    def uses_reward(self) -> bool:
+        return True
+
+    def dreamdpo_gradient(self, batch: GeneratorBatch, critic) -> Tuple[torch.Tensor, torch.Tensor, Metrics]:
+        """(w(t) [(eps_hat_win - eps_win) - 1[gap > tau] (eps_hat_lose - eps_lose)], w, metrics), no graph. The first
+        noise is the batch's, the second is drawn from torch's generator (seeded per epoch by the loop)."""
+        x = batch.x.detach()
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        res_a, r_a = self.scored_residual(batch, critic, batch.noise)
+        res_b, r_b = self.scored_residual(batch, critic, torch.randn_like(x))
+        a_wins = (r_a >= r_b).reshape(shape)
+        win, lose = torch.where(a_wins, res_a, res_b), torch.where(a_wins, res_b, res_a)
+        gap = (r_a - r_b).abs()
+        push = (gap > self.config.gap_threshold).to(x.dtype)
+        w = self.weight(critic.rule, batch.steps)
+        grad = w.to(x.device, x.dtype).reshape(shape) * (win - push.reshape(shape) * lose)
+        metrics: Metrics = {"reward_gap_mean": gap.float().mean(), "pushed_fraction": push.float().mean(),
+                            "pair_reward_mean": torch.cat([r_a, r_b]).float().mean()}
+        return grad, w, metrics
+
+    def loss(self, batch: GeneratorBatch, policy, reference) -> Tuple[torch.Tensor, Metrics]:
+        if reference is None:
+            raise ValueError("dreamdpo needs the frozen critic (the reference policy)")
+        grad, w, metrics = self.dreamdpo_gradient(batch, reference)
+        x = batch.x
+        target = (x - grad).detach()
+        loss = 0.5 * ((x.float() - target.float()) ** 2).flatten(1).sum(1).mean()  # d/dx: grad, as SDS
+        metrics.update(sds_grad_norm=grad.detach().float().flatten(1).norm(dim=1).mean(), w_mean=w.float().mean())
+        if self.config.reward_weight > 0:
+            loss, metrics = self.add_reward_term(loss, metrics, batch)
+        return loss, metrics
+

@@ -225,7 +225,7 @@ def test_rwr_loss_is_weighted_denoising_mse(scheduler, rule):
 
 def test_registry_and_config_errors():
     assert set(ALGORITHMS) == {"rwr", "ddpo", "dpok", "grpo", "dpo", "ipo", "e2po", "orpo", "simpo", "kto",
-                               "refl", "draft", "alignprop", "d3po", "spo", "sds"}
+                               "refl", "draft", "alignprop", "d3po", "spo", "sds", "dreamdpo"}
     with pytest.raises(ValueError, match="algorithm.estimator must be one of"):
         DDPOConfig(estimator="reinforce")
     with pytest.raises(ValueError, match="algorithm.baseline"):

@@ -152,7 +152,7 @@ def test_option_errors_name_their_key():
 
 
 def test_shipped_configs_validate_and_name_bad_keys():
-    for name in ("threed_sds_tiny", "threed_dreamfl_tiny"):
+    for name in ("threed_sds_tiny", "threed_dreamfl_tiny", "threed_dreamdpo_tiny"):
         cfg = load_config(shipped_config(name))
         assert cfg.modality.name == "threed" and cfg.algorithm["generator"] == "modality"
     with pytest.raises(ConfigError, match=r"modality.options.elevation"):
