@@ -89,7 +89,7 @@ def test_threed_demo_arguments_are_checked(tmp_path, capsys):
     assert _cli(["demo", "video", "--prompt", "a red circle", "--output", str(tmp_path)]) == 2
     assert "--prompt applies to the threed demo only" in capsys.readouterr().err
     assert _cli(["demo", "threed", "--algo", "nerf", "--output", str(tmp_path)]) == 2
-    assert "unknown --algo 'nerf' for threed; choose one of: dreamfl" in capsys.readouterr().err
+    assert "unknown --algo 'nerf' for threed; choose one of: dreamdpo, dreamfl" in capsys.readouterr().err
     # the baseline is refused by the CLI's check, before anything loads (it used to fail inside the demo)
     assert _cli(["demo", "threed", "--algo", "sds", "--output", str(tmp_path)]) == 2
     assert "'sds' is the baseline the threed demo always runs" in capsys.readouterr().err
@@ -107,4 +107,4 @@ def test_threed_demo_arguments_are_checked(tmp_path, capsys):
     assert threed.check_prompt("two blue squares") == "" and threed.check_algo("dreamfl") == ""
     with pytest.raises(ValueError, match="at least 16"):
         threed.run_threed_demo(str(tmp_path), samples_per_kind=8)
-    assert threed.threed_algos() == ["dreamfl", "sds"]
+    assert threed.threed_algos() == ["dreamdpo", "dreamfl", "sds"]
