@@ -57,3 +57,23 @@ def test_bad_inputs_are_named():
         pb.posebusters_report([crystal], ["a text prompt"])
     with pytest.raises(ValueError, match="1 samples but 2"):
         pb.posebusters_report([crystal], [ITEM, ITEM])
+
+
+def test_a_fragmented_ligand_fails_the_connectivity_check_without_the_rest():
+    """Two copies of the crystal ligand far apart make one two-fragment molecule: its row is PoseBusters' failed
+    all_atoms_connected alone (the slow checks are not run), and the per-check rates count only where a check ran."""
+    from rdkit.Chem import rdmolops
+    crystal, _ = crystal_and_clashing()
+    far = Chem.Mol(crystal)
+    conf = far.GetConformer()
+    from rdkit.Geometry import Point3D
+    for i in range(far.GetNumAtoms()):
+        p = conf.GetAtomPosition(i)
+        conf.SetAtomPosition(i, Point3D(p.x + 30.0, p.y, p.z))
+    pair = rdmolops.CombineMols(crystal, far)
+    assert len(Chem.GetMolFrags(pair)) == 2
+    assert pb.posebusters_report([pair], [ITEM]) == [{"all_atoms_connected": False}]
+    out = pb.posebusters_pass_rate([crystal, pair], [ITEM] * 2)
+    assert (out["n_passed"], out["n_disconnected"], out["pass_rate"]) == (1, 1, 0.5)
+    assert out["checks"]["all_atoms_connected"] == 0.5 and out["checks"]["bond_lengths"] == 1.0
+    assert pb.posebusters([pair, crystal], [ITEM] * 2).tolist() == [0.0, 1.0]
