@@ -47,6 +47,13 @@ def test_threed_results_render_every_run_and_the_paired_summary(tmp_path):
     head = report.render_threed_headline(tmp_path)
     assert "threed_cpu_2core_2026-12-07.json" in head and "change +15.6 points" in head
     assert "No measured run" in report.render_threed_headline(tmp_path / "none")
+    # another method's file (bench_threed --method dreamdpo) goes to docs/results.md, not the demo's headline
+    other = dict(data, method="dreamdpo", runs=[{**{k: v for k, v in r.items() if k != "dreamfl"},
+                                                 "dreamdpo": r["dreamfl"]} for r in data["runs"]])
+    (tmp_path / "threed_dreamdpo_cpu_2core_2026-12-08.json").write_text(json.dumps(other))
+    assert "threed_cpu_2core_2026-12-07.json" in report.render_threed_headline(tmp_path)
+    assert report.renderer_for("threed_dreamdpo_cpu_2core_2026-12-08.json")[1] is report.render_threed
+    assert "dreamdpo accuracy" in "\n".join(report.render_threed("x.json", other))
     assert report.renderer_for("threed_cpu_2core_2026-12-07.json")[1] is report.render_threed
 
 
@@ -55,7 +62,8 @@ def test_bench_threed_writes_every_run(tmp_path):
     bench = _module("bench_threed")
     out = tmp_path / "threed.json"
     assert bench.main(["--prompts", "a red circle", "--seeds", "0", "--epochs", "1", "--work", str(tmp_path / "w"),
-                       "--out", str(out)]) == 0
+                       "--out", str(out), "--method", "dreamdpo"]) == 0
     data = json.loads(out.read_text())
     assert len(data["runs"]) == 1 and data["summary"]["runs"] == 1
-    assert len(data["runs"][0]["sds"]["correct"]) == 16 and data["runs"][0]["dreamfl"]["epochs"] == 1
+    assert len(data["runs"][0]["sds"]["correct"]) == 16 and data["runs"][0]["dreamdpo"]["epochs"] == 1
+    assert data["method"] == "dreamdpo"
