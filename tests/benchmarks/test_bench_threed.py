@@ -57,6 +57,11 @@ def test_threed_results_render_every_run_and_the_paired_summary(tmp_path):
     assert report.renderer_for("threed_cpu_2core_2026-12-07.json")[1] is report.render_threed
 
 
+def test_the_recorded_command_leaves_the_note_out():
+    bench = _module("bench_threed")
+    assert bench._without_note(["--seeds", "1", "--note", "a long sentence"]) == ["--seeds", "1", "--note", "'...'"]
+
+
 @pytest.mark.slow
 def test_bench_threed_writes_every_run(tmp_path):
     bench = _module("bench_threed")
