@@ -72,6 +72,20 @@ def test_override_parsing():
         apply_overrides({"epochs": 3}, {"epochs.x": 1})
 
 
+def test_cli_overrides_may_follow_options(capsys):
+    """`diffalign demo molecule --seed 1 algorithm.beta=2000`: an override after an option joins args.overrides
+    (argparse alone called it unrecognized); a stray word is still an error."""
+    from diffalign.cli import parse_args
+    args, _ = parse_args(["demo", "molecule", "--seed", "1", "algorithm.beta=2000", "--quick", "train.lr=1"])
+    assert (args.modality, args.seed, args.quick) == ("molecule", 1, True)
+    assert args.overrides == ["algorithm.beta=2000", "train.lr=1"]
+    args, _ = parse_args(["train", "dpo_tiny", "epochs=2", "seed=3"])
+    assert args.overrides == ["epochs=2", "seed=3"]
+    with pytest.raises(SystemExit):
+        parse_args(["demo", "molecule", "--seed", "1", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_config_before_any_compute(tiny_config, tmp_path):
     path = write_yaml(tmp_path / "cfg.yaml", tiny_config)
     proc = subprocess.run([sys.executable, "-m", "diffalign.cli", "train", path, "train.batch_size=5"],
