@@ -45,7 +45,14 @@ before saturation the margin term pulls on e_l with lam T w / 2 = 25 per unit of
 SimPO with sft_weight 10 has that same ratio. Measured on the demo's AI feedback (seed 0, 3 minutes, float32,
 one thread, load ~5; docs/results.md): with sft_weight 1 (ratio 250) the errors still grew (winners' per-dim
 error 0.057 -> 0.077, losers' -> 0.084) and held-out accuracy changed by -1.0 point, where ORPO-as-MaPO kept
-them at 0.052 / 0.051 and gained +5.2; the 3-seed table there has both losses at these defaults.
+them at 0.052 / 0.051 and gained +5.2.
+
+What it does not fix (3 seeds at these defaults, same feedback, same session; docs/results.md): neither loss
+aligns the demo model yet. ORPO changes held-out accuracy by +5.2 / -3.1 / -4.2 points (mean -0.7), SimPO by
++4.2 / -2.1 / -6.3 (mean -1.4; its errors still grow with the steps, 0.053 -> 0.070 / 0.057 -> 0.086 after 3
+epochs), every interval including 0, where Diffusion-DPO gains +11.5 / +8.3 / +14.6 on the same pairs (the
+first adaptation: -5.6 for both). Bounding removes most of the damage; what is left is the missing anchor: a
+reference-free loss must beat each pair's own base error gap, which DPO's reference cancels.
 
 ``implicit_acc`` is the share of pairs whose score ranks the winner first (s(e_w) > s(e_l), i.e. e_w < e_l);
 ``reward_margin`` is the mean of the margin inside the sigmoid (before gamma).
