@@ -24,6 +24,9 @@ and since g is convex the same change of error is worth more on the better-denoi
 near 0), so lowering the winner's error pays more than raising the loser's. The winners' plain denoising
 loss is kept as the SFT anchor. For w e << 1, g(w e) ~ 1 - w e / 2: the score margin is w/2 (e_l - e_w),
 the first adaptation's linear reward, so that behaviour is the small-w limit and needs no separate code.
+That is also the regime of the demo's errors (per-dim ~0.05, w e ~ 0.025): there the bound on s hardly bites
+(it does for w e >~ 1), and what limits the push on the losers is MaPO's weighting: the steep margin (slope
+T w / 2 = 250) saturates after an error gap of ~0.02, and lam = 0.1 keeps the margin term small beside the SFT.
 
 ORPO (``orpo``), MaPO's loss as its official train script computes it (checked against mapo-t2i/mapo,
 train.py, 2024: per-sample mean MSE, the score above, the margin multiplied by the number of training
