@@ -202,15 +202,17 @@ Compare the losses only with each other, not with the 10-minute headline runs.
 
 def render_demo_offline(name: str, data: dict) -> List[str]:
     """One offline loss's runs (``benchmarks/bench_demo.py --json`` with ``demo.feedback``): the default
-    renderer's block; the conditions they share are in :func:`render_demo_offline_summary`."""
-    return render_demo_default(name, data)
+    renderer's block, and the file's ``note`` (what differs from the other files: code version, load) under its
+    heading; the conditions they share are in :func:`render_demo_offline_summary`."""
+    lines = render_demo_default(name, data)
+    return lines[:2] + [clean(data["note"]), ""] + lines[2:] if data.get("note") else lines
 
 
 def _algo_of(data: dict) -> str:
     """``--algo NAME`` and any ``algorithm.*`` overrides of a bench_demo command."""
     words = str(data.get("command", "")).split()
     algo = words[words.index("--algo") + 1] if "--algo" in words[:-1] else "?"
-    extra = [w for w in words if w.startswith("algorithm.")]
+    extra = [w for w in words if w.startswith("algorithm.")] + ([data["label"]] if data.get("label") else [])
     return f"`{algo}`" + (f" ({', '.join(extra)})" if extra else "")
 
 

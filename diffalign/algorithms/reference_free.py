@@ -1,68 +1,64 @@
-"""ORPO and SimPO adapted to diffusion: reference-free preference losses (survey 3.2.2, Eq. 12).
+"""ORPO and SimPO adapted to diffusion: reference-free preference losses (survey 3.2.2, Eq. 12), in the
+bounded form of MaPO (Hong, Paul et al. 2024, "Margin-aware Preference Optimization for Aligning Diffusion
+Models without Reference", the ORPO authors' own diffusion version).
 
-Both LLM losses score a response by its *length-normalised* log-likelihood: SimPO's implicit reward
-is (beta/|y|) log p(y|x), and ORPO's odds use P(y|x) = exp((1/|y|) log p(y|x)) (its per-token average,
-so P lies in (0, 1]). A diffusion model has no tractable log-likelihood; what Diffusion-DPO uses in
-its place is the ELBO, whose per-sample term at (t, eps) is -(T w(t)/2) ||pred - target||^2 + const.
-The adaptation chosen here keeps both ingredients exactly analogous:
+The per-sample quantity. A diffusion model has no tractable log-likelihood; Diffusion-DPO uses the ELBO,
+whose term at (t, eps) is -(T w(t)/2) ||pred - target||^2 + const. Both losses read the *per-dimension
+mean* denoising error e = mean over dims of (pred - target)^2 (the counterpart of the per-token average
+NLL that ORPO and SimPO use; it makes them independent of the resolution), and the winner and the loser
+share one noise and one timestep (as in Diffusion-DPO), so the timestep's weight is common to both sides.
 
-- the *per-dimension mean* denoising error e = mean over dims of (pred - target)^2 is the diffusion
-  counterpart of the per-token average negative log-likelihood (length normalisation becomes
-  dimension normalisation, which also makes the losses independent of the resolution), and
-- the winner and the loser share one noise and one timestep (as in Diffusion-DPO), so the
-  timestep-dependent ELBO weight and constant are common to both sides and fold into one scale.
+Why bounded (issue 27). The first adaptation scored a sample by -e itself (SimPO's reward -beta e, ORPO's
+odds of P = exp(-kappa e)). That reward is unbounded: the ranking can be won by making the *loser*
+arbitrarily hard to denoise, and with no reference to anchor the errors that is what happened on the demo's
+AI feedback (docs/experiments.md, "Offline losses on images"): the losers' per-dim error went from ~0.064 to
+~0.15, the winners' from ~0.06 to 0.08-0.125 with them, and held-out accuracy fell by 5.6 points on average
+for both losses where Diffusion-DPO, whose reference cancels the base model's own gaps, gained 8. MaPO scores
+a sample instead by the bounded, convex, decreasing
 
-Why not a reference-based form: the point of these methods is to drop the reference model (no second
-forward pass, no frozen copy), so the reference enters neither loss; the frozen base is still
-available for monitoring but unused.
+    s(e) = g(w e),   g(x) = x / (exp(x) - 1)   (g(0) = 1, g(inf) = 0, g'(0) = -1/2),
 
-SimPO (``simpo``): reward r(x) = -beta e(x) (the length-normalised log-likelihood, beta absorbing the
-ELBO scale), loss = -log sigmoid(r_w - r_l - gamma) = -log sigmoid(beta (e_l - e_w) - gamma), gamma
-the target reward margin. ``sft_weight`` optionally adds the winner's denoising loss (0 = plain SimPO).
+with w a constant SNR weight (MaPO's ``snr_value``, 0.5 in its train script). Two properties matter:
+raising the loser's error gains at most s(e_l) <= 1, with a gradient g'(w e_l) that vanishes as e_l grows,
+and since g is convex the same change of error is worth more on the better-denoised side (|g'| is largest
+near 0), so lowering the winner's error pays more than raising the loser's. The winners' plain denoising
+loss is kept as the SFT anchor. For w e << 1, g(w e) ~ 1 - w e / 2: the score margin is w/2 (e_l - e_w),
+the first adaptation's linear reward, so that behaviour is the small-w limit and needs no separate code.
+That is also the regime of the demo's errors (per-dim ~0.05, w e ~ 0.025): there the bound on s hardly bites
+(it does for w e >~ 1), and what limits the push on the losers is MaPO's weighting: the steep margin (slope
+T w / 2 = 250) saturates after an error gap of ~0.02, and lam = 0.1 keeps the margin term small beside the SFT.
 
-ORPO (``orpo``): P(x) = exp(-kappa e(x)) in (0, 1] (kappa, ``likelihood_scale``, is the ELBO scale of
-that per-dimension log-likelihood), log odds(x) = log P - log(1 - P) = -kappa e - log(-expm1(-kappa e)),
-loss = sft_weight * e_w + lam * -log sigmoid(log odds(x_w) - log odds(x_l)): ORPO's SFT term on the
-preferred sample is the plain denoising loss of the winner (the diffusion NLL up to the ELBO weight),
-its odds-ratio term the odds of the length-normalised likelihoods. For kappa e >> 1 the odds ratio
-tends to kappa (e_l - e_w), a SimPO margin without gamma; for kappa e << 1 it is dominated by
-log(e_l / e_w), a scale-free ratio of the errors.
+ORPO (``orpo``), MaPO's loss as its official train script computes it (checked against mapo-t2i/mapo,
+train.py, 2024: per-sample mean MSE, the score above, the margin multiplied by the number of training
+timesteps T "to maximize the margin throughout the denoising process", defaults snr_value 0.5 and
+beta_mapo 0.1):
 
-``implicit_acc`` is the share of pairs whose reward (SimPO: -beta e; ORPO: the log odds) ranks the
-winner first; ``reward_margin`` is the mean of that reward difference.
+    loss = sft_weight * mean(e_w) - lam * mean(log sigmoid(T (s(e_w) - s(e_l)))).
 
-What it takes to learn an image preference (issue 27). The implicit reward of a reference-free loss is
-the *absolute* error gap d = e_l - e_w, where Diffusion-DPO's is d_theta - d_ref: DPO's reference removes
-the base model's own gap, which on images is large. Measured on the tiny random SD UNet (LoRA rank 4,
-32x32, 64 training and 32 held-out pairs, winner bright and flat, loser dark noise, batch 8, float32):
-the base model's d on the held-out pairs has mean 3e-5 and spread (std) 6.9e-4 at per-dim errors near 1.06.
-Four epochs at lr 5e-4 (what the toy configs use) move d by 2.7e-5 on average, identically under DPO
-(beta 50) and SimPO (beta 50): 72% of held-out pairs move towards the winner under both, so the
-adaptation learns what DPO learns, yet SimPO's own held-out accuracy stays at 0.50 (ORPO, defaults: 0.53)
-because a 2.7e-5 shift cannot reorder gaps spread over 6.9e-4 (which is also why ORPO's and SimPO's
-training accuracies matched epoch by epoch: both are the sign of the barely moved base model's gap on the
-same seeded noise and timesteps). At lr 5e-3 for 8 epochs the shift is 1.9e-3
-and both reach 1.00 with the defaults (DPO 1.00). So:
+SimPO (``simpo``): SimPO's reward margin with its target margin gamma, on the same bounded score:
 
-- the learning rate (or the number of steps) must carry the shift past the base model's spread of d: a
-  reference-free loss needs far more movement than DPO needs to report the same preference; about 10x
-  DPO's learning rate on the tiny UNet (tests/algorithms/test_offline_losses_image.py);
-- beta (SimPO) and kappa (ORPO) set the margin's scale: beta x spread(d) near 1 keeps the sigmoid out of
-  saturation (the defaults: 2000 and 1000 for spreads near 7e-4, per-dim errors near 1); the demo model's
-  own samples have per-dim errors near 0.04-0.15 and gaps spread over ~0.03, so its configs use 50 (beta 500
-  there gave a loss of 11, nearly every pair saturated, and gradient norms of 300 against the clip of 1);
-- ORPO needs kappa e >> 1 for its odds ratio to carry a preference: the toy's kappa = 1 on images makes
-  the ratio ~1.6 (e_l - e_w), a gradient ~1e-3 of the SFT term's, so ORPO is then plain SFT on the winners
-  (held-out 0.56 at lr 5e-3).
+    loss = -mean(log sigmoid(beta (s(e_w) - s(e_l)) - gamma)) + sft_weight * mean(e_w).
 
-Learning the ranking is not yet aligning a model. On the demo's AI feedback (docs/results.md, "The offline
-losses on the same AI feedback": 3 minutes, lr 2e-5, 3 seeds) both losses raise their training implicit
-accuracy from ~0.53 to ~0.72, but they do it mostly by making the *losers* harder to denoise: the losers'
-per-dim error goes from ~0.064 to ~0.15 and the winners' from ~0.06 to 0.08-0.125, so the whole model
-denoises worse and the held-out compositional accuracy falls (SimPO and ORPO both -5.6 points on average),
-while DPO, whose reference anchors both errors (0.051 -> 0.058), gains. Nothing in a reference-free loss
-stops it from pushing e_l up without bound; ORPO's SFT term (and SimPO's optional ``sft_weight``, -4.5
-points at 1) only pulls e_w down. So on images they are not listed as working for alignment (README).
+beta plays T's part (1000: for small w e the margin's slope is beta w / 2 = 250, as MaPO's T w / 2 and as
+Diffusion-DPO's beta / 2 at the demo's beta 500, so the sigmoid saturates after a per-dim error gap of ~0.02
+instead of being chased up to ~0.1). sft_weight is 10 where published SimPO has none: without a reference the
+winners' denoising loss is the only anchor of the errors, and what keeps MaPO's model intact is the *ratio*
+of the two gradients (the optimiser is Adam and the gradient is clipped, so the overall scale hardly matters):
+before saturation the margin term pulls on e_l with lam T w / 2 = 25 per unit of the SFT term's pull on e_w.
+SimPO with sft_weight 10 has that same ratio. Measured on the demo's AI feedback (seed 0, 3 minutes, float32,
+one thread, load ~5; docs/results.md): with sft_weight 1 (ratio 250) the errors still grew (winners' per-dim
+error 0.057 -> 0.077, losers' -> 0.084) and held-out accuracy changed by -1.0 point, where ORPO-as-MaPO kept
+them at 0.052 / 0.051 and gained +5.2.
+
+What it does not fix (3 seeds at these defaults, same feedback, same session; docs/results.md): neither loss
+aligns the demo model yet. ORPO changes held-out accuracy by +5.2 / -3.1 / -4.2 points (mean -0.7), SimPO by
++4.2 / -2.1 / -6.3 (mean -1.4; its errors still grow with the steps, 0.053 -> 0.070 / 0.057 -> 0.086 after 3
+epochs), every interval including 0, where Diffusion-DPO gains +11.5 / +8.3 / +14.6 on the same pairs (the
+first adaptation: -5.6 for both). Bounding removes most of the damage; what is left is the missing anchor: a
+reference-free loss must beat each pair's own base error gap, which DPO's reference cancels.
+
+``implicit_acc`` is the share of pairs whose score ranks the winner first (s(e_w) > s(e_l), i.e. e_w < e_l);
+``reward_margin`` is the mean of the margin inside the sigmoid (before gamma).
 """
 from __future__ import annotations
 
@@ -75,23 +71,39 @@ from diffalign.algorithms.preference import OfflinePreferenceAlgorithm, _check_p
 from diffalign.ops.reference import per_sample_mse
 
 
+def bounded_score(e: torch.Tensor, snr_value: float) -> torch.Tensor:
+    """MaPO's per-sample score g(w e) = w e / (exp(w e) - 1) for e >= 0, in (0, 1].
+
+    Written as x exp(-x) / (1 - exp(-x)) (expm1), which neither overflows for large x nor loses precision
+    for small x; x is floored at 1e-12, where g is 1 to double precision (0/0 at x = 0 exactly)."""
+    x = (snr_value * e).clamp_min(1e-12)
+    return x * torch.exp(-x) / -torch.expm1(-x)
+
+
+def _check_non_negative(**values):
+    for key, v in values.items():
+        if not v >= 0:
+            raise ValueError(f"algorithm.{key} must be >= 0, got {v}")
+
+
 @dataclasses.dataclass
 class SimPOConfig:
-    beta: float = 2000.0            # scale of the length-normalised (per-dim) likelihood reward
-    gamma: float = 0.5              # target reward margin
-    sft_weight: float = 0.0         # weight of the winner's denoising loss (0: SimPO as published)
+    beta: float = 1000.0            # scale of the score margin (MaPO's T: slope beta w / 2 = 250 for small w e)
+    gamma: float = 0.5              # SimPO's target reward margin
+    snr_value: float = 0.5          # w in the bounded score g(w e) (MaPO's snr_value)
+    sft_weight: float = 10.0        # weight of the winners' denoising loss (0: SimPO's published form)
 
     def __post_init__(self):
-        _check_positive(beta=self.beta)
-        if self.gamma < 0 or self.sft_weight < 0:
-            raise ValueError(f"algorithm.gamma and algorithm.sft_weight must be >= 0, got {self.gamma}, {self.sft_weight}")
+        _check_positive(beta=self.beta, snr_value=self.snr_value)
+        _check_non_negative(gamma=self.gamma, sft_weight=self.sft_weight)
 
 
-def simpo_loss(model_pred, target, beta: float, gamma: float, sft_weight: float = 0.0, mask=None):
+def simpo_loss(model_pred, target, beta: float, gamma: float, snr_value: float, sft_weight: float, mask=None):
     """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
     e = per_sample_mse(model_pred, target, mask)
     p = e.shape[0] // 2
-    margin = beta * (e[p:] - e[:p])
+    score = bounded_score(e, snr_value)
+    margin = beta * (score[:p] - score[p:])
     loss = -F.logsigmoid(margin - gamma).mean() + sft_weight * e[:p].mean()
     margin = margin.detach()
     return loss, (margin > 0).to(margin.dtype), margin
@@ -107,37 +119,33 @@ class SimPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.sft_weight, _mask(batch))
+        loss, acc, margin = simpo_loss(model_pred, target, c.beta, c.gamma, c.snr_value, c.sft_weight, _mask(batch))
         return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
                       **_mse_metrics(model_pred, target, _mask(batch))}
 
 
 @dataclasses.dataclass
 class ORPOConfig:
-    likelihood_scale: float = 1000.0  # kappa: P(x) = exp(-kappa e(x))
-    lam: float = 1.0                  # weight of the odds-ratio term (ORPO's lambda)
-    sft_weight: float = 1.0           # weight of the winner's denoising loss (ORPO's SFT term)
+    snr_value: float = 0.5            # w in the bounded score g(w e) (MaPO's snr_value default)
+    margin_scale: float = 1000.0      # T multiplying the score margin (MaPO: the scheduler's training timesteps)
+    lam: float = 0.1                  # weight of the margin term (ORPO's lambda; MaPO's beta_mapo default)
+    sft_weight: float = 1.0           # weight of the winners' denoising loss (ORPO's SFT term)
 
     def __post_init__(self):
-        _check_positive(likelihood_scale=self.likelihood_scale, lam=self.lam)
-        if self.sft_weight < 0:
-            raise ValueError(f"algorithm.sft_weight must be >= 0, got {self.sft_weight}")
+        _check_positive(snr_value=self.snr_value, margin_scale=self.margin_scale, lam=self.lam)
+        _check_non_negative(sft_weight=self.sft_weight)
 
 
-def log_odds(e: torch.Tensor, kappa: float) -> torch.Tensor:
-    """log(P / (1 - P)) for P = exp(-kappa e), computed stably (expm1) for e >= 0."""
-    nll = kappa * e.clamp_min(1e-12)  # e = 0 would make P = 1 and the odds infinite
-    return -nll - torch.log(-torch.expm1(-nll))
-
-
-def orpo_loss(model_pred, target, kappa: float, lam: float, sft_weight: float = 1.0, mask=None):
-    """(loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
+def orpo_loss(model_pred, target, snr_value: float, margin_scale: float, lam: float, sft_weight: float = 1.0,
+              mask=None):
+    """MaPO: (loss, implicit_acc (P,), reward_margin (P,)) on rows [winners; losers]."""
     e = per_sample_mse(model_pred, target, mask)
     p = e.shape[0] // 2
-    ratio = log_odds(e[:p], kappa) - log_odds(e[p:], kappa)
-    loss = sft_weight * e[:p].mean() + lam * -F.logsigmoid(ratio).mean()
-    ratio = ratio.detach()
-    return loss, (ratio > 0).to(ratio.dtype), ratio
+    score = bounded_score(e, snr_value)
+    margin = margin_scale * (score[:p] - score[p:])
+    loss = sft_weight * e[:p].mean() - lam * F.logsigmoid(margin).mean()
+    margin = margin.detach()
+    return loss, (margin > 0).to(margin.dtype), margin
 
 
 class ORPO(OfflinePreferenceAlgorithm):
@@ -150,6 +158,7 @@ class ORPO(OfflinePreferenceAlgorithm):
 
     def pair_loss(self, model_pred, ref_pred, target, batch):
         c = self.config
-        loss, acc, margin = orpo_loss(model_pred, target, c.likelihood_scale, c.lam, c.sft_weight, _mask(batch))
+        loss, acc, margin = orpo_loss(model_pred, target, c.snr_value, c.margin_scale, c.lam, c.sft_weight,
+                                      _mask(batch))
         return loss, {"implicit_acc": acc.mean(), "reward_margin": margin.mean(),
                       **_mse_metrics(model_pred, target, _mask(batch))}

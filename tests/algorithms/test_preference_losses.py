@@ -6,7 +6,7 @@ import torch
 
 from diffalign.algorithms import DPO, E2PO, IPO, KTO, ORPO, DPOConfig, E2POConfig, IPOConfig, KTOConfig, ORPOConfig, \
     SimPO, SimPOConfig
-from diffalign.algorithms.reference_free import log_odds
+from diffalign.algorithms.reference_free import bounded_score
 
 P, SHAPE = 5, (3, 4, 4)
 
@@ -75,35 +75,82 @@ def test_e2po_soft_labels():
     torch.testing.assert_close(l_hard, l_dpo, rtol=1e-9, atol=1e-12)
 
 
-def test_simpo_reference_free():
+def mapo_score(e, w):
+    """MaPO's score g(w e) = w e / (exp(w e) - 1), written out as the paper's formula."""
+    return (w * e) / (torch.exp(w * e) - 1)
+
+
+@pytest.mark.parametrize("snr", [0.5, 20.0])
+def test_simpo_bounded_margin(snr):
     model, ref, target = preds(2)
-    beta, gamma, sft = 50.0, 0.3, 0.7
-    loss, m = SimPO(SimPOConfig(beta=beta, gamma=gamma, sft_weight=sft)).pair_loss(model, None, target, None)
+    beta, gamma, sft = 800.0, 0.3, 0.7
+    cfg = SimPOConfig(beta=beta, gamma=gamma, snr_value=snr, sft_weight=sft)
+    loss, m = SimPO(cfg).pair_loss(model, None, target, None)
     e = err(model, target)
-    margin = -beta * e[:P] + beta * e[P:]  # r(x) = -beta e(x), the per-dim-normalised likelihood reward
+    margin = beta * (mapo_score(e[:P], snr) - mapo_score(e[P:], snr))
     want = -logsig(margin - gamma).mean() + sft * e[:P].mean()
     torch.testing.assert_close(loss, want, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(grad_of(loss, model), grad_of(want, model), rtol=1e-8, atol=1e-14)
     torch.testing.assert_close(m["reward_margin"], margin.mean().detach())
+    torch.testing.assert_close(m["implicit_acc"], (e[:P] < e[P:]).double().mean())
+    assert 0 < float(m["implicit_acc"]) < 1  # the fixture has pairs on both sides
     assert not SimPO().needs_reference and not ORPO().needs_reference
 
 
-@pytest.mark.parametrize("kappa", [0.5, 3.0, 1000.0])
-def test_orpo_odds_ratio(kappa):
+def test_simpo_small_snr_limit_is_the_linear_reward():
+    """For w e << 1, g(w e) = 1 - w e / 2 + O((w e)^2): beta (g_w - g_l) -> (beta w / 2) (e_l - e_w), the first
+    adaptation's SimPO reward -beta' e with beta' = beta w / 2."""
+    model, ref, target = preds(5)
+    w, beta = 1e-4, 1e6
+    loss, _ = SimPO(SimPOConfig(beta=beta, gamma=0.2, snr_value=w, sft_weight=0.0)).pair_loss(model, None, target, None)
+    e = err(model, target).detach()
+    linear = -logsig(beta * w / 2 * (e[P:] - e[:P]) - 0.2).mean()
+    torch.testing.assert_close(loss.detach(), linear, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("snr", [0.5, 4.0])
+def test_orpo_is_mapo(snr):
     model, ref, target = preds(3)
-    lam, sft = 0.4, 1.0
-    loss, m = ORPO(ORPOConfig(likelihood_scale=kappa, lam=lam, sft_weight=sft)).pair_loss(model, None, target, None)
+    T, lam, sft = 1000.0, 0.1, 1.0
+    cfg = ORPOConfig(snr_value=snr, margin_scale=T, lam=lam, sft_weight=sft)
+    loss, m = ORPO(cfg).pair_loss(model, None, target, None)
     e = err(model, target)
-    prob = torch.exp(-kappa * e)  # P(x) in (0, 1]
-    odds = prob / (1 - prob)
-    log_or = torch.log(odds[:P]) - torch.log(odds[P:])
-    if kappa == 1000.0:  # prob underflows in float64 here: use the large-kappa limit log odds = -kappa e
-        log_or = -kappa * (e[:P] - e[P:])
-    want = sft * e[:P].mean() + lam * -logsig(log_or).mean()
+    # MaPO (Hong, Paul et al. 2024): L = e_w - beta_mapo log sigmoid(T (g(w e_w) - g(w e_l)))
+    margin = T * (mapo_score(e[:P], snr) - mapo_score(e[P:], snr))
+    want = sft * e[:P].mean() - lam * logsig(margin).mean()
     torch.testing.assert_close(loss, want, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(grad_of(loss, model), grad_of(want, model), rtol=1e-7, atol=1e-12)
-    torch.testing.assert_close(m["implicit_acc"], (log_or > 0).double().mean())
-    assert torch.isfinite(log_odds(torch.zeros(2, dtype=torch.float64), kappa)).all()
+    torch.testing.assert_close(m["implicit_acc"], (margin > 0).double().mean())
+    torch.testing.assert_close(m["reward_margin"], margin.mean().detach())
+
+
+def test_bounded_score_closed_form_and_bounds():
+    e = torch.tensor([0.0, 1e-9, 1e-3, 0.06, 0.15, 1.0, 40.0, 2000.0], dtype=torch.float64, requires_grad=True)
+    s = bounded_score(e, 0.5)
+    x = 0.5 * e.detach()
+    # the closed form where it is well conditioned; g(0) = 1; g(1000) = 1000 e^-1000 underflows to 0
+    torch.testing.assert_close(s[2:7], (x / torch.expm1(x))[2:7], rtol=1e-12, atol=0)
+    torch.testing.assert_close(s[:2], torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-9)
+    assert float(s[7].detach()) == 0.0
+    assert bool((s[:7] > 0).all() and (s <= 1).all() and (s[2:] < s[1:-1]).all())
+    # bounded gain: the gradient on a growing error vanishes; g'(0) = -1/2 (times w)
+    (g,) = torch.autograd.grad(s.sum(), e)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g[1], torch.tensor(-0.25, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert abs(float(g[6])) < 1e-6 and float(g[7]) == 0.0
+    # convexity: the same change of error is worth more on the better-denoised side
+    assert float(g[3]) < float(g[4]) < 0
+
+
+def test_reference_free_configs_reject_bad_values():
+    with pytest.raises(ValueError, match="snr_value"):
+        ORPOConfig(snr_value=0.0)
+    with pytest.raises(ValueError, match="margin_scale"):
+        ORPOConfig(margin_scale=-1.0)
+    with pytest.raises(ValueError, match="sft_weight"):
+        SimPOConfig(sft_weight=-0.5)
+    with pytest.raises(ValueError, match="gamma"):
+        SimPOConfig(gamma=-0.1)
 
 
 def test_kto_with_all_reduced_reference_point():

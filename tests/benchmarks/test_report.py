@@ -140,6 +140,13 @@ def test_demo_offline_renderer_shows_the_runs_and_their_short_run_conditions(tmp
     assert doc.index("### The offline losses on the same AI feedback") < doc.index("demo.feedback=") < \
         doc.index("### diffalign demo --algo simpo")
     assert "| `simpo` | 2 | 26.0% | 41.7% / 39.9% | +15.6 / +13.9 | +14.8 | 13.5 / 13.6 | 123 / 32 |" in doc
+    # a file's label tells its row apart (another code version of the same loss); its note heads its block
+    (results / name).write_text(json.dumps(dict(_demo_default("bench"), what="diffalign demo --algo simpo",
+                                                 command="diffalign demo --algo simpo", label="first adaptation",
+                                                 note="Measured before the bounded score.")))
+    doc = report.render_results(results)
+    assert "| `simpo` (first adaptation) | 2 |" in doc
+    assert "### diffalign demo --algo simpo\n\nMeasured before the bounded score.\n\nMachine:" in doc
 
 
 def test_bench_demo_gives_each_seed_its_own_arguments():
