@@ -8,12 +8,13 @@ attribute strength model it was relabelled by (``strength/``). Stages, as the ot
 
 1. before: every held-out request (:data:`HELD_OUT_REQUESTS`) from held-out start seeds is executed in the
    environment by receding-horizon control (plan, act ``REPLAN_EVERY`` steps of the plan, re-plan) for
-   ``EPISODE_STEPS`` steps; the strength model scores the executed trajectory, and AlignDiff's metrics compare
-   achieved with requested strengths (diffalign.rewards.strength_metrics: ``attribute_mae``, ``match_rate``
-   within ``TOLERANCE``);
-2. align through the trainer with ``diffalign/configs/demo_planning_<algo>.yaml`` on the training requests and
-   start seeds, rewarded by the planning modality's ``planning_executed_match`` (-mean |achieved - requested|
-   strength of each plan executed in the environment);
+   ``EPISODE_STEPS`` steps; the strength model scores the segment after ``WARMUP_STEPS`` (a gait needs time to
+   build up from the reset pose), and AlignDiff's metrics compare achieved with requested strengths
+   (diffalign.rewards.strength_metrics: ``attribute_mae``, ``match_rate`` within ``TOLERANCE``);
+2. align through the trainer with ``diffalign/configs/demo_planning_<algo>.yaml`` on the training requests from
+   the states the base planner's own episodes reach under them (:func:`visited_items`, training start seeds),
+   rewarded by the planning modality's ``planning_executed_match`` (-mean |achieved - requested| strength of each
+   plan executed open loop in the environment, plus a bonus when every requested strength is within ``TOLERANCE``);
 3. the same requests, start seeds and sampling seeds again; report.json / report.md (the image demo's schema
    with ``modality: planning``), ``samples/{before,after}/NNNN.npz`` (executed trajectory, plan-free: observations,
    actions, torso x) with ``samples/prompts.json``, filmstrips of a few episodes, ``achieved_vs_requested.png``,
@@ -425,12 +426,13 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
         "paired": {"all": paired_change(before["matched"], after["matched"]),
                    "attribute_mae": paired_errors(before["error"], after["error"])},
         "switch": {"schedule": [[s, r] for s, r in SWITCH], "start_seed": SEED_BASE,
-                   "achieved_speed": {stage: [float(achieved_strengths(strength, run.trajectories, s + WARMUP_STEPS)[0, 0])
-                                              for s, _ in SWITCH] for stage, run in (("before", switch),
-                                                                                      ("after", switch_after))}},
+                   "achieved_speed": {stage: [float(achieved_strengths(strength, run.trajectories,
+                                                                       s + WARMUP_STEPS)[0, 0]) for s, _ in SWITCH]
+                                      for stage, run in (("before", switch), ("after", switch_after))}},
         "seconds": seconds, "curve": result.curve, "info": result.info,
         "eval": {"prompts": len(HELD_OUT_REQUESTS), "samples": len(requests), "samples_per_kind": samples_per_kind,
-                 "seeds": [seeds[0], seeds[-1]], "episode_steps": EPISODE_STEPS, "warmup_steps": WARMUP_STEPS, "replan_every": REPLAN_EVERY,
+                 "seeds": [seeds[0], seeds[-1]], "episode_steps": EPISODE_STEPS,
+                 "warmup_steps": WARMUP_STEPS, "replan_every": REPLAN_EVERY,
                  "tolerance": TOLERANCE, "sampling": {"num_steps": cfg.sampling.num_steps,
                                                       "guidance_scale": cfg.sampling.guidance_scale},
                  "requests": HELD_OUT_REQUESTS, "split": "heldout"},
