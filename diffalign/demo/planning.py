@@ -8,12 +8,13 @@ attribute strength model it was relabelled by (``strength/``). Stages, as the ot
 
 1. before: every held-out request (:data:`HELD_OUT_REQUESTS`) from held-out start seeds is executed in the
    environment by receding-horizon control (plan, act ``REPLAN_EVERY`` steps of the plan, re-plan) for
-   ``EPISODE_STEPS`` steps; the strength model scores the executed trajectory, and AlignDiff's metrics compare
-   achieved with requested strengths (diffalign.rewards.strength_metrics: ``attribute_mae``, ``match_rate``
-   within ``TOLERANCE``);
-2. align through the trainer with ``diffalign/configs/demo_planning_<algo>.yaml`` on the training requests and
-   start seeds, rewarded by the planning modality's ``planning_executed_match`` (-mean |achieved - requested|
-   strength of each plan executed in the environment);
+   ``EPISODE_STEPS`` steps; the strength model scores the segment after ``WARMUP_STEPS`` (a gait needs time to
+   build up from the reset pose), and AlignDiff's metrics compare achieved with requested strengths
+   (diffalign.rewards.strength_metrics: ``attribute_mae``, ``match_rate`` within ``TOLERANCE``);
+2. align through the trainer with ``diffalign/configs/demo_planning_<algo>.yaml`` on the training requests from
+   the states the base planner's own episodes reach under them (:func:`visited_items`, training start seeds),
+   rewarded by the planning modality's ``planning_executed_match`` (-mean |achieved - requested| strength of each
+   plan executed open loop in the environment, plus a bonus when every requested strength is within ``TOLERANCE``);
 3. the same requests, start seeds and sampling seeds again; report.json / report.md (the image demo's schema
    with ``modality: planning``), ``samples/{before,after}/NNNN.npz`` (executed trajectory, plan-free: observations,
    actions, torso x) with ``samples/prompts.json``, filmstrips of a few episodes, ``achieved_vs_requested.png``,
@@ -38,8 +39,15 @@ from diffalign.demo.planning_model import ENV
 DEFAULT_PLANNING_ALGO = "grpo"
 CONFIG_PREFIX = "planning_"          # demo_planning_<algo>.yaml among the demo configs
 TOLERANCE = 0.1                      # a request is matched when every requested strength is within this
-EPISODE_STEPS = 32                   # = the strength model's segment length (the planner's horizon)
-REPLAN_EVERY = 8
+SEGMENT_STEPS = 32                   # the strength model's segment length (= the planner's horizon)
+# A Hopper standing at its reset pose cannot reach most requested gaits within one 32-step (0.256 s) segment
+# (the shipped planner's plans executed from resets span speed strengths 0.16-0.62, 5th-95th percentile), so an
+# episode first walks WARMUP_STEPS steps under the request and the strength model scores the segment after them.
+WARMUP_STEPS = 32
+EPISODE_STEPS = WARMUP_STEPS + SEGMENT_STEPS
+# re-plan once per planner horizon: each scored segment is then one plan executed open loop from the state
+# the episode reached, exactly what the alignment reward (planning_executed_match) executes and scores
+REPLAN_EVERY = 32
 SEED_BASE = 10_000                   # held-out start seeds: SEED_BASE + index (training starts use 0..)
 SAMPLES_PER_KIND = 6                 # start seeds per held-out request
 QUICK_SAMPLES_PER_KIND = 1
@@ -52,7 +60,8 @@ HELD_OUT_REQUESTS: List[Dict[str, float]] = [
 TRAIN_REQUESTS: List[Dict[str, float]] = [
     {"speed": 0.1}, {"speed": 0.25}, {"speed": 0.4}, {"speed": 0.55}, {"speed": 0.7}, {"speed": 0.9},
     {"speed": 0.45, "jump_height": 0.3}, {"speed": 0.7, "jump_height": 0.7}]
-TRAIN_START_SEEDS = 4                # start seeds 0..3 per training request
+TRAIN_START_SEEDS = 8                # training episodes 0..7 per training request (visited_items)
+QUICK_TRAIN_START_SEEDS = 1
 SWITCH = [(0, {"speed": 0.2}), (EPISODE_STEPS, {"speed": 0.8})]  # the switching episode: slow, then fast
 
 
@@ -100,8 +109,21 @@ def eval_set(per_request: int = SAMPLES_PER_KIND) -> Tuple[List[Dict[str, float]
 
 
 def train_items() -> List[Dict[str, Any]]:
-    """The alignment stage's prompt items: every training request from every training start seed."""
+    """Every training request from every training start seed's reset state."""
     return [request_item(r, start_seed=s) for r in TRAIN_REQUESTS for s in range(TRAIN_START_SEEDS)]
+
+
+def visited_items(sampler, start_seeds: int = TRAIN_START_SEEDS, every: int = REPLAN_EVERY) -> List[Dict[str, Any]]:
+    """The alignment stage's prompt items: each training request from the states ``sampler``'s own episodes
+    reach under that request (training start seeds 0..``start_seeds`` - 1, every ``every``-th step, the
+    episode still running), so the planner is aligned where the evaluation re-plans: mid-gait, not only at
+    the reset pose."""
+    requests = [r for r in TRAIN_REQUESTS for _ in range(start_seeds)]
+    seeds = [s for _ in TRAIN_REQUESTS for s in range(start_seeds)]
+    run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, EPISODE_STEPS, every)
+    s = _spec().obs_dim
+    return [request_item(r, observation=run.trajectories[b, t, :s].tolist())
+            for b, r in enumerate(requests) for t in range(0, EPISODE_STEPS, every) if run.alive[b, t]]
 
 
 # ---- execution with a schedule of requests --------------------------------------------------------------
@@ -126,9 +148,11 @@ def scheduled_planner(sampler, schedules: Sequence[Sequence[Tuple[int, Mapping[s
     return plan
 
 
-def run_schedule(sampler, schedules, start_seeds: Sequence[int], steps: int, replan_every: int = REPLAN_EVERY):
-    """Receding-horizon episodes from seeded resets following each episode's request schedule (an Execution)."""
+def run_schedule(sampler, schedules, start_seeds: Sequence[int], steps: int, replan_every: Optional[int] = None):
+    """Receding-horizon episodes from seeded resets following each episode's request schedule (an Execution);
+    ``replan_every`` defaults to :data:`REPLAN_EVERY`."""
     from diffalign.modalities.planning import receding_horizon
+    replan_every = REPLAN_EVERY if replan_every is None else replan_every
     if len(schedules) != len(start_seeds):
         raise ValueError(f"{len(schedules)} schedules but {len(start_seeds)} start seeds")
     return receding_horizon(scheduled_planner(sampler, schedules, start_seeds), ENV, list(start_seeds),
@@ -172,7 +196,7 @@ def evaluate_planning(sampler, requests: Sequence[Mapping[str, float]], seeds: S
     ``metrics`` (matching_metrics), per-episode ``matched`` and ``error``."""
     from diffalign.rewards.strength_metrics import matching_metrics, per_sample_error
     run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, steps)
-    achieved = achieved_strengths(strength_model, run.trajectories)
+    achieved = achieved_strengths(strength_model, run.trajectories, WARMUP_STEPS)
     requested = requested_matrix(requests, strength_model.aspects)
     within = ((achieved - requested.nan_to_num()).abs() <= TOLERANCE) | requested.isnan()
     metrics = matching_metrics(requested, achieved, TOLERANCE)
@@ -186,15 +210,17 @@ def evaluate_planning(sampler, requests: Sequence[Mapping[str, float]], seeds: S
 QUICK_OVERRIDES = {"epochs": 2, "sampling.batch_size": 16, "train.batch_size": 16}
 
 
-def load_planning_config(algo: str, output: str, model: str, overrides: Optional[Dict[str, Any]] = None):
-    """demo_planning_<algo>.yaml with the model folder, its strength model as the reward's, the training items."""
+def load_planning_config(algo: str, output: str, model: str, overrides: Optional[Dict[str, Any]] = None,
+                         items: Optional[List[Dict[str, Any]]] = None):
+    """demo_planning_<algo>.yaml with the model folder, its strength model as the reward's, the training items
+    (``items``, default :func:`train_items`)."""
     import yaml
 
     from diffalign.config import load_config
     with open(config_path(algo), encoding="utf-8") as f:
         data = yaml.safe_load(f)
     data["output_dir"] = output
-    data["prompts"] = {"list": train_items()}
+    data["prompts"] = {"list": train_items() if items is None else list(items)}
     data.setdefault("modality", {}).setdefault("options", {})["model"] = model
     data.setdefault("reward", {}).setdefault("kwargs", {})["strength_model"] = os.path.join(model, "strength")
     items = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
@@ -211,8 +237,9 @@ def base_sampler(model: str, cfg) -> Any:
     return policy_sampler(build_policy(cfg, adapter), 64, desc="plan base")
 
 
-def planning_train_stage(algo: str, model: str, overrides: Optional[Dict[str, Any]] = None):
-    """The after stage: the trainer with demo_planning_<algo>.yaml for ``ctx.minutes``."""
+def planning_train_stage(algo: str, model: str, overrides: Optional[Dict[str, Any]] = None,
+                         items: Optional[List[Dict[str, Any]]] = None):
+    """The after stage: the trainer with demo_planning_<algo>.yaml on ``items`` for ``ctx.minutes``."""
     def stage(ctx):
         from diffalign.demo.run import AfterResult, policy_sampler
         from diffalign.trainer import make_trainer
@@ -220,7 +247,7 @@ def planning_train_stage(algo: str, model: str, overrides: Optional[Dict[str, An
         extra.update(overrides or {})
         extra["seed"] = ctx.seed
         out_dir = os.path.join(ctx.output, "train")
-        cfg = load_planning_config(algo, out_dir, model, extra)
+        cfg = load_planning_config(algo, out_dir, model, extra, items)
         cfg.train.max_minutes = ctx.minutes
         start = time.perf_counter()
         trainer = make_trainer(cfg)
@@ -304,7 +331,8 @@ def save_switch(path: str, run, strength_model, schedule, labels: Sequence[str])
     for b, (ax, label) in enumerate(zip(axes[:, 0], labels)):
         ax.plot(run.trajectories[b, :, _spec().x_velocity].numpy(), label="torso forward velocity (m/s)")
         ax.axvline(switch, color="k", ls="--", lw=0.8)
-        got = [float(achieved_strengths(strength_model, run.trajectories[b:b + 1], s)[0, 0]) for s, _ in schedule]
+        got = [float(achieved_strengths(strength_model, run.trajectories[b:b + 1], s + WARMUP_STEPS)[0, 0])
+               for s, _ in schedule]
         ax.set_title(f"{label}: requested speed " + " -> ".join(f"{r['speed']:g}" for _, r in schedule)
                      + "; achieved " + " -> ".join(f"{g:.2f}" for g in got), fontsize=8)
         ax.set_xlabel("step"), ax.legend(fontsize=7)
@@ -377,8 +405,13 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
         ev["aspects"] = list(strength.aspects)
         ev["sampler"] = sampler
         return ev
-    before, result, after, seconds = measure_alignment(evaluate, base_sampler(model, cfg),
-                                                      planning_train_stage(algo, model, overrides), ctx, "no")
+    base = base_sampler(model, cfg)
+    t = time.perf_counter()
+    items = visited_items(base, QUICK_TRAIN_START_SEEDS if quick else TRAIN_START_SEEDS)
+    items_seconds = time.perf_counter() - t
+    before, result, after, seconds = measure_alignment(evaluate, base, planning_train_stage(algo, model, overrides,
+                                                                                           items), ctx, "no")
+    seconds["train_states"] = items_seconds
     t = time.perf_counter()
     switch = run_schedule(before["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS)
     switch_after = run_schedule(after["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS)
@@ -393,12 +426,13 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
         "paired": {"all": paired_change(before["matched"], after["matched"]),
                    "attribute_mae": paired_errors(before["error"], after["error"])},
         "switch": {"schedule": [[s, r] for s, r in SWITCH], "start_seed": SEED_BASE,
-                   "achieved_speed": {stage: [float(achieved_strengths(strength, run.trajectories, s)[0, 0])
-                                              for s, _ in SWITCH] for stage, run in (("before", switch),
-                                                                                      ("after", switch_after))}},
+                   "achieved_speed": {stage: [float(achieved_strengths(strength, run.trajectories,
+                                                                       s + WARMUP_STEPS)[0, 0]) for s, _ in SWITCH]
+                                      for stage, run in (("before", switch), ("after", switch_after))}},
         "seconds": seconds, "curve": result.curve, "info": result.info,
         "eval": {"prompts": len(HELD_OUT_REQUESTS), "samples": len(requests), "samples_per_kind": samples_per_kind,
-                 "seeds": [seeds[0], seeds[-1]], "episode_steps": EPISODE_STEPS, "replan_every": REPLAN_EVERY,
+                 "seeds": [seeds[0], seeds[-1]], "episode_steps": EPISODE_STEPS,
+                 "warmup_steps": WARMUP_STEPS, "replan_every": REPLAN_EVERY,
                  "tolerance": TOLERANCE, "sampling": {"num_steps": cfg.sampling.num_steps,
                                                       "guidance_scale": cfg.sampling.guidance_scale},
                  "requests": HELD_OUT_REQUESTS, "split": "heldout"},

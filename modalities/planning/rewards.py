@@ -12,7 +12,7 @@ import torch
 
 from diffalign.modalities.planning.env import env_spec
 
-__all__ = ["forward_velocity", "env_return", "executed_match", "PLANNING_REWARDS"]
+__all__ = ["forward_velocity", "env_return", "executed_match", "within_tolerance", "PLANNING_REWARDS"]
 
 
 def forward_velocity(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
@@ -32,17 +32,37 @@ def env_return(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
 _STRENGTH_MODELS: Dict[str, Any] = {}  # folder -> loaded strength model (a reward is called every epoch)
 
 
-def executed_match(samples, prompts=None, strength_model: str = "", env: str = "Hopper-v5") -> torch.Tensor:
+def executed_match(samples, prompts=None, strength_model: str = "", env: str = "Hopper-v5",
+                   tolerance: float = 0.1, match_bonus: float = 0.0) -> torch.Tensor:
     """(B,) -mean |achieved - requested| attribute strength of each plan executed open loop in the environment,
     achieved strengths from AlignDiff's strength model in the folder ``strength_model`` (items carry the
-    requested ``targets``; diffalign/rewards/attribute_strength.py)."""
+    requested ``targets``; diffalign/rewards/attribute_strength.py), plus ``match_bonus`` for a plan whose every
+    requested strength lies within ``tolerance`` (the match-rate criterion, diffalign.rewards.strength_metrics:
+    the error term alone lets a policy trade a few matches for a lower mean error)."""
     from diffalign.modalities.planning.execute import execute_plans
     from diffalign.rewards.attribute_strength import load_attribute_strength
+    from diffalign.rewards.behaviour import requested_targets
+    if tolerance < 0 or match_bonus < 0:
+        raise ValueError(f"planning_executed_match: tolerance and match_bonus must be >= 0, got {tolerance!r}, "
+                         f"{match_bonus!r}")
     if strength_model not in _STRENGTH_MODELS:
         _STRENGTH_MODELS[strength_model] = load_attribute_strength(strength_model)
+    model = _STRENGTH_MODELS[strength_model]
     executed = execute_plans(samples, env).trajectories
     with torch.no_grad():
-        return _STRENGTH_MODELS[strength_model](executed, prompts).float()
+        reward = model(executed, prompts).float()
+        if match_bonus:
+            reward = reward + match_bonus * within_tolerance(model.strengths(executed), model.aspects,
+                                                             requested_targets(prompts, len(executed)),
+                                                             tolerance).float()
+    return reward
+
+
+def within_tolerance(achieved: torch.Tensor, aspects, targets, tolerance: float) -> torch.Tensor:
+    """(B,) bool: every requested strength of item b within ``tolerance`` of ``achieved`` (B, len(aspects))."""
+    names = list(aspects)
+    return torch.tensor([all(abs(float(achieved[b, names.index(k)]) - v) <= tolerance
+                             for k, v in t.items() if k in names) for b, t in enumerate(targets)], dtype=torch.bool)
 
 
 PLANNING_REWARDS = {"planning_forward_velocity": forward_velocity, "planning_env_return": env_return,

@@ -68,6 +68,24 @@ def test_a_schedule_switches_the_request_within_one_episode():
                                        atol=1e-6)
 
 
+def test_visited_items_ask_each_training_request_from_the_states_its_episodes_reach():
+    sampler = RecordingSampler(horizon=planning.REPLAN_EVERY)
+    items = planning.visited_items(sampler, start_seeds=2, every=planning.REPLAN_EVERY)
+    per_episode = planning.EPISODE_STEPS // planning.REPLAN_EVERY
+    # zero actions keep a Hopper alive over these few steps, so every re-plan state is kept
+    assert len(items) == len(planning.TRAIN_REQUESTS) * 2 * per_episode
+    first_call = sampler.calls[0][0]
+    for b, request in enumerate([r for r in planning.TRAIN_REQUESTS for _ in range(2)]):
+        mine = items[b * per_episode:(b + 1) * per_episode]
+        assert all(it["attributes"] == it["targets"] == request for it in mine)
+        # the first item is the episode's reset state (training seeds 0, 1: never a held-out seed)
+        assert mine[0]["observation"] == first_call[b]["observation"]
+        # the later ones are where the episode was when it re-planned
+        for k, it in enumerate(mine[1:], start=1):
+            np.testing.assert_allclose(it["observation"], sampler.calls[k][0][b]["observation"], atol=1e-6)
+    assert sampler.calls[0][1] == [1000 * s for _ in planning.TRAIN_REQUESTS for s in range(2)]
+
+
 # ---- metric inputs ---------------------------------------------------------------------------------------
 def test_requested_matrix_marks_unrequested_attributes_nan():
     m = planning.requested_matrix([{"speed": 0.2}, {"jump_height": 0.7, "speed": 0.4}], ["speed", "jump_height"])
@@ -117,6 +135,23 @@ def test_executed_match_reward_scores_the_executed_plan(tmp_path):
     want = [-np.mean([abs(float(achieved[b, ["speed", "jump_height"].index(k)]) - v) for k, v in r.items()])
             for b, r in enumerate(requests)]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    # the match bonus: + bonus exactly where every requested strength is within the tolerance
+    tol = float(np.median([abs(w) for w in want]))
+    with_bonus = executed_match(plans, items, strength_model=str(tmp_path / "strength"), tolerance=tol,
+                                match_bonus=0.5)
+    within = [all(abs(float(achieved[b, ["speed", "jump_height"].index(k)]) - v) <= tol for k, v in r.items())
+              for b, r in enumerate(requests)]
+    assert any(within) and not all(within)
+    np.testing.assert_allclose(with_bonus.numpy(), np.array(want) + 0.5 * np.array(within), rtol=1e-5)
+    with pytest.raises(ValueError, match="match_bonus must be >= 0"):
+        executed_match(plans, items, strength_model=str(tmp_path / "strength"), match_bonus=-1.0)
+
+
+def test_within_tolerance_checks_every_requested_attribute_only():
+    from diffalign.modalities.planning.rewards import within_tolerance
+    achieved = torch.tensor([[0.30, 0.90], [0.30, 0.50], [0.45, 0.0]])
+    targets = [{"speed": 0.35}, {"speed": 0.35, "jump_height": 0.2}, {"speed": 0.3}]
+    assert within_tolerance(achieved, ["speed", "jump_height"], targets, 0.1).tolist() == [True, False, False]
 
 
 # ---- the pipeline -----------------------------------------------------------------------------------------
@@ -220,7 +255,8 @@ def test_saved_episodes_reproduce_the_reported_metrics(quick_run):
         x = torch.stack([torch.as_tensor(np.concatenate([np.load(os.path.join(out, "samples", n))[k]
                                                          for k in ("observations", "actions")], axis=1))
                          for n in names])
-        achieved = strength.strengths(x)
+        assert x.shape[1] == planning.EPISODE_STEPS == planning.WARMUP_STEPS + planning.SEGMENT_STEPS
+        achieved = strength.strengths(x[:, planning.WARMUP_STEPS:])  # the segment after the warm-up
         requested = planning.requested_matrix([index[n]["request"] for n in names], strength.aspects)
         got = matching_metrics(requested, achieved, planning.TOLERANCE)
         assert got["attribute_mae"] == pytest.approx(report[stage]["attribute_mae"], abs=1e-5)
