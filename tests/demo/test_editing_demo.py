@@ -81,7 +81,18 @@ def test_quick_editing_demo_samples_reproduce_the_report(quick_run):
     assert report["paired"]["all"] == json.loads(json.dumps(paired_change(before, after)))
     # the training items are training instructions on training scenes
     train = sorted(os.listdir(os.path.join(out, "train_inputs")))
-    assert len(train) == len(E.EDIT_KINDS) * 2
+    assert len(train) == len(editing.TRAIN_KINDS) * 2 == report["info"]["train_items"]
+    assert report["info"]["train_kinds"] == list(editing.TRAIN_KINDS)
+
+
+def test_training_items_hold_only_the_asked_kinds_of_the_training_split(tmp_path):
+    items = editing.training_items(str(tmp_path), per_kind=3, kinds=("recolour", "remove"))
+    assert [it["edit"]["kind"] for it in items] == ["recolour"] * 3 + ["remove"] * 3
+    for it in items:
+        assert E.split_of(it["text"]) == "train" and os.path.isfile(it["image"])
+        assert E.parse_instruction(it["text"]) == E.Edit.from_dict(it["edit"])
+    with pytest.raises(ValueError, match="'paint'"):
+        editing.training_items(str(tmp_path), per_kind=1, kinds=("paint",))
 
 
 def test_grid_columns_alternate_the_kinds():
