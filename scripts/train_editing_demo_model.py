@@ -14,6 +14,15 @@ dropout (Brooks et al. 2023, section 3.2.1: text, image and both dropped for 5 %
 dual classifier-free guidance works. The text encoder trains jointly; the saved weights are an EMA. Training is
 meant to stop early, so that the editor is right on only part of the held-out edits and alignment has room.
 
+The shipped editor is made in two runs (both commands are in its metadata: ``command`` and
+``init_metadata.command``): the clean run above, then ``--init`` that editor with ``--noise-prob 0.5``: 300 more
+steps on captions that name a near miss of their edit half of the time where the training split has one
+(:func:`diffalign.data.shapes_edits.noisy_instruction`: another new colour, another direction, another colour or
+shape to add, another object to remove). The clean editor's held-out errors were failures to generalise (the
+wrong shape for a held-out "add", every object recoloured), which 10 minutes of alignment on training edits did
+not move; the noisy editor's errors are near misses of the instruction, on training edits as on held-out ones,
+and a reward for following the instruction repairs them, as the image demo model's colour-noisy captions do.
+
 With evaluation on (the default) it then edits the held-out set with dual guidance and records the edit reward's
 accuracies (diffalign.rewards.edit_compositional) in the metadata.
 """

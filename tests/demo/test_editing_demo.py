@@ -184,3 +184,13 @@ def test_training_script_trains_on_training_edits(tmp_path):
     assert unet.conv_in.weight[:, 3:].abs().sum() > 0  # the input image's channels moved off zero
     with pytest.raises(SystemExit):
         script.parse_args(["--drop-prob", "0.5"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--noise-prob", "1.5"])
+    # the shipped editor's second run: continue a saved editor on near-miss captions
+    noisy = tmp_path / "noisy"
+    assert script.main(["--output", str(noisy), "--init", str(out), "--noise-prob", "1.0", "--steps", "1",
+                        "--num-edits", "4", "--batch-size", "2", "--warmup", "1", "--no-eval"]) == 0
+    unet2, _, tok2, _, meta2 = M.load_editing_demo_model(str(noisy))
+    assert meta2["noise_prob"] == 1.0 and meta2["init_metadata"]["command"] == meta["command"]
+    assert tok2.vocab == tok.vocab and str(out) in meta2["init"]
+    assert not torch.equal(unet2.conv_in.weight, unet.conv_in.weight)  # it trained from the saved weights
