@@ -8,7 +8,8 @@ preserved, and nothing extra is drawn. Stages, as the image demo (:mod:`diffalig
 1. before: edit the held-out evaluation set (:func:`editing_eval_set`: held-out instructions on held-out input
    scenes, the same number of each kind, recolour / move / add / remove) with fixed seeds and score the edits;
 2. align through the trainer with a shipped ``diffalign/configs/demo_editing_<algo>.yaml``
-   (:func:`diffalign.demo.run.train_stage`, the budget in ``train.max_minutes``) on training edit items;
+   (:func:`diffalign.demo.run.train_stage`, the budget in ``train.max_minutes``) on training edit items of the
+   kinds :data:`TRAIN_KINDS`;
 3. edit and score the same items and seeds again, and write ``report.json`` / ``report.md`` (the image demo's
    schema with ``modality: editing``), ``reward_curve.png``, ``grid.png`` (input | edit before | edit after),
    every input as ``samples/inputs/NNNN.png``, every edit as ``samples/{before,after}/NNNN.png`` and
