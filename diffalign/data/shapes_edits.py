@@ -353,6 +353,37 @@ def edits(split: str = "heldout", per_kind: int = 8, seed: int = 0, size: int = 
     return out
 
 
+def near_misses(example: EditExample, split: str = "train") -> List[Edit]:
+    """Instructions of ``split`` that differ from ``example``'s in one attribute: a recolour to another colour, a
+    move in another direction, an addition of another colour or shape, a removal of another object of the scene. A caption that names a near miss of its picture's edit is a near-miss error of
+    an editor trained on it (see :func:`noisy_instruction`)."""
+    _check_split(split)
+    e, comp = example.edit, frozenset((p.color, p.shape) for p in example.source)
+    if e.kind == "recolour":
+        cands = [Edit("recolour", e.color, e.shape, to_color=c) for c in COLORS if c not in (e.color, e.to_color)]
+    elif e.kind == "move":
+        cands = [Edit("move", e.color, e.shape, direction=d) for d in DIRECTIONS if d != e.direction]
+    elif e.kind == "add":
+        cands = [Edit("add", c, e.shape) for c in COLORS if c != e.color]
+        cands += [Edit("add", e.color, s) for s in SHAPES if s != e.shape]
+    else:
+        cands = [Edit("remove", c, s) for c, s in sorted(comp) if (c, s) != (e.color, e.shape)]
+    return [c for c in cands if c in _SPLITS[split]]
+
+
+def noisy_instruction(example: EditExample, prob: float, rng: np.random.Generator, split: str = "train") -> str:
+    """``example``'s instruction, or with probability ``prob`` a uniformly drawn near miss of it
+    (:func:`near_misses` of ``split``; the true one when there is none). An editor trained on such captions errs by
+    near misses, which a reward for following the instruction can repair, as the image demo model's colour-noisy
+    captions do (docs/experiments.md)."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"noisy_instruction: prob must be in [0, 1], got {prob}")
+    if rng.random() >= prob:
+        return example.instruction
+    cands = near_misses(example, split)
+    return instruction(cands[int(rng.integers(len(cands)))]) if cands else example.instruction
+
+
 class EditsDataset(torch.utils.data.Dataset):
     """``n`` (input image, instruction, target image) triples of ``split``; item ``i`` depends only on (seed, i).
 

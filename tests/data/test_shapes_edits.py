@@ -116,3 +116,38 @@ def test_apply_edit_refuses_what_does_not_fit():
     assert E.applies(E.Edit("add", "green", "triangle"), _composition((left, other)))
     assert not E.applies(E.Edit("add", "green", "circle"), _composition((left, other)))  # would repeat a shape
     assert not E.applies(E.Edit("remove", "red", "circle"), _composition((left, other)))  # would leave one object
+
+
+def test_near_misses_change_one_attribute_and_stay_in_the_split():
+    examples = E.edits("train", 12, seed=3)
+    found = {k: 0 for k in E.EDIT_KINDS}
+    for ex in examples:
+        e, comp = ex.edit, _composition(ex.source)
+        for m in E.near_misses(ex):
+            found[e.kind] += 1
+            assert m.kind == e.kind and m != e and E.split_of(m) == "train"
+            differing = [f for f in ("color", "shape", "to_color", "direction") if getattr(m, f) != getattr(e, f)]
+            if e.kind == "remove":  # another object of the scene
+                assert (m.color, m.shape) in comp and differing
+            else:
+                assert len(differing) == 1
+                assert differing[0] in {"recolour": ("to_color",), "move": ("direction",),
+                                        "add": ("color", "shape")}[e.kind]
+    assert all(found.values()), found  # every kind has near misses
+    with pytest.raises(ValueError, match="split"):
+        E.near_misses(examples[0], "test")
+
+
+def test_noisy_instruction_names_a_near_miss_at_the_given_rate():
+    ex = next(x for x in E.edits("train", 8, seed=3) if len(E.near_misses(x)) >= 2)
+    rng = np.random.default_rng(0)
+    texts = [E.noisy_instruction(ex, 0.3, rng) for _ in range(2000)]
+    wrong = [t for t in texts if t != ex.instruction]
+    assert abs(len(wrong) / len(texts) - 0.3) < 0.04  # binomial sd ~0.01
+    assert set(wrong) == {E.instruction(m) for m in E.near_misses(ex)}  # uniform over them: all drawn
+    assert all(E.noisy_instruction(ex, 0.0, rng) == ex.instruction for _ in range(50))
+    lonely = next((x for x in E.edits("train", 16, seed=3) if not E.near_misses(x)), None)
+    if lonely is not None:  # no near miss in the split: the caption stays true
+        assert E.noisy_instruction(lonely, 1.0, rng) == lonely.instruction
+    with pytest.raises(ValueError, match="prob"):
+        E.noisy_instruction(ex, 1.5, rng)

@@ -81,7 +81,18 @@ def test_quick_editing_demo_samples_reproduce_the_report(quick_run):
     assert report["paired"]["all"] == json.loads(json.dumps(paired_change(before, after)))
     # the training items are training instructions on training scenes
     train = sorted(os.listdir(os.path.join(out, "train_inputs")))
-    assert len(train) == len(E.EDIT_KINDS) * 2
+    assert len(train) == len(editing.TRAIN_KINDS) * 2 == report["info"]["train_items"]
+    assert report["info"]["train_kinds"] == list(editing.TRAIN_KINDS)
+
+
+def test_training_items_hold_only_the_asked_kinds_of_the_training_split(tmp_path):
+    items = editing.training_items(str(tmp_path), per_kind=3, kinds=("recolour", "remove"))
+    assert [it["edit"]["kind"] for it in items] == ["recolour"] * 3 + ["remove"] * 3
+    for it in items:
+        assert E.split_of(it["text"]) == "train" and os.path.isfile(it["image"])
+        assert E.parse_instruction(it["text"]) == E.Edit.from_dict(it["edit"])
+    with pytest.raises(ValueError, match="'paint'"):
+        editing.training_items(str(tmp_path), per_kind=1, kinds=("paint",))
 
 
 def test_grid_columns_alternate_the_kinds():
@@ -173,3 +184,13 @@ def test_training_script_trains_on_training_edits(tmp_path):
     assert unet.conv_in.weight[:, 3:].abs().sum() > 0  # the input image's channels moved off zero
     with pytest.raises(SystemExit):
         script.parse_args(["--drop-prob", "0.5"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--noise-prob", "1.5"])
+    # the shipped editor's second run: continue a saved editor on near-miss captions
+    noisy = tmp_path / "noisy"
+    assert script.main(["--output", str(noisy), "--init", str(out), "--noise-prob", "1.0", "--steps", "1",
+                        "--num-edits", "4", "--batch-size", "2", "--warmup", "1", "--no-eval"]) == 0
+    unet2, _, tok2, _, meta2 = M.load_editing_demo_model(str(noisy))
+    assert meta2["noise_prob"] == 1.0 and meta2["init_metadata"]["command"] == meta["command"]
+    assert tok2.vocab == tok.vocab and str(out) in meta2["init"]
+    assert not torch.equal(unet2.conv_in.weight, unet.conv_in.weight)  # it trained from the saved weights
