@@ -731,8 +731,10 @@ def molecule_summary(data: dict) -> List[str]:
         gains = [r["before"]["vina_min_mean"] - r["after"]["vina_min_mean"] for r in mine
                  if r["before"].get("vina_min_mean") is not None and r["after"].get("vina_min_mean") is not None]
         if gains:
-            lines.append(f"{algo}: {len(mine)} seed(s), mean minimised Vina better by {min(gains):+.2f} to "
-                         f"{max(gains):+.2f} kcal/mol; {sum(molecule_meets_goal(r) for r in mine)} of {len(mine)} meet "
+            # gain = before - after: positive binds better (Vina energies are lower for better binding)
+            span = f"{min(gains):+.2f}" if len(gains) == 1 else f"{min(gains):+.2f} to {max(gains):+.2f}"
+            lines.append(f"{algo}: {len(mine)} seed(s), mean minimised Vina gain (before - after, positive binds "
+                         f"better) {span} kcal/mol; {sum(molecule_meets_goal(r) for r in mine)} of {len(mine)} meet "
                          "the goal (>= 0.5 kcal/mol better, validity within 5 points, QED not lower by > 0.05).")
     return lines
 

@@ -155,3 +155,24 @@ def test_bench_demo_gives_each_seed_its_own_arguments():
     spec.loader.exec_module(bench)
     assert bench.seed_args(["--algo", "ipo", "demo.feedback=fb/seed{seed}"], 2) == \
         ["--algo", "ipo", "demo.feedback=fb/seed2"]
+
+
+def test_molecule_summary_states_the_vina_gain_sign_and_the_goal():
+    """Vina energies fall as binding improves: the gain is before - after, and the goal needs >= 0.5 kcal/mol with
+    validity within 5 points and QED not lower by more than 0.05 (issue 25)."""
+    report = _load()
+
+    def run(seed, vina_after, validity_after, qed_after):
+        return {"seed": seed, "algo": "e2po", "before": {"vina_min_mean": -4.6, "validity": 0.40, "qed_mean": 0.59},
+                "after": {"vina_min_mean": vina_after, "validity": validity_after, "qed_mean": qed_after}}
+    worse = run(0, -4.5, 0.27, 0.67)
+    assert not report.molecule_meets_goal(worse)
+    (line,) = report.molecule_summary({"runs": [worse]})
+    assert "gain (before - after, positive binds better) -0.10 kcal/mol" in line and "0 of 1 meet" in line
+    good = run(1, -5.2, 0.42, 0.57)
+    assert report.molecule_meets_goal(good)
+    assert not report.molecule_meets_goal(run(2, -5.2, 0.30, 0.59))       # validity fell 10 points
+    assert not report.molecule_meets_goal(run(3, -5.2, 0.40, 0.50))       # QED fell 0.09
+    assert not report.molecule_meets_goal(run(4, None, 0.40, 0.59))       # nothing scored after
+    (line,) = report.molecule_summary({"runs": [worse, good]})
+    assert "-0.10 to +0.60 kcal/mol" in line and "1 of 2 meet" in line
