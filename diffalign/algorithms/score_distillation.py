@@ -164,6 +164,13 @@ def eps_from_output(rule, output: torch.Tensor, x_t: torch.Tensor, steps: torch.
     raise ValueError(f"score distillation does not support prediction type {kind!r}")
 
 
+def distillation_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """0.5 ||x - stopgrad(x - grad)||^2 per render, mean over the batch: its gradient to x is ``grad`` (divided by
+    the batch size), the update of every score-distillation variant (the batch mean is E_{t, eps})."""
+    target = (x - grad).detach()
+    return 0.5 * ((x.float() - target.float()) ** 2).flatten(1).sum(1).mean()
+
+
 # ---- SDS -----------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class SDSConfig:
@@ -322,9 +329,6 @@ class SDS(GeneratorAlgorithm):
     def reward_sds_gradient(self, batch: GeneratorBatch, critic) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RewardSDS: (w(t) sum_k p_k (eps_hat_k - eps_k), w, the samples' rewards (B, N)), no graph. Sample 0 is the
         batch's noise, the other N - 1 are drawn from torch's generator (seeded per epoch by the loop)."""
-        if batch.reward is None:
-            raise ValueError("algorithm.reward_samples > 1 (RewardSDS) needs a reward of the renders (the generator "
-                             "loop passes reward.name's)")
         rule, n = critic.rule, self.config.reward_samples
         with torch.no_grad():
             x = batch.x.detach()
@@ -360,10 +364,7 @@ class SDS(GeneratorAlgorithm):
             grad, w, sample_rewards = self.reward_sds_gradient(batch, reference)
         else:
             grad, w = self.sds_gradient(batch, reference)
-        x = batch.x
-        target = (x - grad).detach()
-        # d/dx of 0.5 ||x - target||^2 is grad: the SDS update, per render (the batch mean is E_{t, eps})
-        loss = 0.5 * ((x.float() - target.float()) ** 2).flatten(1).sum(1).mean()
+        loss = distillation_loss(batch.x, grad)
         metrics: Metrics = {"sds_grad_norm": grad.detach().float().flatten(1).norm(dim=1).mean(),
                             "w_mean": w.float().mean()}
         if self.config.reward_weight > 0:
@@ -417,9 +418,7 @@ class DreamDPO(SDS):
         if reference is None:
             raise ValueError("dreamdpo needs the frozen critic (the reference policy)")
         grad, w, metrics = self.dreamdpo_gradient(batch, reference)
-        x = batch.x
-        target = (x - grad).detach()
-        loss = 0.5 * ((x.float() - target.float()) ** 2).flatten(1).sum(1).mean()  # d/dx: grad, as SDS
+        loss = distillation_loss(batch.x, grad)
         metrics.update(sds_grad_norm=grad.detach().float().flatten(1).norm(dim=1).mean(), w_mean=w.float().mean())
         if self.config.reward_weight > 0:
             loss, metrics = self.add_reward_term(loss, metrics, batch)
