@@ -104,7 +104,7 @@ template <class Args> MaskRead mask_read(const Args& a) { return {a.mask, a.mask
 
 // One element of a masked functor (its mask is the last input) with the mask value m given by the caller.
 template <class F, class A>
-inline void elem_with_mask(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A m, A* acc) {
+__attribute__((always_inline)) inline void elem_with_mask(const F& f, const typename F::Row& r, int64_t b, int64_t idx, A m, A* acc) {
   A v[F::NI];
   A o[F::NO > 0 ? F::NO : 1];
   load_all(f, idx, v, std::make_integer_sequence<int, F::NI - 1>{});
@@ -170,47 +170,114 @@ DA_CPU_CLONES Sums<A> run_runs(const F& f, const typename F::Row& row, int64_t b
   return {N >= 1 ? sum_lanes(l0) : A(0), N >= 2 ? sum_lanes(l1) : A(0), N >= 3 ? sum_lanes(l2) : A(0)};
 }
 
-// run_range for a masked functor whose mask is compact (K): kMaskBytes reads one byte per element
-// (a bool mask in place); kMaskSegments reads one weight per run of `inner` elements, so no per-element
-// index arithmetic. Written as run_range is (lanes local to this function, one lane group per step:
-// GCC then keeps the lanes in registers and vectorises the group), with the group's 16 mask values
-// loaded first: bytes converted, or one run's weight repeated. A run whose length is a multiple of the
-// lane count holds whole groups (the ranges start at multiples of it), so a group's weight is one load
-// and a counter says when the next run starts. Element idx goes to lane (idx - i0) % kLanes as in
-// run_range, so a compact mask gives the same bits as the same weights of x's shape. Shorter or odd
-// runs go run by run (lane_loop, lanes restarting at each run).
-template <int K, class A, class F>
-DA_CPU_CLONES Sums<A> run_range_masked(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
-                                       const void* mp, int64_t inner) {
-  static_assert(K == kMaskBytes || K == kMaskSegments, "compact mask kinds: bytes, segments");
+// Whether a masked functor is a forward pass: its element outputs do not depend on the mask, its
+// accumulators but the last sum m * v, and the last sums m (the row's weight, for "mean"). Its 0/1
+// runs then go through the same code (see run_segments). A functor missing here is still right: its
+// runs of weight 0 and 1 just take the branches that a backward takes.
+template <class F> struct MaskedForward : std::false_type {};
+template <class T, class A, bool G> struct MaskedForward<LogprobFwd<T, A, G, true>> : std::true_type {};
+template <class T, class A, bool G> struct MaskedForward<KlFwd<T, A, G, true>> : std::true_type {};
+template <class T, class A> struct MaskedForward<PairSqErr<T, A, true>> : std::true_type {};
+template <class T, class A, bool S> struct MaskedForward<StepFwd<T, A, S, true>> : std::true_type {};
+template <class F, unsigned I, unsigned O> struct MaskedForward<KnownPresence<F, I, O>> : MaskedForward<F> {};
+
+// The bits of an accumulator type; keep_bits(v, k): v where k is all ones, +0.0 where k is 0.
+template <class A> using BitsOf = typename std::conditional<sizeof(A) == 8, uint64_t, uint32_t>::type;
+template <class A> inline A keep_bits(A v, BitsOf<A> k) {
+  BitsOf<A> u;
+  std::memcpy(&u, &v, sizeof(A));
+  u &= k;
+  std::memcpy(&v, &u, sizeof(A));
+  return v;
+}
+
+// The lane groups [idx, end) of one run of a masked functor, every element with the same weight: W = 1
+// or 0 a compile-time weight, W = -1 the run-time weight m. With a constant weight the functor's
+// weighting folds away (1 * v is v; the zeroing bit-and keeps all bits or none), so a run of ones is
+// the unmasked functor's element work with the masked row factor, and a run of zeros only writes the
+// element outputs (0 for a gradient). NL: how many accumulators go to the lanes (a run of zeros adds
+// none: each would add +0.0, which leaves a lane as it is, since a lane starts at +0.0 and a sum is
+// -0.0 only when both terms are). keep: each of those NL sums is bit-and-ed with it (all ones: kept;
+// 0: +0.0; the forwards' 0/1 runs, without a branch per run). The element's sums start at -0.0, not
+// +0.0: -0.0 + v is v for every v, so GCC drops that add (it must keep +0.0 + v, which is +0.0 for
+// v = -0.0), and a lane gets the same bits either way. always_inline: called from a target_clones loop,
+// an outlined copy would be the baseline (SSE2) code.
+template <int W, int NL, class A, class F>
+__attribute__((always_inline)) inline void run_groups(const F& f, const typename F::Row& row, int64_t b, int64_t idx,
+                                                      int64_t end, A m, BitsOf<A> keep, A (&l0)[kLanes],
+                                                      A (&l1)[kLanes], A (&l2)[kLanes]) {
+  for (; idx < end; idx += kLanes)
+#pragma GCC ivdep
+    for (int l = 0; l < kLanes; ++l) {
+      A one[3] = {A(-0.0), A(-0.0), A(-0.0)};
+      elem_with_mask(f, row, b, idx + l, W < 0 ? m : A(W), one);
+      if constexpr (NL >= 1) l0[l] += keep_bits(one[0], keep);
+      if constexpr (NL >= 2) l1[l] += keep_bits(one[1], keep);
+      if constexpr (NL >= 3) l2[l] += keep_bits(one[2], keep);
+    }
+}
+
+// run_range for a masked functor with a segment mask (kMaskSegments: one weight per run of `inner`
+// elements) whose runs hold whole lane groups (the ranges start at multiples of the lane count). Run by
+// run, by its weight: a forward's 0/1 run is the unmasked element work, its sums kept or zeroed by a
+// bit-and and the mask's sum counted per run (an integer); no branch on the weight, so a random 0/1
+// mask costs no mispredictions. A backward's run of ones or zeros goes through run_groups' constant-
+// weight code. Any other weight: the weighted code (the mask as the functor's last input). Element idx
+// goes to lane (idx - i0) % kLanes as in run_range, so the same 0/1 weights of x's shape give the same
+// bits. The functor and row are copied here (their fields then live in registers, not reloaded per
+// group), and the lanes are local, touched only by the inlined run_groups: GCC keeps them in registers.
+template <class A, class F>
+DA_CPU_CLONES Sums<A> run_segments(const F& f_in, const typename F::Row& row_in, int64_t b, int64_t i0, int64_t i1,
+                                   const typename F::Elem* ms, int64_t inner) {
   constexpr int N = F::NOUT;
-  using T = typename F::Elem;
-  if constexpr (K == kMaskSegments) {
-    if (inner % kLanes != 0) return run_runs<A>(f, row, b, i0, i1, static_cast<const T*>(mp), inner);
+  constexpr BitsOf<A> kAll = ~BitsOf<A>(0);
+  const F f = f_in;
+  const typename F::Row row = row_in;
+  int64_t ones = 0;  // a forward's elements of weight 1
+  A lane0[kLanes] = {}, lane1[kLanes] = {}, lane2[kLanes] = {};
+  for (int64_t seg = i0 / inner, idx = i0; idx < i1; ++seg) {
+    const int64_t end = std::min(i1, (seg + 1) * inner);
+    const A m = to_acc<A>(ms[seg]);
+    if constexpr (MaskedForward<F>::value) {
+      if (m == A(0) || m == A(1)) {
+        const BitsOf<A> keep = BitsOf<A>(0) - BitsOf<A>(m == A(1));
+        ones += int64_t(keep & 1u) * (end - idx);
+        run_groups<1, N - 1>(f, row, b, idx, end, m, keep, lane0, lane1, lane2);
+      } else {
+        run_groups<-1, N>(f, row, b, idx, end, m, kAll, lane0, lane1, lane2);
+      }
+    } else {
+      if (m == A(1)) run_groups<1, N>(f, row, b, idx, end, m, kAll, lane0, lane1, lane2);
+      else if (m == A(0)) run_groups<0, 0>(f, row, b, idx, end, m, kAll, lane0, lane1, lane2);
+      else run_groups<-1, N>(f, row, b, idx, end, m, kAll, lane0, lane1, lane2);
+    }
+    idx = end;
   }
-  const uint8_t* m8 = static_cast<const uint8_t*>(mp);
-  const T* ms = static_cast<const T*>(mp);
+  Sums<A> s = {N >= 1 ? sum_lanes(lane0) : A(0), N >= 2 ? sum_lanes(lane1) : A(0), N >= 3 ? sum_lanes(lane2) : A(0)};
+  if constexpr (MaskedForward<F>::value) s[N - 1] += A(ones);  // an integer: exact, as the lanes' 0/1 sums are
+  return s;
+}
+
+// run_range for a masked functor with a bool mask of x's shape read in place (kMaskBytes), one byte
+// per element. Written as run_range is (lanes local to this function, one lane group per step: GCC then
+// keeps the lanes in registers and vectorises the group), with the group's 16 mask values converted
+// first, a block at a time. Element idx goes to lane (idx - i0) % kLanes as in run_range.
+template <class A, class F>
+DA_CPU_CLONES Sums<A> run_bytes(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
+                                const uint8_t* m8) {
+  constexpr int N = F::NOUT;
   // Bytes are converted to A a block at a time in a loop of their own (vpmovzxbd + vcvtdq2ps): inside
   // the element loop GCC converted them one byte at a time (a load and a cvtsi2ss each).
   constexpr int64_t kBlock = 32 * kLanes;
-  alignas(64) A buf[K == kMaskBytes ? kBlock : 1];
-  int64_t seg = i0 / inner, left = (seg + 1) * inner - i0;  // segments: the run holding idx, its rest
+  alignas(64) A buf[kBlock];
   A lane0[kLanes] = {}, lane1[kLanes] = {}, lane2[kLanes] = {};
   int64_t idx = i0;
   for (int64_t j0 = i0; j0 < i1; j0 += kBlock) {
     const int64_t j1 = std::min(i1, j0 + kBlock);
-    if constexpr (K == kMaskBytes)
-      for (int64_t k = 0; k < j1 - j0; ++k) buf[k] = A(m8[j0 + k]);
+    for (int64_t k = 0; k < j1 - j0; ++k) buf[k] = A(m8[j0 + k]);
     for (; idx + kLanes <= j1; idx += kLanes) {
       A mv[kLanes];
-      if constexpr (K == kMaskBytes) {
-        for (int l = 0; l < kLanes; ++l) mv[l] = buf[idx - j0 + l];
-      } else {
-        if (left == 0) { ++seg; left = inner; }
-        left -= kLanes;
-        const A m = to_acc<A>(ms[seg]);
-        for (int l = 0; l < kLanes; ++l) mv[l] = m;
-      }
+      for (int l = 0; l < kLanes; ++l) mv[l] = buf[idx - j0 + l];
 #pragma GCC ivdep
       for (int l = 0; l < kLanes; ++l) {
         A one[3] = {A(0), A(0), A(0)};
@@ -221,12 +288,27 @@ DA_CPU_CLONES Sums<A> run_range_masked(const F& f, const typename F::Row& row, i
       }
     }
   }
-  // the last partial group (bytes only: a segment mask's runs fill whole groups) in its own sums: a
-  // lane picked by a run-time index kept every lane in memory, a store and a load per group
+  // the last partial group in its own sums: a lane picked by a run-time index kept every lane in
+  // memory, a store and a load per group
   A tail[3] = {A(0), A(0), A(0)};
   for (; idx < i1; ++idx) elem_with_mask(f, row, b, idx, A(m8[idx]), tail);
   return {N >= 1 ? sum_lanes(lane0) + tail[0] : A(0), N >= 2 ? sum_lanes(lane1) + tail[1] : A(0),
           N >= 3 ? sum_lanes(lane2) + tail[2] : A(0)};
+}
+
+// run_range for a masked functor whose mask is compact (K): bytes, or a segment mask by its run length
+// (runs that do not hold whole lane groups go run by run)
+template <int K, class A, class F>
+Sums<A> run_range_masked(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1,
+                         const void* mp, int64_t inner) {
+  static_assert(K == kMaskBytes || K == kMaskSegments, "compact mask kinds: bytes, segments");
+  if constexpr (K == kMaskBytes) {
+    return run_bytes<A>(f, row, b, i0, i1, static_cast<const uint8_t*>(mp));
+  } else {
+    const auto* ms = static_cast<const typename F::Elem*>(mp);
+    if (inner % kLanes != 0) return run_runs<A>(f, row, b, i0, i1, ms, inner);
+    return run_segments<A>(f, row, b, i0, i1, ms, inner);
+  }
 }
 
 // run_range for mask kind K (kMaskElem: the mask, if any, is an ordinary input of f)

@@ -620,3 +620,71 @@ def test_padded_samples_with_a_position_mask_equal_each_unpadded_sample(backend,
                 (gxi,) = torch.autograd.grad(alone.sum(), [xi])
                 torch.testing.assert_close(gx[i:i + 1, :n], gxi, **TIGHT[dtype])
                 assert torch.equal(gx[i, n:], torch.zeros_like(gx[i, n:]))
+
+
+# A segment mask whose runs hold whole lane groups goes group by group on the CPU: weight 1 and 0 through
+# constant-weight code (the unmasked element work; only the element outputs), any other weight through
+# the weighted code. Runs of 32 and 48 elements (2 and 3 lane groups; 48 crosses chunk boundaries).
+SEGMENT_SHAPES = [(3, 4, 32), (2, 400, 48)]
+
+
+def _segment_weights(shape, seed=7):
+    """(B, N, 1) weights mixing 0, 1 and other values; row 1 all zero. Dyadic values: every sum of them is
+    exact, so the order of the sums cannot change a bit."""
+    g = torch.Generator().manual_seed(seed)
+    choices = torch.tensor([0.0, 1.0, 1.0, 0.5, 2.5, 3.0], dtype=torch.float64)
+    w = choices[torch.randint(len(choices), shape[:-1] + (1,), generator=g)]
+    w[1] = 0.0
+    return w
+
+
+@requires_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", SEGMENT_SHAPES)
+def test_segment_masks_with_weights_other_than_0_1_give_the_bits_of_the_full_mask(dtype, shape):
+    w = _segment_weights(shape)
+    got = _all_masked_outputs(shape, dtype, w, "cpu")
+    want = _all_masked_outputs(shape, dtype, w.expand(shape).to(dtype).contiguous(), "cpu")
+    for i, (g, e) in enumerate(zip(got, want)):
+        assert torch.equal(g, e), f"{shape} output {i}"
+
+
+def _poisoned_outputs(x, mean, tgt, std, mask):
+    """Reduced outputs, and gradients of x (and mean, std) of every masked op; x, mean: leaf tensors."""
+    x, mean, std = (t.detach().requires_grad_() for t in (x, mean, std))
+    a_t = torch.linspace(0.3, 0.6, x.shape[0], dtype=x.dtype)
+    des = torch.arange(x.shape[0]) % 2 == 0
+    outs = []
+    for red in ("mean", "sum"):
+        for out in (ops.gaussian_logprob(x, mean, std, red, mask=mask), ops.gaussian_kl(x, mean, std, reduction=red, mask=mask)):
+            outs += [out, *torch.autograd.grad(out.sum(), [x, mean, std])]
+    b2 = x.shape[0] - x.shape[0] % 2
+    loss = ops.diffusion_dpo_loss(x[:b2], mean[:b2].detach(), tgt[:b2], 10.0, reduction="none", mask=mask[:b2])
+    outs += [loss, *torch.autograd.grad(loss.sum(), [x])]
+    loss = ops.diffusion_kto_loss(x, mean.detach(), tgt, des, 3.0, mask=mask)
+    outs += [loss, *torch.autograd.grad(loss, [x])]
+    step = ops.ddim_step_with_logprob(x, mean, a_t, a_t + 0.2, 1.0, prev_sample=tgt, mask=mask)
+    outs += [step.log_prob, *torch.autograd.grad(step.log_prob.sum(), [x, mean])]
+    return [o.detach() for o in outs]
+
+
+@requires_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_zero_runs_of_a_segment_mask_add_exactly_zero_whatever_they_hold(dtype):
+    """NaN and +-inf in the runs of weight 0 (x, mean and target) change no sum and no gradient, and the
+    gradients there are exactly 0."""
+    shape = (3, 6, 32)
+    w = _segment_weights(shape)
+    x, mean, tgt = (make(shape, dtype, "cpu", seed=s) for s in (0, 1, 2))
+    std = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)).to(dtype) + 0.5
+    zero = (w == 0).expand(shape)
+    garbage = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype).repeat(zero.sum().item() // 3 + 1)
+    bad = [t.clone() for t in (x, mean, tgt)]
+    for t in bad:
+        t[zero] = garbage[:zero.sum().item()]
+    mask = w.to(dtype)
+    clean, poisoned = _poisoned_outputs(x, mean, tgt, std, mask), _poisoned_outputs(*bad, std, mask)
+    for i, (c, p) in enumerate(zip(clean, poisoned)):
+        assert torch.equal(c, p), f"output {i}"
+        if p.shape == shape:  # a gradient of x or mean
+            assert torch.equal(p[zero], torch.zeros_like(p[zero])), f"output {i}"
