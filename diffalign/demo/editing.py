@@ -101,6 +101,37 @@ def base_editing_sampler(sampling: Optional[Dict[str, Any]] = None):
     return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc="edit base")
 
 
+def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] = None,
+                  sampling: Optional[Dict[str, Any]] = None):
+    """``stage`` whose aligned sampler edits with the evaluation's step count (``EDIT_EVAL_DEFAULTS``, or
+    ``sampling``) whatever number of steps its training rollouts took: the trained weights (the run's ``final/``)
+    are loaded into a fresh editor and sampled as the base editor is, so before and after differ only in weights.
+    A stage whose rollouts already take the evaluation's steps keeps the trainer's own sampler."""
+    from diffalign.demo.run import QUICK, load_demo_config, policy_sampler
+    from diffalign.eval.samples import load_checkpoint_into
+    from diffalign.mdp.steps import make_step_rule
+    from diffalign.mdp.trajectory import DiffusionPolicy
+    from diffalign.trainer.builders import build_adapter
+    s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
+
+    def run(ctx):
+        import dataclasses
+        result = stage(ctx)
+        extra = dict(QUICK["overrides"]) if ctx.quick else {}
+        extra.update(overrides or {})
+        cfg = load_demo_config(config_name, os.path.join(ctx.output, "train"), ctx.train_prompts, ctx.model, extra)
+        if cfg.sampling.num_steps == s["num_steps"]:
+            return result
+        adapter = build_adapter(cfg, ctx.train_prompts, torch.device("cpu"))
+        load_checkpoint_into(adapter, result.info["final"])
+        rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
+        policy = DiffusionPolicy(adapter, rule, s["guidance_scale"])
+        info = dict(result.info, eval_num_steps=s["num_steps"], rollout_num_steps=cfg.sampling.num_steps)
+        return dataclasses.replace(result, sampler=policy_sampler(policy, s["batch_size"], desc="edit aligned"),
+                                   info=info)
+    return run
+
+
 def score_edit_samples(images: torch.Tensor, items: Sequence[dict]) -> Tuple[dict, List[bool], List[float]]:
     """uint8 (B, H, W, 3) edits -> (edit accuracies, whether each edit is correct, each edit's reward)."""
     from diffalign.rewards.edit_compositional import edit_accuracies, score_items
@@ -233,7 +264,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
     os.makedirs(output, exist_ok=True)
     items, seeds = editing_eval_set(output, samples_per_kind)
     train_items = training_items(output, 2 if quick else TRAIN_ITEMS_PER_KIND)
-    stage = train_stage(config_name, overrides)
+    stage = at_eval_steps(train_stage(config_name, overrides), config_name, overrides, sampling)
     ctx = DemoContext(model="demo", reward=None, train_prompts=train_items, output=output, minutes=minutes,
                       quick=quick, seed=seed)
     (before_images, before, before_ok, before_r), result, (after_images, after, after_ok, after_r), seconds = \
