@@ -10,7 +10,8 @@ preserved, and nothing extra is drawn. Stages, as the image demo (:mod:`diffalig
 2. align through the trainer with a shipped ``diffalign/configs/demo_editing_<algo>.yaml``
    (:func:`diffalign.demo.run.train_stage`, the budget in ``train.max_minutes``) on training edit items of the
    kinds :data:`TRAIN_KINDS`;
-3. edit and score the same items and seeds again, and write ``report.json`` / ``report.md`` (the image demo's
+3. edit and score the same items and seeds again, with the same sampler settings whatever the rollouts used
+   (:func:`at_eval_steps`), and write ``report.json`` / ``report.md`` (the image demo's
    schema with ``modality: editing``), ``reward_curve.png``, ``grid.png`` (input | edit before | edit after),
    every input as ``samples/inputs/NNNN.png``, every edit as ``samples/{before,after}/NNNN.png`` and
    ``samples/prompts.json`` (each edit's instruction, input file, seed and verdict).
@@ -42,7 +43,8 @@ TRAIN_ITEMS_PER_KIND = 64  # training edit items (instruction + input scene) of 
 TRAIN_KINDS: Tuple[str, ...] = ("recolour", "remove")
 TRAIN_SEED = 1             # the training items' scenes (the evaluation's are drawn from seed 0 of the held-out split)
 # the evaluation sampler: the image demo's (diffalign.demo.run.EVAL_DEFAULTS: 10 DDIM steps, eta 1, text scale 3) plus
-# InstructPix2Pix's default image scale 1.5; every shipped editing demo config samples with these
+# InstructPix2Pix's default image scale 1.5. The aligned editor is evaluated with these too (at_eval_steps), whatever
+# step count a config's training rollouts take (demo_editing_rwr.yaml: 5, for more edit items per minute)
 EDIT_EVAL_DEFAULTS = {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "image_guidance_scale": 1.5, "batch_size": 32}
 GRID_EDITS = 8             # grid columns: the first edit of this many distinct instructions, kinds alternating
 
