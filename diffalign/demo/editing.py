@@ -10,7 +10,8 @@ preserved, and nothing extra is drawn. Stages, as the image demo (:mod:`diffalig
 2. align through the trainer with a shipped ``diffalign/configs/demo_editing_<algo>.yaml``
    (:func:`diffalign.demo.run.train_stage`, the budget in ``train.max_minutes``) on training edit items of the
    kinds :data:`TRAIN_KINDS`;
-3. edit and score the same items and seeds again, and write ``report.json`` / ``report.md`` (the image demo's
+3. edit and score the same items and seeds again, with the same sampler settings whatever the rollouts used
+   (:func:`at_eval_steps`), and write ``report.json`` / ``report.md`` (the image demo's
    schema with ``modality: editing``), ``reward_curve.png``, ``grid.png`` (input | edit before | edit after),
    every input as ``samples/inputs/NNNN.png``, every edit as ``samples/{before,after}/NNNN.png`` and
    ``samples/prompts.json`` (each edit's instruction, input file, seed and verdict).
@@ -42,7 +43,8 @@ TRAIN_ITEMS_PER_KIND = 64  # training edit items (instruction + input scene) of 
 TRAIN_KINDS: Tuple[str, ...] = ("recolour", "remove")
 TRAIN_SEED = 1             # the training items' scenes (the evaluation's are drawn from seed 0 of the held-out split)
 # the evaluation sampler: the image demo's (diffalign.demo.run.EVAL_DEFAULTS: 10 DDIM steps, eta 1, text scale 3) plus
-# InstructPix2Pix's default image scale 1.5; every shipped editing demo config samples with these
+# InstructPix2Pix's default image scale 1.5. The aligned editor is evaluated with these too (at_eval_steps), whatever
+# step count a config's training rollouts take (demo_editing_rwr.yaml: 5, for more edit items per minute)
 EDIT_EVAL_DEFAULTS = {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "image_guidance_scale": 1.5, "batch_size": 32}
 GRID_EDITS = 8             # grid columns: the first edit of this many distinct instructions, kinds alternating
 
@@ -99,6 +101,37 @@ def base_editing_sampler(sampling: Optional[Dict[str, Any]] = None):
     adapter = EditingAdapter.from_options(options, device="cpu")
     rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
     return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc="edit base")
+
+
+def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] = None,
+                  sampling: Optional[Dict[str, Any]] = None):
+    """``stage`` whose aligned sampler edits with the evaluation's step count (``EDIT_EVAL_DEFAULTS``, or
+    ``sampling``) whatever number of steps its training rollouts took: the trained weights (the run's ``final/``)
+    are loaded into a fresh editor and sampled as the base editor is, so before and after differ only in weights.
+    A stage whose rollouts already take the evaluation's steps keeps the trainer's own sampler."""
+    from diffalign.demo.run import QUICK, load_demo_config, policy_sampler
+    from diffalign.eval.samples import load_checkpoint_into
+    from diffalign.mdp.steps import make_step_rule
+    from diffalign.mdp.trajectory import DiffusionPolicy
+    from diffalign.trainer.builders import build_adapter
+    s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
+
+    def run(ctx):
+        import dataclasses
+        result = stage(ctx)
+        extra = dict(QUICK["overrides"]) if ctx.quick else {}
+        extra.update(overrides or {})
+        cfg = load_demo_config(config_name, os.path.join(ctx.output, "train"), ctx.train_prompts, ctx.model, extra)
+        if cfg.sampling.num_steps == s["num_steps"]:
+            return result
+        adapter = build_adapter(cfg, ctx.train_prompts, torch.device("cpu"))
+        load_checkpoint_into(adapter, result.info["final"])
+        rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
+        policy = DiffusionPolicy(adapter, rule, s["guidance_scale"])
+        info = dict(result.info, eval_num_steps=s["num_steps"], rollout_num_steps=cfg.sampling.num_steps)
+        return dataclasses.replace(result, sampler=policy_sampler(policy, s["batch_size"], desc="edit aligned"),
+                                   info=info)
+    return run
 
 
 def score_edit_samples(images: torch.Tensor, items: Sequence[dict]) -> Tuple[dict, List[bool], List[float]]:
@@ -233,7 +266,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
     os.makedirs(output, exist_ok=True)
     items, seeds = editing_eval_set(output, samples_per_kind)
     train_items = training_items(output, 2 if quick else TRAIN_ITEMS_PER_KIND)
-    stage = train_stage(config_name, overrides)
+    stage = at_eval_steps(train_stage(config_name, overrides), config_name, overrides, sampling)
     ctx = DemoContext(model="demo", reward=None, train_prompts=train_items, output=output, minutes=minutes,
                       quick=quick, seed=seed)
     (before_images, before, before_ok, before_r), result, (after_images, after, after_ok, after_r), seconds = \
