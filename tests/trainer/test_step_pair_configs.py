@@ -18,8 +18,10 @@ from diffalign.trainer.step_pairs import StepPairTrainer
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false"]
 
 # name, epochs run, required rise of eval_reward from the first epoch to the last (measured rise)
+# D3PO's rise is slow-marked (CI's 30-minute budget): D3PO trains in CI from a human label file
+# (test_d3po_learns_from_a_human_label_file), and SPO's rise covers the step-pair loop
 CASES = [
-    ("d3po_tiny", 4, 0.003),  # 0.0073
+    pytest.param("d3po_tiny", 4, 0.003, marks=pytest.mark.slow),  # 0.0073
     ("spo_tiny", 4, 0.008),   # 0.017
 ]
 
@@ -32,7 +34,7 @@ def _train(name, out, *overrides, code=0):
     return read_metrics(path) if os.path.exists(path) else None
 
 
-@pytest.mark.parametrize("name,epochs,margin", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,epochs,margin", CASES, ids=["d3po_tiny", "spo_tiny"])
 def test_shipped_step_pair_config_raises_its_reward(tmp_path, name, epochs, margin):
     full = load_config(shipped_config(name))
     assert full.epochs > epochs and full.modality.options["model"] == "tiny"
