@@ -21,6 +21,7 @@ computed on the saved 8-bit images, so re-scoring the PNGs reproduces the report
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -91,16 +92,20 @@ def training_items(output: str, per_kind: int = TRAIN_ITEMS_PER_KIND,
 def base_editing_sampler(sampling: Optional[Dict[str, Any]] = None):
     """The shipped editor's sampler ``(items, seeds) -> edits (B, 3, H, W)`` with the evaluation settings (dual
     guidance: text scale ``guidance_scale``, image scale ``image_guidance_scale``)."""
-    from diffalign.demo.run import policy_sampler
-    from diffalign.mdp.steps import make_step_rule
-    from diffalign.mdp.trajectory import DiffusionPolicy
     from diffalign.modalities.editing.adapter import EditingAdapter
     from diffalign.modalities.editing.options import EditingOptions
     s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
     options = EditingOptions(model="demo", lora_rank=0, image_guidance_scale=s["image_guidance_scale"])
-    adapter = EditingAdapter.from_options(options, device="cpu")
+    return _eval_sampler(EditingAdapter.from_options(options, device="cpu"), s, "edit base")
+
+
+def _eval_sampler(adapter, s: Dict[str, Any], desc: str):
+    """``adapter``'s sampler with the evaluation settings ``s`` (DDIM steps, eta, text scale, batch size)."""
+    from diffalign.demo.run import policy_sampler
+    from diffalign.mdp.steps import make_step_rule
+    from diffalign.mdp.trajectory import DiffusionPolicy
     rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
-    return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc="edit base")
+    return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc=desc)
 
 
 def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] = None,
@@ -109,15 +114,12 @@ def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] =
     ``sampling``) whatever number of steps its training rollouts took: the trained weights (the run's ``final/``)
     are loaded into a fresh editor and sampled as the base editor is, so before and after differ only in weights.
     A stage whose rollouts already take the evaluation's steps keeps the trainer's own sampler."""
-    from diffalign.demo.run import QUICK, load_demo_config, policy_sampler
+    from diffalign.demo.run import QUICK, load_demo_config
     from diffalign.eval.samples import load_checkpoint_into
-    from diffalign.mdp.steps import make_step_rule
-    from diffalign.mdp.trajectory import DiffusionPolicy
     from diffalign.trainer.builders import build_adapter
     s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
 
     def run(ctx):
-        import dataclasses
         result = stage(ctx)
         extra = dict(QUICK["overrides"]) if ctx.quick else {}
         extra.update(overrides or {})
@@ -126,11 +128,8 @@ def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] =
             return result
         adapter = build_adapter(cfg, ctx.train_prompts, torch.device("cpu"))
         load_checkpoint_into(adapter, result.info["final"])
-        rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
-        policy = DiffusionPolicy(adapter, rule, s["guidance_scale"])
         info = dict(result.info, eval_num_steps=s["num_steps"], rollout_num_steps=cfg.sampling.num_steps)
-        return dataclasses.replace(result, sampler=policy_sampler(policy, s["batch_size"], desc="edit aligned"),
-                                   info=info)
+        return dataclasses.replace(result, sampler=_eval_sampler(adapter, s, "edit aligned"), info=info)
     return run
 
 
