@@ -11,7 +11,7 @@ preserved, and nothing extra is drawn. Stages, as the image demo (:mod:`diffalig
    (:func:`diffalign.demo.run.train_stage`, the budget in ``train.max_minutes``) on training edit items of the
    kinds :data:`TRAIN_KINDS`;
 3. edit and score the same items and seeds again, with the same sampler settings whatever the rollouts used
-   (:func:`at_eval_steps`), and write ``report.json`` / ``report.md`` (the image demo's
+   (the demo option ``eval_sampling``, :func:`diffalign.demo.run.evaluation_sampling`), and write ``report.json`` / ``report.md`` (the image demo's
    schema with ``modality: editing``), ``reward_curve.png``, ``grid.png`` (input | edit before | edit after),
    every input as ``samples/inputs/NNNN.png``, every edit as ``samples/{before,after}/NNNN.png`` and
    ``samples/prompts.json`` (each edit's instruction, input file, seed and verdict).
@@ -21,7 +21,6 @@ computed on the saved 8-bit images, so re-scoring the PNGs reproduces the report
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -44,8 +43,8 @@ TRAIN_ITEMS_PER_KIND = 64  # training edit items (instruction + input scene) of 
 TRAIN_KINDS: Tuple[str, ...] = ("recolour", "remove")
 TRAIN_SEED = 1             # the training items' scenes (the evaluation's are drawn from seed 0 of the held-out split)
 # the evaluation sampler: the image demo's (diffalign.demo.run.EVAL_DEFAULTS: 10 DDIM steps, eta 1, text scale 3) plus
-# InstructPix2Pix's default image scale 1.5. The aligned editor is evaluated with these too (at_eval_steps), whatever
-# step count a config's training rollouts take (demo_editing_rwr.yaml: 5, for more edit items per minute)
+# InstructPix2Pix's default image scale 1.5. A run evaluates with its config's sampling and demo option eval_sampling
+# (demo_editing_rwr.yaml: rollouts of 5 steps for more edit items per minute, both evaluations at these 10)
 EDIT_EVAL_DEFAULTS = {"num_steps": 10, "eta": 1.0, "guidance_scale": 3.0, "image_guidance_scale": 1.5, "batch_size": 32}
 GRID_EDITS = 8             # grid columns: the first edit of this many distinct instructions, kinds alternating
 
@@ -92,45 +91,16 @@ def training_items(output: str, per_kind: int = TRAIN_ITEMS_PER_KIND,
 def base_editing_sampler(sampling: Optional[Dict[str, Any]] = None):
     """The shipped editor's sampler ``(items, seeds) -> edits (B, 3, H, W)`` with the evaluation settings (dual
     guidance: text scale ``guidance_scale``, image scale ``image_guidance_scale``)."""
+    from diffalign.demo.run import policy_sampler
+    from diffalign.mdp.steps import make_step_rule
+    from diffalign.mdp.trajectory import DiffusionPolicy
     from diffalign.modalities.editing.adapter import EditingAdapter
     from diffalign.modalities.editing.options import EditingOptions
     s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
     options = EditingOptions(model="demo", lora_rank=0, image_guidance_scale=s["image_guidance_scale"])
-    return _eval_sampler(EditingAdapter.from_options(options, device="cpu"), s, "edit base")
-
-
-def _eval_sampler(adapter, s: Dict[str, Any], desc: str):
-    """``adapter``'s sampler with the evaluation settings ``s`` (DDIM steps, eta, text scale, batch size)."""
-    from diffalign.demo.run import policy_sampler
-    from diffalign.mdp.steps import make_step_rule
-    from diffalign.mdp.trajectory import DiffusionPolicy
+    adapter = EditingAdapter.from_options(options, device="cpu")
     rule = make_step_rule("ddim", adapter.scheduler, s["num_steps"], eta=s["eta"])
-    return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc=desc)
-
-
-def at_eval_steps(stage, config_name: str, overrides: Optional[Dict[str, Any]] = None,
-                  sampling: Optional[Dict[str, Any]] = None):
-    """``stage`` whose aligned sampler edits with the evaluation's step count (``EDIT_EVAL_DEFAULTS``, or
-    ``sampling``) whatever number of steps its training rollouts took: the trained weights (the run's ``final/``)
-    are loaded into a fresh editor and sampled as the base editor is, so before and after differ only in weights.
-    A stage whose rollouts already take the evaluation's steps keeps the trainer's own sampler."""
-    from diffalign.demo.run import QUICK, load_demo_config
-    from diffalign.eval.samples import load_checkpoint_into
-    from diffalign.trainer.builders import build_adapter
-    s = dict(EDIT_EVAL_DEFAULTS, **(sampling or {}))
-
-    def run(ctx):
-        result = stage(ctx)
-        extra = dict(QUICK["overrides"]) if ctx.quick else {}
-        extra.update(overrides or {})
-        cfg = load_demo_config(config_name, os.path.join(ctx.output, "train"), ctx.train_prompts, ctx.model, extra)
-        if cfg.sampling.num_steps == s["num_steps"]:
-            return result
-        adapter = build_adapter(cfg, ctx.train_prompts, torch.device("cpu"))
-        load_checkpoint_into(adapter, result.info["final"])
-        info = dict(result.info, eval_num_steps=s["num_steps"], rollout_num_steps=cfg.sampling.num_steps)
-        return dataclasses.replace(result, sampler=_eval_sampler(adapter, s, "edit aligned"), info=info)
-    return run
+    return policy_sampler(DiffusionPolicy(adapter, rule, s["guidance_scale"]), s["batch_size"], desc="edit base")
 
 
 def score_edit_samples(images: torch.Tensor, items: Sequence[dict]) -> Tuple[dict, List[bool], List[float]]:
@@ -249,7 +219,8 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
                      samples_per_kind: int = SAMPLES_PER_KIND, seed: int = 0,
                      overrides: Optional[Dict[str, Any]] = None) -> dict:
     """Before -> align with ``demo_editing_<algo>.yaml`` -> after -> report in ``output``; returns the report."""
-    from diffalign.demo.run import QUICK, DemoContext, demo_precision, measure_alignment, train_stage
+    from diffalign.demo.run import (QUICK, DemoContext, demo_options, demo_precision, evaluation_sampling,
+                                    load_demo_config, measure_alignment, train_stage)
     from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     if algo not in editing_algos():
         raise ValueError(f"unknown editing demo algorithm {algo!r}; choose one of {editing_algos()}")
@@ -258,14 +229,23 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
     t_total = time.perf_counter()
     choice = resolve_precision(demo_precision(config_name, overrides), "cpu")
     log_choice(choice)
-    sampling = None
     if quick:
         samples_per_kind = QUICK_SAMPLES_PER_KIND
-        sampling = {"num_steps": QUICK["overrides"]["sampling.num_steps"], "batch_size": 8}
     os.makedirs(output, exist_ok=True)
     items, seeds = editing_eval_set(output, samples_per_kind)
     train_items = training_items(output, 2 if quick else TRAIN_ITEMS_PER_KIND)
-    stage = at_eval_steps(train_stage(config_name, overrides), config_name, overrides, sampling)
+    # both evaluations sample as the config's eval_sampling says (the aligned editor too: train_stage), whatever
+    # step count the rollouts take
+    plain = dict(overrides)
+    opts = demo_options(config_name, plain)  # takes the demo.* overrides out of plain
+    cfg = load_demo_config(config_name, os.path.join(output, "train"), train_items, "demo",
+                           dict(QUICK["overrides"] if quick else {}, **plain))
+    s = evaluation_sampling(cfg, opts, quick)
+    sampling = {"num_steps": s.num_steps, "eta": s.eta, "guidance_scale": s.guidance_scale,
+                "image_guidance_scale": cfg.modality.options.get("image_guidance_scale",
+                                                                 EDIT_EVAL_DEFAULTS["image_guidance_scale"]),
+                "batch_size": 8 if quick else s.batch_size}
+    stage = train_stage(config_name, overrides)
     ctx = DemoContext(model="demo", reward=None, train_prompts=train_items, output=output, minutes=minutes,
                       quick=quick, seed=seed)
     (before_images, before, before_ok, before_r), result, (after_images, after, after_ok, after_r), seconds = \
@@ -287,7 +267,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
         "info": dict(result.info, train_items=len(train_items), train_kinds=list(TRAIN_KINDS)),
         "eval": {"prompts": len({it["text"] for it in items}), "samples": len(items),
                  "samples_per_kind": samples_per_kind, "seeds": [seeds[0], seeds[-1]],
-                 "sampling": dict(EDIT_EVAL_DEFAULTS, **(sampling or {})), "split": "heldout"},
+                 "sampling": sampling, "split": "heldout"},
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
         "hardware": cpu_info(),

@@ -76,6 +76,9 @@ AfterStage = Callable[[DemoContext], AfterResult]
 # ---- training prompts ----------------------------------------------------------------------------------
 # a demo config's optional ``demo:`` section (not a trainer key; overridable as ``demo.<key>=...``)
 DEMO_OPTIONS = {"train_kinds": "caption kinds the training prompts are drawn from (default: all three)",
+                "eval_sampling": "sampling settings (num_steps, eta, guidance_scale, ...) of both evaluations, over the "
+                                 "config's sampling, which the training rollouts keep: rollouts may be cheaper than "
+                                 "the evaluation (default: the evaluations sample as the rollouts do)",
                 "feedback": "offline algorithms: the pairs.jsonl (or its folder) an earlier demo's feedback stage wrote, "
                             "trained on instead of sampling new pairs (the whole budget then trains)"}
 
@@ -270,6 +273,22 @@ def paired_report(prompts: Sequence[str], before: Sequence[bool], after: Sequenc
     return out
 
 
+def evaluation_sampling(cfg, opts: Dict[str, Any], quick: bool = False):
+    """The sampling settings both evaluations use: ``cfg.sampling`` with the demo option ``eval_sampling`` over it
+    (unknown fields are errors naming the option). ``quick``: the step count and batch size stay the config's
+    (--quick's), as every quick evaluation samples with quick's steps."""
+    extra = opts.get("eval_sampling") or {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"demo option eval_sampling must be a mapping of sampling settings, got {extra!r}")
+    if quick:
+        extra = {k: v for k, v in extra.items() if k not in ("num_steps", "batch_size")}
+    fields = {f.name for f in dataclasses.fields(cfg.sampling)}
+    bad = sorted(set(extra) - fields)
+    if bad:
+        raise ValueError(f"demo option eval_sampling: unknown sampling setting(s) {bad}; known: {sorted(fields)}")
+    return dataclasses.replace(cfg.sampling, **extra)
+
+
 def _reward_fn():
     from diffalign.rewards.compositional import compositional_reward
     return compositional_reward
@@ -344,8 +363,13 @@ def train_stage(algo: str, overrides: Optional[Dict[str, Any]] = None) -> AfterS
         info["precision"] = str(trainer.acc.mixed_precision)
         info["metrics"] = os.path.join(out_dir, "metrics.jsonl")
         info["final"] = os.path.join(out_dir, "final")
-        s = cfg.sampling
-        sampler = policy_sampler(trainer.policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
+        s = evaluation_sampling(cfg, opts, ctx.quick)
+        policy = trainer.policy
+        if s != cfg.sampling:  # the aligned weights, sampled as the evaluation says (not as the rollouts did)
+            from diffalign.trainer.builders import build_policy
+            policy = build_policy(dataclasses.replace(cfg, sampling=s), trainer.policy.adapter)
+            info["eval_sampling"], info["rollout_sampling"] = dataclasses.asdict(s), dataclasses.asdict(cfg.sampling)
+        sampler = policy_sampler(policy, s.batch_size if not ctx.quick else 8, desc="sample aligned")
         if getattr(trainer.algorithm.config, "reward_condition", None) is not None:
             sampler = _asking_top_level(sampler, trainer.algorithm.config)
         return AfterResult(sampler, curve, info)

@@ -1,4 +1,5 @@
 """``diffalign demo`` end to end (--quick), its outputs, the pluggable after stage, the CLI's errors."""
+import dataclasses
 import json
 import math
 import os
@@ -233,6 +234,43 @@ def test_demo_options_from_the_config_and_overrides(tmp_path, monkeypatch):
         demo_run.demo_options("bad", {})
     # the trainer never sees the section
     assert demo_run.load_demo_config("rwr", str(tmp_path / "out"), ["a red circle"]).prompts.list == ["a red circle"]
+
+
+def test_eval_sampling_option_overlays_the_configs_sampling():
+    cfg = demo_run.load_demo_config("rwr", "/tmp/unused", ["a red circle"])
+    assert demo_run.evaluation_sampling(cfg, {}) == cfg.sampling
+    s = demo_run.evaluation_sampling(cfg, {"eval_sampling": {"num_steps": 7, "eta": 0.0}})
+    assert (s.num_steps, s.eta, s.guidance_scale) == (7, 0.0, cfg.sampling.guidance_scale)
+    assert cfg.sampling.num_steps != 7  # the config itself (the rollouts' settings) is untouched
+    q = demo_run.evaluation_sampling(cfg, {"eval_sampling": {"num_steps": 7, "eta": 0.0}}, quick=True)
+    assert q.num_steps == cfg.sampling.num_steps and q.eta == 0.0  # --quick keeps its own step count
+    with pytest.raises(ValueError, match=r"eval_sampling: unknown sampling setting\(s\) \['steps'\]"):
+        demo_run.evaluation_sampling(cfg, {"eval_sampling": {"steps": 7}})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        demo_run.evaluation_sampling(cfg, {"eval_sampling": 7})
+
+
+def test_aligned_weights_are_evaluated_with_the_eval_sampling_not_the_rollouts(tmp_path):
+    """demo.eval_sampling: the stage's sampler is the trained weights under the evaluation's settings, image for
+    image what those weights (reloaded from final/) give under them."""
+    from diffalign.eval.samples import load_checkpoint_into
+    from diffalign.trainer.builders import build_adapter, build_policy
+    torch.set_num_threads(1)
+    prompts = ["a red circle", "two blue squares"]
+    ctx = demo_run.DemoContext(model="demo", reward=None, train_prompts=prompts, output=str(tmp_path), minutes=1e-6,
+                               quick=True, seed=0)
+    evaluation = {"guidance_scale": 1.5, "eta": 0.0}
+    result = demo_run.train_stage("rwr", {"demo.eval_sampling": evaluation})(ctx)
+    cfg = demo_run.load_demo_config("rwr", str(tmp_path / "train"), prompts, "demo", dict(demo_run.QUICK["overrides"]))
+    assert result.info["rollout_sampling"]["guidance_scale"] == cfg.sampling.guidance_scale != 1.5
+    assert {k: result.info["eval_sampling"][k] for k in evaluation} == evaluation
+    adapter = build_adapter(cfg, prompts, torch.device("cpu"))
+    load_checkpoint_into(adapter, result.info["final"])
+    s = demo_run.evaluation_sampling(cfg, {"eval_sampling": evaluation}, quick=True)
+    expected = demo_run.policy_sampler(build_policy(dataclasses.replace(cfg, sampling=s), adapter), 8)(prompts, [3, 4])
+    assert torch.allclose(result.sampler(prompts, [3, 4]), expected, atol=1e-6)
+    rollout_like = demo_run.policy_sampler(build_policy(cfg, adapter), 8)(prompts, [3, 4])
+    assert (rollout_like - expected).abs().max() > 1e-3  # the settings changed what is sampled
 
 
 def test_measure_alignment_evaluates_base_then_trained_sampler_in_the_precision():

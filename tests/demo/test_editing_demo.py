@@ -85,40 +85,22 @@ def test_quick_editing_demo_samples_reproduce_the_report(quick_run):
     assert report["info"]["train_kinds"] == list(editing.TRAIN_KINDS)
 
 
-def test_aligned_editor_edits_at_the_evaluations_steps_whatever_its_rollouts_took(tmp_path):
-    """Rollouts of 2 steps, evaluation at 3: the stage's final LoRA is reloaded into a fresh editor and sampled with
-    the evaluation's steps, image for image what the trained editor itself gives at those steps."""
-    from diffalign.demo.run import AfterResult, DemoContext, load_demo_config, policy_sampler
-    from diffalign.mdp.steps import make_step_rule
-    from diffalign.mdp.trajectory import DiffusionPolicy
-    from diffalign.trainer.builders import build_adapter
-    torch.set_num_threads(1)
-    items = editing.training_items(str(tmp_path), per_kind=1)
-    overrides = {"sampling.num_steps": 2}
-    cfg = load_demo_config("editing_rwr", str(tmp_path / "train"), items, "demo", overrides)
-    trained = build_adapter(cfg, items, torch.device("cpu"))
-    with torch.no_grad():  # a stand-in for training: LoRA's B matrices start at zero, so the edits would not change
-        for name, p in trained.denoiser.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    trained.save_pretrained(str(tmp_path / "final"))
-    seen = []
-    stage = editing.at_eval_steps(lambda ctx: seen.append(ctx) or AfterResult("trainer's", [], {"final": str(tmp_path / "final")}),
-                                  "editing_rwr", overrides, {"num_steps": 3, "batch_size": 2})
-    ctx = DemoContext(model="demo", reward=None, train_prompts=items, output=str(tmp_path), minutes=1.0, seed=0)
-    result = stage(ctx)
-    assert seen == [ctx] and result.info["eval_num_steps"] == 3 and result.info["rollout_num_steps"] == 2
-    s = editing.EDIT_EVAL_DEFAULTS
-    rule = make_step_rule("ddim", trained.scheduler, 3, eta=s["eta"])
-    expected = policy_sampler(DiffusionPolicy(trained, rule, s["guidance_scale"]), 2)(items, [5, 6])
-    got = result.sampler(items, [5, 6])
-    assert torch.equal(got, expected)
-    base = editing.base_editing_sampler({"num_steps": 3, "batch_size": 2})(items, [5, 6])
-    assert (got - base).abs().max() > 1e-3  # the LoRA was loaded
-    # rollouts at the evaluation's steps: the trainer's own sampler is kept
-    same = editing.at_eval_steps(lambda ctx: AfterResult("trainer's", [], {}), "editing_rwr", overrides,
-                                 {"num_steps": 2})(ctx)
-    assert same.sampler == "trainer's"
+def test_every_editing_config_evaluates_with_the_editors_evaluation_settings():
+    """Before and after edit with EDIT_EVAL_DEFAULTS whatever the rollouts take: demo_editing_rwr.yaml rolls out 5
+    steps and evaluates at 10 through its demo option eval_sampling (diffalign.demo.run.train_stage samples the
+    aligned weights with it; tests/demo/test_demo_run.py checks that)."""
+    from diffalign.demo.run import demo_options, evaluation_sampling, load_demo_config
+    items = [{"text": "make the red circle blue", "image": [0.0, 0.0, 0.0]}]
+    d = editing.EDIT_EVAL_DEFAULTS
+    for algo in editing.editing_algos():
+        name = editing.CONFIG_PREFIX + algo
+        cfg = load_demo_config(name, "/tmp/unused", items)
+        s = evaluation_sampling(cfg, demo_options(name, {}))
+        assert (s.num_steps, s.eta, s.guidance_scale, s.batch_size) == \
+            (d["num_steps"], d["eta"], d["guidance_scale"], d["batch_size"]), algo
+        assert cfg.modality.options["image_guidance_scale"] == d["image_guidance_scale"], algo
+    rwr = load_demo_config("editing_rwr", "/tmp/unused", items)
+    assert rwr.sampling.num_steps == 5 < d["num_steps"]  # cheaper rollouts than the evaluation
 
 
 def test_training_items_hold_only_the_asked_kinds_of_the_training_split(tmp_path):
