@@ -10,7 +10,9 @@ the held-out captions the demo evaluates are never seen. Together with the motio
 encoder's NEW rows for the motion words ("moving", "up", "down": modalities/video/demo.py), the only text
 parameters with gradient, so the caption can say which way to move; they are saved next to the motion modules.
 ``--moving-fraction`` sets how many training clips move (motion is what the modules must learn; still clips
-teach them to keep objects in place).
+teach them to keep objects in place). ``--frame-noise-alpha`` trains on PYoCo's mixed noise (modalities/video/
+noise.py), the noise the demo samples from: a model trained on independent frame noise and sampled from noise its
+frames share holds objects in place but does not move them. ``--init`` continues from saved motion modules.
 
 The shipped weights were made by exactly the command in the asset's ``diffalign_video_demo.json`` (``command``),
 on the CPU named there, with its seed, steps and wall time.
@@ -47,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--num-clips", type=int, default=4000, help="training clips rendered up front")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--moving-fraction", type=float, default=0.5, help="fraction of training clips with motion")
+    p.add_argument("--frame-noise-alpha", type=float, default=0.0,
+                   help="PYoCo mixed-noise alpha of the training noise (0: independent frames)")
+    p.add_argument("--init", default=None, help="start from these motion modules (a folder this script wrote)")
     args = p.parse_args(argv)
     for name in ("steps", "batch_size", "frames", "num_clips", "warmup"):
         if getattr(args, name) < 1:
@@ -55,6 +60,10 @@ def parse_args(argv=None):
         p.error(f"--caption-dropout must be in [0, 1), got {args.caption_dropout}")
     if not 0.0 <= args.moving_fraction <= 1.0:
         p.error(f"--moving-fraction must be in [0, 1], got {args.moving_fraction}")
+    if not (math.isfinite(args.frame_noise_alpha) and args.frame_noise_alpha >= 0):
+        p.error(f"--frame-noise-alpha must be a finite number >= 0, got {args.frame_noise_alpha}")
+    if args.init is not None and not os.path.isdir(args.init):
+        p.error(f"--init: {args.init} is not a folder")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"--ema must be in [0, 1), got {args.ema}")
     return args
@@ -82,11 +91,12 @@ def render_clips(n: int, seed: int, frames: int, moving_fraction: float = 0.5):
     return torch.stack(clips) * 2 - 1, captions
 
 
-def build_adapter(seed: int, frames: int):
-    """The demo video adapter with a fresh motion adapter, motion modules trainable (full training)."""
+def build_adapter(seed: int, frames: int, init=None):
+    """The demo video adapter with a fresh motion adapter (or the one saved in ``init``, with its motion words),
+    motion modules trainable (full training)."""
     from diffalign.modalities.video.adapter import VideoAdapter
     from diffalign.modalities.video.options import VideoOptions
-    return VideoAdapter.from_options(VideoOptions(model="demo", num_frames=frames, lora_rank=0,
+    return VideoAdapter.from_options(VideoOptions(model="demo", num_frames=frames, lora_rank=0, motion_adapter=init,
                                                   lora_layers="motion", seed=seed))
 
 
@@ -96,12 +106,13 @@ def main(argv=None) -> int:
     from diffalign.trainer.precision import cpu_info
 
     from diffalign.modalities.video.demo import motion_word_rows, save_motion_words
+    from diffalign.modalities.video.noise import mixed_frame_noise
 
     torch.manual_seed(args.seed)
     load_start = list(os.getloadavg())
     t_start = time.time()
     clips, captions = render_clips(args.num_clips, args.seed, args.frames, args.moving_fraction)
-    adapter = build_adapter(args.seed, args.frames)
+    adapter = build_adapter(args.seed, args.frames, args.init)
     unet = adapter.denoiser
     names = adapter.trained_layer_names()
     assert all("motion_modules" in n for n in names), "only motion modules may train"  # image layers frozen
@@ -129,7 +140,8 @@ def main(argv=None) -> int:
         drop = torch.rand(args.batch_size, generator=gen) < args.caption_dropout
         ids[drop] = ids_empty[0]
         emb = adapter.text_encoder(ids).last_hidden_state  # with gradient into the motion words' rows
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = (mixed_frame_noise(x0.shape, args.frame_noise_alpha, gen) if args.frame_noise_alpha
+                 else torch.randn(x0.shape, generator=gen))
         t_idx = fwd.sample_indices(args.batch_size, gen)
         x_t = fwd.add_noise(x0, noise, t_idx)
         out = adapter.denoise(x_t, fwd.model_timesteps(t_idx, x_t), {"prompt_embeds": emb})
@@ -164,7 +176,8 @@ def main(argv=None) -> int:
         "seed": args.seed, "steps": step + 1, "stopped_by_max_minutes": stopped_early,
         "batch_size": args.batch_size, "frames": args.frames, "learning_rate": args.lr, "warmup": args.warmup,
         "ema": args.ema, "num_clips": args.num_clips, "caption_dropout": args.caption_dropout,
-        "moving_fraction": args.moving_fraction, "motion_words": words,
+        "moving_fraction": args.moving_fraction, "frame_noise_alpha": args.frame_noise_alpha, "init": args.init,
+        "motion_words": words,
         "split": "train (diffalign.data.shapes_clips)", "train_wall_seconds": round(train_seconds, 1),
         "final_loss_mean_last_20": sum(losses[-20:]) / len(losses[-20:]),
         "trainable_params": sum(p.numel() for p in params), "weights_bytes": size,

@@ -223,6 +223,18 @@ def test_training_script_trains_motion_modules_on_training_clips(tmp_path):
     _, text_encoder, *_ = load_demo_model()
     unk = text_encoder.get_input_embeddings().weight[3].detach()
     assert words == list(MOTION_WORDS) and not torch.equal(rows[0], unk)
-    for argv in (["--caption-dropout", "1.0"], ["--moving-fraction", "1.5"]):
+    # --init continues from those modules (and their words); --frame-noise-alpha trains on PYoCo's mixed noise
+    more = tmp_path / "more"
+    assert script.main(["--output", str(more), "--steps", "1", "--num-clips", "2", "--batch-size", "2", "--warmup",
+                        "1", "--init", str(out), "--frame-noise-alpha", "19", "--lr", "1e-9", "--ema", "0"]) == 0
+    with open(more / script.METADATA) as f:
+        meta = json.load(f)
+    assert meta["frame_noise_alpha"] == 19.0 and meta["init"] == str(out)
+    again = MotionAdapter.from_pretrained(str(more))
+    start = dict(adapter.named_parameters())
+    assert all(torch.allclose(p, start[n], atol=1e-6) for n, p in again.named_parameters())  # lr ~0: where it began
+    assert torch.allclose(load_motion_words(str(more))[1], rows, atol=1e-6)
+    for argv in (["--caption-dropout", "1.0"], ["--moving-fraction", "1.5"], ["--frame-noise-alpha", "-1"],
+                 ["--init", str(tmp_path / "nowhere")]):
         with pytest.raises(SystemExit):
             script.parse_args(argv)
