@@ -8,8 +8,12 @@ longest, keeps the longest survivor in each of ``--bins`` forward-velocity bins,
 to fast, low to high gaits. Each kept controller is then refined for ``--refine`` hill-climbing steps (a perturbed
 copy replaces it when it survives longer on the scoring episode with its velocity still in the bin). Every kept
 controller then runs ``--episodes-per-controller`` seeded episodes, half of them with Gaussian action noise
-(``--noise``). Output: a D4RL-style compressed .npz (observations, actions, rewards, terminals, timeouts, and
-``controller``, the kept controller's index per row) and a .json beside it with the command, seed, controller
+(``--noise``). With ``--switch-every N`` those episodes hand control every N steps to another kept controller
+(drawn at random, the episode's clock running on), so that the same mid-gait states are followed by several
+behaviours: a planner conditioned on a requested behaviour can only learn to use the request where the data shows
+more than one future from a state (with one controller per episode, the state alone tells the gait). Output: a
+D4RL-style compressed .npz (observations, actions, rewards, terminals, timeouts, and ``controller``, the index of
+the kept controller acting at each row) and a .json beside it with the command, seed, controller
 parameters and per-controller statistics. Same command and seed, same file.
 
     python scripts/collect_planning_data.py --env Hopper-v5 --seed 0 --out runs/planning_data/hopper_behaviours.npz
@@ -53,14 +57,22 @@ def perturb(params: dict, rng: np.random.Generator) -> dict:
                 kd=float(np.clip(params["kd"] + 0.05 * rng.standard_normal(), -0.5, 0.5)))
 
 
-def run_episode(env, params, seed, max_steps, dt, noise, rng):
-    """One seeded episode; returns (observations, actions, rewards, terminated, forward velocity)."""
+def run_episode(env, params, seed, max_steps, dt, noise, rng, switch=None, index=0):
+    """One seeded episode of controller ``params`` (number ``index``); returns (observations, actions, rewards,
+    terminated, forward velocity, controller number per step). ``switch``: (every, controllers): every ``every``
+    steps a controller drawn from ``controllers`` by ``rng`` takes over (None: ``params`` throughout)."""
     obs, _ = env.reset(seed=int(seed))
+    active, which = params, index
     x0 = float(env.unwrapped.data.qpos[0])
     low, high = env.action_space.low, env.action_space.high
     rows_o, rows_a, rows_r, terminated = [], [], [], False
+    used = []
     for t in range(max_steps):
-        a = cpg_action(params, t, obs, dt, len(low))
+        if switch and t and t % switch[0] == 0:
+            which = int(rng.integers(len(switch[1])))
+            active = switch[1][which]
+        used.append(which)
+        a = cpg_action(active, t, obs, dt, len(low))
         if noise:
             a = a + noise * rng.standard_normal(len(low))
         a = np.clip(a, low, high)
@@ -72,7 +84,7 @@ def run_episode(env, params, seed, max_steps, dt, noise, rng):
             break
     velocity = (float(env.unwrapped.data.qpos[0]) - x0) / (len(rows_a) * dt)
     return (np.asarray(rows_o, np.float32), np.asarray(rows_a, np.float32), np.asarray(rows_r, np.float32),
-            bool(terminated), velocity)
+            bool(terminated), velocity, np.asarray(used, np.int16))
 
 
 def main(argv=None):
@@ -85,8 +97,13 @@ def main(argv=None):
     p.add_argument("--episodes-per-controller", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=300, help="episode length cap (env steps)")
     p.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian action noise on half the episodes")
+    p.add_argument("--switch-every", type=int, default=0,
+                   help="hand control to a random kept controller every this many steps (0: one controller per "
+                        "episode)")
     p.add_argument("--out", default="runs/planning_data/hopper_behaviours.npz")
     args = p.parse_args(argv)
+    if args.switch_every < 0:
+        raise SystemExit(f"--switch-every must be >= 0, got {args.switch_every}")
     if args.candidates < args.bins or args.bins < 1:
         raise SystemExit(f"--candidates ({args.candidates}) must be >= --bins ({args.bins}) >= 1")
 
@@ -102,7 +119,7 @@ def main(argv=None):
     scored = []
     for c in range(args.candidates):
         params = random_controller(rng, spec.action_dim, angle_rate_index)
-        _, acts, _, _, vel = run_episode(env, params, 10_000, args.max_steps, spec.dt, 0.0, rng)
+        _, acts, _, _, vel, _ = run_episode(env, params, 10_000, args.max_steps, spec.dt, 0.0, rng)
         scored.append((vel, len(acts), params))
     # bin the better-surviving half only: a controller that falls at once has a "velocity" that is its fall
     min_steps = np.median([s[1] for s in scored])
@@ -116,7 +133,7 @@ def main(argv=None):
             best = max(members, key=lambda s: (s[1], s[0]))  # the longest survivor of the bin
             for _ in range(args.refine):
                 trial = perturb(best[2], rng)
-                _, acts, _, _, vel = run_episode(env, trial, 10_000, args.max_steps, spec.dt, 0.0, rng)
+                _, acts, _, _, vel, _ = run_episode(env, trial, 10_000, args.max_steps, spec.dt, 0.0, rng)
                 if len(acts) > best[1] and lo <= vel <= hi:
                     best = (vel, len(acts), trial)
             kept.append(best)
@@ -125,10 +142,11 @@ def main(argv=None):
         vels, lengths = [], []
         for e in range(args.episodes_per_controller):
             noise = args.noise if e % 2 else 0.0
-            o, a, r, term, vel = run_episode(env, params, args.seed * 1_000_000 + k * 1000 + e, args.max_steps,
-                                             spec.dt, noise, rng)
+            switch = (args.switch_every, [c[2] for c in kept]) if args.switch_every else None
+            o, a, r, term, vel, used = run_episode(env, params, args.seed * 1_000_000 + k * 1000 + e,
+                                                   args.max_steps, spec.dt, noise, rng, switch, k)
             episodes.append(Episode(o, a, r, term))
-            controller_ids.append(np.full(len(a), k, np.int16))
+            controller_ids.append(used)
             vels.append(vel)
             lengths.append(len(a))
         stats.append({"controller": k, "mean_forward_velocity": float(np.mean(vels)),
@@ -137,7 +155,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_episodes(args.out, episodes, controller=np.concatenate(controller_ids))
     meta = {"command": "python scripts/collect_planning_data.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "env": args.env, "seed": args.seed, "episodes": len(episodes), "rows": int(sum(len(e) for e in episodes)),
+            "env": args.env, "seed": args.seed, "switch_every": args.switch_every, "episodes": len(episodes),
+            "rows": int(sum(len(e) for e in episodes)),
             "seconds": round(time.time() - start, 1), "controllers": stats}
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(meta, f, indent=1)

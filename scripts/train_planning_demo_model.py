@@ -2,7 +2,8 @@
 """Make the planning demo's shipped model (diffalign/assets/planning_demo_model): collect a Hopper-v5 behaviour
 dataset with scripts/collect_planning_data.py, then AlignDiff's pipeline (diffalign/demo/planning_model.py:
 annotate window pairs, train the attribute strength model with the reward trainer, relabel, train the
-attribute-conditioned planner). Records the command, seed, CPU and wall time in the folder's training.json.
+attribute-conditioned planner and the inverse dynamics that executes its plans). Records the command, seed, CPU
+and wall time in the folder's training.json.
 
     OMP_NUM_THREADS=1 python scripts/train_planning_demo_model.py --seed 0 --out diffalign/assets/planning_demo_model
 """
@@ -22,9 +23,14 @@ def main(argv=None):
     p.add_argument("--out", default="diffalign/assets/planning_demo_model")
     p.add_argument("--dataset", default=None, help="an existing dataset (.npz/.hdf5) instead of collecting one")
     p.add_argument("--candidates", type=int, default=1000, help="collect_planning_data.py --candidates")
+    p.add_argument("--episodes-per-controller", type=int, default=8,
+                   help="collect_planning_data.py --episodes-per-controller")
+    p.add_argument("--switch-every", type=int, default=0, help="collect_planning_data.py --switch-every")
     p.add_argument("--planner-steps", type=int, default=3000)
     p.add_argument("--pairs", type=int, default=3000, help="annotated window pairs")
     p.add_argument("--strength-epochs", type=int, default=15)
+    p.add_argument("--stride", type=int, default=4, help="steps between the starts of consecutive training windows")
+    p.add_argument("--inverse-dynamics-steps", type=int, default=2000)
     args = p.parse_args(argv)
     import torch
 
@@ -38,7 +44,8 @@ def main(argv=None):
         dataset = os.path.join("runs", "planning_demo_data", f"hopper_seed{args.seed}.npz")
         collect = os.path.join(os.path.dirname(os.path.abspath(__file__)), "collect_planning_data.py")
         saved = sys.argv
-        sys.argv = [collect, "--seed", str(args.seed), "--candidates", str(args.candidates), "--out", dataset]
+        sys.argv = [collect, "--seed", str(args.seed), "--candidates", str(args.candidates), "--episodes-per-controller",
+                    str(args.episodes_per_controller), "--switch-every", str(args.switch_every), "--out", dataset]
         try:
             runpy.run_path(collect, run_name="__main__")
         finally:
@@ -46,7 +53,7 @@ def main(argv=None):
         collect_seconds = time.time() - start
     command = "python scripts/train_planning_demo_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = build_demo_model(dataset, args.out, args.seed, args.planner_steps, args.pairs, args.strength_epochs,
-                            command=command)
+                            args.stride, command=command, inverse_dynamics_steps=args.inverse_dynamics_steps)
     meta["seconds"]["collect"] = collect_seconds
     meta["seconds"]["total"] = time.time() - start
     meta["hardware"] = cpu_info()

@@ -113,14 +113,15 @@ def train_items() -> List[Dict[str, Any]]:
     return [request_item(r, start_seed=s) for r in TRAIN_REQUESTS for s in range(TRAIN_START_SEEDS)]
 
 
-def visited_items(sampler, start_seeds: int = TRAIN_START_SEEDS, every: int = REPLAN_EVERY) -> List[Dict[str, Any]]:
+def visited_items(sampler, start_seeds: int = TRAIN_START_SEEDS, every: int = REPLAN_EVERY,
+                  inverse_dynamics=None) -> List[Dict[str, Any]]:
     """The alignment stage's prompt items: each training request from the states ``sampler``'s own episodes
     reach under that request (training start seeds 0..``start_seeds`` - 1, every ``every``-th step, the
     episode still running), so the planner is aligned where the evaluation re-plans: mid-gait, not only at
     the reset pose."""
     requests = [r for r in TRAIN_REQUESTS for _ in range(start_seeds)]
     seeds = [s for _ in TRAIN_REQUESTS for s in range(start_seeds)]
-    run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, EPISODE_STEPS, every)
+    run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, EPISODE_STEPS, every, inverse_dynamics)
     s = _spec().obs_dim
     return [request_item(r, observation=run.trajectories[b, t, :s].tolist())
             for b, r in enumerate(requests) for t in range(0, EPISODE_STEPS, every) if run.alive[b, t]]
@@ -148,15 +149,17 @@ def scheduled_planner(sampler, schedules: Sequence[Sequence[Tuple[int, Mapping[s
     return plan
 
 
-def run_schedule(sampler, schedules, start_seeds: Sequence[int], steps: int, replan_every: Optional[int] = None):
+def run_schedule(sampler, schedules, start_seeds: Sequence[int], steps: int, replan_every: Optional[int] = None,
+                 inverse_dynamics=None):
     """Receding-horizon episodes from seeded resets following each episode's request schedule (an Execution);
-    ``replan_every`` defaults to :data:`REPLAN_EVERY`."""
+    ``replan_every`` defaults to :data:`REPLAN_EVERY`; actions from the plans, or with ``inverse_dynamics`` toward
+    their planned states (execute.receding_horizon)."""
     from diffalign.modalities.planning import receding_horizon
     replan_every = REPLAN_EVERY if replan_every is None else replan_every
     if len(schedules) != len(start_seeds):
         raise ValueError(f"{len(schedules)} schedules but {len(start_seeds)} start seeds")
     return receding_horizon(scheduled_planner(sampler, schedules, start_seeds), ENV, list(start_seeds),
-                            steps, replan_every)
+                            steps, replan_every, inverse_dynamics)
 
 
 def requested_matrix(requests: Sequence[Mapping[str, float]], aspects: Sequence[str]) -> torch.Tensor:
@@ -191,11 +194,11 @@ def paired_errors(before: Sequence[float], after: Sequence[float]) -> Dict[str, 
 
 
 def evaluate_planning(sampler, requests: Sequence[Mapping[str, float]], seeds: Sequence[int], strength_model,
-                      steps: int = EPISODE_STEPS) -> Dict[str, Any]:
+                      steps: int = EPISODE_STEPS, inverse_dynamics=None) -> Dict[str, Any]:
     """Execute every (request, start seed) episode and score it: ``execution``, ``achieved`` (N, A),
     ``metrics`` (matching_metrics), per-episode ``matched`` and ``error``."""
     from diffalign.rewards.strength_metrics import matching_metrics, per_sample_error
-    run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, steps)
+    run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, steps, None, inverse_dynamics)
     achieved = achieved_strengths(strength_model, run.trajectories, WARMUP_STEPS)
     requested = requested_matrix(requests, strength_model.aspects)
     within = ((achieved - requested.nan_to_num()).abs() <= TOLERANCE) | requested.isnan()
@@ -222,7 +225,11 @@ def load_planning_config(algo: str, output: str, model: str, overrides: Optional
     data["output_dir"] = output
     data["prompts"] = {"list": train_items() if items is None else list(items)}
     data.setdefault("modality", {}).setdefault("options", {})["model"] = model
-    data.setdefault("reward", {}).setdefault("kwargs", {})["strength_model"] = os.path.join(model, "strength")
+    kwargs = data.setdefault("reward", {}).setdefault("kwargs", {})
+    kwargs["strength_model"] = os.path.join(model, "strength")
+    from diffalign.modalities.planning.execute import INVERSE_DYNAMICS_FILE
+    if os.path.isfile(os.path.join(model, INVERSE_DYNAMICS_FILE)):  # the reward executes plans as the demo does
+        kwargs["inverse_dynamics"] = model
     items = [f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
     return load_config(data=data, overrides=items)
 
@@ -385,6 +392,7 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
     from diffalign.demo.report import save_curve
     from diffalign.demo.run import DemoContext, measure_alignment
     from diffalign.eval.paired import paired_change
+    from diffalign.modalities.planning import load_inverse_dynamics
     from diffalign.rewards.attribute_strength import load_attribute_strength
     from diffalign.trainer.precision import cpu_info
     model = model or shipped_model()
@@ -400,21 +408,23 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
     ctx = DemoContext(model=model, reward=None, train_prompts=[], output=output, minutes=minutes, quick=quick,
                       seed=seed)
 
+    idm = load_inverse_dynamics(model)  # None: the plans' own actions
+
     def evaluate(sampler):
-        ev = evaluate_planning(sampler, requests, seeds, strength)
+        ev = evaluate_planning(sampler, requests, seeds, strength, inverse_dynamics=idm)
         ev["aspects"] = list(strength.aspects)
         ev["sampler"] = sampler
         return ev
     base = base_sampler(model, cfg)
     t = time.perf_counter()
-    items = visited_items(base, QUICK_TRAIN_START_SEEDS if quick else TRAIN_START_SEEDS)
+    items = visited_items(base, QUICK_TRAIN_START_SEEDS if quick else TRAIN_START_SEEDS, inverse_dynamics=idm)
     items_seconds = time.perf_counter() - t
     before, result, after, seconds = measure_alignment(evaluate, base, planning_train_stage(algo, model, overrides,
                                                                                            items), ctx, "no")
     seconds["train_states"] = items_seconds
     t = time.perf_counter()
-    switch = run_schedule(before["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS)
-    switch_after = run_schedule(after["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS)
+    switch = run_schedule(before["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS, None, idm)
+    switch_after = run_schedule(after["sampler"], [SWITCH], [SEED_BASE], SWITCH[-1][0] + EPISODE_STEPS, None, idm)
     seconds["switch"] = time.perf_counter() - t
     requested = requested_matrix(requests, strength.aspects)
     report = {
@@ -433,6 +443,7 @@ def run_planning_demo(output: str, algo: str = DEFAULT_PLANNING_ALGO, quick: boo
         "eval": {"prompts": len(HELD_OUT_REQUESTS), "samples": len(requests), "samples_per_kind": samples_per_kind,
                  "seeds": [seeds[0], seeds[-1]], "episode_steps": EPISODE_STEPS,
                  "warmup_steps": WARMUP_STEPS, "replan_every": REPLAN_EVERY,
+                 "actions": "inverse dynamics toward the plan" if idm is not None else "the plan's own (open loop)",
                  "tolerance": TOLERANCE, "sampling": {"num_steps": cfg.sampling.num_steps,
                                                       "guidance_scale": cfg.sampling.guidance_scale},
                  "requests": HELD_OUT_REQUESTS, "split": "heldout"},

@@ -11,10 +11,14 @@ From a behaviour dataset (episodes of several controllers, scripts/collect_plann
 4. :func:`relabel` (diffalign.rewards.attribute_strength) gives every window its strengths in [0, 1];
 5. :func:`train_planner`: the attribute-conditioned planner fitted to the windows with their strengths, each
    attribute masked out with probability ``drop`` (AlignDiff's masked attribute training, which
-   classifier-free guidance needs).
+   classifier-free guidance needs);
+6. :func:`fit_inverse_dynamics`: an inverse-dynamics model a_t = f(s_t, s_t+1) on the dataset's transitions
+   (Decision Diffuser's way of acting on a plan of states): executed closed loop toward the planned states it
+   realises the plan's behaviour, where the plan's own actions replayed open loop drift from it.
 
-The shipped folder: the planner (planner.json, denoiser.safetensors), ``strength/`` (the strength model) and
-``training.json`` (command, seed, wall time of each stage, data and accuracy).
+The shipped folder: the planner (planner.json, denoiser.safetensors), the inverse dynamics
+(inverse_dynamics.safetensors), ``strength/`` (the strength model) and ``training.json`` (command, seed, wall time
+of each stage, data and accuracy).
 """
 from __future__ import annotations
 
@@ -90,8 +94,25 @@ def train_planner(windows: torch.Tensor, strengths: torch.Tensor, steps: int, se
     return adapter, losses
 
 
+def fit_inverse_dynamics(episodes: Sequence[Any], steps: int = 2000, seed: int = 0, hidden: int = 128):
+    """(model, held-out mean squared action error, action variance): inverse dynamics on every transition of
+    ``episodes``, every tenth transition held out."""
+    import numpy as np
+
+    from diffalign.modalities.planning import train_inverse_dynamics
+    states = np.concatenate([e.observations[:-1] for e in episodes if len(e) > 1])
+    nexts = np.concatenate([e.observations[1:] for e in episodes if len(e) > 1])
+    actions = np.concatenate([e.actions[:-1] for e in episodes if len(e) > 1])
+    held = np.arange(len(states)) % 10 == 0
+    model = train_inverse_dynamics(states[~held], nexts[~held], actions[~held], steps=steps, hidden=hidden, seed=seed)
+    with torch.no_grad():
+        pred = model(torch.as_tensor(states[held]).float(), torch.as_tensor(nexts[held]).float())
+    return model, float(((pred - torch.as_tensor(actions[held]).float()) ** 2).mean()), float(actions[held].var())
+
+
 def build_demo_model(dataset: str, output: str, seed: int = 0, planner_steps: int = 3000, num_pairs: int = 3000,
-                     strength_epochs: int = 15, stride: int = 4, command: Optional[str] = None) -> Dict[str, Any]:
+                     strength_epochs: int = 15, stride: int = 4, command: Optional[str] = None,
+                     inverse_dynamics_steps: int = 2000) -> Dict[str, Any]:
     """Run the whole pipeline on ``dataset`` and write the shipped folder ``output``; returns training.json."""
     import json
 
@@ -112,8 +133,13 @@ def build_demo_model(dataset: str, output: str, seed: int = 0, planner_steps: in
     strengths = relabel(windows, strength)
     adapter, losses = train_planner(windows, strengths, planner_steps, seed)
     seconds["planner"] = time.perf_counter() - t
+    t = time.perf_counter()
+    idm, idm_error, action_var = fit_inverse_dynamics(episodes, inverse_dynamics_steps, seed)
+    seconds["inverse_dynamics"] = time.perf_counter() - t
     tail = max(1, min(50, len(losses) // 5))  # the last losses' mean (one batch's loss is noisy)
     adapter.save_pretrained(output)
+    from diffalign.modalities.planning import save_inverse_dynamics
+    save_inverse_dynamics(idm, output)
     strength.save(os.path.join(output, STRENGTH_DIR), extra={"training": summary})
     import shutil
     shutil.rmtree(work, ignore_errors=True)
@@ -121,7 +147,10 @@ def build_demo_model(dataset: str, output: str, seed: int = 0, planner_steps: in
             "windows": int(windows.shape[0]), "horizon": HORIZON, "stride": stride, "attributes": list(ATTRIBUTES),
             "label_pairs": num_pairs, "strength_held_out_accuracy": summary.get("held_out_accuracy_by_aspect"),
             "planner_steps": planner_steps, "planner_loss_first_last": [losses[0], float(sum(losses[-tail:]) / tail)],
-            "strength_mean_by_attribute": strengths.mean(0).tolist(), "seconds": seconds,
+            "strength_mean_by_attribute": strengths.mean(0).tolist(),
+            "inverse_dynamics": {"steps": inverse_dynamics_steps, "held_out_action_mse": idm_error,
+                                 "action_variance": action_var},
+            "seconds": seconds,
             "torch_threads": torch.get_num_threads()}
     with open(os.path.join(output, TRAINING_FILE), "w") as f:
         json.dump(meta, f, indent=1)

@@ -18,7 +18,8 @@ from torch import nn
 
 from diffalign.modalities.planning.env import env_spec, make_env, set_state_from_observation, x_position
 
-__all__ = ["Execution", "execute_plans", "receding_horizon", "InverseDynamics", "train_inverse_dynamics"]
+__all__ = ["Execution", "execute_plans", "receding_horizon", "InverseDynamics", "train_inverse_dynamics",
+           "save_inverse_dynamics", "load_inverse_dynamics"]
 
 Planner = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -126,21 +127,63 @@ class _Recorder:
         return Execution(self.traj, self.rewards, self.alive, self.progress, self.positions)
 
 
-def _inverse_action(model: InverseDynamics, obs: np.ndarray, next_state: torch.Tensor) -> np.ndarray:
+INVERSE_DYNAMICS_FILE = "inverse_dynamics.safetensors"
+
+
+def save_inverse_dynamics(model: InverseDynamics, directory: str) -> str:
+    """``directory/inverse_dynamics.safetensors``: the weights and normalisation, the sizes in its metadata."""
+    import os
+
+    from safetensors.torch import save_file
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, INVERSE_DYNAMICS_FILE)
+    first, last = model.net[0], model.net[-1]
+    meta = {"state_dim": str(first.in_features // 2), "action_dim": str(last.out_features),
+            "hidden": str(first.out_features)}
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+    return path
+
+
+def load_inverse_dynamics(directory: str) -> Optional[InverseDynamics]:
+    """The model :func:`save_inverse_dynamics` wrote in ``directory``, or None when there is none."""
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = os.path.join(directory, INVERSE_DYNAMICS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    try:
+        model = InverseDynamics(int(meta["state_dim"]), int(meta["action_dim"]), int(meta["hidden"]))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: metadata must give state_dim, action_dim and hidden (save_inverse_dynamics)") from e
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def _action(plans: torch.Tensor, b: int, j: int, s: int, obs: np.ndarray,
+            model: Optional[InverseDynamics]) -> np.ndarray:
+    """The action at plan row j from observation ``obs``: the plan's own, or with ``model`` the inverse dynamics'
+    toward the next planned state (closed loop: from where the episode is, not where the plan was); a plan's last
+    row has no next state and takes its own action."""
+    if model is None or j + 1 >= plans.shape[1]:
+        return plans[b, j, s:].double().numpy()
     with torch.no_grad():
-        return model(torch.as_tensor(obs, dtype=torch.float32)[None], next_state[None])[0].double().numpy()
+        return model(torch.as_tensor(obs, dtype=torch.float32)[None], plans[b, j + 1, :s][None])[0].double().numpy()
 
 
 def execute_plans(plans: torch.Tensor, env_name: str, inverse_dynamics: Optional[InverseDynamics] = None) -> Execution:
-    """Execute each plan (B, T, S + A) open loop from its first state: the plan's actions, or the inverse
-    dynamics' action between consecutive planned states (T - 1 steps then)."""
+    """Execute each plan (B, T, S + A) from its first state for T steps: the plan's actions (open loop), or the
+    inverse dynamics' action toward each next planned state (the last row: the plan's own action)."""
     spec = env_spec(env_name)
     plans = torch.as_tensor(plans, dtype=torch.float32).detach().cpu()
     if plans.ndim != 3 or plans.shape[2] != spec.state_dim + spec.action_dim:
         raise ValueError(f"plans for {env_name} must be (B, T, {spec.state_dim + spec.action_dim}), "
                          f"got {tuple(plans.shape)}")
     s = spec.state_dim
-    steps = plans.shape[1] - (1 if inverse_dynamics is not None else 0)
+    steps = plans.shape[1]
     rec = _Recorder(env_name, plans.shape[0], steps)
     env = make_env(env_name)
     try:
@@ -148,9 +191,7 @@ def execute_plans(plans: torch.Tensor, env_name: str, inverse_dynamics: Optional
             obs = _start(env, plans[b, 0, :s].double().numpy(), None)
             rec.begin(b, env)
             for t in range(steps):
-                action = plans[b, t, s:].double().numpy() if inverse_dynamics is None else \
-                    _inverse_action(inverse_dynamics, obs, plans[b, t + 1, :s])
-                obs = rec.step(b, t, env, obs, action)
+                obs = rec.step(b, t, env, obs, _action(plans, b, t, s, obs, inverse_dynamics))
             rec.end(b, env)
     finally:
         env.close()
@@ -171,7 +212,7 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
         raise ValueError(f"replan_every must be >= 1, got {replan_every}")
     envs = [make_env(env_name) for _ in range(batch)]
     rec = _Recorder(env_name, batch, steps)
-    need = k + (1 if inverse_dynamics is not None else 0)  # plan rows the next k actions read
+    need = k  # plan rows the next k actions read
     try:
         obs = [_start(env, None, seed) for env, seed in zip(envs, seeds)]
         for b, env in enumerate(envs):
@@ -185,9 +226,7 @@ def receding_horizon(planner: Planner, env_name: str, seeds: Sequence[int], step
                     raise ValueError(f"the planner returned {tuple(plans.shape)}; expected ({batch}, horizon >= "
                                      f"{need}, {s + spec.action_dim})")
             for b, env in enumerate(envs):
-                action = plans[b, j, s:].double().numpy() if inverse_dynamics is None else \
-                    _inverse_action(inverse_dynamics, obs[b], plans[b, j + 1, :s])
-                obs[b] = rec.step(b, t, env, obs[b], action)
+                obs[b] = rec.step(b, t, env, obs[b], _action(plans, b, j, s, obs[b], inverse_dynamics))
         for b, env in enumerate(envs):
             rec.end(b, env)
     finally:

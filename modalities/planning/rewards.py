@@ -30,15 +30,29 @@ def env_return(samples, prompts=None, env: str = "Hopper-v5") -> torch.Tensor:
 
 
 _STRENGTH_MODELS: Dict[str, Any] = {}  # folder -> loaded strength model (a reward is called every epoch)
+_INVERSE_DYNAMICS: Dict[str, Any] = {}  # folder -> loaded inverse dynamics
+
+
+def _inverse_dynamics(folder: str):
+    from diffalign.modalities.planning.execute import INVERSE_DYNAMICS_FILE, load_inverse_dynamics
+    if folder not in _INVERSE_DYNAMICS:
+        model = load_inverse_dynamics(folder)
+        if model is None:
+            raise FileNotFoundError(f"planning_executed_match: inverse_dynamics {folder!r} holds no "
+                                    f"{INVERSE_DYNAMICS_FILE}")
+        _INVERSE_DYNAMICS[folder] = model
+    return _INVERSE_DYNAMICS[folder]
 
 
 def executed_match(samples, prompts=None, strength_model: str = "", env: str = "Hopper-v5",
-                   tolerance: float = 0.1, match_bonus: float = 0.0) -> torch.Tensor:
-    """(B,) -mean |achieved - requested| attribute strength of each plan executed open loop in the environment,
-    achieved strengths from AlignDiff's strength model in the folder ``strength_model`` (items carry the
-    requested ``targets``; diffalign/rewards/attribute_strength.py), plus ``match_bonus`` for a plan whose every
-    requested strength lies within ``tolerance`` (the match-rate criterion, diffalign.rewards.strength_metrics:
-    the error term alone lets a policy trade a few matches for a lower mean error)."""
+                   tolerance: float = 0.1, match_bonus: float = 0.0, inverse_dynamics: str = "") -> torch.Tensor:
+    """(B,) -mean |achieved - requested| attribute strength of each plan executed in the environment (its own
+    actions open loop, or with ``inverse_dynamics``, a folder holding one, closed loop toward its planned states:
+    execute.execute_plans), achieved strengths from AlignDiff's strength model in the folder ``strength_model``
+    (items carry the requested ``targets``; diffalign/rewards/attribute_strength.py), plus ``match_bonus`` for a
+    plan whose every requested strength lies within ``tolerance`` (the match-rate criterion,
+    diffalign.rewards.strength_metrics: the error term alone lets a policy trade a few matches for a lower mean
+    error)."""
     from diffalign.modalities.planning.execute import execute_plans
     from diffalign.rewards.attribute_strength import load_attribute_strength
     from diffalign.rewards.behaviour import requested_targets
@@ -48,7 +62,8 @@ def executed_match(samples, prompts=None, strength_model: str = "", env: str = "
     if strength_model not in _STRENGTH_MODELS:
         _STRENGTH_MODELS[strength_model] = load_attribute_strength(strength_model)
     model = _STRENGTH_MODELS[strength_model]
-    executed = execute_plans(samples, env).trajectories
+    idm = _inverse_dynamics(inverse_dynamics) if inverse_dynamics else None
+    executed = execute_plans(samples, env, idm).trajectories
     with torch.no_grad():
         reward = model(executed, prompts).float()
         if match_bonus:

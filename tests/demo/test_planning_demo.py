@@ -145,6 +145,21 @@ def test_executed_match_reward_scores_the_executed_plan(tmp_path):
     np.testing.assert_allclose(with_bonus.numpy(), np.array(want) + 0.5 * np.array(within), rtol=1e-5)
     with pytest.raises(ValueError, match="match_bonus must be >= 0"):
         executed_match(plans, items, strength_model=str(tmp_path / "strength"), match_bonus=-1.0)
+    # with inverse dynamics (a folder holding one) the plans execute closed loop, as the demo executes them
+    from diffalign.modalities.planning import save_inverse_dynamics, train_inverse_dynamics
+    g = torch.Generator().manual_seed(3)
+    idm = train_inverse_dynamics(torch.randn(64, SPEC.state_dim, generator=g),
+                                 torch.randn(64, SPEC.state_dim, generator=g),
+                                 torch.rand(64, SPEC.action_dim, generator=g) * 2 - 1, steps=20, hidden=16)
+    save_inverse_dynamics(idm, str(tmp_path / "idm"))
+    closed = executed_match(plans, items, strength_model=str(tmp_path / "strength"), inverse_dynamics=str(tmp_path / "idm"))
+    with torch.no_grad():
+        achieved = model.strengths(execute_plans(plans, "Hopper-v5", idm).trajectories).double()
+    want = [-np.mean([abs(float(achieved[b, ["speed", "jump_height"].index(k)]) - v) for k, v in r.items()])
+            for b, r in enumerate(requests)]
+    np.testing.assert_allclose(closed.numpy(), want, rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="holds no inverse_dynamics.safetensors"):
+        executed_match(plans, items, strength_model=str(tmp_path / "strength"), inverse_dynamics=str(tmp_path))
 
 
 def test_within_tolerance_checks_every_requested_attribute_only():
@@ -185,13 +200,20 @@ def test_build_demo_model_writes_a_loadable_planner_and_a_strength_model_that_ra
     monkeypatch.setattr(planning_model, "HORIZON", 16)
     data = write_episodes(str(tmp_path / "data.npz"), _hopper_like_episodes())
     meta = planning_model.build_demo_model(data, str(tmp_path / "model"), seed=0, planner_steps=60, num_pairs=400,
-                                           strength_epochs=4, stride=8, command="test")
+                                           strength_epochs=4, stride=8, command="test", inverse_dynamics_steps=50)
     adapter = PlanningAdapter.from_pretrained(str(tmp_path / "model"))
     assert adapter.attributes == list(planning_model.ATTRIBUTES) and adapter.horizon == 16
     strength = load_attribute_strength(str(tmp_path / "model" / "strength"))
     assert meta["strength_held_out_accuracy"]["speed"] > 0.8
     assert meta["planner_loss_first_last"][1] < meta["planner_loss_first_last"][0]
     assert not os.path.exists(tmp_path / "model" / "_work")
+    # the inverse dynamics that executes the plans is saved beside them (its fit: test_planning_execute.py)
+    from diffalign.modalities.planning import load_inverse_dynamics
+    assert load_inverse_dynamics(str(tmp_path / "model")) is not None
+    assert meta["inverse_dynamics"]["steps"] == 50 and meta["inverse_dynamics"]["held_out_action_mse"] >= 0
+    # the demo's alignment reward executes plans with it
+    cfg = planning.load_planning_config("grpo", str(tmp_path / "run"), str(tmp_path / "model"))
+    assert cfg.reward.kwargs["inverse_dynamics"] == str(tmp_path / "model")
     # calibrated: a dataset window's strength lies in [0, 1], and faster episodes get higher speed strengths
     eps = _hopper_like_episodes()
     s = strength.strengths(torch.stack([torch.as_tensor(e.rows()[:16]) for e in eps]))[:, 0]
@@ -206,7 +228,8 @@ def test_the_shipped_model_is_small_and_records_how_it_was_made():
     with open(os.path.join(folder, planning_model.TRAINING_FILE)) as f:
         meta = json.load(f)
     assert meta["command"].startswith("python scripts/train_planning_demo_model.py") and meta["seed"] == 0
-    assert {"total", "planner", "strength_model"} <= set(meta["seconds"])
+    assert {"total", "planner", "strength_model", "inverse_dynamics"} <= set(meta["seconds"])
+    assert os.path.isfile(os.path.join(folder, "inverse_dynamics.safetensors"))
     assert min(meta["strength_held_out_accuracy"].values()) > 0.7
 
 

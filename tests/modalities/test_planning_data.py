@@ -123,3 +123,14 @@ def test_collection_is_reproducible_by_seed(tmp_path):
     assert len(eps) == a["episodes"] == 2 * len(a["controllers"]) and len(set(za["controller"].tolist())) == len(a["controllers"])
     meta = json.loads((tmp_path / "a.json").read_text())
     assert meta["seed"] == 0 and "--candidates 12" in meta["command"]
+    # --switch-every: control changes hands only at multiples of it, so one episode shows several controllers
+    collect.main(args + ["--episodes-per-controller", "6", "--switch-every", "5", "--out", str(tmp_path / "s.npz")])
+    zs = np.load(tmp_path / "s.npz")
+    ends = np.flatnonzero(zs["terminals"] | zs["timeouts"]) + 1
+    switched = 0
+    for lo, hi in zip(np.r_[0, ends[:-1]], ends):
+        c = zs["controller"][lo:hi]
+        changes = np.flatnonzero(np.diff(c)) + 1
+        assert all(t % 5 == 0 for t in changes)
+        switched += len(changes) > 0
+    assert switched > 0

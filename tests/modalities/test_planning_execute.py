@@ -117,9 +117,35 @@ def test_inverse_dynamics_actions_drive_the_plan(planner_fn):
     n = int(run.alive[0].sum())
     assert torch.allclose(run.trajectories[0, :n, S:], torch.full((n, A), 0.25))
     plans = planner_fn(torch.as_tensor(gym.make("Hopper-v5").reset(seed=3)[0])[None].float(), 0)
-    open_loop = execute_plans(plans, "Hopper-v5", inverse_dynamics=Constant())
-    assert open_loop.trajectories.shape == (1, 7, S + A)  # T - 1 steps: each reads the next planned state
-    assert torch.allclose(open_loop.trajectories[0, :int(open_loop.alive[0].sum()), S:], torch.tensor(0.25))
+    run = execute_plans(plans, "Hopper-v5", inverse_dynamics=Constant())
+    assert run.trajectories.shape == (1, plans.shape[1], S + A)  # every plan row acts
+    n = int(run.alive[0].sum())
+    last = torch.clamp(plans[0, -1, S:], -1, 1)  # the last row has no next state: the plan's own action
+    assert torch.allclose(run.trajectories[0, :min(n, plans.shape[1] - 1), S:], torch.tensor(0.25))
+    if n == plans.shape[1]:
+        assert torch.allclose(run.trajectories[0, -1, S:], last)
+    # closed loop: the model is asked from the observation the episode reached, toward the planned next state
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, state, next_state):
+            seen.append((state.clone(), next_state.clone()))
+            return torch.zeros(state.shape[0], A)
+    run = execute_plans(plans, "Hopper-v5", inverse_dynamics=Recording())
+    for t, (state, target) in enumerate(seen):
+        assert torch.allclose(state[0], run.trajectories[0, t, :S]) and torch.equal(target[0], plans[0, t + 1, :S])
+
+
+def test_inverse_dynamics_round_trips_through_safetensors(tmp_path):
+    from diffalign.modalities.planning import load_inverse_dynamics, save_inverse_dynamics
+    g = torch.Generator().manual_seed(0)
+    s, s2, a = torch.randn(300, S, generator=g), torch.randn(300, S, generator=g), torch.randn(300, A, generator=g)
+    model = train_inverse_dynamics(s, s2, a, steps=5, hidden=16, seed=0)
+    assert load_inverse_dynamics(str(tmp_path)) is None  # none saved there
+    save_inverse_dynamics(model, str(tmp_path))
+    again = load_inverse_dynamics(str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(again(s[:7], s2[:7]), model(s[:7], s2[:7]))
 
 
 def test_rendering_gives_frames_of_the_requested_size(tmp_path):
