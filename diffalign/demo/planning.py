@@ -115,16 +115,20 @@ def train_items() -> List[Dict[str, Any]]:
 
 def visited_items(sampler, start_seeds: int = TRAIN_START_SEEDS, every: int = REPLAN_EVERY,
                   inverse_dynamics=None) -> List[Dict[str, Any]]:
-    """The alignment stage's prompt items: each training request from the states ``sampler``'s own episodes
-    reach under that request (training start seeds 0..``start_seeds`` - 1, every ``every``-th step, the
-    episode still running), so the planner is aligned where the evaluation re-plans: mid-gait, not only at
-    the reset pose."""
+    """The alignment stage's prompt items: every training request from each state the base planner's own episodes
+    reach (each training request from training start seeds 0..``start_seeds`` - 1, every ``every``-th step, the
+    episode still running), so the planner is aligned where the evaluation re-plans: mid-gait, not only at the
+    reset pose. The items of one state share a ``group`` (its index): a GRPO group then holds different requests
+    from one state, and its advantages reward a plan for matching its own request better than the plans for the
+    other requests did from the same state. Grouped by item instead, most requests asked more speed than the
+    base gave, and every group's update pushed the whole policy the same way (one fast gait for every request)."""
     requests = [r for r in TRAIN_REQUESTS for _ in range(start_seeds)]
     seeds = [s for _ in TRAIN_REQUESTS for s in range(start_seeds)]
     run = run_schedule(sampler, [[(0, r)] for r in requests], seeds, EPISODE_STEPS, every, inverse_dynamics)
     s = _spec().obs_dim
-    return [request_item(r, observation=run.trajectories[b, t, :s].tolist())
-            for b, r in enumerate(requests) for t in range(0, EPISODE_STEPS, every) if run.alive[b, t]]
+    states = [run.trajectories[b, t, :s].tolist() for b in range(len(requests)) for t in range(0, EPISODE_STEPS, every)
+              if run.alive[b, t]]
+    return [dict(request_item(r, observation=o), group=g) for g, o in enumerate(states) for r in TRAIN_REQUESTS]
 
 
 # ---- execution with a schedule of requests --------------------------------------------------------------

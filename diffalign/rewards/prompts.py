@@ -53,6 +53,15 @@ def prompt_key(item: PromptItem) -> str:
     return json.dumps(item, sort_keys=True, separators=(",", ":"))
 
 
+def group_key(item: PromptItem) -> str:
+    """The key that groups samples for group-relative advantages and per-prompt statistics: an item's ``"group"``
+    entry when it has one (items that share it form one group, e.g. one start state asked for different
+    behaviours), else :func:`prompt_key` (the samples of one item)."""
+    if isinstance(item, Mapping) and "group" in item:
+        return "group:" + json.dumps(item["group"], sort_keys=True, separators=(",", ":"))
+    return prompt_key(item)
+
+
 def prompt_text(item: PromptItem, default: str = "") -> str:
     """The text of an item: the item itself, or its ``"text"`` (``"prompt"``) entry, else ``default``."""
     if isinstance(item, str):

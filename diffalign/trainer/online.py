@@ -16,7 +16,7 @@ from diffalign.algorithms.base import TransitionBatch
 from diffalign.algorithms.reward_condition import level_items
 from diffalign.mdp import Trajectory
 from diffalign.modalities.base import cat_conditions
-from diffalign.rewards.prompts import prompt_key
+from diffalign.rewards.prompts import group_key
 from diffalign.rewards.server import RewardServer, close_reward_fn, make_reward_fn, submit_reward
 from diffalign.trainer.base import Trainer
 from diffalign.trainer.distributed import derive_seed, generator
@@ -42,11 +42,26 @@ class OnlineTrainer(Trainer):
 
     # ---- one epoch -----------------------------------------------------------------------------------
     def _batch_prompts(self, epoch: int, n: int) -> list:
-        """The global rollout batch's prompts (identical on every process); GRPO groups are consecutive."""
+        """The global rollout batch's prompts (identical on every process); GRPO groups are consecutive. A group is
+        one item k times, or, for items with a ``"group"`` entry (rewards.prompts.group_key), k items of one group
+        (distinct while the group has k), so a group can compare different requests from one state."""
         total = self.cfg.sampling.batch_size * self.world
         k = getattr(self.algorithm.config, "group_size", 1)
-        picks = torch.randint(len(self.prompts), (total // k,), generator=generator(self.cfg.seed, epoch, n, "prompts"))
-        return [self.prompts[i] for i in picks.tolist() for _ in range(k)]
+        gen = generator(self.cfg.seed, epoch, n, "prompts")
+        if not any(isinstance(p, dict) and "group" in p for p in self.prompts):
+            picks = torch.randint(len(self.prompts), (total // k,), generator=gen)
+            return [self.prompts[i] for i in picks.tolist() for _ in range(k)]
+        members: Dict[str, List[int]] = {}
+        for i, p in enumerate(self.prompts):
+            members.setdefault(group_key(p), []).append(i)
+        groups = list(members.values())
+        out = []
+        for g in torch.randint(len(groups), (total // k,), generator=gen).tolist():
+            idx = groups[g]
+            draw = torch.randperm(len(idx), generator=gen)[:k] if len(idx) >= k else \
+                torch.randint(len(idx), (k,), generator=gen)
+            out.extend(self.prompts[idx[j]] for j in draw.tolist())
+        return out
 
     def rollout(self, epoch: int):
         s = self.cfg.sampling
@@ -145,7 +160,7 @@ class OnlineTrainer(Trainer):
             self.condition_on_rewards(epoch, traj, rewards.cpu(), prompts)
         rollout_s = time.perf_counter() - start
         # groups (GRPO) and per-prompt statistics (DDPO) are keyed by a stable text of each prompt item
-        adv = self.algorithm.advantages(rewards.cpu(), [prompt_key(p) for p in prompts])
+        adv = self.algorithm.advantages(rewards.cpu(), [group_key(p) for p in prompts])
         b = self.cfg.sampling.batch_size
         mine = torch.cat([adv[n * b * self.world + self.rank * b:][:b] for n in range(traj.batch_size // b)])
         train_start = time.perf_counter()

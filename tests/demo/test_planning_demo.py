@@ -68,21 +68,22 @@ def test_a_schedule_switches_the_request_within_one_episode():
                                        atol=1e-6)
 
 
-def test_visited_items_ask_each_training_request_from_the_states_its_episodes_reach():
+def test_visited_items_ask_every_training_request_from_each_state_the_episodes_reach():
     sampler = RecordingSampler(horizon=planning.REPLAN_EVERY)
     items = planning.visited_items(sampler, start_seeds=2, every=planning.REPLAN_EVERY)
     per_episode = planning.EPISODE_STEPS // planning.REPLAN_EVERY
+    n_req = len(planning.TRAIN_REQUESTS)
     # zero actions keep a Hopper alive over these few steps, so every re-plan state is kept
-    assert len(items) == len(planning.TRAIN_REQUESTS) * 2 * per_episode
+    assert len(items) == n_req * (n_req * 2 * per_episode)
     first_call = sampler.calls[0][0]
-    for b, request in enumerate([r for r in planning.TRAIN_REQUESTS for _ in range(2)]):
-        mine = items[b * per_episode:(b + 1) * per_episode]
-        assert all(it["attributes"] == it["targets"] == request for it in mine)
-        # the first item is the episode's reset state (training seeds 0, 1: never a held-out seed)
-        assert mine[0]["observation"] == first_call[b]["observation"]
-        # the later ones are where the episode was when it re-planned
-        for k, it in enumerate(mine[1:], start=1):
-            np.testing.assert_allclose(it["observation"], sampler.calls[k][0][b]["observation"], atol=1e-6)
+    for g in range(n_req * 2 * per_episode):
+        mine = items[g * n_req:(g + 1) * n_req]
+        # one state (its group), asked for every training request
+        assert [it["attributes"] for it in mine] == [it["targets"] for it in mine] == planning.TRAIN_REQUESTS
+        assert all(it["group"] == g and it["observation"] == mine[0]["observation"] for it in mine)
+        b, k = divmod(g, per_episode)  # episode b (request b // 2, start seed b % 2), its k-th re-plan
+        want = first_call[b]["observation"] if k == 0 else sampler.calls[k][0][b]["observation"]
+        np.testing.assert_allclose(mine[0]["observation"], want, atol=1e-6)
     assert sampler.calls[0][1] == [1000 * s for _ in planning.TRAIN_REQUESTS for s in range(2)]
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from diffalign.rewards.prompts import check_item, load_prompts, prompt_key, prompt_text
+from diffalign.rewards.prompts import check_item, group_key, load_prompts, prompt_key, prompt_text
 
 
 def test_jsonl_holds_texts_and_mappings(tmp_path):
@@ -27,6 +27,9 @@ def test_list_items_and_keys():
     assert key == prompt_key({"num_atoms": 20, "pocket": "1abc"})  # order-free, stable
     assert json.loads(key) == {"pocket": "1abc", "num_atoms": 20}
     assert prompt_key("a") == "a"
+    # the grouping key: an item's "group" entry when it has one, else the item itself
+    assert group_key({"text": "x", "group": 3}) == group_key({"text": "y", "group": 3}) != group_key({"group": 4})
+    assert group_key(items[2]) == key and group_key("a") == "a"
     assert prompt_text({"text": "x", "image": "y"}) == "x" and prompt_text({"pocket": 1}, "-") == "-"
     with pytest.raises(ValueError, match="prompts.list\\[0\\]"):
         load_prompts([{"bad": object()}])

@@ -47,3 +47,30 @@ def test_groups_must_fit_the_batches(tiny_config):
     with pytest.raises(ConfigError, match=r"algorithm.common_noise' keeps prompt groups of algorithm.group_size = 8 "
                                           r"together: it must divide sampling.batch_size \(8\) and train.batch_size \(4\)"):
         load_config(data=tiny_config)
+
+
+def test_items_sharing_a_group_entry_form_the_groups(tiny_config):
+    """Items with a "group" entry: each rollout group holds group_size distinct items of one group, and GRPO's
+    advantages are standardised within it (one state asked for different behaviours, say)."""
+    tiny_config["prompts"] = {"list": [{"text": "a", "group": 0}, {"text": "b", "group": 0},
+                                       {"text": "c", "group": 1}, {"text": "a", "group": 1}]}
+    tiny_config["algorithm"] = {"name": "grpo", "group_size": 2, "beta": 0.0, "clip_range": 0.2}
+    trainer = make_trainer(load_config(data=tiny_config))
+    prompts = trainer._batch_prompts(0, 0)
+    assert prompts == trainer._batch_prompts(0, 0) and len(prompts) == 8  # seeded by (seed, epoch, batch)
+    for first, second in zip(prompts[::2], prompts[1::2]):
+        assert first["group"] == second["group"] and first["text"] != second["text"]
+    seen = []
+    advantages = trainer.algorithm.advantages
+
+    def recording(rewards, keys):
+        seen.append((rewards.clone(), list(keys)))
+        return advantages(rewards, keys)
+    trainer.algorithm.advantages = recording
+    trainer.run_epoch(0)
+    rewards, keys = seen[0]
+    assert keys[::2] == keys[1::2] and all(k.startswith("group:") for k in keys)
+    adv = advantages(rewards, keys)
+    for key in set(keys):  # standardised over each group's samples (a group drawn twice is one group)
+        mine = torch.tensor([k == key for k in keys])
+        assert abs(float(adv[mine].sum())) < 1e-4 and float(adv[mine].abs().sum()) > 0
