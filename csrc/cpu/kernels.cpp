@@ -46,9 +46,13 @@ template <class A> using Sums = std::array<A, 3>;
 // simd lane and then leaves the loop scalar. This plain lane loop GCC vectorises. (What else keeps a
 // loop here scalar: a per-element branch on a runtime flag or on a nullable pointer. So the functors
 // take such choices as template parameters: G for a full std layout, S for scoring a step.)
+// The row is copied here (as in run_segments): read through the reference, GCC reloaded its fields per
+// lane group (the float32 log-prob / KL backward took 1.25x the time, the steps up to 1.14x). The functor is
+// not: a copy of it made the float32 log-prob / KL forwards 6x slower under the extension's -fwrapv.
 template <class A, class F>
-DA_CPU_CLONES Sums<A> run_range(const F& f, const typename F::Row& row, int64_t b, int64_t i0, int64_t i1) {
+DA_CPU_CLONES Sums<A> run_range(const F& f, const typename F::Row& row_in, int64_t b, int64_t i0, int64_t i1) {
   static_assert(F::NOUT <= 3, "run_rows sums at most three accumulators");
+  const typename F::Row row = row_in;
   if constexpr (F::NOUT == 0) {  // element-wise only: `omp simd` vectorises this one
     A none[1] = {A(0)};
 #pragma omp simd
@@ -170,16 +174,25 @@ DA_CPU_CLONES Sums<A> run_runs(const F& f, const typename F::Row& row, int64_t b
   return {N >= 1 ? sum_lanes(l0) : A(0), N >= 2 ? sum_lanes(l1) : A(0), N >= 3 ? sum_lanes(l2) : A(0)};
 }
 
-// Whether a masked functor is a forward pass: its element outputs do not depend on the mask, its
-// accumulators but the last sum m * v, and the last sums m (the row's weight, for "mean"). Its 0/1
-// runs then go through the same code (see run_segments). A functor missing here is still right: its
-// runs of weight 0 and 1 just take the branches that a backward takes.
-template <class F> struct MaskedForward : std::false_type {};
-template <class T, class A, bool G> struct MaskedForward<LogprobFwd<T, A, G, true>> : std::true_type {};
-template <class T, class A, bool G> struct MaskedForward<KlFwd<T, A, G, true>> : std::true_type {};
-template <class T, class A> struct MaskedForward<PairSqErr<T, A, true>> : std::true_type {};
-template <class T, class A, bool S> struct MaskedForward<StepFwd<T, A, S, true>> : std::true_type {};
-template <class F, unsigned I, unsigned O> struct MaskedForward<KnownPresence<F, I, O>> : MaskedForward<F> {};
+// Whether a masked functor is a forward pass (math.h, "Masks": kMaskedForward): its 0/1 runs then go
+// through the same code (see run_segments). A functor without the flag is still right: its runs of
+// weight 0 and 1 take the branches that a backward takes. (KnownPresence<F> inherits F's flag.)
+template <class F, class = void> struct MaskedForward : std::false_type {};
+template <class F>
+struct MaskedForward<F, std::void_t<decltype(F::kMaskedForward)>> : std::bool_constant<F::kMaskedForward> {};
+// A backward flagged here would lose its per-row sums (one fewer lane, the mask's count added).
+static_assert(MaskedForward<LogprobFwd<float, float, false, true>>::value &&
+                  MaskedForward<KlFwd<float, float, true, true>>::value &&
+                  MaskedForward<PairSqErr<bf16_t, float, true>>::value &&
+                  MaskedForward<KnownPresence<StepFwd<float, float, true, true>, 0u, 0u>>::value,
+              "the masked forwards are flagged kMaskedForward");
+static_assert(!MaskedForward<LogprobFwd<float, float, false>>::value &&
+                  !MaskedForward<LogprobBwd<float, float, false, true>>::value &&
+                  !MaskedForward<KlBwd<float, float, false, true>>::value &&
+                  !MaskedForward<DpoBwd<float, float, true>>::value &&
+                  !MaskedForward<KtoBwd<float, float, true>>::value &&
+                  !MaskedForward<KnownPresence<StepBwd<float, float, true, true>, 1u, 1u>>::value,
+              "unmasked functors and backwards are not");
 
 // The bits of an accumulator type; keep_bits(v, k): v where k is all ones, +0.0 where k is 0.
 template <class A> using BitsOf = typename std::conditional<sizeof(A) == 8, uint64_t, uint32_t>::type;

@@ -168,6 +168,10 @@ template <class A> DA_HD A kto_sample_loss(A g, A z, bool desirable, A beta, A l
 // masked forward sums m * l and, as its last accumulator, m itself (the row's weight, for "mean" =
 // sum m*l / sum m); a masked backward multiplies each element's gradient by m and takes its per-row
 // scale (1 / sum m, or 0 for an all-zero row) from row_scale instead of 1/D.
+// kMaskedForward (a masked forward says so; absent: false): its element outputs do not depend on the
+// mask, its accumulators but the last sum masked(m, v), and the last sums m. A CPU loop may then run a
+// 0/1 run of weights as the unmasked element work and keep or zero its sums by a bit-and (run_segments
+// in csrc/cpu/kernels.cpp); a functor that does not say so is still run right, by its weights.
 // ====================================================================================
 
 template <class T> struct AccOf { using type = float; };
@@ -227,6 +231,7 @@ template <class T, class A, bool G, bool M = false> struct LogprobFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = M ? 2 : 1, NI = M ? 3 : 2, NO = 0;
+  static constexpr bool kMaskedForward = M;  // see "Masks" above
   DA_HD bool reduces() const { return true; }
   const T* x; const T* mean; StdArg<A> std; const T* mask;
   DA_HD const T* in(int i) const { return i == 0 ? x : (i == 1 ? mean : mask); }
@@ -324,6 +329,7 @@ template <class T, class A, bool G, bool M = false> struct KlFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = M ? 2 : 1, NI = M ? 3 : 2, NO = 0;
+  static constexpr bool kMaskedForward = M;  // see "Masks" above
   DA_HD bool reduces() const { return true; }
   const T* m1; const T* m2; StdArg<A> s1; StdArg<A> s2; bool same_std; const T* mask;
   DA_HD const T* in(int i) const { return i == 0 ? m1 : (i == 1 ? m2 : mask); }
@@ -429,6 +435,7 @@ template <class T, class A, bool M = false> struct PairSqErr {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = M ? 3 : 2, NI = M ? 4 : 3, NO = 0;
+  static constexpr bool kMaskedForward = M;  // see "Masks" above
   DA_HD bool reduces() const { return true; }
   const T* model; const T* ref; const T* target; const T* mask;
   DA_HD const T* in(int i) const { return i == 0 ? model : (i == 1 ? ref : (i == 2 ? target : mask)); }
@@ -509,6 +516,7 @@ template <class T, class A, bool S, bool M = false> struct StepFwd {
   using Elem = T;
   static constexpr unsigned kOptIn = 0u, kOptOut = 0u;  // optional (nullable) in / out
   static constexpr int NOUT = M ? 2 : 1, NI = M ? 4 : 3, NO = S ? 1 : 2;
+  static constexpr bool kMaskedForward = M;  // see "Masks" above
   DA_HD bool reduces() const { return true; }
   int mode; const A* p0; const A* p1; int per_sample; A param;
   const T* model; const T* sample; const T* prev_or_noise; T* mean_out; T* prev_out; const T* mask;
