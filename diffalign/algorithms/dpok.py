@@ -16,7 +16,6 @@ import dataclasses
 
 import torch
 
-from diffalign import ops
 from diffalign.algorithms.advantages import PerPromptStatTracker
 from diffalign.algorithms.base import Algorithm
 from diffalign.algorithms.ddpo import DDPO, ESTIMATORS
@@ -76,11 +75,7 @@ class DPOK(DDPO):
         loss = pg
         if self.config.beta > 0:
             ref = reference.transition(batch.x_t, batch.steps, batch.cond, prev_sample=batch.x_prev)
-            # summed over the elements the adapter's mask keeps, per dimension as the policy's log-probs
-            mask = policy.adapter.logprob_mask(batch.cond, batch.x_t)
-            extra = {} if mask is None else {"mask": mask}
-            kl = policy.reduce_sum(ops.gaussian_kl(out.mean, ref.mean.detach(), out.std, reduction="sum", **extra),
-                                   batch.x_t, batch.cond)
+            kl = policy.step_kl(out, ref, batch.x_t, batch.cond)  # masked, per dimension as the log-probs
             kl_sum = batch.num_steps * kl.mean()  # unbiased estimate of sum_t KL_t
             loss = pg + self.config.beta * kl_sum
             metrics["kl"] = kl_sum.detach()

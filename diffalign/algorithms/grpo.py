@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 
-from diffalign import ops
 from diffalign.algorithms.advantages import group_normalize
 from diffalign.algorithms.base import Algorithm
 from diffalign.algorithms.surrogate import clipped_surrogate_loss, ratio_metrics
@@ -61,9 +59,7 @@ class GRPO(Algorithm):
         loss = pg
         if self.config.beta > 0:
             ref = reference.transition(batch.x_t, batch.steps, batch.cond, prev_sample=batch.x_prev)
-            kl = ops.gaussian_kl(out.mean, ref.mean.detach(), out.std, reduction="mean")
-            if policy.logprob_reduction == "sum":
-                kl = kl * math.prod(batch.x_t.shape[1:])
+            kl = policy.step_kl(out, ref, batch.x_t, batch.cond)  # masked, per dimension as the log-probs
             loss = pg + self.config.beta * kl.mean()
             metrics["kl"] = kl.detach().mean()
         return loss, metrics

@@ -176,6 +176,19 @@ class DiffusionPolicy:
         ``logprob_mask`` (padded or pinned elements count nowhere): what denoising losses average."""
         return per_sample_mse(pred, target, self.adapter.logprob_mask(cond, pred))
 
+    def step_kl(self, out: StepOutput, ref: StepOutput, x_t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """(B,) KL(N(out.mean, std^2) || N(ref.mean, std^2)) of one step (DPOK's and GRPO's penalty, survey Eq.
+        21-22), summed over the elements ``logprob_mask`` keeps and reduced as this policy's log-probs are; a
+        deterministic row (std 0, e.g. DDPM's last step) is not a Gaussian step and adds none, as its log-prob."""
+        from diffalign import ops
+        mask = self.adapter.logprob_mask(cond, x_t)
+        extra = {} if mask is None else {"mask": mask}
+        positive = out.std > 0
+        safe = torch.where(positive, out.std, torch.ones_like(out.std))
+        kl = ops.gaussian_kl(out.mean, ref.mean.detach(), safe, reduction="sum", **extra)
+        rows = positive.expand(out.mean.shape).flatten(1).all(1)
+        return self.reduce_sum(torch.where(rows, kl, torch.zeros_like(kl)), x_t, cond)
+
     # ---- a rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, cond: Conditions, generator: Generators = None, x_T: Optional[torch.Tensor] = None) -> Trajectory:

@@ -70,3 +70,30 @@ def test_dpo_on_executed_preferences_raises_the_forward_velocity(tmp_path):
     evals = [h["eval_reward"] for h in history if "eval_reward" in h]
     print("eval_reward by epoch", evals)
     assert evals[-1] > evals[0] + 0.05, evals
+
+
+def test_a_kl_penalty_skips_the_pinned_state_and_the_deterministic_last_step(tmp_path):
+    """GRPO / DPOK with beta > 0 on the planner: the KL counts only the entries the log-prob counts (the inpainted
+    state has std 0 noise and weight 0) and no deterministic step (DDPM's last, std 0); it is the float64 closed form
+    sum (mean - ref)^2 / (2 std^2) over the kept entries, per kept dimension."""
+    torch.set_num_threads(1)
+    cfg = load_config(resolve_config_path("planning_grpo_tiny"),
+                      overrides=[f"output_dir={tmp_path}", "algorithm.beta=0.04", "epochs=1"])
+    trainer = make_trainer(cfg)
+    metrics = trainer.train()[-1]
+    assert np.isfinite(metrics["kl"]) and metrics["kl"] >= 0
+    policy, adapter = trainer.policy, trainer.policy.adapter
+    cond = adapter.encode_conditions(cfg.prompts.list[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    traj = policy.sample(cond, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    x_t, x_prev = traj.latents[:, 0], traj.latents[:, 1]
+    steps = torch.zeros(3, dtype=torch.long)
+    out = policy.transition(x_t, steps, cond, prev_sample=x_prev)
+    shifted = out._replace(mean=out.mean + 0.01 * torch.arange(out.mean.numel()).reshape(out.mean.shape) % 0.07)
+    got = policy.step_kl(out, shifted, x_t, cond)
+    keep = adapter.logprob_mask(cond, x_t).expand(x_t.shape).double()
+    d2 = (out.mean.double() - shifted.mean.double()) ** 2 / (2 * out.std.double() ** 2)
+    want = (d2 * keep).flatten(1).sum(1) / keep.flatten(1).sum(1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-7)
+    last = policy.transition(traj.latents[:, -2], torch.full((3,), traj.num_steps - 1), cond,
+                             prev_sample=traj.latents[:, -1])
+    assert bool((last.std == 0).all()) and torch.equal(policy.step_kl(last, shifted, x_t, cond), torch.zeros(3))
