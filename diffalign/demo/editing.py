@@ -219,8 +219,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
                      samples_per_kind: int = SAMPLES_PER_KIND, seed: int = 0,
                      overrides: Optional[Dict[str, Any]] = None) -> dict:
     """Before -> align with ``demo_editing_<algo>.yaml`` -> after -> report in ``output``; returns the report."""
-    from diffalign.demo.run import (QUICK, DemoContext, demo_options, demo_precision, evaluation_sampling,
-                                    load_demo_config, measure_alignment, train_stage)
+    from diffalign.demo.run import DemoContext, demo_precision, evaluation_config, measure_alignment, train_stage
     from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     if algo not in editing_algos():
         raise ValueError(f"unknown editing demo algorithm {algo!r}; choose one of {editing_algos()}")
@@ -236,11 +235,7 @@ def run_editing_demo(output: str, algo: str = DEFAULT_EDITING_ALGO, quick: bool 
     train_items = training_items(output, 2 if quick else TRAIN_ITEMS_PER_KIND)
     # both evaluations sample as the config's eval_sampling says (the aligned editor too: train_stage), whatever
     # step count the rollouts take
-    plain = dict(overrides)
-    opts = demo_options(config_name, plain)  # takes the demo.* overrides out of plain
-    cfg = load_demo_config(config_name, os.path.join(output, "train"), train_items, "demo",
-                           dict(QUICK["overrides"] if quick else {}, **plain))
-    s = evaluation_sampling(cfg, opts, quick)
+    cfg, s = evaluation_config(config_name, output, train_items, overrides, quick)
     sampling = {"num_steps": s.num_steps, "eta": s.eta, "guidance_scale": s.guidance_scale,
                 "image_guidance_scale": cfg.modality.options.get("image_guidance_scale",
                                                                  EDIT_EVAL_DEFAULTS["image_guidance_scale"]),

@@ -289,6 +289,19 @@ def evaluation_sampling(cfg, opts: Dict[str, Any], quick: bool = False):
     return dataclasses.replace(cfg.sampling, **extra)
 
 
+def evaluation_config(config_name: str, output: str, train_items: Sequence[Any],
+                      overrides: Optional[Dict[str, Any]] = None, quick: bool = False):
+    """(the run's trainer config, the sampling settings both evaluations use) for ``demo_<config_name>.yaml``: its
+    ``demo.*`` overrides taken out as demo options, the rest (after --quick's) applied to the config, whose training
+    writes under ``output``/train; the sampling is :func:`evaluation_sampling` of that config and the options, which
+    :func:`train_stage` also samples the aligned weights with, so before and after differ only in the weights."""
+    plain = dict(overrides or {})
+    opts = demo_options(config_name, plain)  # takes the demo.* overrides out of plain
+    cfg = load_demo_config(config_name, os.path.join(output, "train"), train_items, "demo",
+                           dict(QUICK["overrides"] if quick else {}, **plain))
+    return cfg, evaluation_sampling(cfg, opts, quick)
+
+
 def _reward_fn():
     from diffalign.rewards.compositional import compositional_reward
     return compositional_reward

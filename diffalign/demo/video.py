@@ -71,17 +71,13 @@ def video_eval_set(samples_per_kind: int = SAMPLES_PER_KIND) -> Tuple[List[str],
                                                                          samples_per_kind)])
 
 
-def eval_sampling(config, opts: Optional[Dict[str, Any]] = None,
-                  quick: bool = False) -> Tuple[Dict[str, Any], Optional[float]]:
-    """(sampling settings, frame_noise_alpha) of a loaded demo config and its demo options: the before evaluation
-    samples as the aligned policy is evaluated (the config's sampling with the demo option ``eval_sampling`` over it,
-    diffalign.demo.run.evaluation_sampling; and the initial-noise correlation), so before and after differ only in
-    the weights."""
-    from diffalign.demo.run import evaluation_sampling
-    s = evaluation_sampling(config, opts or {}, quick)
-    sampling = {"num_steps": s.num_steps, "eta": s.eta, "guidance_scale": s.guidance_scale,
+def eval_sampling(config, sampling) -> Tuple[Dict[str, Any], Optional[float]]:
+    """(sampler settings, frame_noise_alpha) for the base video sampler from a loaded demo config and its evaluation
+    sampling (diffalign.demo.run.evaluation_config): the before evaluation samples as the aligned policy is evaluated
+    (steps, eta, guidance and x_T's frame correlation), so before and after differ only in the weights."""
+    settings = {"num_steps": sampling.num_steps, "eta": sampling.eta, "guidance_scale": sampling.guidance_scale,
                 "batch_size": EVAL_BATCH_SIZE}
-    return sampling, config.modality.options.get("frame_noise_alpha")
+    return settings, config.modality.options.get("frame_noise_alpha")
 
 
 def base_video_sampler(motion_adapter: Optional[str] = None, sampling: Optional[Dict[str, Any]] = None,
@@ -229,8 +225,7 @@ def run_video_demo(output: str, algo: str = DEFAULT_VIDEO_ALGO, quick: bool = Fa
                    overrides: Optional[Dict[str, Any]] = None, motion_adapter: Optional[str] = None) -> dict:
     """Before -> align with ``demo_video_<algo>.yaml`` -> after -> report in ``output``; returns the report."""
     from diffalign.data.shapes_clips import balanced_clip_prompts
-    from diffalign.demo.run import (QUICK, DemoContext, demo_options, demo_precision, load_demo_config,
-                                    measure_alignment, train_stage)
+    from diffalign.demo.run import DemoContext, demo_precision, evaluation_config, measure_alignment, train_stage
     from diffalign.trainer.precision import cpu_info, log_choice, resolve_precision
     if algo not in video_algos():
         raise ValueError(f"unknown video demo algorithm {algo!r}; choose one of {video_algos()}")
@@ -248,11 +243,8 @@ def run_video_demo(output: str, algo: str = DEFAULT_VIDEO_ALGO, quick: bool = Fa
     # the trainer loads the same shipped model: the motion adapter goes in as an override of the config
     overrides["modality.options.motion_adapter"] = motion
     # the before evaluation samples with the config's settings (quick's overrides included), as the after one does
-    plain = dict(overrides)
-    opts = demo_options(config_name, plain)  # takes the demo.* overrides out of plain
-    config = load_demo_config(config_name, os.path.join(output, "train"), train_prompts, "demo",
-                              dict(QUICK["overrides"] if quick else {}, **plain))
-    sampling, frame_noise_alpha = eval_sampling(config, opts, quick)
+    config, evaluation = evaluation_config(config_name, output, train_prompts, overrides, quick)
+    sampling, frame_noise_alpha = eval_sampling(config, evaluation)
     if quick:
         sampling["batch_size"] = 8
     stage = train_stage(config_name, overrides)

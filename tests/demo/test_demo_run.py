@@ -250,6 +250,24 @@ def test_eval_sampling_option_overlays_the_configs_sampling():
         demo_run.evaluation_sampling(cfg, {"eval_sampling": 7})
 
 
+def test_evaluation_config_takes_demo_options_out_and_applies_the_rest(tmp_path):
+    """One place sets up a demo's evaluation: demo.* overrides are options (not trainer keys), the others and
+    --quick's reach the config, and the sampling is evaluation_sampling of both."""
+    over = {"demo.eval_sampling": {"num_steps": 7}, "train.learning_rate": 0.123}
+    cfg, s = demo_run.evaluation_config("rwr", str(tmp_path), ["a red circle"], over)
+    assert over == {"demo.eval_sampling": {"num_steps": 7}, "train.learning_rate": 0.123}  # the caller's dict kept
+    assert cfg.train.learning_rate == 0.123 and cfg.output_dir == os.path.join(str(tmp_path), "train")
+    assert cfg.prompts.list == ["a red circle"]
+    assert s == dataclasses.replace(cfg.sampling, num_steps=7)
+    qcfg, q = demo_run.evaluation_config("rwr", str(tmp_path), ["a red circle"], over, quick=True)
+    for key, value in demo_run.QUICK["overrides"].items():
+        section, name = key.split(".") if "." in key else (None, key)
+        assert getattr(getattr(qcfg, section) if section else qcfg, name) == value, key
+    assert q.num_steps == qcfg.sampling.num_steps  # --quick keeps its own step count
+    with pytest.raises(ValueError, match=r"unknown override 'demo.colours'"):
+        demo_run.evaluation_config("rwr", str(tmp_path), ["a red circle"], {"demo.colours": 3})
+
+
 def test_aligned_weights_are_evaluated_with_the_eval_sampling_not_the_rollouts(tmp_path):
     """demo.eval_sampling: the stage's sampler is the trained weights under the evaluation's settings, image for
     image what those weights (reloaded from final/) give under them."""

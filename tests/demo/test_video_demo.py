@@ -144,13 +144,14 @@ def test_video_configs_are_separate_from_the_image_demos():
                                         overrides={"modality.options.motion_adapter": video.shipped_motion_adapter()})
         assert cfg.modality.name == "video" and cfg.reward.name == "shapes_video"
         # the before evaluation samples as the aligned policy does: the config's steps, eta, guidance and x_T
-        sampling, alpha = video.eval_sampling(cfg)
+        sampling, alpha = video.eval_sampling(cfg, cfg.sampling)
         s = cfg.sampling
         assert (sampling["num_steps"], sampling["eta"], sampling["guidance_scale"]) == \
             (s.num_steps, s.eta, s.guidance_scale), algo
         assert alpha == cfg.modality.options["frame_noise_alpha"] == 19, algo
         # ... or, with the demo option eval_sampling, as the option says over them
-        assert video.eval_sampling(cfg, {"eval_sampling": {"num_steps": 6}})[0]["num_steps"] == 6
+        six = demo_run.evaluation_sampling(cfg, {"eval_sampling": {"num_steps": 6}})
+        assert video.eval_sampling(cfg, six)[0]["num_steps"] == 6
     rwr = demo_run.load_demo_config("video_rwr", "/tmp/unused", ["a red circle moving up"])
     assert rwr.sampling.eta == 0.0  # the default demo samples deterministically from correlated x_T
 
