@@ -104,6 +104,13 @@ def least_clashing_pose(pos: torch.Tensor, pocket: torch.Tensor, rotations: torc
     return posed[int(closest.argmax())]
 
 
+@torch.no_grad()
+def update_average(average, params, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * params, tensor by tensor (the weights' moving average)."""
+    for a, q in zip(average, params):
+        a.lerp_(q.detach(), 1.0 - decay)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=os.path.join(REPO, "diffalign", "assets", "molecule_demo_model"))
@@ -116,6 +123,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rotations", type=int, default=16, help="orientations tried per placed ligand")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="decay of an exponential moving average of the weights, saved instead of the last weights "
+                        "(E(3) diffusion uses 0.999); 0: no average")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -140,6 +150,9 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     model = adapter.denoiser
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema must be in [0, 1), got {args.ema}")
+    ema = [q.detach().clone() for q in model.parameters()] if args.ema else None
     ac = adapter.scheduler.alphas_cumprod.to(torch.float64)
     losses, step, t_train = [], 0, time.perf_counter()
     while time.perf_counter() - t_train < args.minutes * 60:
@@ -163,11 +176,17 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            update_average(ema, model.parameters(), args.ema)
         losses.append(float(loss.detach()))
         step += 1
         if step % 200 == 0:
             print(f"step {step}: loss {sum(losses[-200:]) / 200:.4f} ({time.perf_counter() - t_train:.0f} s)", flush=True)
     train_seconds = time.perf_counter() - t_train
+    if ema is not None:
+        with torch.no_grad():
+            for q, e in zip(model.parameters(), ema):
+                q.copy_(e)
     adapter.save_pretrained(args.output)
     cpu = platform.processor() or platform.machine()
     try:

@@ -151,3 +151,23 @@ def test_cli_rejects_an_unknown_molecule_algorithm(capsys):
     assert _cli(["demo", "molecule", "--algo", "nope", "--output", "unused"]) == 2
     assert "unknown --algo 'nope' for molecule" in capsys.readouterr().err
     assert set(molecule.molecule_algos()) >= {"e2po", "dpo"}
+
+
+def test_training_scripts_weight_average_is_the_exponential_moving_average():
+    """scripts/train_molecule_demo_model.py --ema: after k updates from a = a0, with params p_i, the average is
+    decay^k a0 + (1 - decay) sum_i decay^(k - i) p_i (closed form, float64)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "train_molecule", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "train_molecule_demo_model.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = torch.Generator().manual_seed(0)
+    a0 = [torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    average = [t.clone() for t in a0]
+    steps = [[torch.randn_like(t) for t in a0] for _ in range(5)]
+    decay = 0.9
+    for params in steps:
+        script.update_average(average, [torch.nn.Parameter(p) for p in params], decay)
+    for j, a in enumerate(average):
+        expected = decay ** 5 * a0[j] + (1 - decay) * sum(decay ** (4 - i) * steps[i][j] for i in range(5))
+        assert torch.allclose(a, expected, atol=1e-12)
