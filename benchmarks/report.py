@@ -676,7 +676,7 @@ def _modality_demos() -> Dict[str, dict]:
                         "weighting": "the four kinds weighted equally"},
             # planning's headline is AlignDiff's match rate and attribute MAE (its own rows, planning_demo_rows)
             "planning": {"rows": planning_demo_rows, "summary": lambda data: _modality_summary(data, 20),
-                         "base_line": planning_base_line, "headline_columns": [0, 2, 3, 4, 5, 7, 9],
+                         "base_line": planning_base_line, "headline_columns": [0, 1, 3, 4, 5, 6, 8, 10],
                          "more": "Every column", "headline_what": "held-out request match rate, every requested "
                          "attribute within the tolerance, all held-out requests"},
             # no accuracy: the molecule demo's own columns, summary and base line (render_molecule_* below)
@@ -758,14 +758,15 @@ VIDEO_HEADLINE_START, VIDEO_HEADLINE_END = modality_headline_markers("video")
 
 def planning_demo_rows(data: dict) -> Tuple[List[str], List[List[str]]]:
     """`diffalign demo planning` runs: match rate (the headline, paired) and attribute MAE (paired errors)."""
-    header = ["seed", "epochs", "minutes (whole demo)", "match rate before -> after", "change, points (95% CI)",
-              "McNemar p", "fixed / broken", "attribute MAE before -> after", "MAE change (95% CI)", "precision"]
+    header = ["seed", "algo", "epochs", "minutes (whole demo)", "match rate before -> after",
+              "change, points (95% CI)", "McNemar p", "fixed / broken", "attribute MAE before -> after",
+              "MAE change (95% CI)", "precision"]
     rows = []
     for run in data["runs"]:
         ci, mae = run["ci95"], run["per_kind"]["attribute_mae"]
         seconds = _run_seconds(run)
-        rows.append([str(run["seed"]), str(run["epochs"]), "-" if seconds is None else num(seconds / 60),
-                     f"{pct(run['before']['match_rate'])} -> **{pct(run['after']['match_rate'])}**",
+        rows.append([str(run["seed"]), str(run.get("algo", "-")), str(run["epochs"]),
+                     "-" if seconds is None else num(seconds / 60), f"{pct(run['before']['match_rate'])} -> **{pct(run['after']['match_rate'])}**",
                      f"**{100 * run['delta']:+.1f}** [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]",
                      f"{run['mcnemar_p']:.2g}", f"{run['fixed']} / {run['broken']}",
                      f"{run['before']['attribute_mae']:.3f} -> **{run['after']['attribute_mae']:.3f}**",
