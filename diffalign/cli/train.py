@@ -25,6 +25,14 @@ def run(args) -> int:
     from diffalign.trainer import make_trainer
     trainer = make_trainer(cfg, make_accelerator(cfg.train.mixed_precision))
     trainer.train()
+    # the ranks of a multi-process run leave together and close their process group: a gloo group left to
+    # interpreter exit aborted now and then ("terminate called without an active exception", SIGABRT) after a
+    # run that had succeeded
+    trainer.acc.wait_for_everyone()
+    trainer.acc.end_training()
+    del trainer
+    import gc
+    gc.collect()
     return 0
 
 

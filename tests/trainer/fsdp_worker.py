@@ -41,6 +41,12 @@ def main(path, *overrides):
     history = trainer.train()
     if acc.is_main_process:
         print("HISTORY " + json.dumps([{k: v for k, v in m.items() if k != "hardware"} for m in history]))
+    # as the CLI does: the ranks leave together, close the process group and free what held it (diffalign/cli/train.py)
+    acc.wait_for_everyone()
+    acc.end_training()
+    del trainer, params
+    import gc
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """`accelerate launch --multi_gpu --num_processes 2` on a GPU-less machine: one gloo group of 2,
 and 2 processes x half the batch reproduce the single-process first update."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,13 +15,6 @@ from tests.trainer.conftest import write_yaml
 pytestmark = pytest.mark.skipif(has_accelerator_device(), reason="checks the CPU (gloo) fallback")
 
 
-def diffalign_cmd():
-    exe = shutil.which("diffalign")
-    if exe is None:
-        pytest.skip("the diffalign console script is not installed")
-    return exe
-
-
 def test_two_processes_form_one_group_and_match_single_process(tiny_config, tmp_path):
     cfg = dict(tiny_config, epochs=1)
     cfg["algorithm"] = {"name": "ddpo", "clip_range": 0.05, "min_count": 100}
@@ -33,7 +25,7 @@ def test_two_processes_form_one_group_and_match_single_process(tiny_config, tmp_
                             capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--main_process_port", str(20000 + derive_seed(str(tmp_path)) % 20000), diffalign_cmd(), "train", path,
+              "--main_process_port", str(20000 + derive_seed(str(tmp_path)) % 20000), "-m", "diffalign.cli", "train", path,
               f"output_dir={tmp_path / 'two'}", "sampling.batch_size=4", "train.batch_size=4"]
     two = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
