@@ -16,6 +16,9 @@ uniformly drawn training index).
 
     python scripts/train_molecule_demo_model.py --minutes 20 --seed 0
 
+(``--steps N`` instead of ``--minutes`` repeats a run step for step: the shipped model's exact command is in its
+train_info.json.)
+
 writes config.json + model.safetensors (a folder the molecule adapter loads) and train_info.json (command, seed,
 wall time, CPU, threads, data counts, loss curve).
 """
@@ -116,6 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=os.path.join(REPO, "diffalign", "assets", "molecule_demo_model"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget (conformers excluded)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="train exactly this many steps instead of for --minutes (reproduces a run: its "
+                        "train_info.json records the steps it made)")
     p.add_argument("--molecules", type=int, default=3000)
     p.add_argument("--max-atoms", type=int, default=20)
     p.add_argument("--hidden", type=int, default=64)
@@ -155,7 +161,12 @@ def main(argv=None) -> int:
     ema = [q.detach().clone() for q in model.parameters()] if args.ema else None
     ac = adapter.scheduler.alphas_cumprod.to(torch.float64)
     losses, step, t_train = [], 0, time.perf_counter()
-    while time.perf_counter() - t_train < args.minutes * 60:
+    if args.steps < 0:
+        raise SystemExit(f"--steps must be >= 0, got {args.steps}")
+
+    def more() -> bool:
+        return step < args.steps if args.steps else time.perf_counter() - t_train < args.minutes * 60
+    while more():
         picks = torch.randint(len(mols), (args.batch,), generator=g).tolist()
         where = torch.randint(len(pockets), (args.batch,), generator=g).tolist()
         cond = adapter.pocket_conditions([pockets[w] for w in where], [mols[k][0].shape[0] for k in picks])
