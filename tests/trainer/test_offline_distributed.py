@@ -11,7 +11,6 @@ from diffalign.trainer.checkpoint import latest_checkpoint, load_checkpoint
 from diffalign.trainer.distributed import derive_seed, has_accelerator_device
 from diffalign.trainer.logging import read_metrics
 from tests.trainer.conftest import write_yaml
-from tests.trainer.test_distributed import diffalign_cmd
 
 pytestmark = pytest.mark.skipif(has_accelerator_device(), reason="checks the CPU (gloo) fallback")
 
@@ -33,7 +32,7 @@ def test_kto_reference_point_is_all_reduced_across_processes(tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--main_process_port", str(20000 + derive_seed(str(tmp_path), "kto") % 20000), diffalign_cmd(), "train",
+              "--main_process_port", str(20000 + derive_seed(str(tmp_path), "kto") % 20000), "-m", "diffalign.cli", "train",
               path, f"output_dir={tmp_path / 'two'}", "train.batch_size=4"]
     two = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
